@@ -1,0 +1,158 @@
+"""DLRM: dense arch (bottom MLP), sparse arch (embedding tables), interaction arch, over arch (top MLP).
+
+Shapes: B batch, N numerical features, F categorical features (one table each), D embedding dim.
+
+    numerical [B, N] --DenseArch--> dense [B, D] ------------------+
+    categorical [B, F] --SparseArch--> sparse [B, F, D] --Interaction--> [B, I] --OverArch--> logits [B]
+
+The model knows nothing of distribution: `dlrm.dist.parallelize` swaps the sparse arch's lookup
+for a sharded one and wraps the MLPs in DDP from outside, calling `DLRM.predict(dense, sparse)`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dlrm.config import ModelConfig
+
+INIT_CHUNK_ROWS = 1 << 16
+
+
+def init_table_rows(seed: int, table: int, num_rows: int, row_start: int, row_end: int, dim: int,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows [row_start, row_end) of table `table`'s initial weights, uniform(+-1/sqrt(num_rows)).
+
+    Rows are generated in fixed chunks, each from its own seeded generator, so any row range of a
+    table comes out bit-identical whether a rank holds the whole table or a row-wise shard of it.
+    """
+    bound = 1.0 / math.sqrt(num_rows)
+    out = torch.empty(row_end - row_start, dim, dtype=torch.float32)
+    gen = torch.Generator()
+    first, last = row_start // INIT_CHUNK_ROWS, (max(row_end, row_start + 1) - 1) // INIT_CHUNK_ROWS
+    for c in range(first, last + 1):
+        lo, hi = c * INIT_CHUNK_ROWS, min((c + 1) * INIT_CHUNK_ROWS, num_rows)
+        gen.manual_seed((seed * 1_000_003 + table * 65_537 + c) % (2**63))
+        chunk = torch.empty(hi - lo, dim).uniform_(-bound, bound, generator=gen)
+        a, b = max(lo, row_start), min(hi, row_end)
+        if a < b:
+            out[a - row_start : b - row_start] = chunk[a - lo : b - lo]
+    return out.to(dtype)
+
+
+def mlp(sizes: list[int], final_relu: bool = True) -> nn.Sequential:
+    """Linear layers with ReLU between them; NVIDIA's init (normal, Glorot-like std)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = nn.Linear(fan_in, fan_out)
+        nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+        nn.init.normal_(lin.bias, 0.0, math.sqrt(1.0 / fan_out))
+        layers.append(lin)
+        if final_relu or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class DenseArch(nn.Module):
+    """Bottom MLP: numerical [B, N] -> dense [B, D]."""
+
+    def __init__(self, num_numerical: int, sizes: list[int]):
+        super().__init__()
+        self.mlp = mlp([num_numerical] + list(sizes))
+
+    def forward(self, numerical: torch.Tensor) -> torch.Tensor:
+        return self.mlp(numerical)
+
+
+class SparseArch(nn.Module):
+    """All F tables in one fused [sum(rows), D] weight, looked up with per-table row offsets.
+
+    One gather and one sparse update per step instead of F of each: the fused layout NVIDIA's
+    and TorchRec's kernels use. `categorical [B, F]` (ids per table) -> `sparse [B, F, D]`.
+    """
+
+    def __init__(self, table_sizes: list[int], dim: int, seed: int = 0):
+        super().__init__()
+        self.table_sizes = list(table_sizes)
+        self.dim = dim
+        offsets = torch.tensor([0] + self.table_sizes, dtype=torch.int64).cumsum(0)
+        self.register_buffer("offsets", offsets[:-1].clone(), persistent=False)
+        weight = torch.cat([init_table_rows(seed, t, n, 0, n, dim) for t, n in enumerate(self.table_sizes)])
+        self.embedding = nn.Embedding(int(offsets[-1]), dim, sparse=True, _weight=weight)
+
+    def forward(self, categorical: torch.Tensor) -> torch.Tensor:
+        return self.embedding(categorical.long() + self.offsets)
+
+    def table(self, t: int) -> torch.Tensor:
+        """Table t's weights, a view into the fused weight: [rows_t, D]."""
+        start = int(self.offsets[t])
+        return self.embedding.weight.data[start : start + self.table_sizes[t]]
+
+
+class InteractionArch(nn.Module):
+    """dot: pairwise dot products of the F + 1 vectors (strictly lower triangle), concatenated with
+    dense and zero-padded to a multiple of 8 (479 -> 480 for F = 26, D = 128); cat: concatenation."""
+
+    def __init__(self, num_features: int, dim: int, kind: str = "dot"):
+        super().__init__()
+        self.kind = kind
+        n = num_features + 1
+        if kind == "dot":
+            rows, cols = torch.tril_indices(n, n, offset=-1)
+            self.register_buffer("rows", rows, persistent=False)
+            self.register_buffer("cols", cols, persistent=False)
+            raw = dim + n * (n - 1) // 2
+            self.out_features = (raw + 7) // 8 * 8
+            self.padding = self.out_features - raw
+        else:
+            self.out_features = dim * n
+            self.padding = 0
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        B = dense.shape[0]
+        if self.kind == "cat":
+            return torch.cat([dense, sparse.reshape(B, -1)], dim=1)
+        vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # [B, F+1, D]
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))  # [B, F+1, F+1]
+        pairs = gram[:, self.rows, self.cols]  # [B, (F+1)F/2]
+        parts = [dense, pairs]
+        if self.padding:
+            parts.append(dense.new_zeros(B, self.padding))
+        return torch.cat(parts, dim=1)
+
+
+class OverArch(nn.Module):
+    """Top MLP: interaction [B, I] -> logits [B]."""
+
+    def __init__(self, in_features: int, sizes: list[int], padding: int = 0):
+        super().__init__()
+        self.mlp = mlp([in_features] + list(sizes) + [1], final_relu=False)
+        if padding:  # the padded inputs are always zero; keep their weights zero too
+            with torch.no_grad():
+                self.mlp[0].weight[:, in_features - padding :] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x).squeeze(-1)
+
+
+class DLRM(nn.Module):
+    def __init__(self, num_numerical: int, table_sizes: list[int], cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        D = cfg.embedding_dim
+        self.dense_arch = DenseArch(num_numerical, cfg.bottom_mlp)
+        self.sparse_arch = SparseArch(table_sizes, D, seed=seed)
+        self.interaction_arch = InteractionArch(len(table_sizes), D, cfg.interaction)
+        self.over_arch = OverArch(self.interaction_arch.out_features, cfg.top_mlp, self.interaction_arch.padding)
+
+    def forward(self, numerical: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """numerical [B, N] float, categorical [B, F] ids -> logits [B]."""
+        return self.predict(self.dense_arch(numerical), self.sparse_arch(categorical))
+
+    def predict(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """dense [B, D], sparse [B, F, D] -> logits [B]: the part after the embedding lookup."""
+        return self.over_arch(self.interaction_arch(dense, sparse.to(dense.dtype)))
+
+    def dense_parameters(self):
+        """Everything but the embeddings: what data parallelism replicates."""
+        return [p for n, p in self.named_parameters() if not n.startswith("sparse_arch.")]

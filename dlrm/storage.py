@@ -1,0 +1,92 @@
+"""Where checkpoints and run outputs go: a local folder or an object store, behind one small API.
+
+    store = open_store("runs/x/checkpoints")      # or "s3://bucket/prefix"
+    store.put_bytes("ckpt-100/metadata.json", b"...")
+
+Keys are '/'-separated and relative to the store's root. Writes are atomic per key (a reader
+never sees half a file): local writes go to a temp file then rename; S3 PUTs are atomic.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class LocalStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, key: str, local_path: str | os.PathLike) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def get_file(self, key: str, local_path: str | os.PathLike) -> None:
+        shutil.copyfile(self._path(key), local_path)
+
+    def local_path(self, key: str) -> Path | None:
+        """A path to read the object in place (no copy), where the store has one."""
+        return self._path(key)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Every key under `prefix` (recursively), sorted; temp files excluded."""
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return []
+        if base.is_file():
+            return [prefix]
+        keys = []
+        for p in base.rglob("*"):
+            if p.is_file() and not p.name.endswith(".tmp"):
+                keys.append(p.relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def delete(self, prefix: str) -> None:
+        path = self._path(prefix)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def open_store(uri: str | os.PathLike):
+    """A LocalStore for a path, an S3Store for s3://bucket/prefix."""
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        from dlrm.storage_s3 import S3Store  # boto3 only where S3 is used
+
+        return S3Store(uri)
+    return LocalStore(uri)
