@@ -1,0 +1,1 @@
+"""NVIDIA's split-binary dataset format: spec, reader, synthetic generator."""

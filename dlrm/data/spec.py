@@ -1,0 +1,223 @@
+"""`feature_spec.yaml`: the description of a split-binary dataset, as NVIDIA's DLRM tools write it.
+
+    feature_spec:  {num_0: {dtype: float16}, ..., cat_0.bin: {dtype: int32, cardinality: 7912889}, label: {dtype: bool}}
+    channel_spec:  {numerical: [num_0, ...], categorical: [cat_0.bin, ...], label: [label]}
+    source_spec:   {train: [{type: split_binary, features: [...], files: [train/numerical.bin]}, ...], test: [...]}
+    metadata:      {...}
+
+Every file holds its features row-major with no header: rows = file size / (features x itemsize).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from dlrm.errors import DataError
+
+SPEC_FILE = "feature_spec.yaml"
+NUMERICAL, CATEGORICAL, LABEL = "numerical", "categorical", "label"
+SPLITS = ("train", "test")
+
+
+def categorical_dtype(cardinality: int) -> np.dtype:
+    """The narrowest signed dtype NVIDIA's preprocessing picks for a feature's ids."""
+    if cardinality < 127:
+        return np.dtype(np.int8)
+    if cardinality < 32767:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+@dataclass
+class Chunk:
+    """One file holding one or more features of one split, row-major."""
+
+    features: list[str]
+    file: Path  # absolute
+    dtype: np.dtype
+
+
+@dataclass
+class FeatureSpec:
+    root: Path
+    numerical: list[str]
+    categorical: list[str]
+    label: str
+    cardinalities: dict[str, int]
+    dtypes: dict[str, np.dtype]
+    sources: dict[str, list[Chunk]]
+    metadata: dict = field(default_factory=dict)
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def table_sizes(self) -> list[int]:
+        """Rows of the embedding table of each categorical feature, in channel order."""
+        return [self.cardinalities[f] for f in self.categorical]
+
+    @property
+    def path(self) -> Path:
+        return self.root / SPEC_FILE
+
+    def chunk_of(self, split: str, feature: str) -> tuple[Chunk, int]:
+        """The chunk holding `feature` in `split`, and the feature's column in it."""
+        for chunk in self.sources[split]:
+            if feature in chunk.features:
+                return chunk, chunk.features.index(feature)
+        raise DataError(f"{self.path}: no source for feature {feature!r} in split {split!r}")
+
+    def num_rows(self, split: str) -> int:
+        """Rows of `split`, after checking that every file has exactly the same number of rows."""
+        rows = None
+        for chunk in self.sources[split]:
+            row_bytes = len(chunk.features) * chunk.dtype.itemsize
+            try:
+                size = chunk.file.stat().st_size
+            except FileNotFoundError:
+                raise DataError(f"{chunk.file}: missing (listed in {self.path}, split {split})") from None
+            if size % row_bytes:
+                raise DataError(
+                    f"{chunk.file}: size {size} bytes is not a multiple of the row size {row_bytes} "
+                    f"({len(chunk.features)} x {chunk.dtype.name}); the file is truncated or corrupt"
+                )
+            n = size // row_bytes
+            if rows is None:
+                rows = n
+            elif n != rows:
+                label_chunk, _ = self.chunk_of(split, self.label)
+                expected = rows * row_bytes
+                raise DataError(
+                    f"{chunk.file}: size {size} bytes, expected {expected} bytes "
+                    f"({rows} rows as in {self.sources[split][0].file.name}; {len(chunk.features)} x {chunk.dtype.name} per row)"
+                )
+        return rows or 0
+
+    def check(self, splits=SPLITS) -> dict[str, int]:
+        """Check every file's size against the spec before training; returns rows per split."""
+        return {s: self.num_rows(s) for s in splits if s in self.sources}
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeatureSpec":
+        path = Path(path)
+        if path.is_dir():
+            path = path / SPEC_FILE
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{path}: no feature spec here (a dataset folder holds feature_spec.yaml, written last)") from None
+        except yaml.YAMLError as e:
+            raise DataError(f"{path}: not valid YAML: {e}") from None
+        return cls.from_dict(raw, path.parent.resolve(), where=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, root: Path, where: str = SPEC_FILE) -> "FeatureSpec":
+        def need(mapping, key, ctx):
+            if not isinstance(mapping, dict) or key not in mapping:
+                raise DataError(f"{where}: missing key {ctx}{key}")
+            return mapping[key]
+
+        fspec = need(raw, "feature_spec", "")
+        chan = need(raw, "channel_spec", "")
+        src = need(raw, "source_spec", "")
+        numerical = list(chan.get(NUMERICAL) or [])
+        categorical = list(chan.get(CATEGORICAL) or [])
+        labels = list(need(chan, LABEL, "channel_spec."))
+        if len(labels) != 1:
+            raise DataError(f"{where}: channel_spec.label must list exactly one feature, got {labels}")
+        dtypes, cards = {}, {}
+        for name in numerical + categorical + labels:
+            entry = need(fspec, name, "feature_spec.")
+            try:
+                dtypes[name] = np.dtype(entry.get("dtype", "float16" if name in numerical else "bool"))
+            except TypeError:
+                raise DataError(f"{where}: feature_spec.{name}.dtype {entry.get('dtype')!r} is not a numpy dtype") from None
+        for name in categorical:
+            card = fspec[name].get("cardinality")
+            if not isinstance(card, int) or card < 1:
+                raise DataError(f"{where}: feature_spec.{name}.cardinality must be a positive integer, got {card!r}")
+            if dtypes[name].kind not in "iu":
+                raise DataError(f"{where}: feature_spec.{name}.dtype must be an integer type, got {dtypes[name].name}")
+            if card - 1 > np.iinfo(dtypes[name]).max:
+                raise DataError(
+                    f"{where}: feature_spec.{name}: cardinality {card} does not fit dtype {dtypes[name].name} "
+                    f"(max id {np.iinfo(dtypes[name]).max})"
+                )
+            cards[name] = card
+        sources: dict[str, list[Chunk]] = {}
+        for split, chunks in src.items():
+            out = []
+            for i, ch in enumerate(chunks or []):
+                ctx = f"source_spec.{split}[{i}]"
+                if ch.get("type") != "split_binary":
+                    raise DataError(f"{where}: {ctx}.type must be split_binary, got {ch.get('type')!r}")
+                feats, files = list(ch.get("features") or []), list(ch.get("files") or [])
+                if len(files) != 1:
+                    raise DataError(f"{where}: {ctx}.files must list exactly one file, got {files}")
+                unknown = [f for f in feats if f not in dtypes]
+                if unknown or not feats:
+                    raise DataError(f"{where}: {ctx}.features names features not in channel_spec: {unknown or feats}")
+                kinds = {dtypes[f] for f in feats}
+                if len(kinds) != 1:
+                    raise DataError(f"{where}: {ctx} mixes dtypes {sorted(k.name for k in kinds)} in one file")
+                out.append(Chunk(feats, (root / files[0]).resolve(), kinds.pop()))
+            covered = [f for c in out for f in c.features]
+            missing = [f for f in numerical + categorical + labels if f not in covered]
+            if missing:
+                raise DataError(f"{where}: source_spec.{split} has no file for features {missing}")
+            sources[split] = out
+        return cls(root, numerical, categorical, labels[0], cards, dtypes, sources, dict(raw.get("metadata") or {}))
+
+    @classmethod
+    def default(cls, root: str | os.PathLike, cardinalities: list[int], num_numerical: int = 13,
+                splits=SPLITS, metadata: dict | None = None) -> "FeatureSpec":
+        """NVIDIA's default layout: numerical.bin (float16, all numerical features), label.bin, cat_<i>.bin."""
+        root = Path(root).resolve()
+        numerical = [f"num_{i}" for i in range(num_numerical)]
+        categorical = [f"cat_{i}.bin" for i in range(len(cardinalities))]
+        dtypes = {n: np.dtype(np.float16) for n in numerical}
+        dtypes["label"] = np.dtype(np.bool_)
+        cards = {}
+        for name, card in zip(categorical, cardinalities):
+            dtypes[name] = categorical_dtype(card)
+            cards[name] = int(card)
+        sources = {}
+        for split in splits:
+            chunks = []
+            if numerical:
+                chunks.append(Chunk(numerical, root / split / "numerical.bin", dtypes[numerical[0]]))
+            chunks.append(Chunk(["label"], root / split / "label.bin", dtypes["label"]))
+            for name in categorical:
+                chunks.append(Chunk([name], root / split / name, dtypes[name]))
+            sources[split] = chunks
+        return cls(root, numerical, categorical, "label", cards, dtypes, sources, dict(metadata or {}))
+
+    def to_dict(self) -> dict:
+        fspec = {}
+        for name in self.numerical + self.categorical + [self.label]:
+            fspec[name] = {"dtype": self.dtypes[name].name}
+            if name in self.cardinalities:
+                fspec[name]["cardinality"] = self.cardinalities[name]
+        return {
+            "channel_spec": {CATEGORICAL: list(self.categorical), LABEL: [self.label], NUMERICAL: list(self.numerical)},
+            "feature_spec": fspec,
+            "metadata": dict(self.metadata),
+            "source_spec": {
+                split: [
+                    {"features": list(c.features), "files": [os.path.relpath(c.file, self.root)], "type": "split_binary"}
+                    for c in chunks
+                ]
+                for split, chunks in self.sources.items()
+            },
+        }
+
+    def save(self) -> Path:
+        """Write feature_spec.yaml atomically. Call it last: its presence marks the dataset complete."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, self.path)
+        return self.path
