@@ -94,8 +94,9 @@ class InteractionArch(nn.Module):
     """dot: pairwise dot products of the F + 1 vectors (strictly lower triangle), concatenated with
     dense and zero-padded to a multiple of 8 (479 -> 480 for F = 26, D = 128); cat: concatenation."""
 
-    def __init__(self, num_features: int, dim: int, kind: str = "dot"):
+    def __init__(self, num_features: int, dim: int, kind: str = "dot", dense_dim: int | None = None):
         super().__init__()
+        dense_dim = dim if dense_dim is None else dense_dim
         self.kind = kind
         n = num_features + 1
         if kind == "dot":
@@ -106,7 +107,7 @@ class InteractionArch(nn.Module):
             self.out_features = (raw + 7) // 8 * 8
             self.padding = self.out_features - raw
         else:
-            self.out_features = dim * n
+            self.out_features = dense_dim + dim * num_features
             self.padding = 0
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
@@ -142,7 +143,7 @@ class DLRM(nn.Module):
         D = cfg.embedding_dim
         self.dense_arch = DenseArch(num_numerical, cfg.bottom_mlp)
         self.sparse_arch = SparseArch(table_sizes, D, seed=seed)
-        self.interaction_arch = InteractionArch(len(table_sizes), D, cfg.interaction)
+        self.interaction_arch = InteractionArch(len(table_sizes), D, cfg.interaction, dense_dim=cfg.bottom_mlp[-1])
         self.over_arch = OverArch(self.interaction_arch.out_features, cfg.top_mlp, self.interaction_arch.padding)
 
     def forward(self, numerical: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:

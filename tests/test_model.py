@@ -1,0 +1,72 @@
+import torch
+
+from dlrm.config import ModelConfig
+from dlrm.model import DLRM, INIT_CHUNK_ROWS, init_table_rows
+
+SIZES = [5, 3, 100, 7] * 6 + [11, 2]  # 26 tables
+
+
+def test_nvidia_shapes():
+    m = DLRM(13, SIZES, ModelConfig(), seed=0)
+    assert m.interaction_arch.out_features == 480 and m.interaction_arch.padding == 1  # 128 + 351 = 479 -> 480
+    first_top = m.over_arch.mlp[0]
+    assert first_top.in_features == 480 and torch.all(first_top.weight[:, 479] == 0)
+    assert [l.out_features for l in m.dense_arch.mlp if isinstance(l, torch.nn.Linear)] == [512, 256, 128]
+    assert [l.out_features for l in m.over_arch.mlp if isinstance(l, torch.nn.Linear)] == [1024, 1024, 512, 256, 1]
+    B = 4
+    logits = m(torch.randn(B, 13), torch.stack([torch.randint(0, n, (B,)) for n in SIZES], 1))
+    assert logits.shape == (B,)
+
+
+def test_padding_weights_stay_zero_after_training():
+    torch.manual_seed(0)
+    m = DLRM(13, SIZES, ModelConfig(embedding_dim=8, bottom_mlp=[8], top_mlp=[16]), seed=0)
+    opt = torch.optim.SGD([p for p in m.dense_parameters()], lr=0.1)
+    pad = m.interaction_arch.padding
+    assert pad > 0
+    for _ in range(3):
+        x, c = torch.randn(16, 13), torch.stack([torch.randint(0, n, (16,)) for n in SIZES], 1)
+        m(x, c).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.all(m.over_arch.mlp[0].weight[:, -pad:] == 0)
+
+
+def test_dot_interaction_is_strict_lower_triangle():
+    m = DLRM(2, [3, 3], ModelConfig(embedding_dim=2, bottom_mlp=[2], top_mlp=[4]), seed=0)
+    dense = torch.tensor([[1.0, 2.0]])
+    sparse = torch.tensor([[[3.0, 4.0], [5.0, 6.0]]])
+    out = m.interaction_arch(dense, sparse)
+    # vectors d, e0, e1: pairs (e0.d, e1.d, e1.e0) = (11, 17, 39), no self terms; 2 + 3 = 5 -> pad to 8
+    assert out.tolist() == [[1.0, 2.0, 11.0, 17.0, 39.0, 0.0, 0.0, 0.0]]
+
+
+def test_cat_interaction():
+    cfg = ModelConfig(embedding_dim=4, bottom_mlp=[6], top_mlp=[8], interaction="cat")
+    m = DLRM(3, [5, 6], cfg, seed=0)
+    assert m.interaction_arch.out_features == 6 + 2 * 4
+    assert m(torch.randn(2, 3), torch.tensor([[1, 2], [4, 5]])).shape == (2,)
+
+
+def test_fused_table_lookup_matches_per_table():
+    m = DLRM(13, SIZES, ModelConfig(embedding_dim=4, bottom_mlp=[4], top_mlp=[4]), seed=3)
+    ids = torch.stack([torch.randint(0, n, (5,)) for n in SIZES], 1)
+    out = m.sparse_arch(ids)
+    for t in range(len(SIZES)):
+        assert torch.equal(out[:, t], m.sparse_arch.table(t)[ids[:, t]])
+
+
+def test_row_shards_init_identically():
+    n = INIT_CHUNK_ROWS * 2 + 17
+    full = init_table_rows(5, 2, n, 0, n, 3)
+    for a, b in [(0, 10), (INIT_CHUNK_ROWS - 3, INIT_CHUNK_ROWS + 9), (n - 5, n)]:
+        assert torch.equal(init_table_rows(5, 2, n, a, b, 3), full[a:b])
+    assert full.abs().max() <= 1 / n**0.5
+    assert not torch.equal(init_table_rows(5, 3, n, 0, 10, 3), full[:10])  # tables differ
+
+
+def test_seeded_model_is_reproducible():
+    a = DLRM(13, SIZES, ModelConfig(embedding_dim=4, bottom_mlp=[4], top_mlp=[4]), seed=1)
+    torch.manual_seed(0)
+    b = DLRM(13, SIZES, ModelConfig(embedding_dim=4, bottom_mlp=[4], top_mlp=[4]), seed=1)
+    assert torch.equal(a.sparse_arch.embedding.weight, b.sparse_arch.embedding.weight)
