@@ -17,9 +17,8 @@ Memory counted per rank (budget = device memory - reserve):
                backward, the sparse gradient's values, and the int64 ids
   per rank:  2 x ceil(B / W) x F x D x weight_bytes: the received [B_local, F, D] forward and the
              gradient sent back
-Optimizer state: "sgd" none; "adagrad" one fp32 accumulator per element (torch.optim.Adagrad on a
-sparse gradient: doubles fp32 tables); "rowwise_adagrad" one fp32 per row (TorchRec/FBGEMM's
-exact rowwise Adagrad).
+Optimizer state: "sgd" none; "adagrad" one fp32 accumulator per row: dlrm.optim's tables use
+row-wise Adagrad (as FBGEMM/TorchRec), 4 bytes a row instead of 4 x D.
 """
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ CRITEO_FL15_CARDINALITIES = [
     2209, 10667, 104, 4, 968, 15, 8165896, 2675940, 7156453, 302516, 12022, 97, 35,
 ]
 
-OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
+OPTIMIZERS = ("sgd", "adagrad")
 SHARDINGS = ("auto", "table", "row")
 ID_BYTES = 8
 
@@ -45,8 +44,6 @@ def optimizer_bytes_per_row(optimizer: str, dim: int) -> int:
     if optimizer == "sgd":
         return 0
     if optimizer == "adagrad":
-        return 4 * dim
-    if optimizer == "rowwise_adagrad":
         return 4
     raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
 
