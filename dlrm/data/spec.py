@@ -70,30 +70,37 @@ class FeatureSpec:
         raise DataError(f"{self.path}: no source for feature {feature!r} in split {split!r}")
 
     def num_rows(self, split: str) -> int:
-        """Rows of `split`, after checking that every file has exactly the same number of rows."""
-        rows = None
+        """Rows of `split`, after checking that every file holds exactly the same number of rows.
+
+        The row count most files agree on is taken as right (so one truncated file is blamed, not
+        the others); the first file that disagrees is a DataError naming its size and the size expected.
+        """
+        if split not in self.sources:
+            raise DataError(f"{self.path}: no split {split!r} in source_spec (have {sorted(self.sources)})")
+        sizes = []
         for chunk in self.sources[split]:
-            row_bytes = len(chunk.features) * chunk.dtype.itemsize
             try:
-                size = chunk.file.stat().st_size
+                sizes.append(chunk.file.stat().st_size)
             except FileNotFoundError:
                 raise DataError(f"{chunk.file}: missing (listed in {self.path}, split {split})") from None
-            if size % row_bytes:
+        row_bytes = [len(c.features) * c.dtype.itemsize for c in self.sources[split]]
+        counts: dict[int, int] = {}
+        for size, rb in zip(sizes, row_bytes):
+            if size % rb == 0:
+                counts[size // rb] = counts.get(size // rb, 0) + 1
+        if not counts:  # every file is ragged: nothing to compare against, blame the first
+            rows = sizes[0] // row_bytes[0]
+        else:
+            rows = max(counts, key=lambda r: (counts[r], r))  # ties: blame the shorter file (a crash truncates)
+        for chunk, size, rb in zip(self.sources[split], sizes, row_bytes):
+            expected = rows * rb
+            if size != expected:
+                what = "truncated" if size < expected else "oversized (extra bytes at the end)"
                 raise DataError(
-                    f"{chunk.file}: size {size} bytes is not a multiple of the row size {row_bytes} "
-                    f"({len(chunk.features)} x {chunk.dtype.name}); the file is truncated or corrupt"
+                    f"{chunk.file}: size {size} bytes, expected {expected} bytes ({rows} rows as in the other files of "
+                    f"split {split}, {len(chunk.features)} x {chunk.dtype.name} per row); the file is {what}"
                 )
-            n = size // row_bytes
-            if rows is None:
-                rows = n
-            elif n != rows:
-                label_chunk, _ = self.chunk_of(split, self.label)
-                expected = rows * row_bytes
-                raise DataError(
-                    f"{chunk.file}: size {size} bytes, expected {expected} bytes "
-                    f"({rows} rows as in {self.sources[split][0].file.name}; {len(chunk.features)} x {chunk.dtype.name} per row)"
-                )
-        return rows or 0
+        return rows
 
     def check(self, splits=SPLITS) -> dict[str, int]:
         """Check every file's size against the spec before training; returns rows per split."""
