@@ -85,3 +85,13 @@ def test_cli_reports_bad_dataset(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "feature_spec.yaml" in err and "Traceback" not in err
+
+
+def test_eval_command_matches_training_auc(tmp_path, dataset, capsys):
+    from dlrm.__main__ import main
+
+    s = train(tiny(tmp_path, dataset, max_steps=20))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoints", str(tmp_path / "run" / "checkpoints")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["step"] == 20 and out["auc"] == pytest.approx(s["auc"], abs=1e-9)

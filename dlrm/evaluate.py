@@ -1,0 +1,53 @@
+"""`python -m dlrm eval`: exact AUC of a checkpoint on a dataset's test split (one process).
+
+The checkpoint carries its config, so only the checkpoint folder and (optionally) another
+dataset are needed. A checkpoint saved by any number of ranks loads here (resharding).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from dlrm.checkpoint import Piece, latest_checkpoint, load_checkpoint
+from dlrm.config import TrainConfig, from_dict
+from dlrm.data.spec import FeatureSpec
+from dlrm.errors import UserError
+from dlrm.model import DLRM
+from dlrm.optim import Optimizers
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoints", required=True, help="checkpoint folder (a run's checkpoints/ or s3://...)")
+    p.add_argument("--name", help="checkpoint name (ckpt-000001000); default: the latest complete one")
+    p.add_argument("--dataset", help="dataset folder; default: the one the checkpoint was trained on")
+    p.add_argument("--max-batches", type=int, default=0, help="evaluate only this many test batches (0: all)")
+
+
+def main(args) -> int:
+    from dlrm.train import amp_dtype, evaluate, pick_device
+
+    name = args.name or latest_checkpoint(args.checkpoints)
+    if not name:
+        raise UserError(f"{args.checkpoints}: no complete checkpoint (a checkpoint is complete once its metadata.json exists)")
+    from dlrm.storage import open_store
+
+    meta = json.loads(open_store(args.checkpoints).get_bytes(f"{name}/metadata.json"))
+    cfg = from_dict(TrainConfig, meta["config"])
+    if args.dataset:
+        cfg.data.dataset = args.dataset
+    cfg.eval_max_batches = args.max_batches
+    spec = FeatureSpec.load(cfg.data.dataset)
+    device = pick_device(cfg)
+    model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed)
+    opt = Optimizers(model.dense_parameters(), [model.sparse_arch.embedding.weight], cfg.optim)
+    pieces = [Piece(n, 0, rows, int(off)) for n, rows, off in
+              zip(spec.categorical, spec.table_sizes, model.sparse_arch.offsets.tolist())]
+    _, dense = load_checkpoint(args.checkpoints, name, weight=model.sparse_arch.embedding.weight.data,
+                               row_state=opt.sparse.state_tensors(0), pieces=pieces)
+    model.load_state_dict(dense["model"], strict=False)
+    model.to(device)
+    auc, loss = evaluate(model, spec, cfg, device, amp_dtype(cfg, device))
+    print(json.dumps({"checkpoint": f"{args.checkpoints}/{name}", "step": meta["step"], "auc": auc, "loss": loss}))
+    return 0
