@@ -1,0 +1,43 @@
+"""The ONE definition of what the containers run and where their volumes are mounted.
+
+The images' Dockerfiles are checked against these (the entrypoints must exist on PATH in
+`dlrm-k8s-train` / `dlrm-k8s-preprocess`), and `run-local` rewrites the mount paths below to local
+folders by prefix, which is why every path a container needs appears in its args or env and not
+only inside the mounted config file.
+"""
+from __future__ import annotations
+
+# Mount points inside the pods.
+CONFIG_DIR = "/etc/dlrm"  # the ConfigMap <name>-config
+CONFIG_FILE = "train.yaml"  # its key: the resolved dlrm.config.TrainConfig
+DATASET_MOUNT = "/data/dataset"  # pvc, hostPath and mount modes: the dataset, read-only
+STAGE_MOUNT = "/stage"  # stage mode: the init container's copy lives in STAGE_MOUNT/dataset
+STAGED_DATASET = f"{STAGE_MOUNT}/dataset"
+OUTPUT_MOUNT = "/output"  # the run folder (metrics, plots, checkpoints unless checkpoint_dir is s3://)
+TMP_MOUNT = "/tmp"  # writable emptyDir: the root filesystem is read-only
+SHM_MOUNT = "/dev/shm"
+PREPROCESS_INPUT = "/data/input"
+PREPROCESS_OUTPUT = "/data/output"
+
+# torchrun without --nnodes/--node-rank/--master-*: the training operator sets PET_NNODES,
+# PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT, which torchrun reads.
+TRAIN_COMMAND = ["torchrun", "--module", "dlrm", "train"]
+STAGE_COMMAND = ["python", "-m", "launcher", "data", "stage"]
+PREPROCESS_COMMAND = ["python", "-m", "dlrm", "preprocess"]
+# spark-submit needs a file, not a module: the preprocess image ships this one, holding
+#   import runpy; runpy.run_module("dlrm", run_name="__main__", alter_sys=True)
+SPARK_MAIN_FILE = "local:///opt/dlrm/dlrm_main.py"
+
+
+def train_args(dataset: str, out: str) -> list[str]:
+    """Arguments after TRAIN_COMMAND. --resume always: a restarted pod continues from the latest checkpoint."""
+    return ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--set", f"data.dataset={dataset}", "--set", f"out={out}", "--resume"]
+
+
+def stage_args(source: str, dest: str = STAGED_DATASET) -> list[str]:
+    return [source, dest]
+
+
+def preprocess_args(input: str, output: str, frequency_threshold: int, engine: str) -> list[str]:
+    """Arguments after PREPROCESS_COMMAND (or after SPARK_MAIN_FILE, with `preprocess` first)."""
+    return ["--input", input, "--out", output, "--frequency-threshold", str(frequency_threshold), "--engine", engine]

@@ -1,0 +1,333 @@
+"""The job config: one typed tree describing a training (or preprocessing) job on Kubernetes.
+
+    cfg = load_job_config("criteo-fl15", values=["my.yaml"], overrides={"nodes": 2} or ["train.epochs=2"])
+
+Layers, later wins: the profile (`launcher/profiles/<name>.yaml`, or a path), each values file,
+then overrides (a dict from CLI flags such as --nodes, then KEY=VALUE strings from --set). The
+typing, unknown-key and per-file error machinery is `dlrm.config`'s; this module adds the fields
+and the cross-field checks that must pass before anything is rendered.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlrm import __version__
+from dlrm.config import TrainConfig, load_config, parse_bytes
+from dlrm.errors import ConfigError, UserError
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+
+# Embedding table sizes of well-known datasets, so the plan can be checked when the dataset is not
+# on this machine. Criteo 1TB after NVIDIA's preprocessing with frequency threshold 15.
+TABLE_PRESETS = {
+    "criteo-fl15": [7912889, 33823, 17139, 7339, 20046, 4, 7105, 1382, 63, 5554114, 582469, 245828, 11,
+                    2209, 10667, 104, 4, 968, 15, 8165896, 2675940, 7156453, 302516, 12022, 97, 35],
+}
+
+# Suffixes appended to `name` (the operator's pods and services are <name>-master-0 and
+# <name>-worker-<i>; Spark's driver is <name>-driver). All must stay DNS-1035 labels.
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Kubernetes resource.Quantity: a decimal number with an optional binary/decimal suffix or exponent.
+QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+_SCALE = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def parse_quantity(text: str, path: str) -> float:
+    """'64Gi' -> 68719476736.0, '500m' -> 0.5; a ConfigError naming `path` otherwise."""
+    m = QUANTITY.match(str(text))
+    if not m:
+        raise ConfigError(f"{path}: {text!r} is not a Kubernetes quantity (e.g. 64Gi, 500m, 16)")
+    num, suffix = m.groups()
+    if suffix and suffix[0] in "eE":
+        return float(num) * 10 ** int(suffix[1:])
+    return float(num) * _SCALE[suffix]
+
+
+@dataclass
+class ResourcesConfig:
+    cpu_request: str = "16"
+    cpu_limit: str = ""  # "" = no CPU limit: a CFS quota throttles the data-loading threads
+    memory_request: str = "200Gi"
+    memory_limit: str = "200Gi"
+    shm_size: str = "64Gi"  # /dev/shm (memory-backed emptyDir), counted against the memory limit
+
+
+@dataclass
+class StorageConfig:
+    # How `dataset` reaches the pods:
+    #   pvc      an existing PersistentVolumeClaim (`claim`); `dataset` is a folder inside it
+    #   hostPath `dataset` is a folder on every node
+    #   mount    `dataset` is s3://bucket/prefix, mounted read-only by the Mountpoint S3 CSI driver
+    #   stage    `dataset` is s3://bucket/prefix, copied and verified by an init container first
+    mode: str = "pvc"
+    claim: str = ""
+    stage_size: str = "1Ti"  # emptyDir sizeLimit of the staged copy
+    stage_host_path: str = ""  # stage onto this node folder (local NVMe) instead of an emptyDir
+    mount_size: str = "1Ti"  # the static PV's capacity: required by the API, ignored by the CSI driver
+    output_claim: str = ""  # PVC for the run folder; "" -> emptyDir (lost with the pod: checkpoint to s3://)
+    output_path: str = ""  # folder inside output_claim; "" -> runs/<name>
+
+
+@dataclass
+class S3Config:
+    region: str = "us-east-1"
+    endpoint_url: str = ""  # S3-compatible store (MinIO): AWS_ENDPOINT_URL and Mountpoint's endpoint-url
+    # Credentials never appear in a manifest: either a Secret holding AWS_ACCESS_KEY_ID and
+    # AWS_SECRET_ACCESS_KEY (envFrom), or IRSA: a ServiceAccount annotated with the role ARN.
+    secret: str = ""
+    role_arn: str = ""  # set -> render a ServiceAccount (cluster.service_account or <name>) with it
+
+
+@dataclass
+class SchedulingConfig:
+    gang: str = "none"  # none | kueue | volcano | scheduler-plugins
+    queue: str = ""  # kueue: LocalQueue name; volcano: queue
+    priority_class: str = ""  # PriorityClass of the pods (and of the gang for volcano)
+    min_available: int = 0  # gang size; 0 -> every replica (nodes)
+
+
+@dataclass
+class ClusterConfig:
+    gpu_product: str = ""  # nodeSelector nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)  # added to the nvidia.com/gpu one
+    service_account: str = ""
+    efa: int = 0  # vpc.amazonaws.com/efa devices per pod
+    extra_resources: dict[str, int] = field(default_factory=dict)  # e.g. rdma/hca_shared_devices_a: 1
+    nccl_env: dict[str, str] = field(default_factory=dict)  # NCCL_* and FI_* settings
+    env: dict[str, str] = field(default_factory=dict)
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: list[str] = field(default_factory=list)
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    ttl_seconds_after_finished: int = 7 * 24 * 3600
+    backoff_limit: int = 3
+    active_deadline_seconds: int = 0  # 0 -> no deadline
+    clean_pod_policy: str = "None"  # None | Running | All
+
+
+@dataclass
+class SparkConfig:
+    spark_version: str = "3.5.1"
+    driver_cores: int = 2
+    driver_memory: str = "8g"
+    executors: int = 8
+    executor_cores: int = 4
+    executor_memory: str = "16g"
+    service_account: str = "spark"
+
+
+@dataclass
+class PreprocessConfig:
+    image: str = f"dlrm-k8s-preprocess:{__version__}"
+    input: str = ""  # raw Criteo day files: a folder on the storage, or s3://
+    output: str = ""  # dataset folder to write: a folder on the storage, or s3://
+    frequency_threshold: int = 15
+    engine: str = "local"  # local: a batch/v1 Job; spark: a SparkApplication (Kubeflow Spark operator)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+
+@dataclass
+class JobConfig:
+    kind: str = "train"  # train | preprocess
+    name: str = "dlrm"
+    namespace: str = "default"
+    image: str = f"dlrm-k8s-train:{__version__}"
+    nodes: int = 1
+    gpus_per_node: int = 8
+    max_gpus_per_node: int = 8  # GPUs of the node type
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    dataset: str = ""  # see storage.mode
+    # Embedding table sizes for the plan check when the dataset's feature_spec.yaml is not on
+    # this machine: a TABLE_PRESETS name or the list of cardinalities.
+    train_tables: str | list[int] = ""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def suffixes(self) -> list[str]:
+        """Every suffix appended to `name` for this job; the longest bounds the name's length."""
+        return list(FIXED_SUFFIXES) + ([f"-worker-{self.nodes - 2}"] if self.nodes > 1 else [])
+
+    def validate(self) -> None:
+        """Cross-field checks before rendering; each message names the fields and their values."""
+        self.train.validate()
+        _check_choices(self)
+        _check_names(self)
+        _check_resources(self)
+        _check_storage(self)
+        if self.kind == "train":
+            _check_plan(self)
+
+
+def _fail_unless(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choices(c: JobConfig) -> None:
+    choices = [
+        ("kind", c.kind, ("train", "preprocess")),
+        ("storage.mode", c.storage.mode, ("pvc", "hostPath", "mount", "stage")),
+        ("scheduling.gang", c.scheduling.gang, ("none", "kueue", "volcano", "scheduler-plugins")),
+        ("cluster.clean_pod_policy", c.cluster.clean_pod_policy, ("None", "Running", "All")),
+        ("cluster.image_pull_policy", c.cluster.image_pull_policy, ("Always", "IfNotPresent", "Never")),
+        ("preprocess.engine", c.preprocess.engine, ("local", "spark")),
+    ]
+    for path, value, allowed in choices:
+        _fail_unless(value in allowed, f"{path} must be one of {', '.join(allowed)}, got {value!r}")
+    _fail_unless(c.nodes >= 1, f"nodes must be >= 1, got {c.nodes}")
+    _fail_unless(c.max_gpus_per_node >= 1, f"max_gpus_per_node must be >= 1, got {c.max_gpus_per_node}")
+    _fail_unless(1 <= c.gpus_per_node <= c.max_gpus_per_node,
+                 f"gpus_per_node must be between 1 and max_gpus_per_node={c.max_gpus_per_node}, got {c.gpus_per_node}")
+    for path, value in [("cluster.efa", c.cluster.efa), ("cluster.backoff_limit", c.cluster.backoff_limit),
+                        ("cluster.ttl_seconds_after_finished", c.cluster.ttl_seconds_after_finished),
+                        ("cluster.active_deadline_seconds", c.cluster.active_deadline_seconds),
+                        ("scheduling.min_available", c.scheduling.min_available)]:
+        _fail_unless(value >= 0, f"{path} must be >= 0, got {value}")
+    _fail_unless(c.scheduling.min_available <= c.nodes,
+                 f"scheduling.min_available={c.scheduling.min_available} exceeds nodes={c.nodes}")
+    _fail_unless(c.scheduling.gang != "kueue" or bool(c.scheduling.queue),
+                 "scheduling.gang=kueue needs scheduling.queue (the LocalQueue name)")
+    _fail_unless(bool(c.image), "image must not be empty")
+    for section, env in (("cluster.env", c.cluster.env), ("cluster.nccl_env", c.cluster.nccl_env)):
+        for key in env:
+            _fail_unless(bool(ENV_NAME.match(key)), f"{section}: {key!r} is not an environment variable name")
+    for key, n in c.cluster.extra_resources.items():
+        _fail_unless("/" in key and n >= 1, f"cluster.extra_resources: expected <domain>/<name>: <count >= 1>, got {key!r}: {n}")
+
+
+def _check_names(c: JobConfig) -> None:
+    _fail_unless(bool(DNS_1035.match(c.name)),
+                 f"name {c.name!r} must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter")
+    longest = max(c.suffixes, key=len)
+    _fail_unless(len(c.name) + len(longest) <= 63,
+                 f"name {c.name!r} is {len(c.name)} chars; with suffix {longest!r} it must stay <= 63, "
+                 f"so use at most {63 - len(longest)} chars")
+    _fail_unless(bool(DNS_1123.match(c.namespace)) and len(c.namespace) <= 63,
+                 f"namespace {c.namespace!r} must be a DNS-1123 label of at most 63 chars")
+    for path, value in [("cluster.service_account", c.cluster.service_account), ("storage.claim", c.storage.claim),
+                        ("storage.output_claim", c.storage.output_claim), ("s3.secret", c.s3.secret),
+                        ("scheduling.priority_class", c.scheduling.priority_class)]:
+        _fail_unless(not value or bool(DNS_1123.match(value)), f"{path} {value!r} is not a valid Kubernetes object name")
+
+
+def _check_resources(c: JobConfig) -> None:
+    r = c.resources
+    values = {f"resources.{k}": getattr(r, k) for k in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")}
+    values.update({"storage.stage_size": c.storage.stage_size, "storage.mount_size": c.storage.mount_size})
+    parsed = {k: parse_quantity(v, k) for k, v in values.items() if v != "" or k == "resources.memory_limit"}
+    for request, limit in (("cpu_request", "cpu_limit"), ("memory_request", "memory_limit")):
+        if getattr(r, limit):
+            _fail_unless(parsed[f"resources.{request}"] <= parsed[f"resources.{limit}"],
+                         f"resources.{request}={getattr(r, request)} exceeds resources.{limit}={getattr(r, limit)}")
+    _fail_unless(parsed["resources.shm_size"] < parsed["resources.memory_limit"],
+                 f"resources.shm_size={r.shm_size} must be below resources.memory_limit={r.memory_limit} "
+                 f"(/dev/shm pages count against the pod's memory)")
+
+
+def _check_storage(c: JobConfig) -> None:
+    s, where = c.storage, f"storage.mode={c.storage.mode}"
+    if c.kind == "preprocess":
+        _fail_unless(bool(c.preprocess.input and c.preprocess.output), "kind=preprocess needs preprocess.input and preprocess.output")
+        _fail_unless(c.preprocess.frequency_threshold >= 0,
+                     f"preprocess.frequency_threshold must be >= 0, got {c.preprocess.frequency_threshold}")
+        _fail_unless(s.mode in ("pvc", "hostPath"),
+                     f"kind=preprocess reads and writes folders on a claim or node path: {where} is not supported (use pvc or hostPath)")
+        _fail_unless(s.mode != "pvc" or bool(s.claim), f"{where} needs storage.claim (an existing PersistentVolumeClaim)")
+        return
+    _fail_unless(bool(c.dataset), f"dataset is empty: set the dataset location ({where})")
+    is_s3 = c.dataset.startswith("s3://")
+    if s.mode in ("mount", "stage"):
+        bucket = c.dataset[5:].split("/", 1)[0] if is_s3 else ""
+        _fail_unless(is_s3 and bool(bucket), f"{where} needs dataset=s3://bucket/prefix, got {c.dataset!r}")
+    else:
+        _fail_unless(not is_s3, f"{where} reads a folder, got dataset={c.dataset!r}: use storage.mode=mount or stage for S3")
+    if s.mode == "pvc":
+        _fail_unless(bool(s.claim), f"{where} needs storage.claim (an existing PersistentVolumeClaim)")
+        _fail_unless(not c.dataset.startswith("/") and ".." not in c.dataset.split("/"),
+                     f"{where}: dataset {c.dataset!r} must be a relative folder inside claim {s.claim!r}")
+    if s.mode == "hostPath":
+        _fail_unless(c.dataset.startswith("/"), f"{where}: dataset {c.dataset!r} must be an absolute node path")
+    if s.stage_host_path:
+        _fail_unless(s.stage_host_path.startswith("/"), f"storage.stage_host_path {s.stage_host_path!r} must be absolute")
+    _fail_unless(not s.output_path or bool(s.output_claim), f"storage.output_path={s.output_path!r} needs storage.output_claim")
+
+
+def table_sizes(c: JobConfig) -> list[int] | None:
+    """The embedding table sizes: the local dataset's feature_spec.yaml, else `train_tables`."""
+    local = Path(c.dataset)
+    if c.dataset and not c.dataset.startswith("s3://") and (local / "feature_spec.yaml").is_file():
+        from dlrm.data.spec import FeatureSpec
+
+        return FeatureSpec.load(local).table_sizes
+    if isinstance(c.train_tables, list):
+        _fail_unless(bool(c.train_tables) and all(n >= 1 for n in c.train_tables),
+                     f"train_tables must list positive cardinalities, got {c.train_tables}")
+        return list(c.train_tables)
+    if c.train_tables:
+        _fail_unless(c.train_tables in TABLE_PRESETS,
+                     f"train_tables {c.train_tables!r} is not a known dataset (known: {', '.join(sorted(TABLE_PRESETS))}); "
+                     f"or give the list of cardinalities")
+        return list(TABLE_PRESETS[c.train_tables])
+    return None
+
+
+def _check_plan(c: JobConfig) -> None:
+    """The embedding tables must fit nodes x gpus_per_node GPUs, or the job dies after scheduling."""
+    sizes = table_sizes(c)
+    _fail_unless(sizes is not None,
+                 f"cannot check the embedding plan: dataset {c.dataset!r} has no feature_spec.yaml on this machine; "
+                 f"set train_tables to one of {', '.join(sorted(TABLE_PRESETS))} or a list of cardinalities")
+    try:
+        from dlrm.dist.plan import plan_tables
+    except ImportError as e:  # only while dlrm.dist.plan is being written; a broken import inside it still fails
+        if e.name not in ("dlrm.dist", "dlrm.dist.plan"):
+            raise
+        warnings.warn("dlrm.dist.plan is missing: the embedding plan was not checked", stacklevel=2)
+        return
+    t = c.train
+    try:
+        plan_tables(sizes, dim=t.model.embedding_dim, world_size=c.world_size,
+                    device_memory_bytes=parse_bytes(t.dist.device_memory), batch_size=t.data.batch_size,
+                    optimizer=t.optim.optimizer, reserve_bytes=parse_bytes(t.dist.memory_reserve),
+                    sharding=t.dist.sharding)
+    except UserError as e:
+        raise ConfigError(f"nodes={c.nodes} x gpus_per_node={c.gpus_per_node} ({c.world_size} ranks, "
+                          f"train.dist.device_memory={t.dist.device_memory}): {e}") from None
+
+
+def profile_path(profile: str) -> Path:
+    """A profile name (launcher/profiles/<name>.yaml) or a path to a YAML file."""
+    if profile.endswith((".yaml", ".yml")) or "/" in profile:
+        return Path(profile)
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r} (known: {', '.join(known)}; or give a path to a .yaml file)")
+    return path
+
+
+def load_job_config(profile: str, values: list[str] = (), overrides: dict | list = ()) -> JobConfig:
+    """Profile <- values files <- overrides (a dict of fields, or KEY=VALUE strings), validated."""
+    if isinstance(overrides, dict):
+        # JSON is YAML, so each value round-trips with its type through dlrm.config.parse_override.
+        overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items() if v is not None]
+    return load_config(JobConfig, files=[profile_path(profile), *values], overrides=list(overrides))

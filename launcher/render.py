@@ -1,0 +1,177 @@
+"""Pure rendering: a JobConfig in, the ordered list of Kubernetes objects out. No cluster, no clock.
+
+    objs = render_objects(load_job_config("criteo-fl15"), git_revision="abc123")
+    print(to_yaml(objs))
+
+Each object kind has one Jinja template under `manifests/`; `_helpers.j2` holds the shared macros
+(names, labels, security contexts). Templates run with StrictUndefined, and every config value
+goes through the `toyaml` filter (JSON, which is YAML), so a value holding `:`, a newline, quotes
+or `{{` stays one scalar. Each template's text is parsed back here, so a template that produces
+broken YAML fails loudly, and `to_yaml` dumps the parsed objects so the output is canonical:
+the same inputs give byte-identical YAML.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from dlrm import __version__
+from dlrm.config import to_dict
+from dlrm.errors import ConfigError
+from launcher import command as cmd
+from launcher.config import DNS_1035, JobConfig
+
+MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
+
+
+def toyaml(value) -> str:
+    """One YAML scalar (or flow collection) that cannot break out of its place in the document."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)
+
+
+def dns_label(text: str) -> str:
+    """Used by the name macro: a rendered name that is not a DNS-1035 label is a config error."""
+    if len(text) > 63 or not DNS_1035.match(text):
+        raise ConfigError(f"object name {text!r} ({len(text)} chars) is not a DNS-1035 label of at most 63 chars")
+    return text
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(MANIFESTS_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["toyaml"] = toyaml
+    env.globals["dns_label"] = dns_label
+    return env
+
+
+def config_hash(cfg: JobConfig) -> str:
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def _train_yaml(cfg: JobConfig, dataset: str) -> str:
+    """The resolved TrainConfig as the pods see it: dataset and out point at the mounts."""
+    train = to_dict(cfg.train)
+    train["data"]["dataset"] = dataset
+    train["out"] = cmd.OUTPUT_MOUNT
+    return yaml.safe_dump(train, sort_keys=False, default_flow_style=False)
+
+
+def _s3_env(cfg: JobConfig) -> list[dict]:
+    env = [{"name": "AWS_REGION", "value": cfg.s3.region}]
+    if cfg.s3.endpoint_url:  # boto3 >= 1.28 reads it; MinIO and other S3-compatible stores
+        env.append({"name": "AWS_ENDPOINT_URL", "value": cfg.s3.endpoint_url})
+    return env
+
+
+def _env(cfg: JobConfig) -> list[dict]:
+    """Container env, sorted per source so the output is deterministic."""
+    base = [
+        {"name": "HOME", "value": cmd.TMP_MOUNT},  # read-only root: caches (matplotlib, triton) go to /tmp
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    user = [{"name": k, "value": v} for k, v in sorted({**cfg.cluster.nccl_env, **cfg.cluster.env}.items())]
+    reserved = {e["name"] for e in base + _s3_env(cfg)}
+    clash = sorted(reserved & {e["name"] for e in user})
+    if clash:
+        raise ConfigError(f"cluster.env/nccl_env set {', '.join(clash)}, which the launcher sets itself")
+    return base + _s3_env(cfg) + user
+
+
+def _context(cfg: JobConfig, git_revision: str) -> dict:
+    staged = cfg.storage.mode == "stage"
+    dataset = cmd.STAGED_DATASET if staged else cmd.DATASET_MOUNT
+    bucket, _, prefix = cfg.dataset[len("s3://"):].partition("/") if cfg.dataset.startswith("s3://") else ("", "", "")
+    service_account = cfg.cluster.service_account or (cfg.name if cfg.s3.role_arn else "")
+    return {
+        "cfg": cfg,
+        "version": __version__,
+        "git_revision": git_revision,
+        "config_hash": config_hash(cfg),
+        "train_yaml": _train_yaml(cfg, dataset),
+        "dataset_path": dataset,
+        "bucket": bucket,
+        "prefix": prefix.strip("/") + "/" if prefix.strip("/") else "",
+        "pv_name": f"{cfg.namespace}-{cfg.name}-dataset",
+        "service_account": service_account,
+        "output_path": cfg.storage.output_path or f"runs/{cfg.name}",
+        "env": _env(cfg),
+        "node_selector": dict(sorted({**cfg.cluster.node_selector,
+                                       **({"nvidia.com/gpu.product": cfg.cluster.gpu_product} if cfg.cluster.gpu_product else {})}.items())),
+        "train_command": cmd.TRAIN_COMMAND + cmd.train_args(dataset, cmd.OUTPUT_MOUNT),
+        "stage_command": cmd.STAGE_COMMAND + cmd.stage_args(cfg.dataset),
+        "cmd": cmd,
+        **_preprocess_context(cfg),
+    }
+
+
+def _preprocess_context(cfg: JobConfig) -> dict:
+    """Input and output of kind=preprocess: s3:// passes through, folders are mounted."""
+    pp = cfg.preprocess
+    io = [{"volume": "input", "location": pp.input, "mount": cmd.PREPROCESS_INPUT, "read_only": True},
+          {"volume": "output", "location": pp.output, "mount": cmd.PREPROCESS_OUTPUT, "read_only": False}]
+    for entry in io:
+        entry["s3"] = entry["location"].startswith("s3://")
+        entry["path"] = entry["location"] if entry["s3"] else entry["mount"]
+    inp, out = io[0]["path"], io[1]["path"]
+    return {
+        "preprocess_io": io,
+        "preprocess_command": cmd.PREPROCESS_COMMAND + cmd.preprocess_args(inp, out, pp.frequency_threshold, "local"),
+        "spark_arguments": ["preprocess", *cmd.preprocess_args(inp, out, pp.frequency_threshold, "spark")],
+    }
+
+
+def _templates(cfg: JobConfig) -> list[str]:
+    """Which objects this config needs, in apply order."""
+    names = []
+    if cfg.s3.role_arn:
+        names.append("serviceaccount")
+    if cfg.kind == "train":
+        if cfg.storage.mode == "mount":
+            names += ["persistentvolume", "persistentvolumeclaim"]
+        names += ["configmap", "pytorchjob"]
+    else:
+        names.append("sparkapplication" if cfg.preprocess.engine == "spark" else "job")
+    return names
+
+
+def render_objects(cfg: JobConfig, git_revision: str = "unknown") -> list[dict]:
+    """The Kubernetes objects for `cfg`, in the order they must be applied. Pure."""
+    cfg.validate()
+    env = _environment()
+    ctx = _context(cfg, git_revision)
+    objs = []
+    for name in _templates(cfg):
+        text = env.get_template(f"{name}.yaml.j2").render(ctx)
+        try:
+            obj = yaml.safe_load(text)
+        except yaml.YAMLError as e:  # a template bug, not a user error: keep the traceback
+            raise RuntimeError(f"manifests/{name}.yaml.j2 rendered invalid YAML: {e}\n{text}") from e
+        objs.append(obj)
+    return objs
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's train.yaml) as literal blocks, so they read as files."""
+
+
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
+def to_yaml(objs: list[dict]) -> str:
+    """A multi-document YAML stream, keys in template order, deterministic."""
+    return "---\n".join(yaml.dump(o, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000) for o in objs)
+
+
+def file_name(obj: dict) -> str:
+    """`<kind>-<name>.yaml`, lowercase: one file per object for `render --out DIR`."""
+    return f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
