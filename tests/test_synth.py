@@ -1,0 +1,148 @@
+"""Synthetic data: deterministic, calibrated, skewed, and learnable (with a known best AUC)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlrm.__main__ import main as cli
+from dlrm.data import synth
+from dlrm.data.reader import SplitBinaryReader
+from dlrm.data.spec import FeatureSpec
+from dlrm.errors import DataError, UserError
+
+CARDS = synth.scaled(synth.SMALL_CARDINALITIES, 10)  # 26 tables, 2 to 5000 ids
+
+
+def files_of(spec: FeatureSpec) -> dict[str, bytes]:
+    return {str(c.file.relative_to(spec.root)): c.file.read_bytes() for s in spec.sources.values() for c in s}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    return synth.generate(out, 40_000, 5, cardinalities=CARDS, test_rows=10_000)
+
+
+def load(spec: FeatureSpec, split: str):
+    r = SplitBinaryReader(spec, split, 1 << 20, prefetch=0)
+    (b,) = list(r)
+    return b.numerical.numpy(), b.categorical.numpy(), b.label.numpy()
+
+
+def test_metadata_and_layout(data):
+    spec = FeatureSpec.load(data.root)
+    meta = spec.metadata["synthetic"]
+    assert set(meta) == {"seed", "rows", "test_rows", "click_rate", "oracle_auc"}
+    assert (meta["seed"], meta["rows"], meta["test_rows"]) == (5, 40_000, 10_000)
+    assert spec.check() == {"train": 40_000, "test": 10_000}
+    assert spec.table_sizes == CARDS and len(spec.numerical) == 13
+
+
+def test_deterministic_for_a_seed(tmp_path, data):
+    again = synth.generate(tmp_path / "a", 40_000, 5, cardinalities=CARDS, test_rows=10_000)
+    assert files_of(again) == files_of(data)
+    assert again.metadata == data.metadata
+    other = synth.generate(tmp_path / "b", 40_000, 6, cardinalities=CARDS, test_rows=10_000)
+    assert files_of(other)["train/label.bin"] != files_of(data)["train/label.bin"]
+
+
+@pytest.mark.parametrize("target", [0.25, 0.05])
+def test_click_rate_near_target(tmp_path, data, target):
+    spec = data if target == 0.25 else synth.generate(tmp_path, 40_000, 1, cardinalities=CARDS, test_rows=100,
+                                                      click_rate=target)
+    _, _, label = load(spec, "train")
+    assert abs(label.mean() - target) < 0.02
+    assert spec.metadata["synthetic"]["click_rate"] == pytest.approx(label.mean(), abs=1e-6)
+
+
+def test_features_look_like_criteo(data):
+    num, cat, _ = load(data, "train")
+    assert num.min() >= 0 and (num == 0).mean() > 0.1 and num.max() > 2  # log(1 + count), zeros common
+    for t, c in enumerate(CARDS):
+        assert 0 <= cat[:, t].min() and cat[:, t].max() < c
+    counts = np.sort(np.bincount(cat[:, 9], minlength=CARDS[9]))[::-1]  # 4000 ids
+    assert counts[:40].sum() > 0.3 * counts.sum()  # 1% of the ids draw a third of the rows
+    assert (counts > 0).sum() > 1000  # and the tail is still there
+
+
+def test_oracle_auc_is_high_and_exact(data):
+    num, cat, label = load(data, "test")
+    oracle = data.metadata["synthetic"]["oracle_auc"]
+    assert oracle > 0.7
+    # The stored figure is the hidden model's AUC on exactly these rows.
+    truth = synth.make_truth(5, CARDS, 13)
+    synth.calibrate(truth, 5, 0.25)
+    rng = np.random.default_rng([5, synth.SPLIT_STREAM["test"], 0])
+    numerical, _, ranks = synth.sample(truth, rng, 10_000)
+    assert synth.auc(synth.logits(truth, numerical, ranks), label) == pytest.approx(oracle, abs=1e-6)
+
+
+def test_auc_matches_sklearn_with_ties():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 20, 5000).astype(np.float32)  # many ties
+    labels = rng.random(5000) < sigmoid_np(scores / 5 - 2)
+    assert synth.auc(scores, labels) == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-12)
+    assert synth.auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0
+    assert synth.auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert synth.auc(np.array([0.3, 0.2]), np.array([1, 1])) is None
+
+
+def sigmoid_np(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_learnable_from_popular_ids(data):
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    sparse = pytest.importorskip("scipy.sparse")
+
+    def one_hot(cat, tops):
+        blocks = []
+        for t, top in enumerate(tops):  # one column per popular id, the rest all-zero
+            hit = (cat[:, t][:, None] == top[None, :]).astype(np.float32)
+            blocks.append(sparse.csr_matrix(hit))
+        return sparse.hstack(blocks).tocsr()
+
+    num, cat, label = load(data, "train")
+    tnum, tcat, tlabel = load(data, "test")
+    tops = [np.argsort(np.bincount(cat[:, t], minlength=c))[::-1][:20] for t, c in enumerate(CARDS)]
+    x, tx = (sparse.hstack([one_hot(c, tops), sparse.csr_matrix(n)]).tocsr() for c, n in ((cat, num), (tcat, tnum)))
+    model = linear_model.LogisticRegression(C=1.0, max_iter=300).fit(x, label)
+    got = synth.auc(model.decision_function(tx), tlabel)
+    print(f"logistic regression AUC {got:.4f}, oracle {data.metadata['synthetic']['oracle_auc']:.4f}")
+    assert 0.6 < got <= data.metadata["synthetic"]["oracle_auc"] + 0.01
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "c"
+    args = ["synth", "--out", str(out), "--rows", "3000", "--tables", "criteo-fl15", "--scale", "5000", "--seed", "3"]
+    assert cli(args) == 0
+    line = capsys.readouterr().out
+    assert "3000 train + 375 test rows" in line and "oracle test AUC" in line
+    spec = FeatureSpec.load(out)
+    assert spec.table_sizes == [max(2, round(c / 5000)) for c in synth.CRITEO_FL15_CARDINALITIES]
+    assert spec.check() == {"train": 3000, "test": 375}
+    assert cli(args) == 2  # refuses to overwrite
+    assert "already holds a dataset" in capsys.readouterr().err
+    assert cli(args + ["--overwrite", "--test-rows", "10"]) == 0
+    assert FeatureSpec.load(out).check()["test"] == 10
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(UserError, match="click_rate"):
+        synth.generate(tmp_path, 10, 0, cardinalities=CARDS, test_rows=1, click_rate=1.5)
+    with pytest.raises(UserError, match="rows"):
+        synth.generate(tmp_path, 0, 0, cardinalities=CARDS, test_rows=1)
+    with pytest.raises(UserError, match="scale"):
+        synth.scaled(CARDS, 0)
+    assert not (tmp_path / "feature_spec.yaml").exists()
+
+
+def test_crash_leaves_no_yaml(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise DataError("disk full")
+
+    monkeypatch.setattr(synth, "auc", boom)  # fails after both splits are written
+    with pytest.raises(DataError, match="disk full"):
+        synth.generate(tmp_path, 1000, 0, cardinalities=CARDS, test_rows=10)
+    assert not (tmp_path / "feature_spec.yaml").exists()
