@@ -56,7 +56,7 @@ def main(src: str) -> None:
         refs: set[str] = set()
         keep[name] = _strip(defs[name], refs)
         todo.extend(sorted(refs - keep.keys()))
-    out = {"$schema": "https://json-schema.org/draft/2020-12/schema", "source": Path(src).name,
+    out = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://dlrm-k8s.invalid/schemas/k8s.json", "source": Path(src).name,
            "$defs": dict(sorted(keep.items()))}
     dest = Path(__file__).with_name("k8s.json")
     dest.write_text(json.dumps(out, indent=None, sort_keys=True, separators=(",", ":")) + "\n")

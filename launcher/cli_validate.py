@@ -1,0 +1,28 @@
+"""`python -m launcher validate FILES... [--crd FILE]`: offline checks of rendered YAML, all errors at once.
+
+Exit 0 when every object in every file is valid; else each error on its own line (with its file,
+object and path) and exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launcher.validate import load_objects, validate_objects
+
+
+def add_arguments(p: argparse.ArgumentParser, command: str = "validate") -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files (multi-document allowed), e.g. render --out output")
+    p.add_argument("--crd", metavar="FILE", help="also check PyTorchJobs against this CRD's openAPIV3Schema "
+                                                 "(e.g. kubeflow.org_pytorchjobs.yaml from the training operator)")
+
+
+def main(args: argparse.Namespace) -> int:
+    errors, count = [], 0
+    for path, objs in load_objects(args.files):
+        count += len(objs)
+        errors += [f"{path}: {e}" for e in validate_objects(objs, crd=args.crd)]
+    for e in errors:
+        print(e, file=sys.stderr)
+    print(f"{count} objects in {len(args.files)} files: " + (f"{len(errors)} errors" if errors else "valid"))
+    return 1 if errors else 0
