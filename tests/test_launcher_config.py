@@ -1,0 +1,181 @@
+"""The job config: layering (profile <- values <- flags <- --set), unknown keys, cross-field checks."""
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+
+from dlrm.data.spec import FeatureSpec
+from dlrm.errors import ConfigError
+from launcher.config import PROFILES_DIR, TABLE_PRESETS, JobConfig, load_job_config, parse_quantity, table_sizes
+
+PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_loads_and_validates(profile):
+    cfg = load_job_config(profile)
+    assert isinstance(cfg, JobConfig) and cfg.name and cfg.image
+
+
+def test_required_profiles_exist():
+    assert {"criteo-fl15", "synthetic-smoke"} <= set(PROFILES)
+
+
+def test_default_image_is_versioned():
+    from dlrm import __version__
+
+    assert load_job_config("synthetic-smoke").image == f"dlrm-k8s-train:{__version__}"
+    assert load_job_config("synthetic-smoke").preprocess.image == f"dlrm-k8s-preprocess:{__version__}"
+
+
+def test_layering_order(tmp_path):
+    values = tmp_path / "v.yaml"
+    values.write_text("nodes: 3\ngpus_per_node: 2\ntrain:\n  epochs: 4\n  optim:\n    lr: 0.25\n")
+    cfg = load_job_config("synthetic-smoke", values=[str(values)])
+    assert (cfg.nodes, cfg.gpus_per_node, cfg.train.epochs, cfg.train.optim.lr) == (3, 2, 4, 0.25)
+    assert cfg.train.model.embedding_dim == 8  # the profile's, untouched by the merge
+    cfg = load_job_config("synthetic-smoke", values=[str(values)], overrides={"nodes": 5})
+    assert cfg.nodes == 5
+    cfg = load_job_config("synthetic-smoke", values=[str(values)], overrides=["nodes=6", "train.optim.lr=0.5"])
+    assert (cfg.nodes, cfg.train.optim.lr) == (6, 0.5)
+
+
+def test_dict_overrides_keep_types():
+    cfg = load_job_config("synthetic-smoke", overrides={"image": "1.10", "cluster": {"env": {"A": "true"}}})
+    # JSON-encoded, so "1.10" is not read back as the float 1.1, nor "true" as a bool.
+    assert cfg.image == "1.10" and cfg.cluster.env == {"A": "true"}
+
+
+def test_profile_as_path(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text((PROFILES_DIR / "synthetic-smoke.yaml").read_text() + "\nname: mine\n")
+    assert load_job_config(str(p)).name == "mine"
+
+
+def test_unknown_profile_lists_known():
+    with pytest.raises(ConfigError, match=r"unknown profile 'nope' \(known: .*synthetic-smoke"):
+        load_job_config("nope")
+
+
+def test_unknown_key_names_key_file_and_valid_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster:\n  gpu_prodcut: H100\n")
+    with pytest.raises(ConfigError) as e:
+        load_job_config("synthetic-smoke", values=[str(bad)])
+    msg = str(e.value)
+    assert str(bad) in msg and "cluster.gpu_prodcut" in msg and "gpu_product" in msg and "\n" not in msg
+
+
+def test_unknown_override_key():
+    with pytest.raises(ConfigError, match=r"unknown key train\.optim\.lrr .*valid keys of train\.optim: .*lr"):
+        load_job_config("synthetic-smoke", overrides=["train.optim.lrr=1"])
+
+
+def test_wrong_type_names_path():
+    with pytest.raises(ConfigError, match=r"nodes: expected an integer, got 'two'"):
+        load_job_config("synthetic-smoke", overrides={"nodes": "two"})
+
+
+# Each cross-field rule: the overrides that break it and what the one-line message must contain.
+CROSS_FIELD = [
+    ({"gpus_per_node": 0}, ["gpus_per_node", "max_gpus_per_node=8", "got 0"]),
+    ({"gpus_per_node": 9}, ["gpus_per_node", "max_gpus_per_node=8", "got 9"]),
+    ({"gpus_per_node": 4, "max_gpus_per_node": 2}, ["max_gpus_per_node=2", "got 4"]),
+    ({"nodes": 0}, ["nodes must be >= 1", "got 0"]),
+    ({"name": "Bad_Name"}, ["name 'Bad_Name'", "DNS-1035"]),
+    ({"name": "9lives"}, ["name '9lives'", "DNS-1035"]),
+    ({"name": "a" * 54, "nodes": 16}, [f"name '{'a' * 54}' is 54 chars", "'-worker-14'", "at most 53"]),
+    ({"name": "a" * 55}, ["is 55 chars", "'-master-0'", "at most 54"]),
+    ({"namespace": "Team_A"}, ["namespace 'Team_A'"]),
+    ({"resources": {"shm_size": "16Gi", "memory_limit": "16Gi", "memory_request": "8Gi"}},
+     ["resources.shm_size=16Gi", "resources.memory_limit=16Gi"]),
+    ({"resources": {"memory_request": "32Gi"}}, ["resources.memory_request=32Gi", "resources.memory_limit=16Gi"]),
+    ({"resources": {"memory_limit": "16 Gi"}}, ["resources.memory_limit", "'16 Gi'", "Kubernetes quantity"]),
+    ({"resources": {"cpu_request": "4cores"}}, ["resources.cpu_request", "'4cores'"]),
+    ({"resources": {"cpu_request": "8", "cpu_limit": "4"}}, ["resources.cpu_request=8", "resources.cpu_limit=4"]),
+    ({"storage": {"mode": "nfs"}}, ["storage.mode", "pvc, hostPath, mount, stage", "'nfs'"]),
+    ({"storage": {"mode": "mount"}}, ["storage.mode=mount", "s3://bucket/prefix", "'/mnt/dlrm/synthetic'"]),
+    ({"storage": {"mode": "pvc"}}, ["storage.mode=pvc", "storage.claim"]),
+    ({"storage": {"mode": "pvc", "claim": "data"}}, ["'/mnt/dlrm/synthetic'", "relative folder inside claim 'data'"]),
+    ({"dataset": "s3://b/p"}, ["storage.mode=hostPath", "'s3://b/p'"]),
+    ({"dataset": "relative/dir"}, ["'relative/dir'", "absolute node path"]),
+    ({"dataset": ""}, ["dataset is empty"]),
+    ({"scheduling": {"gang": "kueue"}}, ["scheduling.gang=kueue", "scheduling.queue"]),
+    ({"scheduling": {"gang": "yunikorn"}}, ["scheduling.gang", "'yunikorn'"]),
+    ({"scheduling": {"min_available": 2}}, ["scheduling.min_available=2", "nodes=1"]),
+    ({"cluster": {"clean_pod_policy": "Some"}}, ["cluster.clean_pod_policy", "'Some'"]),
+    ({"cluster": {"env": {"BAD-NAME": "x"}}}, ["cluster.env", "'BAD-NAME'"]),
+    ({"cluster": {"extra_resources": {"rdma": 1}}}, ["cluster.extra_resources", "'rdma'"]),
+    ({"cluster": {"service_account": "Admin"}}, ["cluster.service_account", "'Admin'"]),
+    ({"train_tables": "criteo-fl99"}, ["train_tables 'criteo-fl99'", "criteo-fl15"]),
+    ({"train_tables": [10, 0]}, ["train_tables", "[10, 0]"]),
+    ({"train_tables": ""}, ["'/mnt/dlrm/synthetic'", "train_tables"]),
+    ({"kind": "serve"}, ["kind", "'serve'"]),
+    ({"train": {"epochs": 0}}, ["epochs must be >= 1, got 0"]),
+    ({"train_tables": [10**9] * 4}, ["nodes=1 x gpus_per_node=1", "train.dist.device_memory=16GiB", "do not fit"]),
+]
+
+
+@pytest.mark.parametrize("overrides,fragments", CROSS_FIELD, ids=[str(o) for o, _ in CROSS_FIELD])
+def test_cross_field_errors(overrides, fragments):
+    with pytest.raises(ConfigError) as e:
+        load_job_config("synthetic-smoke", overrides=overrides)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+
+
+@pytest.mark.parametrize("gpus", [1, 8])
+def test_gpu_boundaries_accepted(gpus):
+    assert load_job_config("synthetic-smoke", overrides={"gpus_per_node": gpus}).gpus_per_node == gpus
+
+
+def test_longest_name_that_fits():
+    # 63 - len("-worker-14") = 53 characters is exactly allowed with 16 nodes.
+    assert len(load_job_config("synthetic-smoke", overrides={"name": "a" * 53, "nodes": 16}).name) == 53
+
+
+def test_plan_fits_only_with_enough_ranks():
+    """Criteo FL15 with fp32 tables needs ~18 GiB: not one 16 GiB GPU, fine on eight."""
+    over = {"train_tables": "criteo-fl15", "train": {"model": {"embedding_dim": 128, "bottom_mlp": [128]},
+                                                    "data": {"batch_size": 4096}}}
+    with pytest.raises(ConfigError, match="do not fit"):
+        load_job_config("synthetic-smoke", overrides=over)
+    assert load_job_config("synthetic-smoke", overrides={**over, "gpus_per_node": 8}).world_size == 8
+
+
+def test_preprocess_checks():
+    with pytest.raises(ConfigError, match="preprocess.input and preprocess.output"):
+        load_job_config("criteo-preprocess", overrides={"preprocess": {"input": ""}})
+    with pytest.raises(ConfigError, match="storage.mode=mount is not supported"):
+        load_job_config("criteo-preprocess", overrides={"storage": {"mode": "mount"}})
+
+
+def test_table_sizes_from_local_feature_spec(tmp_path):
+    FeatureSpec.default(tmp_path, [11, 22, 33]).save()
+    cfg = load_job_config("synthetic-smoke", overrides={"dataset": str(tmp_path), "train_tables": ""})
+    assert table_sizes(cfg) == [11, 22, 33]
+    assert table_sizes(load_job_config("criteo-fl15")) == TABLE_PRESETS["criteo-fl15"]
+
+
+def test_missing_planner_warns_and_skips(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlrm.dist.plan", None)  # `import` now raises ModuleNotFoundError
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_job_config("synthetic-smoke", overrides={"train_tables": [10**9] * 4})
+    assert any("plan was not checked" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("text,value", [("64Gi", 64 * 2**30), ("500m", 0.5), ("16", 16), ("1.5G", 1.5e9),
+                                        ("2e3", 2000), ("1Ki", 1024), (".5", 0.5)])
+def test_parse_quantity(text, value):
+    assert parse_quantity(text, "x") == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "Gi", "64GiB", "1.2.3", "-", "64 Gi", "1Ki1"])
+def test_parse_quantity_rejects(text):
+    with pytest.raises(ConfigError, match=r"^x: "):
+        parse_quantity(text, "x")

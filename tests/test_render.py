@@ -1,0 +1,252 @@
+"""Rendering: golden files per profile and shape, structure of each object, injection, determinism.
+
+Regenerate the golden files after an intended change with:  UPDATE_GOLDEN=1 pytest tests/test_render.py
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher import command as cmd
+from launcher.config import load_job_config
+from launcher.render import MANIFESTS_DIR, render_objects, to_yaml
+
+GOLDEN = Path(__file__).with_name("golden")
+REV = "0123456789abcdef"
+
+# case name -> (profile, overrides). Each is also validated in test_validate.py.
+CASES = {
+    "criteo-fl15-nodes1": ("criteo-fl15", {"nodes": 1}),
+    "criteo-fl15-nodes2": ("criteo-fl15", {"nodes": 2}),
+    "criteo-fl15-nodes16": ("criteo-fl15", {"nodes": 16}),
+    "synthetic-smoke": ("synthetic-smoke", {}),
+    "criteo-preprocess-spark": ("criteo-preprocess", {}),
+    "criteo-preprocess-local": ("criteo-preprocess", {"preprocess": {"engine": "local", "output": "s3://out/fl15"}}),
+    "stage-irsa-minio-volcano": ("criteo-fl15", {
+        "nodes": 2, "storage": {"mode": "stage", "stage_size": "2Ti", "output_claim": "runs"},
+        "s3": {"role_arn": "arn:aws:iam::123456789012:role/dlrm", "endpoint_url": "http://minio.minio:9000"},
+        "scheduling": {"gang": "volcano", "queue": "research", "priority_class": "high"},
+        "train": {"checkpoint_dir": "s3://ckpt/dlrm"}}),
+    "pvc-kueue-efa-secret": ("criteo-fl15", {
+        "nodes": 4, "dataset": "criteo/fl15", "storage": {"mode": "pvc", "claim": "datasets"},
+        "s3": {"secret": "aws-creds"}, "scheduling": {"gang": "kueue", "queue": "gpu-queue"},
+        "cluster": {"efa": 32, "extra_resources": {"rdma/hca_shared_devices_a": 1},
+                    "nccl_env": {"FI_PROVIDER": "efa", "NCCL_DEBUG": "INFO"},
+                    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+                    "image_pull_secrets": ["regcred"], "service_account": "trainer", "active_deadline_seconds": 86400}}),
+    "stage-hostpath": ("criteo-fl15", {"storage": {"mode": "stage", "stage_host_path": "/mnt/nvme/dlrm"}}),
+}
+
+
+def render(name: str) -> list[dict]:
+    profile, overrides = CASES[name]
+    return render_objects(load_job_config(profile, overrides=overrides), git_revision=REV)
+
+
+def by_kind(objs: list[dict], kind: str) -> dict:
+    (obj,) = [o for o in objs if o["kind"] == kind]
+    return obj
+
+
+def pod(job: dict, role: str = "Master") -> dict:
+    return job["spec"]["pytorchReplicaSpecs"][role]["template"]["spec"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name):
+    text = to_yaml(render(name))
+    path = GOLDEN / f"{name}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run UPDATE_GOLDEN=1 pytest tests/test_render.py"
+    assert text == path.read_text(), f"{name} differs from {path}; if intended, UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_deterministic(name):
+    assert to_yaml(render(name)) == to_yaml(render(name))
+
+
+def test_input_order_does_not_change_output():
+    a = {"cluster": {"node_selector": {"a": "1", "b": "2"}, "env": {"X": "1", "Y": "2"}}}
+    b = {"cluster": {"node_selector": {"b": "2", "a": "1"}, "env": {"Y": "2", "X": "1"}}}
+    ra = render_objects(load_job_config("synthetic-smoke", overrides=a), REV)
+    rb = render_objects(load_job_config("synthetic-smoke", overrides=b), REV)
+    assert to_yaml(ra) == to_yaml(rb)
+
+
+@pytest.mark.parametrize("nodes,workers", [(1, None), (2, 1), (16, 15)])
+def test_replicas(nodes, workers):
+    job = by_kind(render(f"criteo-fl15-nodes{nodes}"), "PyTorchJob")
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Master"]["restartPolicy"] == "OnFailure"
+    assert (specs["Worker"]["replicas"] if "Worker" in specs else None) == workers
+    assert job["spec"]["nprocPerNode"] == "8"
+
+
+@pytest.mark.parametrize("gpus", [1, 8])
+def test_gpus(gpus):
+    objs = render_objects(load_job_config("criteo-fl15", overrides={"gpus_per_node": gpus, "nodes": 4}), REV)
+    job = by_kind(objs, "PyTorchJob")
+    assert job["spec"]["nprocPerNode"] == str(gpus)
+    for role in ("Master", "Worker"):
+        assert pod(job, role)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == gpus
+
+
+def test_training_container():
+    objs = render("criteo-fl15-nodes2")
+    job = by_kind(objs, "PyTorchJob")
+    meta = job["metadata"]
+    assert meta["annotations"]["dlrm-k8s.io/git-revision"] == REV
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["annotations"]["dlrm-k8s.io/config-sha256"])
+    assert meta["labels"]["app.kubernetes.io/instance"] == "dlrm-criteo-fl15"
+    spec = pod(job, "Worker")
+    (c,) = spec["containers"]
+    assert c["name"] == "pytorch"
+    assert c["command"][: len(cmd.TRAIN_COMMAND)] == cmd.TRAIN_COMMAND
+    args = c["command"]
+    assert not [a for a in args if a.startswith(("--nnodes", "--node-rank", "--node_rank", "--master", "--nproc"))]
+    assert "--resume" in args and f"data.dataset={cmd.DATASET_MOUNT}" in args and f"out={cmd.OUTPUT_MOUNT}" in args
+    assert c["resources"]["limits"]["memory"] == "800Gi" and c["resources"]["requests"]["cpu"] == "64"
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "128Gi"}
+    assert volumes["tmp"]["emptyDir"] == {}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["config"]["mountPath"] == cmd.CONFIG_DIR and mounts["dataset"]["readOnly"] is True
+    # The ConfigMap holds the resolved training config, pointing at the same mounts.
+    config = by_kind(objs, "ConfigMap")
+    assert volumes["config"]["configMap"]["name"] == config["metadata"]["name"] == "dlrm-criteo-fl15-config"
+    train = yaml.safe_load(config["data"][cmd.CONFIG_FILE])
+    assert train["data"]["dataset"] == cmd.DATASET_MOUNT and train["out"] == cmd.OUTPUT_MOUNT
+    assert train["model"]["embedding_dim"] == 128 and train["optim"]["lr"] == 24.0
+
+
+def test_mount_mode_static_pv():
+    objs = render("criteo-fl15-nodes1")
+    assert [o["kind"] for o in objs] == ["PersistentVolume", "PersistentVolumeClaim", "ConfigMap", "PyTorchJob"]
+    pv, pvc = objs[0], objs[1]
+    assert pv["spec"]["csi"]["driver"] == "s3.csi.aws.com"
+    assert pv["spec"]["csi"]["volumeAttributes"] == {"bucketName": "dlrm-datasets"}
+    assert pv["spec"]["csi"]["volumeHandle"] == "s3-default-dlrm-criteo-fl15-dataset"  # namespace + name: unique
+    assert {"read-only", "region us-east-1", "prefix criteo-1tb/fl15/"} <= set(pv["spec"]["mountOptions"])
+    assert pv["spec"]["claimRef"] == {"namespace": "default", "name": pvc["metadata"]["name"]}
+    assert pvc["spec"]["volumeName"] == pv["metadata"]["name"] and pvc["spec"]["storageClassName"] == ""
+    volumes = {v["name"]: v for v in pod(by_kind(objs, "PyTorchJob"))["volumes"]}
+    assert volumes["dataset"]["persistentVolumeClaim"] == {"claimName": pvc["metadata"]["name"], "readOnly": True}
+
+
+def test_stage_irsa_minio_volcano():
+    objs = render("stage-irsa-minio-volcano")
+    sa = by_kind(objs, "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/dlrm"}
+    job = by_kind(objs, "PyTorchJob")
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 2, "queue": "research", "priorityClass": "high"}
+    spec = pod(job)
+    assert spec["serviceAccountName"] == sa["metadata"]["name"] and spec["priorityClassName"] == "high"
+    (init,) = spec["initContainers"]
+    assert init["command"] == cmd.STAGE_COMMAND + ["s3://dlrm-datasets/criteo-1tb/fl15", cmd.STAGED_DATASET]
+    assert init["image"] == spec["containers"][0]["image"]
+    assert {"name": "AWS_ENDPOINT_URL", "value": "http://minio.minio:9000"} in init["env"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["stage"]["emptyDir"] == {"sizeLimit": "2Ti"}
+    assert volumes["output"]["persistentVolumeClaim"] == {"claimName": "runs"}
+    assert f"data.dataset={cmd.STAGED_DATASET}" in spec["containers"][0]["command"]
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["stage"]["readOnly"] is True and mounts["output"]["subPath"] == "runs/dlrm-criteo-fl15"
+    assert not [o for o in objs if o["kind"] in ("PersistentVolume", "Secret")]
+    assert yaml.safe_load(by_kind(objs, "ConfigMap")["data"]["train.yaml"])["checkpoint_dir"] == "s3://ckpt/dlrm"
+
+
+def test_stage_on_host_nvme():
+    spec = pod(by_kind(render("stage-hostpath"), "PyTorchJob"))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["stage"]["hostPath"] == {"path": "/mnt/nvme/dlrm", "type": "DirectoryOrCreate"}
+
+
+def test_pvc_kueue_efa_secret():
+    objs = render("pvc-kueue-efa-secret")
+    assert [o["kind"] for o in objs] == ["ConfigMap", "PyTorchJob"]  # pvc mode: nothing to create
+    job = by_kind(objs, "PyTorchJob")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert "schedulingPolicy" not in job["spec"]["runPolicy"]
+    assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 86400
+    spec = pod(job, "Worker")
+    c = spec["containers"][0]
+    assert c["resources"]["limits"]["vpc.amazonaws.com/efa"] == 32
+    assert c["resources"]["limits"]["rdma/hca_shared_devices_a"] == 1
+    assert c["envFrom"] == [{"secretRef": {"name": "aws-creds"}}]
+    assert {"name": "FI_PROVIDER", "value": "efa"} in c["env"]
+    assert spec["serviceAccountName"] == "trainer" and spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in spec["tolerations"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["dataset"]["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": True}
+    assert {"name": "dataset", "mountPath": cmd.DATASET_MOUNT, "readOnly": True, "subPath": "criteo/fl15"} in c["volumeMounts"]
+    assert "aws-creds" not in to_yaml([by_kind(objs, "ConfigMap")])
+
+
+def test_preprocess_job_and_spark():
+    (job,) = render("criteo-preprocess-local")
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"].startswith("dlrm-k8s-preprocess:")
+    assert c["command"] == cmd.PREPROCESS_COMMAND + ["--input", cmd.PREPROCESS_INPUT, "--out", "s3://out/fl15",
+                                                     "--frequency-threshold", "15", "--engine", "local"]
+    assert [m["name"] for m in c["volumeMounts"]] == ["input", "tmp"]  # the s3:// output is not mounted
+    (app,) = render("criteo-preprocess-spark")
+    assert (app["apiVersion"], app["kind"]) == ("sparkoperator.k8s.io/v1beta2", "SparkApplication")
+    assert app["spec"]["arguments"][0] == "preprocess" and app["spec"]["arguments"][-2:] == ["--engine", "spark"]
+    assert app["spec"]["executor"]["instances"] == 16 and app["spec"]["mainApplicationFile"] == cmd.SPARK_MAIN_FILE
+
+
+# Values that would break out of a naively templated YAML scalar.
+PAYLOADS = ["a: b", "x\ny: z", "q\"uote's", "{{ cfg.name }}", "{% raw %}", "- item", "#comment", "&a *a",
+            "!!python/object:os.system", "[1, 2]", "null", "yes", "0x10", "' or '1'='1", "\\n\t", "é✓"]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_injection_stays_one_scalar(payload):
+    over = {"image": payload, "dataset": "/data/" + payload, "cluster": {
+        "env": {"V": payload}, "node_selector": {"k": payload}, "gpu_product": payload,
+        "tolerations": [{"key": "k", "operator": "Equal", "value": payload, "effect": "NoSchedule"}]},
+        "s3": {"role_arn": payload}, "storage": {"stage_size": "1Ti"}}
+    objs = render_objects(load_job_config("synthetic-smoke", overrides=over), git_revision=payload)
+    assert [o["kind"] for o in objs] == ["ServiceAccount", "ConfigMap", "PyTorchJob"]
+    assert yaml.safe_load_all(to_yaml(objs)) and list(yaml.safe_load_all(to_yaml(objs))) == objs
+    job = by_kind(objs, "PyTorchJob")
+    spec = pod(job)
+    c = spec["containers"][0]
+    assert c["image"] == payload and {"name": "V", "value": payload} in c["env"]
+    assert spec["nodeSelector"] == {"k": payload, "nvidia.com/gpu.product": payload}
+    assert spec["tolerations"][1]["value"] == payload
+    assert {v["name"]: v for v in spec["volumes"]}["dataset"]["hostPath"]["path"] == "/data/" + payload
+    assert job["metadata"]["annotations"]["dlrm-k8s.io/git-revision"] == payload
+    assert by_kind(objs, "ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == payload
+
+
+# A {{ }} is safe when it ends in `| toyaml`, is a macro call re-indented, or is the name macro (itself filtered).
+SAFE_EXPR = re.compile(r"^(.*\|\s*toyaml|([hp]\.\w+|pod_template|role)\(.*\)\s*\|\s*indent\(\d+\)|h\.name\(.*\))$")
+
+
+def test_every_template_value_is_filtered():
+    bad = []
+    for path in sorted(MANIFESTS_DIR.glob("*.j2")):
+        for expr in re.findall(r"\{\{-?\s*(.*?)\s*-?\}\}", path.read_text()):
+            if not SAFE_EXPR.match(expr):
+                bad.append(f"{path.name}: {{{{ {expr} }}}}")
+    assert not bad, "unfiltered template values: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("expr,safe", [("cfg.name", False), ("cfg.name | upper", False), ("h.labels('x')", False),
+                                       ("cfg.name | toyaml", True), ('h.labels("x") | indent(4)', True)])
+def test_safe_expr_pattern(expr, safe):
+    assert bool(SAFE_EXPR.match(expr)) is safe
