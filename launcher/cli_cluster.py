@@ -1,0 +1,289 @@
+"""`submit`, `status`, `logs`, `cancel`, `list`: the launcher's cluster commands.
+
+    python -m launcher submit --profile criteo-fl15 --nodes 2 --gpus 8 [--dry-run | --server-dry-run]
+    python -m launcher status dlrm --watch
+    python -m launcher logs dlrm -f --replica worker --index 0
+    python -m launcher cancel dlrm
+    python -m launcher list
+
+`submit` renders with the same code as `render`, validates with the same code as `validate`, and
+with --dry-run prints exactly the objects it would otherwise create, in the order it creates them.
+Kubeconfig, context and namespace are found as kubectl finds them (launcher.k8s), and every API
+failure arrives here already turned into a one-line UserError.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dlrm.errors import UserError
+
+JOB_LABEL = "training.kubeflow.org/job-name"
+# Everything the launcher renders carries these (manifests/_helpers.j2); cancel deletes by them.
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY = "app.kubernetes.io/managed-by=dlrm-launcher"
+# Cleaned up by cancel along with the job: its config and the mount mode's dataset claim (and volume).
+OWNED_KINDS = (("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"))
+# A ServiceAccount may be shared by many jobs (cluster.service_account): finding it is not an error.
+SHARED_KINDS = {"ServiceAccount"}
+FINISHED = {"Succeeded", "Failed"}
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, namespace: bool = True) -> None:
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    if namespace:
+        p.add_argument("-n", "--namespace", help="default: the context's namespace, else 'default'")
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    if command == "submit":
+        from launcher.cli_render import add_job_arguments
+
+        add_job_arguments(parser)  # the same flags as render and run-local; --namespace among them
+        add_cluster_arguments(parser, namespace=False)
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument("--dry-run", action="store_true", help="print the YAML submit would send, and stop")
+        mode.add_argument("--server-dry-run", action="store_true", help="send everything with dryRun=All: the API server checks, stores nothing")
+        parser.add_argument("--crd", metavar="FILE", help="validate the PyTorchJob against this CRD's schema too")
+        return
+    add_cluster_arguments(parser)
+    if command in ("status", "logs", "cancel"):
+        parser.add_argument("name", help="the PyTorchJob's name")
+    if command == "status":
+        parser.add_argument("-w", "--watch", action="store_true", help="print again on every change until the job finishes")
+        parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
+    if command == "logs":
+        parser.add_argument("-f", "--follow", action="store_true", help="stream until the container exits")
+        parser.add_argument("--replica", choices=("master", "worker"), default="master")
+        parser.add_argument("--index", type=int, default=0, help="which replica of that type (default 0)")
+        parser.add_argument("--previous", action="store_true", help="the previous (restarted) container's log")
+        parser.add_argument("--tail", type=int, help="only the last N lines")
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"submit": submit, "status": status, "logs": logs, "cancel": cancel, "list": list_jobs}[args.command](args)
+
+
+# ---------------------------------------------------------------------------------------------
+# submit
+
+
+def render_checked(args: argparse.Namespace) -> list[dict]:
+    """`render`'s objects for these flags, refused (every error printed) unless they validate."""
+    from launcher.cli_render import git_revision, job_from_args
+    from launcher.render import render_objects
+    from launcher.validate import validate_objects
+
+    objs = render_objects(job_from_args(args), git_revision=git_revision(Path(__file__).resolve().parent))
+    errors = validate_objects(objs, crd=args.crd)
+    for e in errors:
+        print(f"invalid: {e}", file=sys.stderr)
+    if errors:
+        raise UserError(f"{len(errors)} validation error(s) above; nothing was submitted")
+    return objs
+
+
+def submit(args: argparse.Namespace) -> int:
+    from launcher import k8s
+    from launcher.render import to_yaml
+
+    # kubectl's order: --namespace, else the context's namespace; else the config's. It is
+    # resolved before rendering because it is written into the objects; --dry-run needs no kubeconfig.
+    if not args.namespace:
+        args.namespace = k8s.resolve_namespace(args.context, None, fallback="") or None
+    objs = render_checked(args)
+    if args.dry_run:
+        sys.stdout.write(to_yaml(objs))
+        return 0
+    job = _job_name(objs)
+    namespace = next(o["metadata"]["namespace"] for o in objs if o["kind"] != "PersistentVolume")
+    cluster = k8s.connect(args.context, namespace)
+    created: list[dict] = []
+    verb = "accepted (server dry run: nothing stored)" if args.server_dry_run else "created"
+    for obj in objs:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        try:
+            cluster.create(obj, dry_run=args.server_dry_run)
+        except k8s.AlreadyExists as e:
+            if kind in SHARED_KINDS:
+                print(f"{kind}/{name} exists: kept as it is")
+                continue
+            _roll_back(cluster, created)
+            raise UserError(f"{e}: `python -m launcher cancel {job} -n {namespace}` first, or choose another --name") from None
+        except UserError:
+            _roll_back(cluster, created)
+            raise
+        print(f"{kind}/{name} {verb}")
+        if not args.server_dry_run:
+            created.append(obj)
+    if not args.server_dry_run:
+        print(f"next: python -m launcher status {job} -n {namespace} --watch; python -m launcher logs {job} -n {namespace} -f")
+    return 0
+
+
+def _job_name(objs: list[dict]) -> str:
+    return next((o["metadata"]["name"] for o in objs if o["kind"] in ("PyTorchJob", "Job", "SparkApplication")),
+                objs[-1]["metadata"]["name"])
+
+
+def _roll_back(cluster, created: list[dict]) -> None:
+    """Delete, newest first, what this submit created before failing: no half-submitted jobs."""
+    for obj in reversed(created):
+        try:
+            cluster.delete(obj, propagation="Background")
+            print(f"{obj['kind']}/{obj['metadata']['name']} deleted again (rolling back)", file=sys.stderr)
+        except UserError as e:
+            print(f"warning: could not roll back {obj['kind']}/{obj['metadata']['name']}: {e}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# status, list
+
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return "-"
+    seconds = int((datetime.now(timezone.utc) - datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def job_state(job: dict) -> str:
+    """The operator's state: the type of the latest condition that is True (Created, Running, Restarting, Succeeded, Failed)."""
+    conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
+    if job.get("metadata", {}).get("deletionTimestamp"):
+        return "Deleting"
+    return conditions[-1]["type"] if conditions else "Pending"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def describe(job: dict, pods: list[dict], ages: bool = True) -> str:
+    """Job state, conditions, replica counts and pods as text; ages=False for change detection."""
+    age = _age if ages else (lambda t: "")
+    meta, st = job["metadata"], job.get("status") or {}
+    out = [f"PyTorchJob {meta['name']} (namespace {meta.get('namespace', '?')}, age {age(meta.get('creationTimestamp'))}): {job_state(job)}"]
+    conditions = st.get("conditions") or []
+    if conditions:
+        rows = [["TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"]]
+        rows += [[c.get("type", ""), c.get("status", ""), c.get("reason", ""),
+                  f"{c['lastTransitionTime']} ({age(c['lastTransitionTime'])} ago)" if c.get("lastTransitionTime") else "-",
+                  c.get("message", "")] for c in conditions]
+        out += ["", _table(rows)]
+    replicas = st.get("replicaStatuses") or {}
+    if replicas:
+        rows = [["REPLICA", "ACTIVE", "SUCCEEDED", "FAILED"]]
+        rows += [[r, s.get("active", 0), s.get("succeeded", 0), s.get("failed", 0)] for r, s in sorted(replicas.items())]
+        out += ["", _table(rows)]
+    if pods:
+        rows = [["POD", "PHASE", "RESTARTS", "NODE", "AGE"]]
+        for p in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            statuses = (p.get("status") or {}).get("containerStatuses") or []
+            rows.append([p["metadata"]["name"], (p.get("status") or {}).get("phase", "?"),
+                         sum(s.get("restartCount", 0) for s in statuses), (p.get("spec") or {}).get("nodeName", "-"),
+                         age(p["metadata"].get("creationTimestamp"))])
+        out += ["", _table(rows)]
+    else:
+        out += ["", "no pods yet"]
+    return "\n".join(out)
+
+
+def status(args: argparse.Namespace) -> int:
+    from launcher import k8s
+
+    cluster = k8s.connect(args.context, args.namespace)
+    last = None
+    while True:
+        job = cluster.get_job(args.name)
+        pods = cluster.list_pods(f"{JOB_LABEL}={args.name}")
+        key = describe(job, pods, ages=False)  # ages tick every second: not a change worth printing
+        if key != last:
+            text = describe(job, pods)
+            print(text if last is None else f"\n--- {datetime.now().strftime('%H:%M:%S')}\n{text}", flush=True)
+            last = key
+        state = job_state(job)
+        if not args.watch or state in FINISHED:
+            return 1 if state == "Failed" else 0
+        time.sleep(args.interval)
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    from launcher import k8s
+
+    cluster = k8s.connect(args.context, args.namespace)
+    jobs = cluster.list_jobs()
+    if not jobs:
+        print(f"no PyTorchJobs in namespace {cluster.namespace}")
+        return 0
+    rows = [["NAME", "STATE", "AGE"]]
+    rows += [[j["metadata"]["name"], job_state(j), _age(j["metadata"].get("creationTimestamp"))]
+             for j in sorted(jobs, key=lambda j: j["metadata"].get("creationTimestamp", ""))]
+    print(_table(rows))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# logs, cancel
+
+
+def logs(args: argparse.Namespace) -> int:
+    from launcher import k8s
+
+    cluster = k8s.connect(args.context, args.namespace)
+    selector = f"{JOB_LABEL}={args.name},training.kubeflow.org/replica-type={args.replica},training.kubeflow.org/replica-index={args.index}"
+    pods = cluster.list_pods(selector)
+    if not pods:
+        raise UserError(f"no pod for {args.replica} {args.index} of job {args.name} in namespace {cluster.namespace} "
+                        f"(yet?): `python -m launcher status {args.name} -n {cluster.namespace}` says why")
+    pod = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))[-1]["metadata"]["name"]
+    for chunk in cluster.pod_log(pod, "pytorch", follow=args.follow, previous=args.previous, tail_lines=args.tail):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """Delete the job (foreground: its pods go first), then what submit created for it."""
+    from launcher import k8s
+
+    cluster = k8s.connect(args.context, args.namespace)
+    found = False
+    try:
+        cluster.delete({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": args.name}})
+        print(f"PyTorchJob/{args.name} deleted (its pods terminate first)")
+        found = True
+    except k8s.NotFound:
+        print(f"PyTorchJob/{args.name} not found in namespace {cluster.namespace}; removing what is left of it")
+    selector = f"{INSTANCE_LABEL}={args.name},{MANAGED_BY}"
+    deleted = {kind: _delete_all(cluster, api_version, kind, selector) for api_version, kind in OWNED_KINDS[:2]}
+    if deleted["PersistentVolumeClaim"]:
+        # The mount mode's static PV is cluster-scoped: listing it may need more than the minimal Role.
+        try:
+            _delete_all(cluster, "v1", "PersistentVolume", selector)
+        except UserError as e:
+            print(f"warning: the job's PersistentVolume was left: {e}", file=sys.stderr)
+    if not found and not any(deleted.values()):
+        raise UserError(f"nothing named {args.name} in namespace {cluster.namespace}: `python -m launcher list -n {cluster.namespace}`")
+    return 0
+
+
+def _delete_all(cluster, api_version: str, kind: str, selector: str) -> int:
+    from launcher import k8s
+
+    count = 0
+    for obj in cluster.list(api_version, kind, selector):
+        try:
+            cluster.delete(obj, propagation="Background")
+            print(f"{kind}/{obj['metadata']['name']} deleted")
+            count += 1
+        except k8s.NotFound:  # deleted meanwhile
+            pass
+    return count

@@ -1,0 +1,248 @@
+"""submit/status/logs/cancel/list against a local fake API server (tests/fake_k8s.py), through the
+real kubernetes client and a real kubeconfig file: request paths, query parameters and bodies are
+what a cluster would receive. What a real API server would do with them is not tested here."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import yaml
+
+from fake_k8s import FakeK8s
+from launcher.__main__ import main
+
+JOB = ["--profile", "synthetic-smoke", "--nodes", "2", "--gpus", "2"]
+JOBS = "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs"
+CONFIGMAPS = "/api/v1/namespaces/ml/configmaps"
+PODS = "/api/v1/namespaces/ml/pods"
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    """A fake API server, and KUBECONFIG pointing at it with context namespace 'ml'."""
+    monkeypatch.setattr("launcher.cli_render.git_revision", lambda *a: "0123abc")  # the tree changes under us
+    with FakeK8s() as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", namespace="ml")))
+        yield fake
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---------------------------------------------------------------------------------------------
+# submit
+
+
+def test_submit_sends_exactly_what_dry_run_prints(api, capsys):
+    rc, dry, _ = run(capsys, "submit", *JOB, "--dry-run")
+    assert rc == 0 and api.requests == []  # a client-side dry run talks to nobody
+    rc, out, err = run(capsys, "submit", *JOB)
+    assert rc == 0, err
+    posts = api.find("POST")
+    assert [r.path for r in posts] == [CONFIGMAPS, JOBS]
+    assert [r.body for r in posts] == list(yaml.safe_load_all(dry))
+    assert all(r.query == {"fieldManager": ["dlrm-launcher"]} for r in posts)
+    job = posts[1].body
+    assert job["metadata"]["namespace"] == "ml"  # the context's namespace went into the objects
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1 and job["spec"]["nprocPerNode"] == "2"
+    assert "PyTorchJob/dlrm-smoke created" in out and "status dlrm-smoke -n ml" in out
+
+
+def test_server_dry_run_passes_dry_run_all_and_stores_nothing(api, capsys):
+    rc, out, _ = run(capsys, "submit", *JOB, "--server-dry-run")
+    assert rc == 0
+    assert [r.query.get("dryRun") for r in api.find("POST")] == [["All"], ["All"]]
+    assert api.objects == {} and "server dry run" in out
+
+
+def test_namespace_flag_beats_the_context(api, capsys):
+    rc, _, _ = run(capsys, "submit", *JOB, "--namespace", "team-a")
+    assert rc == 0
+    assert [r.path for r in api.find("POST")] == ["/api/v1/namespaces/team-a/configmaps",
+                                                 "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs"]
+    assert {r.body["metadata"]["namespace"] for r in api.find("POST")} == {"team-a"}
+
+
+def test_context_without_namespace_uses_the_configs(api, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "plain", namespace=None)))
+    assert run(capsys, "submit", *JOB)[0] == 0
+    assert api.find("POST")[1].path == "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
+    assert run(capsys, "list")[1].startswith("NAME")  # status/list/...: context namespace, else "default"
+
+
+def test_missing_crd_names_the_operator_and_rolls_back(api, capsys):
+    api.crd_installed = False
+    rc, _, err = run(capsys, "submit", *JOB)
+    assert rc == 2
+    assert "install the Kubeflow training operator (v1.9)" in err and err.count("\n") == 2  # rollback line + error
+    assert [r.path for r in api.find("DELETE")] == [CONFIGMAPS + "/dlrm-smoke-config"]
+    assert api.objects == {}  # no orphaned ConfigMap
+
+
+def test_existing_job_is_a_conflict_with_the_way_out(api, capsys):
+    assert run(capsys, "submit", *JOB)[0] == 0
+    rc, _, err = run(capsys, "submit", *JOB)
+    assert rc == 2
+    assert "already exists in namespace 'ml'" in err
+    assert "python -m launcher cancel dlrm-smoke -n ml" in err and "another --name" in err
+    assert run(capsys, "submit", *JOB, "--name", "smoke-2")[0] == 0
+
+
+def test_forbidden_names_verb_resource_namespace_and_the_role(api, capsys):
+    api.fail("POST", "/pytorchjobs", 403)
+    rc, _, err = run(capsys, "submit", *JOB)
+    assert rc == 2
+    line = err.strip().splitlines()[-1]
+    assert "may not create pytorchjobs.kubeflow.org in namespace 'ml'" in line and "README" in line
+
+
+def test_invalid_objects_are_refused_before_any_request(api, capsys, monkeypatch):
+    monkeypatch.setattr("launcher.validate.validate_objects", lambda objs, crd=None: ["bad one", "bad two"])
+    rc, _, err = run(capsys, "submit", *JOB)
+    assert rc == 2 and api.requests == []
+    assert "invalid: bad one" in err and "invalid: bad two" in err and "2 validation error(s)" in err
+
+
+def test_crd_file_is_used_for_validation(api, capsys, shared_dir):
+    rc, _, err = run(capsys, "submit", *JOB, "--crd", str(shared_dir / "schemas" / "kubeflow.org_pytorchjobs.yaml"), "--dry-run")
+    assert rc == 0, err
+    rc, _, err = run(capsys, "submit", *JOB, "--crd", "no-such-crd.yaml", "--dry-run")
+    assert rc == 2 and "no-such-crd.yaml" in err
+
+
+def test_unreachable_cluster_fails_fast_and_clearly(api, capsys, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "dead").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+        "clusters": [{"name": "dead", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}], "users": [{"name": "u", "user": {}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "dead"))
+    start = time.monotonic()
+    rc, _, err = run(capsys, "status", "x")
+    assert rc == 2 and time.monotonic() - start < 5
+    assert f"cannot reach the Kubernetes API server at http://127.0.0.1:{port} (context 'dead')" in err
+    assert "Connection refused" in err and err.count("\n") == 1
+
+
+def test_no_kubeconfig_is_explained_but_dry_run_needs_none(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    rc, _, err = run(capsys, "list")
+    assert rc == 2 and "no Kubernetes config" in err and "missing" in err
+    rc, out, _ = run(capsys, "submit", *JOB, "--dry-run")
+    assert rc == 0 and "namespace: default" in out
+
+
+def test_unknown_context_lists_the_known_ones(api, capsys):
+    rc, _, err = run(capsys, "list", "--context", "prod")
+    assert rc == 2 and "no context 'prod'" in err and "contexts: fake" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# status, list, logs, cancel
+
+
+def _job(api, name="dlrm-smoke", conditions=(), replicas=None):
+    status = {"conditions": [{"type": t, "status": s, "reason": f"PyTorchJob{t}", "message": f"job is {t.lower()}",
+                              "lastTransitionTime": "2024-05-01T10:00:00Z"} for t, s in conditions]}
+    if replicas:
+        status["replicaStatuses"] = replicas
+    return api.add(JOBS, {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+                          "metadata": {"name": name, "namespace": "ml"}, "spec": {}, "status": status})
+
+
+def _pod(api, job, rtype, index, phase="Running", restarts=0):
+    labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": rtype,
+              "training.kubeflow.org/replica-index": str(index)}
+    name = f"{job}-{rtype}-{index}"
+    api.add(PODS, {"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": "gpu-node-1"},
+                   "status": {"phase": phase, "containerStatuses": [{"name": "pytorch", "restartCount": restarts}]}})
+    return name
+
+
+def test_status_shows_conditions_replicas_and_pods(api, capsys):
+    _job(api, conditions=[("Created", "True"), ("Running", "True")],
+         replicas={"Master": {"active": 1}, "Worker": {"active": 1, "failed": 2}})
+    _pod(api, "dlrm-smoke", "master", 0)
+    _pod(api, "dlrm-smoke", "worker", 0, phase="Pending", restarts=3)
+    _pod(api, "other-job", "master", 0)
+    rc, out, _ = run(capsys, "status", "dlrm-smoke")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("PyTorchJob dlrm-smoke (namespace ml") and lines[0].endswith(": Running")
+    assert any(line.split()[:3] == ["Running", "True", "PyTorchJobRunning"] and "2024-05-01T10:00:00Z" in line
+               and line.endswith("job is running") for line in lines)
+    assert any(line.split() == ["Worker", "1", "0", "2"] for line in lines)
+    assert any(line.split()[:4] == ["dlrm-smoke-worker-0", "Pending", "3", "gpu-node-1"] for line in lines)
+    assert "other-job" not in out
+    assert api.find("GET", "/pods")[0].query["labelSelector"] == ["training.kubeflow.org/job-name=dlrm-smoke"]
+
+
+def test_status_of_a_missing_job(api, capsys):
+    rc, _, err = run(capsys, "status", "nope")
+    assert rc == 2 and "no pytorchjobs.kubeflow.org 'nope' in namespace 'ml'" in err
+
+
+def test_status_watch_reprints_until_the_job_finishes(api, capsys):
+    job = _job(api, conditions=[("Created", "True"), ("Running", "True")])
+
+    def finish():
+        time.sleep(0.5)
+        job["status"]["conditions"] += [{"type": "Failed", "status": "True", "reason": "PyTorchJobFailed"}]
+
+    threading.Thread(target=finish).start()
+    rc, out, _ = run(capsys, "status", "dlrm-smoke", "--watch", "--interval", "0.05")
+    assert rc == 1  # Failed
+    assert out.count("PyTorchJob dlrm-smoke") == 2 and out.splitlines()[-1] != "" and ": Failed" in out
+
+
+def test_list_shows_state_and_age(api, capsys):
+    _job(api, "a-job", conditions=[("Created", "True"), ("Succeeded", "True")])
+    _job(api, "b-job")
+    rc, out, _ = run(capsys, "list")
+    assert rc == 0
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["NAME", "STATE", "AGE"] and rows[1][:2] == ["a-job", "Succeeded"] and rows[2][:2] == ["b-job", "Pending"]
+
+
+def test_logs_picks_the_replica_by_labels(api, capsys):
+    _pod(api, "dlrm-smoke", "master", 0)
+    worker = _pod(api, "dlrm-smoke", "worker", 1)
+    api.set_log("ml", worker, "pytorch", "step 10 loss 0.5\nstep 20 loss 0.4\n")
+    rc, out, _ = run(capsys, "logs", "dlrm-smoke", "--replica", "worker", "--index", "1", "-f")
+    assert rc == 0 and out == "step 10 loss 0.5\nstep 20 loss 0.4\n"
+    selector = api.find("GET", "/pods")[0].query["labelSelector"][0]
+    assert "training.kubeflow.org/replica-type=worker" in selector and "training.kubeflow.org/replica-index=1" in selector
+    log = api.find("GET", "/log")[0]
+    assert log.path == f"{PODS}/{worker}/log" and log.query["container"] == ["pytorch"] and log.query["follow"] == ["true"]
+    rc, _, err = run(capsys, "logs", "dlrm-smoke", "--replica", "worker", "--index", "5")
+    assert rc == 2 and "no pod for worker 5 of job dlrm-smoke" in err
+
+
+def test_cancel_deletes_the_job_in_the_foreground_and_its_config(api, capsys):
+    assert run(capsys, "submit", *JOB)[0] == 0
+    rc, out, _ = run(capsys, "cancel", "dlrm-smoke")
+    assert rc == 0
+    deletes = api.find("DELETE")
+    assert deletes[0].path == JOBS + "/dlrm-smoke" and deletes[0].query["propagationPolicy"] == ["Foreground"]
+    assert deletes[1].path == CONFIGMAPS + "/dlrm-smoke-config"
+    assert api.objects == {} and "ConfigMap/dlrm-smoke-config deleted" in out
+    rc, _, err = run(capsys, "cancel", "dlrm-smoke")
+    assert rc == 2 and "nothing named dlrm-smoke" in err
+
+
+def test_cancel_cleans_a_leftover_config_without_a_job(api, capsys):
+    """A submit that died between its two creates leaves a ConfigMap; cancel must still clear the name."""
+    assert run(capsys, "submit", *JOB)[0] == 0
+    del api.objects[(JOBS, "dlrm-smoke")]
+    rc, out, _ = run(capsys, "cancel", "dlrm-smoke")
+    assert rc == 0 and "not found" in out and "ConfigMap/dlrm-smoke-config deleted" in out
+    assert run(capsys, "submit", *JOB)[0] == 0
