@@ -19,6 +19,7 @@ from typing import Any
 from dlrm import __version__
 from dlrm.config import TrainConfig, load_config, parse_bytes
 from dlrm.errors import ConfigError, UserError
+from launcher.command import OUTPUT_MOUNT
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
@@ -269,6 +270,9 @@ def _check_storage(c: JobConfig) -> None:
     if s.stage_host_path:
         _fail_unless(s.stage_host_path.startswith("/"), f"storage.stage_host_path {s.stage_host_path!r} must be absolute")
     _fail_unless(not s.output_path or bool(s.output_claim), f"storage.output_path={s.output_path!r} needs storage.output_claim")
+    ckpt = c.train.checkpoint_dir  # a path on this machine means nothing in the pod: S3, or under the output mount
+    _fail_unless(not ckpt or ckpt.startswith(("s3://", OUTPUT_MOUNT + "/")),
+                 f"train.checkpoint_dir {ckpt!r} must be empty (<out>/checkpoints), s3://bucket/prefix, or under {OUTPUT_MOUNT}/")
 
 
 def table_sizes(c: JobConfig) -> list[int] | None:
