@@ -20,7 +20,7 @@ def files_of(spec: FeatureSpec) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "ds"
-    return synth.generate(out, 40_000, 5, cardinalities=CARDS, test_rows=10_000)
+    return synth.generate(out, 20_000, 5, cardinalities=CARDS, test_rows=5_000)
 
 
 def load(spec: FeatureSpec, split: str):
@@ -33,22 +33,22 @@ def test_metadata_and_layout(data):
     spec = FeatureSpec.load(data.root)
     meta = spec.metadata["synthetic"]
     assert set(meta) == {"seed", "rows", "test_rows", "click_rate", "oracle_auc"}
-    assert (meta["seed"], meta["rows"], meta["test_rows"]) == (5, 40_000, 10_000)
-    assert spec.check() == {"train": 40_000, "test": 10_000}
+    assert (meta["seed"], meta["rows"], meta["test_rows"]) == (5, 20_000, 5_000)
+    assert spec.check() == {"train": 20_000, "test": 5_000}
     assert spec.table_sizes == CARDS and len(spec.numerical) == 13
 
 
 def test_deterministic_for_a_seed(tmp_path, data):
-    again = synth.generate(tmp_path / "a", 40_000, 5, cardinalities=CARDS, test_rows=10_000)
+    again = synth.generate(tmp_path / "a", 20_000, 5, cardinalities=CARDS, test_rows=5_000)
     assert files_of(again) == files_of(data)
     assert again.metadata == data.metadata
-    other = synth.generate(tmp_path / "b", 40_000, 6, cardinalities=CARDS, test_rows=10_000)
+    other = synth.generate(tmp_path / "b", 20_000, 6, cardinalities=CARDS, test_rows=5_000)
     assert files_of(other)["train/label.bin"] != files_of(data)["train/label.bin"]
 
 
 @pytest.mark.parametrize("target", [0.25, 0.05])
 def test_click_rate_near_target(tmp_path, data, target):
-    spec = data if target == 0.25 else synth.generate(tmp_path, 40_000, 1, cardinalities=CARDS, test_rows=100,
+    spec = data if target == 0.25 else synth.generate(tmp_path, 20_000, 1, cardinalities=CARDS, test_rows=100,
                                                       click_rate=target)
     _, _, label = load(spec, "train")
     assert abs(label.mean() - target) < 0.02
@@ -73,7 +73,7 @@ def test_oracle_auc_is_high_and_exact(data):
     truth = synth.make_truth(5, CARDS, 13)
     synth.calibrate(truth, 5, 0.25)
     rng = np.random.default_rng([5, synth.SPLIT_STREAM["test"], 0])
-    numerical, _, ranks = synth.sample(truth, rng, 10_000)
+    numerical, _, ranks = synth.sample(truth, rng, 5_000)
     assert synth.auc(synth.logits(truth, numerical, ranks), label) == pytest.approx(oracle, abs=1e-6)
 
 

@@ -48,12 +48,13 @@ def check_ids(feature: str, ids: np.ndarray, cardinality: int, first_row: int = 
     """Vectorised range check of one feature's ids [B]: 0 <= id < cardinality, else a DataError.
 
     The message names the feature, the first bad id, its row (first_row + position) and the
-    cardinality. Costs two reductions per batch; the slow path runs only on failure.
+    cardinality. One reduction per batch: seen as unsigned, a negative id is larger than any
+    cardinality its dtype can hold, so max < cardinality covers both ends. The slow path runs
+    only on failure.
     """
     if ids.size == 0:
         return
-    lo, hi = ids.min(), ids.max()
-    if lo >= 0 and hi < cardinality:
+    if ids.view(np.dtype(f"u{ids.dtype.itemsize}")).max() < cardinality:
         return
     bad = np.flatnonzero((ids < 0) | (ids >= cardinality))[0]
     prefix = f"{where}: " if where else ""
