@@ -1,0 +1,82 @@
+"""`python -m launcher data push|pull|verify|stage`: the command module for launcher/__main__.py.
+
+    data push DIR s3://bucket/prefix     upload a folder (resumable), manifest last
+    data pull s3://bucket/prefix DIR     download it (resumable), every file hash-checked
+    data verify s3://bucket/prefix|DIR   recompute hashes; list missing/extra/corrupt files
+    data stage s3://bucket/prefix DIR    pull + verify + write DIR/.verified (init container)
+
+Connection settings: --endpoint-url/--region/--profile, else the standard AWS sources
+(AWS_ENDPOINT_URL(_S3), AWS_REGION, AWS_PROFILE, shared config, pod/instance identity).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dlrm.errors import UserError
+
+MiB = 1024 * 1024
+
+
+def _s3_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO); default: AWS_ENDPOINT_URL(_S3) or AWS")
+    p.add_argument("--region", help="bucket region; default: AWS_REGION / shared config")
+    p.add_argument("--profile", help="shared-config profile; default: AWS_PROFILE")
+    p.add_argument("--workers", type=int, default=8, help="parallel transfers (default 8)")
+    p.add_argument("--part-size-mb", type=int, default=16, help="multipart part size in MiB (default 16, min 5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = sub.add_parser("push", help="upload a folder to s3://bucket/prefix (resumable), manifest last")
+    p.add_argument("src", metavar="DIR")
+    p.add_argument("uri", metavar="S3_URI")
+    p.add_argument("--dry-run", action="store_true", help="report what would be sent; change nothing")
+    _s3_options(p)
+    p = sub.add_parser("pull", help="download s3://bucket/prefix into a folder (resumable)")
+    p.add_argument("uri", metavar="S3_URI")
+    p.add_argument("dest", metavar="DIR")
+    p.add_argument("--dry-run", action="store_true", help="report what would be fetched; change nothing")
+    _s3_options(p)
+    p = sub.add_parser("verify", help="recompute hashes of s3://… or a pulled folder against its manifest")
+    p.add_argument("target", metavar="S3_URI|DIR")
+    _s3_options(p)
+    p = sub.add_parser("stage", help="pull, verify and mark a folder usable by the trainer (init container)")
+    p.add_argument("uri", metavar="S3_URI")
+    p.add_argument("dest", metavar="DIR")
+    _s3_options(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    # Imported here so `python -m launcher data --help` does not pay for boto3.
+    from launcher.data import transfer
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.part_size_mb < 5:
+        raise UserError(f"--part-size-mb must be at least 5 (the S3 minimum part size), got {args.part_size_mb}")
+    opts = transfer.S3Options(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile,
+                              workers=args.workers, part_size=args.part_size_mb * MiB,
+                              progress=not args.no_progress)
+    action = args.data_command
+    if action == "push":
+        transfer.push(args.src, args.uri, opts, dry_run=args.dry_run)
+    elif action == "pull":
+        transfer.pull(args.uri, args.dest, opts, dry_run=args.dry_run)
+    elif action == "stage":
+        transfer.stage(args.uri, args.dest, opts)
+    else:
+        report = transfer.verify(args.target, opts)
+        for line in report.lines():
+            print(line)
+        if not report.ok:
+            raise UserError(report.summary(args.target))
+        print(f"{args.target}: every file matches the manifest")
+    return 0
+
+
+if __name__ == "__main__":  # `python -m launcher.data.cli` works too
+    from launcher.__main__ import main as launcher_main
+
+    sys.exit(launcher_main(["data", *sys.argv[1:]]))

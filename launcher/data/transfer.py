@@ -1,0 +1,335 @@
+"""push / pull / verify / stage: move a dataset folder to and from s3://bucket/prefix, resumably.
+
+Integrity: every object carries its SHA-256 in user metadata (x-amz-meta-sha256), which AWS S3,
+MinIO and moto all store unchanged (S3's own "additional checksums" are per-part composites for
+multipart uploads, so they cannot be compared with a plain file hash). `_manifest.json` is written
+last; until it exists the prefix is an incomplete dataset and pull/verify/stage refuse it.
+
+Resume: push skips an object whose size matches and whose metadata hash equals the local file's;
+pull skips a local file whose size and hash match the manifest, and downloads into a temp name
+that is renamed only after its hash checks out.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import botocore.exceptions as bex
+from s3transfer.manager import TransferManager
+from s3transfer.subscribers import BaseSubscriber
+from tqdm import tqdm
+
+from dlrm.errors import UserError
+from dlrm.storage_s3 import MiB, check_bucket, make_client, parse_s3_uri, s3_errors, transfer_config
+from launcher.data.manifest import (MANIFEST_NAME, MARKER_NAME, PARTIAL_TAG, Entry, Manifest, Report,
+                                    digest, is_content, local_file_ok, scan_dir, sha256_file, write_atomic)
+
+META_KEY = "sha256"  # user metadata name: sent as the x-amz-meta-sha256 header
+
+
+@dataclass
+class S3Options:
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL(_S3) or the AWS default
+    region: str | None = None
+    profile: str | None = None
+    workers: int = 8
+    part_size: int = 16 * MiB
+    progress: bool = True
+    log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+
+
+@dataclass
+class Result:
+    sent: int = 0  # files uploaded/downloaded
+    skipped: int = 0  # already present with the right size and hash
+    bytes: int = 0  # bytes of the files sent
+
+
+def _bar(opts: S3Options, desc: str, total: int) -> tqdm:
+    # Off a terminal (an init container's log) redraw rarely, or the log fills with bars.
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not opts.progress, file=sys.stderr, mininterval=0.2 if tty else 30, leave=tty)
+
+
+class _Progress(BaseSubscriber):
+    def __init__(self, bar: tqdm, lock: threading.Lock):
+        self.bar, self.lock = bar, lock
+
+    def on_progress(self, future, bytes_transferred, **kwargs):
+        with self.lock:  # s3transfer calls this from its worker threads
+            self.bar.update(bytes_transferred)
+
+
+def _join(prefix: str, rel: str) -> str:
+    return f"{prefix}/{rel}" if prefix else rel
+
+
+def _uri(bucket: str, prefix: str, rel: str = "") -> str:
+    return "s3://" + "/".join(p for p in (bucket, prefix, rel) if p)
+
+
+def _client(opts: S3Options, client):
+    return client or make_client(opts.endpoint_url, opts.region, opts.profile, opts.workers)
+
+
+def list_sizes(client, bucket: str, prefix: str) -> dict[str, int]:
+    """Relative key -> size of every object under the prefix."""
+    out = {}
+    base = prefix + "/" if prefix else ""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+        for o in page.get("Contents", []):
+            out[o["Key"][len(base):]] = o["Size"]
+    return out
+
+
+def _hash_all(root: Path, sizes: dict[str, int], opts: S3Options, desc: str) -> dict[str, str]:
+    bar, lock = _bar(opts, desc, sum(sizes.values())), threading.Lock()
+
+    def one(rel):
+        h = sha256_file(root / rel)
+        with lock:
+            bar.update(sizes[rel])
+        return rel, h
+
+    with bar, ThreadPoolExecutor(opts.workers) as pool:
+        return dict(pool.map(one, sizes))
+
+
+def fetch_manifest(client, bucket: str, prefix: str) -> bytes:
+    uri = _uri(bucket, prefix)
+    try:
+        return client.get_object(Bucket=bucket, Key=_join(prefix, MANIFEST_NAME))["Body"].read()
+    except bex.ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise UserError(f"incomplete dataset: no {MANIFEST_NAME} under {uri}; push it again") from None
+        raise
+
+
+def push(src: str | os.PathLike, uri: str, opts: S3Options = S3Options(), *, client=None,
+         dry_run: bool = False) -> Result:
+    """Upload every file under `src` to `uri`, skipping objects already there, then the manifest."""
+    src, (bucket, prefix) = Path(src), parse_s3_uri(uri)
+    sizes = scan_dir(src)
+    if not sizes:
+        raise UserError(f"no files under {src}; nothing to push")
+    with s3_errors(uri):
+        client = _client(opts, client)
+        check_bucket(client, uri)
+        remote = list_sizes(client, bucket, prefix)
+        hashes = _hash_all(src, sizes, opts, "hashing")
+        manifest = Manifest(tuple(Entry(k, sizes[k], hashes[k]) for k in sizes)).to_bytes()
+        manifest_key = _join(prefix, MANIFEST_NAME)
+
+        def present(rel):  # right size and right recorded hash: nothing to send
+            if remote.get(rel) != sizes[rel]:
+                return False
+            head = client.head_object(Bucket=bucket, Key=_join(prefix, rel))
+            return head.get("Metadata", {}).get(META_KEY) == hashes[rel]
+
+        with ThreadPoolExecutor(opts.workers) as pool:
+            todo = [rel for rel, ok in zip(sizes, pool.map(present, sizes)) if not ok]
+        res = Result(sent=len(todo), skipped=len(sizes) - len(todo), bytes=sum(sizes[r] for r in todo))
+        extra = sorted(k for k in remote if is_content(k) and k not in sizes)
+        if dry_run:
+            opts.log(f"dry run: would send {res.sent} files ({res.bytes / MiB:.1f} MiB), "
+                     f"skip {res.skipped} already at {uri}")
+            return res
+        if MANIFEST_NAME in remote and todo:
+            # The dataset is about to change: drop the old manifest first so nobody uses a
+            # half-updated prefix as complete.
+            client.delete_object(Bucket=bucket, Key=manifest_key)
+        _upload(client, src, bucket, prefix, todo, sizes, hashes, opts)
+        client.put_object(Bucket=bucket, Key=manifest_key, Body=manifest, ContentType="application/json")
+    opts.log(f"pushed {src} -> {uri}: sent {res.sent} files ({res.bytes / MiB:.1f} MiB), "
+             f"skipped {res.skipped} already there; wrote {MANIFEST_NAME}")
+    if extra:
+        opts.log(f"note: {len(extra)} objects under {uri} are not in {src} (e.g. {extra[0]}); "
+                 "verify will report them as extra")
+    return res
+
+
+def _upload(client, src, bucket, prefix, todo, sizes, hashes, opts) -> None:
+    bar, lock = _bar(opts, "push", sum(sizes[r] for r in todo)), threading.Lock()
+    with bar, TransferManager(client, transfer_config(opts.workers, opts.part_size)) as tm:
+        # Leaving the `with` on an exception cancels the transfers still queued.
+        futures = [tm.upload(str(src / rel), bucket, _join(prefix, rel),
+                             extra_args={"Metadata": {META_KEY: hashes[rel]}},
+                             subscribers=[_Progress(bar, lock)]) for rel in todo]
+        for f in futures:
+            f.result()
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}{PARTIAL_TAG}")
+
+
+def _clear_partials(dest: Path) -> None:
+    """Remove temp files a killed pull left behind (ours only: their names carry PARTIAL_TAG)."""
+    for dirpath, _, files in os.walk(dest):
+        for name in files:
+            if PARTIAL_TAG in name:
+                Path(dirpath, name).unlink(missing_ok=True)
+
+
+def _pull(client, bucket, prefix, manifest_bytes, dest: Path, opts: S3Options, dry_run=False) -> Result:
+    manifest = Manifest.from_bytes(manifest_bytes, _uri(bucket, prefix, MANIFEST_NAME))
+    entries = manifest.entries
+    with ThreadPoolExecutor(opts.workers) as pool:
+        have = list(pool.map(lambda e: local_file_ok(dest / e.key, e), entries))
+    todo = [e for e, ok in zip(entries, have) if not ok]
+    res = Result(sent=len(todo), skipped=len(entries) - len(todo), bytes=sum(e.size for e in todo))
+    if dry_run:
+        opts.log(f"dry run: would fetch {res.sent} files ({res.bytes / MiB:.1f} MiB), "
+                 f"keep {res.skipped} already in {dest}")
+        return res
+    dest.mkdir(parents=True, exist_ok=True)
+    _clear_partials(dest)
+    local_manifest = dest / MANIFEST_NAME
+    if todo or not local_manifest.is_file() or local_manifest.read_bytes() != manifest_bytes:
+        # Files are about to change under a possibly valid marker: withdraw it first.
+        (dest / MARKER_NAME).unlink(missing_ok=True)
+    corrupt = _download(client, bucket, prefix, todo, dest, opts)
+    if corrupt:
+        names = ", ".join(_uri(bucket, prefix, k) for k in sorted(corrupt))
+        raise UserError(f"corrupt object(s), sha256 differs from the manifest: {names}; push the dataset again")
+    write_atomic(dest / MANIFEST_NAME, manifest_bytes)  # last: the local copy is now complete
+    return res
+
+
+def _download(client, bucket, prefix, todo: list[Entry], dest: Path, opts: S3Options) -> list[str]:
+    """Fetch `todo` into temp names, check each hash and rename it into place; return bad keys."""
+    corrupt, lock = [], threading.Lock()
+    bar = _bar(opts, "pull", sum(e.size for e in todo))
+
+    class Finish(BaseSubscriber):
+        # Runs in the transfer thread as each file completes, so hashing overlaps the network.
+        def __init__(self, entry):
+            self.entry = entry
+
+        def on_done(self, future, **kwargs):
+            tmp, path = _partial(dest / self.entry.key), dest / self.entry.key
+            try:
+                future.result()
+            except BaseException:
+                return  # the error surfaces from result() in the main thread
+            if sha256_file(tmp) == self.entry.sha256:
+                os.replace(tmp, path)
+            else:
+                tmp.unlink(missing_ok=True)
+                with lock:
+                    corrupt.append(self.entry.key)
+
+    # Leaving the `with` joins s3transfer's threads, so every Finish.on_done has run by then.
+    with bar, TransferManager(client, transfer_config(opts.workers, opts.part_size)) as tm:
+        futures = []
+        for e in todo:
+            (dest / e.key).parent.mkdir(parents=True, exist_ok=True)
+            futures.append(tm.download(bucket, _join(prefix, e.key), str(_partial(dest / e.key)),
+                                       subscribers=[_Progress(bar, lock), Finish(e)]))
+        for f in futures:
+            f.result()
+    return corrupt
+
+
+def pull(uri: str, dest: str | os.PathLike, opts: S3Options = S3Options(), *, client=None,
+         dry_run: bool = False) -> Result:
+    """Download the dataset at `uri` into `dest`, skipping files already there and intact."""
+    bucket, prefix = parse_s3_uri(uri)
+    with s3_errors(uri):
+        client = _client(opts, client)
+        check_bucket(client, uri)
+        res = _pull(client, bucket, prefix, fetch_manifest(client, bucket, prefix), Path(dest), opts, dry_run)
+    if not dry_run:
+        opts.log(f"pulled {uri} -> {dest}: fetched {res.sent} files ({res.bytes / MiB:.1f} MiB), "
+                 f"kept {res.skipped} already there")
+    return res
+
+
+def _compare(manifest: Manifest, sizes: dict[str, int], hash_of: Callable[[str], str], opts) -> Report:
+    want = manifest.by_key()
+    missing = sorted(k for k in want if k not in sizes)
+    extra = sorted(k for k in sizes if k not in want)
+    corrupt = [f"{k}: size {sizes[k]}, manifest says {want[k].size}"
+               for k in sorted(want) if k in sizes and sizes[k] != want[k].size]
+    check = [want[k] for k in sorted(want) if sizes.get(k) == want[k].size]
+    bar, lock = _bar(opts, "verify", sum(e.size for e in check)), threading.Lock()
+
+    def one(e):
+        h = hash_of(e.key)
+        with lock:
+            bar.update(e.size)
+        return None if h == e.sha256 else f"{e.key}: sha256 differs from the manifest"
+
+    with bar, ThreadPoolExecutor(opts.workers) as pool:
+        corrupt += [c for c in pool.map(one, check) if c]
+    return Report(missing, extra, sorted(corrupt))
+
+
+def verify(target: str, opts: S3Options = S3Options(), *, client=None) -> Report:
+    """Recompute every file's hash at `target` (s3://… or a pulled folder) against its manifest."""
+    if target.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(target)
+        with s3_errors(target):
+            client = _client(opts, client)
+            check_bucket(client, target)
+            manifest = Manifest.from_bytes(fetch_manifest(client, bucket, prefix), target)
+            sizes = {k: s for k, s in list_sizes(client, bucket, prefix).items() if is_content(k)}
+
+            def hash_object(key):
+                h = hashlib.sha256()
+                body = client.get_object(Bucket=bucket, Key=_join(prefix, key))["Body"]
+                for chunk in iter(lambda: body.read(MiB), b""):
+                    h.update(chunk)
+                return h.hexdigest()
+
+            return _compare(manifest, sizes, hash_object, opts)
+    root = Path(target)
+    if not (root / MANIFEST_NAME).is_file():
+        raise UserError(f"no {MANIFEST_NAME} in {root}: pull or stage the dataset first, or verify its s3:// URI")
+    manifest = Manifest.from_bytes((root / MANIFEST_NAME).read_bytes(), str(root / MANIFEST_NAME))
+    return _compare(manifest, scan_dir(root), lambda k: sha256_file(root / k), opts)
+
+
+def _sizes_match(manifest: Manifest, dest: Path) -> bool:
+    try:
+        return all((dest / e.key).stat().st_size == e.size for e in manifest.entries)
+    except FileNotFoundError:
+        return False
+
+
+def stage(uri: str, dest: str | os.PathLike, opts: S3Options = S3Options(), *, client=None) -> Result:
+    """The init container's step: pull `uri` into `dest`, every file checked against the manifest,
+    then write `dest/.verified` (the manifest's hash) last. A matching marker means done already."""
+    bucket, prefix = parse_s3_uri(uri)
+    dest = Path(dest)
+    with s3_errors(uri):
+        client = _client(opts, client)
+        check_bucket(client, uri)
+        manifest_bytes = fetch_manifest(client, bucket, prefix)
+        want = digest(manifest_bytes)
+        manifest = Manifest.from_bytes(manifest_bytes, _uri(bucket, prefix, MANIFEST_NAME))
+        marker = dest / MARKER_NAME
+        if (marker.is_file() and marker.read_text().strip() == want and (dest / MANIFEST_NAME).is_file()
+                and digest((dest / MANIFEST_NAME).read_bytes()) == want and _sizes_match(manifest, dest)):
+            opts.log(f"{dest} already holds verified {uri}; nothing to do")
+            return Result(skipped=len(manifest.entries))
+        # _pull withdraws a stale marker before changing any file and hashes every file it keeps
+        # or fetches against the manifest: that is the verification, and a second full read of
+        # the dataset here would only double the init container's time.
+        res = _pull(client, bucket, prefix, manifest_bytes, dest, opts)
+    if not _sizes_match(manifest, dest):  # something deleted files while we ran
+        raise UserError(f"files vanished from {dest} while staging; run stage again")
+    extra = sorted(k for k in scan_dir(dest) if k not in manifest.by_key())
+    if extra:
+        opts.log(f"note: {len(extra)} files in {dest} are not in the manifest (e.g. {extra[0]}); left as is")
+    write_atomic(marker, (want + "\n").encode())
+    opts.log(f"staged {uri} -> {dest}: fetched {res.sent} files ({res.bytes / MiB:.1f} MiB), "
+             f"kept {res.skipped}; marker {MARKER_NAME} written")
+    return res
