@@ -1,7 +1,10 @@
 """`python -m dlrm train`: train, evaluate and checkpoint a DLRM on a split-binary dataset.
 
-One process here; under torchrun the same command runs hybrid-parallel (see dlrm.dist).
-Writes into the run folder: config.yaml (resolved), metrics.jsonl, metrics.png, checkpoints/.
+One process, or under torchrun hybrid-parallel (see dlrm.dist): the planner places the tables,
+each rank reads the ids of the tables it holds for the whole batch and the numerical features and
+labels of its own slice, MLPs are data parallel. One process is the same code with W = 1.
+Writes into the run folder (rank 0): config.yaml (resolved), metrics.jsonl, metrics.png; every
+rank writes its rows into checkpoints/.
 """
 from __future__ import annotations
 
@@ -14,13 +17,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dlrm.checkpoint import Piece, latest_checkpoint, load_checkpoint, save_checkpoint
+from dlrm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dlrm.config import TrainConfig, dump_yaml, load_config, to_dict
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
+from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize, plan_for_config
+from dlrm.dist.runtime import Runtime, runtime_from_config
+from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
 from dlrm.metrics import MetricsLog, roc_auc
-from dlrm.model import DLRM
 from dlrm.optim import Optimizers
 from dlrm.schedule import learning_rate
 
@@ -59,8 +64,14 @@ def config_from_args(args) -> TrainConfig:
 
 
 def main(args) -> int:
-    summary = train(config_from_args(args))
-    print(summary_line(summary))
+    cfg = config_from_args(args)
+    runtime = runtime_from_config(cfg)
+    try:
+        summary = train(cfg, runtime)
+    finally:
+        runtime.close()
+    if runtime.is_main:
+        print(summary_line(summary))
     return 0
 
 
@@ -74,11 +85,8 @@ def summary_line(s: dict) -> str:
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda but no CUDA device is visible")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """The device of a one-process run (under torchrun: cuda:LOCAL_RANK, see dlrm.dist.runtime)."""
+    return _pick_device(cfg.device, 0)
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -96,16 +104,19 @@ class LossScaler:
     def __init__(self, enabled: bool, scale: float = 2.0**16, growth_interval: int = 2000):
         self.enabled, self.scale, self.growth_interval, self.good_steps = enabled, scale, growth_interval, 0
 
-    def unscale_and_check(self, params) -> bool:
+    def unscale_and_check(self, params, runtime: Runtime | None = None) -> bool:
         if not self.enabled:
             return True
-        finite = True
+        finite = torch.ones((), dtype=torch.float32)
         for p in params:
             if p.grad is None:
                 continue
             g = p.grad._values() if p.grad.is_sparse else p.grad
             g.mul_(1.0 / self.scale)
-            finite &= bool(torch.isfinite(g).all())
+            finite *= torch.isfinite(g).all().float().cpu()
+        if runtime is not None and runtime.distributed:  # every rank must skip the same steps
+            finite = runtime.all_reduce_sum(finite.to(runtime.device)).cpu() / runtime.world_size
+        finite = bool(finite == 1)
         if finite:
             self.good_steps += 1
             if self.good_steps % self.growth_interval == 0:
@@ -115,9 +126,18 @@ class LossScaler:
         return finite
 
 
-def evaluate(model, spec: FeatureSpec, cfg: TrainConfig, device, dtype) -> tuple[float, float]:
-    """Exact AUC and mean BCE over the test split (or its first eval_max_batches batches)."""
-    reader = SplitBinaryReader(spec, "test", cfg.data.eval_batch_size, prefetch=cfg.data.prefetch,
+def evaluate(model, spec: FeatureSpec, cfg: TrainConfig, runtime: Runtime | torch.device, dtype) -> tuple[float, float]:
+    """Exact AUC and mean BCE over the test split (or its first eval_max_batches batches).
+
+    `model` a ShardedDLRM (with its runtime) or a whole DLRM (with a device). Each rank scores its
+    slice of every batch; all scores and labels are then gathered, so the AUC is the
+    single-process one (AUC and mean loss do not depend on the samples' order).
+    """
+    runtime = Runtime(device=runtime) if isinstance(runtime, torch.device) else runtime
+    device = runtime.device
+    features = model.feature_names if isinstance(model, ShardedDLRM) else None
+    reader = SplitBinaryReader(spec, "test", cfg.data.eval_batch_size, categorical=features,
+                               local_slice=(runtime.rank, runtime.world_size), prefetch=cfg.data.prefetch,
                                check_ids=cfg.data.check_ids, max_batches=cfg.eval_max_batches)
     was_training = model.training
     model.eval()
@@ -127,7 +147,8 @@ def evaluate(model, spec: FeatureSpec, cfg: TrainConfig, device, dtype) -> tuple
             scores.append(model(batch.numerical.to(device), batch.categorical.to(device)).float())
             labels.append(batch.label.to(device))
     model.train(was_training)
-    scores, labels = torch.cat(scores), torch.cat(labels)
+    scores = runtime.all_gather_cat(torch.cat(scores))
+    labels = runtime.all_gather_cat(torch.cat(labels))
     loss = F.binary_cross_entropy_with_logits(scores, labels).item()
     return roc_auc(scores, labels), loss
 
@@ -138,9 +159,10 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     cfg.validate()
-    device = pick_device(cfg)
+    runtime = runtime or runtime_from_config(cfg)  # one process unless torchrun set WORLD_SIZE
+    device = runtime.device
     dtype = amp_dtype(cfg, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -148,36 +170,42 @@ def train(cfg: TrainConfig) -> dict:
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.check()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_yaml(cfg))
     ckpt_uri = cfg.checkpoint_dir or str(out / "checkpoints")
 
-    torch.manual_seed(cfg.seed)
-    model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed).to(device)
-    weight = model.sparse_arch.embedding.weight
+    plan = plan_for_config(cfg, spec.table_sizes, list(spec.categorical), runtime.world_size)
+    if runtime.is_main and runtime.distributed:
+        print(plan.describe(), flush=True)
+    torch.manual_seed(cfg.seed)  # the MLPs' init: the same on every rank
+    model = parallelize(build_model(len(spec.numerical), len(spec.table_sizes), cfg.model), plan, runtime,
+                        seed=cfg.seed)
+    weight = model.table_weight
     opt = Optimizers(model.dense_parameters(), [weight], cfg.optim)
-    pieces = [Piece(name, 0, n, int(off)) for name, n, off in
-              zip(spec.categorical, spec.table_sizes, model.sparse_arch.offsets.tolist())]
+    pieces_by_rank = model.pieces_by_rank()
+    pieces = pieces_by_rank[runtime.rank]
     scaler = LossScaler(dtype == torch.float16)
 
     step, epoch, position = 0, 0, 0
-    metrics = MetricsLog(out / "metrics.jsonl")
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=runtime.is_main)
     if cfg.resume and (name := latest_checkpoint(ckpt_uri)):
         meta, dense = load_checkpoint(ckpt_uri, name, weight=weight.data, row_state=opt.sparse.state_tensors(0),
                                       pieces=pieces)
-        model.load_state_dict(dense["model"], strict=False)
+        model.model.load_state_dict(dense["model"], strict=False)
         opt.dense.load_state_dict(dense["optimizer"])
         step, epoch, position = meta["step"], meta["data"]["epoch"], meta["data"]["position"]
-        print(f"resumed from {ckpt_uri}/{name}: step {step}, epoch {epoch}, batch {position}")
+        if runtime.is_main:
+            print(f"resumed from {ckpt_uri}/{name}: step {step}, epoch {epoch}, batch {position}")
 
     def checkpoint():
-        dense = {"model": {k: v for k, v in model.state_dict().items() if not k.startswith("sparse_arch.")},
-                 "optimizer": opt.dense.state_dict()}
+        dense = {"model": model.dense_state_dict(), "optimizer": opt.dense.state_dict()} if runtime.is_main else None
         # the position after an epoch's last batch is the next epoch's start
         at = (epoch + 1, 0) if position >= batches_per_epoch else (epoch, position)
-        meta = {"data": {"epoch": at[0], "position": at[1]}, "config": to_dict(cfg)}
-        save_checkpoint(ckpt_uri, step, rank=0, weight=weight.data, row_state=opt.sparse.state_tensors(0),
-                        pieces_by_rank={0: pieces}, dense=dense, meta=meta, keep=cfg.checkpoint_keep)
+        meta = {"data": {"epoch": at[0], "position": at[1]}, "config": to_dict(cfg), "plan": plan.to_dict()}
+        save_checkpoint(ckpt_uri, step, rank=runtime.rank, weight=weight.data, row_state=opt.sparse.state_tensors(0),
+                        pieces_by_rank=pieces_by_rank, dense=dense, meta=meta, barrier=runtime.barrier,
+                        keep=cfg.checkpoint_keep)
 
     batches_per_epoch = len(SplitBinaryReader(spec, "train", cfg.data.batch_size, prefetch=0))
     total_steps = cfg.max_steps or cfg.epochs * batches_per_epoch
@@ -188,7 +216,8 @@ def train(cfg: TrainConfig) -> dict:
     while not done and epoch < cfg.epochs:
         reader = SplitBinaryReader(spec, "train", cfg.data.batch_size, shuffle=cfg.data.shuffle_batches,
                                    seed=cfg.seed, prefetch=cfg.data.prefetch, check_ids=cfg.data.check_ids,
-                                   start_batch=position)
+                                   start_batch=position, categorical=model.feature_names,
+                                   local_slice=(runtime.rank, runtime.world_size))
         reader.set_epoch(epoch)
         t_step = time.perf_counter()
         for batch in reader:
@@ -198,21 +227,24 @@ def train(cfg: TrainConfig) -> dict:
             label = batch.label.to(device, non_blocking=True)
             with autocast(device, dtype):
                 logits = model(numerical, categorical)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), label)
+            global_batch = batch.categorical.shape[0]
+            # this rank's share of the global batch's mean loss: summed over ranks, exact gradients
+            loss = local_loss(logits, label, global_batch)
             opt.zero_grad()
             (loss * scaler.scale if scaler.enabled else loss).backward()
-            if scaler.unscale_and_check(list(model.parameters())):
+            if scaler.unscale_and_check(list(model.parameters()), runtime):
                 opt.step()
             step, position = step + 1, position + 1
             window_loss += loss.detach()
             window_n += 1
-            window_samples += label.shape[0]
+            window_samples += global_batch
             now = time.perf_counter()
             train_time += now - t_step
-            train_samples += label.shape[0]
+            train_samples += global_batch
             t_step = now
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = now - window_t0
+                window_loss = runtime.all_reduce_sum(window_loss)  # the ranks' shares add up to the mean
                 metrics.write(kind="train", step=step, epoch=epoch, loss=(window_loss / window_n).item(), lr=lr,
                               samples_per_s=window_samples / max(elapsed, 1e-9))
                 window_loss.zero_()
@@ -220,10 +252,11 @@ def train(cfg: TrainConfig) -> dict:
             done = step >= total_steps
             evaluating = done or (cfg.eval_every and step % cfg.eval_every == 0)
             if evaluating:
-                auc, eval_loss = evaluate(model, spec, cfg, device, dtype)
+                auc, eval_loss = evaluate(model, spec, cfg, runtime, dtype)
                 metrics.write(kind="eval", step=step, auc=auc, loss=eval_loss)
                 if cfg.target_auc and auc >= cfg.target_auc:
-                    print(f"target AUC {cfg.target_auc} reached at step {step}: {auc:.4f}")
+                    if runtime.is_main:
+                        print(f"target AUC {cfg.target_auc} reached at step {step}: {auc:.4f}")
                     done = True
             if done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint()
@@ -233,12 +266,12 @@ def train(cfg: TrainConfig) -> dict:
         else:
             epoch, position = epoch + 1, 0
     if math.isnan(auc):  # resumed from a finished run: evaluate what was loaded
-        auc, eval_loss = evaluate(model, spec, cfg, device, dtype)
+        auc, eval_loss = evaluate(model, spec, cfg, runtime, dtype)
     oracle = (spec.metadata.get("synthetic") or {}).get("oracle_auc")
     summary = {"kind": "summary", "step": step, "auc": auc, "loss": eval_loss,
                "samples_per_s": train_samples / train_time if train_time else 0.0,
                "oracle_auc": oracle, "metrics": str(metrics.path)}
     metrics.write(**summary)
-    if cfg.plot:
+    if cfg.plot and runtime.is_main:
         summary["plot"] = str(metrics.plot(out / "metrics.png"))
     return summary

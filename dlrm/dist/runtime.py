@@ -1,0 +1,128 @@
+"""Who am I and how do I talk to the others: the process group, set up from torchrun's env.
+
+    runtime = init_runtime(device=cfg.device, timeout_s=cfg.dist.collective_timeout_s)
+    runtime.rank, runtime.world_size, runtime.device     # 0, 1, cpu when WORLD_SIZE is unset
+
+torchrun (and the launcher's pods) set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
+NCCL on CUDA (device cuda:LOCAL_RANK), gloo on CPU. A collective that hangs (a dead peer) fails
+the job after `timeout_s` instead of wedging it forever.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from dlrm.errors import UserError
+
+ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: one process, no process group
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            # gloo barriers are plain; NCCL's needs the device or it guesses one per rank
+            dist.barrier(device_ids=[self.device.index] if self.backend == "nccl" else None)
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """In place on every rank; returns t."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def all_gather_cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's `t` [n_r, ...] (n_r may differ) concatenated in rank order, on every rank."""
+        if not self.distributed:
+            return t
+        n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
+        dist.all_gather(sizes, n)
+        sizes = [int(s) for s in sizes]
+        padded = t.new_zeros((max(sizes), *t.shape[1:]))  # all_gather wants equal shapes
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    def close(self) -> None:
+        if self.backend is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _env_int(env, name: str) -> int:
+    raw = env.get(name)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise UserError(f"environment variable {name}={raw!r}: expected an integer "
+                        f"(torchrun sets {', '.join(ENV_VARS)})") from None
+
+
+def pick_device(device: str, local_rank: int) -> torch.device:
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is visible")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(f"LOCAL_RANK {local_rank} but only {count} CUDA devices are visible on this node; "
+                        f"start at most {count} processes per node")
+    return torch.device("cuda", local_rank)
+
+
+def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = None) -> Runtime:
+    """The process group from torchrun's env; one process (no group) when WORLD_SIZE is unset or 1."""
+    env = os.environ if env is None else env
+    world = _env_int(env, "WORLD_SIZE") if env.get("WORLD_SIZE") not in (None, "") else 1
+    if world < 1:
+        raise UserError(f"WORLD_SIZE={world}: expected >= 1")
+    if world == 1:
+        local_rank = _env_int(env, "LOCAL_RANK") if env.get("LOCAL_RANK") else 0
+        dev = pick_device(device, local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return Runtime(0, local_rank, 1, dev, None)
+    missing = [v for v in ENV_VARS if not env.get(v)]
+    if missing:
+        raise UserError(f"WORLD_SIZE={world} but {', '.join(missing)} unset: start the job with torchrun "
+                        f"(it sets {', '.join(ENV_VARS)})")
+    rank, local_rank = _env_int(env, "RANK"), _env_int(env, "LOCAL_RANK")
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} outside 0..{world - 1} (WORLD_SIZE={world})")
+    dev = pick_device(device, local_rank)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=dev if dev.type == "cuda" else None)
+    elif (dist.get_rank(), dist.get_world_size()) != (rank, world):
+        raise UserError(f"a process group is already up as rank {dist.get_rank()} of {dist.get_world_size()}, "
+                        f"but the env says rank {rank} of {world}")
+    return Runtime(rank, local_rank, world, dev, backend)
+
+
+def runtime_from_config(cfg) -> Runtime:
+    """init_runtime with a TrainConfig's device and collective timeout."""
+    return init_runtime(cfg.device, cfg.dist.collective_timeout_s)

@@ -1,0 +1,47 @@
+"""The GPU benchmark's code path, on CPU and tiny: so the one H100 run works the first time."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+
+import bench_gpu  # noqa: E402
+
+from dlrm.model import InteractionArch  # noqa: E402
+
+
+def test_padded_interaction_equals_the_models():
+    arch = InteractionArch(26, 16, "dot")
+    dense, sparse = torch.randn(5, 16), torch.randn(5, 26, 16)
+    assert torch.allclose(bench_gpu.padded_interaction(arch, dense, sparse), arch(dense, sparse), atol=1e-5)
+
+
+def test_step_is_sgd_on_the_gathered_rows():
+    """One step's table update equals SGD on the whole model's embedding gradient."""
+    from dlrm.config import ModelConfig
+
+    cfg = ModelConfig(embedding_dim=8, bottom_mlp=[8], top_mlp=[4])
+    sizes = [5, 3, 7]
+    step = bench_gpu.Step(sizes, cfg, torch.device("cpu"), amp=False, lr=0.1, compile_mode="off")
+    numerical, ids, label = bench_gpu.make_batches(1, 16, sizes, torch.device("cpu"))[0]
+    w = step.weight.clone().requires_grad_(True)
+    emb = w[(ids + step.offsets).view(-1)].view(16, 3, 8)
+    m = step.model
+    logits = m.predict(m.dense_arch(numerical), emb)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, label).backward()
+    step((numerical, ids, label))
+    assert torch.allclose(step.weight, w.detach() - 0.1 * w.grad, atol=1e-6)
+
+
+def test_smoke_run_prints_figures_and_json():
+    out = subprocess.run([sys.executable, "benchmarks/gpu/bench_gpu.py", "--device", "cpu", "--smoke", "--compile", "off"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert "amp-bf16 samples/s:" in out.stdout and "fp32-tf32 peak memory:" in out.stdout
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["mode"] for r in record["results"]] == ["amp-bf16", "fp32-tf32"]
+    assert all(r["samples_per_s"] > 0 and r["loss_last"] == r["loss_last"] for r in record["results"])
