@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=200, help="total data size in MiB")
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     port = free_port()

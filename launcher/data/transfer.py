@@ -11,11 +11,12 @@ that is renamed only after its hash checks out.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -89,19 +90,6 @@ def list_sizes(client, bucket: str, prefix: str) -> dict[str, int]:
     return out
 
 
-def _hash_all(root: Path, sizes: dict[str, int], opts: S3Options, desc: str) -> dict[str, str]:
-    bar, lock = _bar(opts, desc, sum(sizes.values())), threading.Lock()
-
-    def one(rel):
-        h = sha256_file(root / rel)
-        with lock:
-            bar.update(sizes[rel])
-        return rel, h
-
-    with bar, ThreadPoolExecutor(opts.workers) as pool:
-        return dict(pool.map(one, sizes))
-
-
 def fetch_manifest(client, bucket: str, prefix: str) -> bytes:
     uri = _uri(bucket, prefix)
     try:
@@ -123,47 +111,64 @@ def push(src: str | os.PathLike, uri: str, opts: S3Options = S3Options(), *, cli
         client = _client(opts, client)
         check_bucket(client, uri)
         remote = list_sizes(client, bucket, prefix)
-        hashes = _hash_all(src, sizes, opts, "hashing")
-        manifest = Manifest(tuple(Entry(k, sizes[k], hashes[k]) for k in sizes)).to_bytes()
-        manifest_key = _join(prefix, MANIFEST_NAME)
-
-        def present(rel):  # right size and right recorded hash: nothing to send
-            if remote.get(rel) != sizes[rel]:
-                return False
-            head = client.head_object(Bucket=bucket, Key=_join(prefix, rel))
-            return head.get("Metadata", {}).get(META_KEY) == hashes[rel]
-
-        with ThreadPoolExecutor(opts.workers) as pool:
-            todo = [rel for rel, ok in zip(sizes, pool.map(present, sizes)) if not ok]
+        hashes, todo = _hash_and_upload(client, src, bucket, prefix, sizes, remote, opts, dry_run)
         res = Result(sent=len(todo), skipped=len(sizes) - len(todo), bytes=sum(sizes[r] for r in todo))
-        extra = sorted(k for k in remote if is_content(k) and k not in sizes)
         if dry_run:
             opts.log(f"dry run: would send {res.sent} files ({res.bytes / MiB:.1f} MiB), "
                      f"skip {res.skipped} already at {uri}")
             return res
-        if MANIFEST_NAME in remote and todo:
-            # The dataset is about to change: drop the old manifest first so nobody uses a
-            # half-updated prefix as complete.
-            client.delete_object(Bucket=bucket, Key=manifest_key)
-        _upload(client, src, bucket, prefix, todo, sizes, hashes, opts)
-        client.put_object(Bucket=bucket, Key=manifest_key, Body=manifest, ContentType="application/json")
+        manifest = Manifest(tuple(Entry(k, sizes[k], hashes[k]) for k in sizes)).to_bytes()
+        client.put_object(Bucket=bucket, Key=_join(prefix, MANIFEST_NAME), Body=manifest,
+                          ContentType="application/json")
     opts.log(f"pushed {src} -> {uri}: sent {res.sent} files ({res.bytes / MiB:.1f} MiB), "
              f"skipped {res.skipped} already there; wrote {MANIFEST_NAME}")
+    extra = sorted(k for k in remote if is_content(k) and k not in sizes)
     if extra:
         opts.log(f"note: {len(extra)} objects under {uri} are not in {src} (e.g. {extra[0]}); "
                  "verify will report them as extra")
     return res
 
 
-def _upload(client, src, bucket, prefix, todo, sizes, hashes, opts) -> None:
-    bar, lock = _bar(opts, "push", sum(sizes[r] for r in todo)), threading.Lock()
-    with bar, TransferManager(client, transfer_config(opts.workers, opts.part_size)) as tm:
-        # Leaving the `with` on an exception cancels the transfers still queued.
-        futures = [tm.upload(str(src / rel), bucket, _join(prefix, rel),
-                             extra_args={"Metadata": {META_KEY: hashes[rel]}},
-                             subscribers=[_Progress(bar, lock)]) for rel in todo]
-        for f in futures:
-            f.result()
+def _hash_and_upload(client, src, bucket, prefix, sizes, remote, opts, dry_run):
+    """Hash each file and start its upload as soon as its hash is known (the hash goes into the
+    upload's metadata), so a big push sends bytes from the first file on instead of reading the
+    whole dataset first. Returns every file's hash and the files sent (or to send, on a dry run)."""
+    hashes, todo, futures = {}, [], []
+    bar, lock = _bar(opts, "push", sum(sizes.values())), threading.Lock()
+
+    def check(rel):  # the hash, and whether the object there already has that size and hash
+        h = sha256_file(src / rel)
+        if remote.get(rel) != sizes[rel]:
+            return rel, h, False
+        head = client.head_object(Bucket=bucket, Key=_join(prefix, rel))
+        return rel, h, head.get("Metadata", {}).get(META_KEY) == h
+
+    tm = contextlib.nullcontext() if dry_run else TransferManager(client, transfer_config(opts.workers, opts.part_size))
+    pool = ThreadPoolExecutor(opts.workers)
+    # Leaving the TransferManager's `with` on an exception cancels the uploads still queued.
+    with bar, tm:
+        try:
+            for done in as_completed([pool.submit(check, rel) for rel in sizes]):
+                rel, hashes[rel], present = done.result()
+                if present:
+                    with lock:
+                        bar.update(sizes[rel])  # already in place: counts as done
+                    continue
+                todo.append(rel)
+                if dry_run:
+                    continue
+                if not futures and MANIFEST_NAME in remote:
+                    # The dataset is about to change: drop the old manifest before the first
+                    # object does, so nobody uses a half-updated prefix as complete.
+                    client.delete_object(Bucket=bucket, Key=_join(prefix, MANIFEST_NAME))
+                futures.append(tm.upload(str(src / rel), bucket, _join(prefix, rel),
+                                         extra_args={"Metadata": {META_KEY: hashes[rel]}},
+                                         subscribers=[_Progress(bar, lock)]))
+            for f in futures:
+                f.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return hashes, sorted(todo)
 
 
 def _partial(path: Path) -> Path:
