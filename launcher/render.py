@@ -25,7 +25,9 @@ from dlrm.errors import ConfigError
 from launcher import command as cmd
 from launcher.config import DNS_1035, JobConfig
 
-MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
+# A checkout reads the top-level manifests/; an installed wheel carries them as launcher/manifests.
+MANIFESTS_DIR = next(p for p in (Path(__file__).resolve().parent.parent / "manifests",
+                                 Path(__file__).resolve().parent / "manifests") if p.is_dir())
 
 
 def toyaml(value) -> str:
