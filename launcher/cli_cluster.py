@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     if command == "logs":
         parser.add_argument("-f", "--follow", action="store_true", help="stream until the container exits")
         parser.add_argument("--replica", choices=("master", "worker"), default="master")
-        parser.add_argument("--index", type=int, default=0, help="which replica of that type (default 0)")
+        parser.add_argument("--index", type=int, default=0, help="which replica of that type (default 0; worker 0 is the second node)")
         parser.add_argument("--previous", action="store_true", help="the previous (restarted) container's log")
         parser.add_argument("--tail", type=int, help="only the last N lines")
 

@@ -142,6 +142,8 @@ def volume_folders(replica: Replica, objects: list[dict], workdir: Path, mapped:
             # with `dlrm synth`, say); one that does not (a cluster's NVMe mount) becomes a workdir folder.
             path = Path(vol["hostPath"]["path"])
             folder = path if path.exists() else workdir / "volumes" / "host" / str(path).strip("/")
+            if folder != path:
+                say(f"volume {name}: hostPath {path} is not on this machine; using {folder} (or pass --volume {name}=DIR)")
         elif "emptyDir" in vol:
             folder = workdir / "pods" / replica.name / name
         else:
@@ -174,33 +176,23 @@ def expand_vars(text: str, env: dict[str, str]) -> str:
                   lambda m: "$(" if m.group(1) is None else env.get(m.group(1), m.group(0)), text)
 
 
-def container_env(container: dict, objects: list[dict], pod: str, say) -> dict[str, str]:
-    cms = {o["metadata"]["name"]: o.get("data") or {} for o in objects if o.get("kind") == "ConfigMap"}
+def container_env(container: dict, pod: str, say) -> dict[str, str]:
+    """The manifest's env values. Secrets and other references do not exist here: the shell's env stands in."""
     env: dict[str, str] = {}
     for src in container.get("envFrom") or []:
-        if "configMapRef" in src and src["configMapRef"]["name"] in cms:
-            env.update({src.get("prefix", "") + k: v for k, v in cms[src["configMapRef"]["name"]].items()})
-        else:
-            say(f"envFrom {src}: not available locally; variables come from your shell instead")
+        say(f"envFrom {src}: not available locally; variables come from your shell instead")
     for e in container.get("env") or []:
+        field_path = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
         if "value" in e:
             env[e["name"]] = expand_vars(str(e["value"]), env)
-            continue
-        ref = e.get("valueFrom") or {}
-        field_path = (ref.get("fieldRef") or {}).get("fieldPath")
-        key_ref = ref.get("configMapKeyRef") or {}
-        if field_path in ("metadata.name", "spec.nodeName"):
+        elif field_path == "metadata.name":
             env[e["name"]] = pod
-        elif field_path == "status.podIP":
-            env[e["name"]] = "127.0.0.1"
-        elif key_ref.get("name") in cms and key_ref.get("key") in cms[key_ref["name"]]:
-            env[e["name"]] = cms[key_ref["name"]][key_ref["key"]]
         else:
-            say(f"env {e['name']}: {ref} is not available locally; set it in your shell if the job needs it")
+            say(f"env {e['name']}: {e.get('valueFrom')} is not available locally; set it in your shell if the job needs it")
     return env
 
 
-def plan_steps(job: dict, objects: list[dict], replica: Replica, world: dict[str, str], folders: dict[str, Path], say) -> list[Step]:
+def plan_steps(job: dict, replica: Replica, world: dict[str, str], folders: dict[str, Path], say) -> list[Step]:
     """The init containers, then the `pytorch` container, as local commands."""
     pod = f"{job['metadata']['name']}-{replica.name}"
     spec = replica.template.get("spec", {})
@@ -214,7 +206,7 @@ def plan_steps(job: dict, objects: list[dict], replica: Replica, world: dict[str
             say(f"{replica.name}: sidecar init container {c.get('name')} is not run locally")
             continue
         rewrite = mount_rewriter(c, folders)
-        env = {k: rewrite(v) for k, v in container_env(c, objects, pod, say).items()}
+        env = {k: rewrite(v) for k, v in container_env(c, pod, say).items()}
         env.update(world if not init else {k: v for k, v in world.items() if k == "CUDA_VISIBLE_DEVICES"})
         argv = [expand_vars(rewrite(str(a)), env) for a in (c.get("command") or []) + (c.get("args") or [])]
         if not c.get("command"):
@@ -285,7 +277,7 @@ def _alive(pid: int) -> bool:
         try:
             os.kill(pid, 0)
             return True
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to someone else
             return False
 
 
@@ -359,7 +351,7 @@ class LocalJob:
         quiet = lambda message: None  # noqa: E731 - planning notes are printed for the first attempt only
         for attempt in range(self.max_restarts + 1):
             port = free_port()
-            plans = {r.name: plan_steps(self.job, self.objects, r, self.world_env(r, nproc, port), folders[r.name],
+            plans = {r.name: plan_steps(self.job, r, self.world_env(r, nproc, port), folders[r.name],
                                         self.say if attempt == 0 else quiet) for r in self.replicas}
             failure = self._attempt(plans, deadline)
             if failure is None:
@@ -377,8 +369,9 @@ class LocalJob:
                 self.say(f"error: job {self.name} failed: {what}; restartPolicy {policy} does not restart it")
                 return code
             if self.restarts >= self.max_restarts:
-                self.say(f"error: job {self.name} failed: {what}; all {self.max_restarts} restart(s) allowed "
-                         f"(runPolicy.backoffLimit or --max-restarts) are used up; logs in {self.workdir / 'logs'}")
+                used = (f"all {self.max_restarts} restart(s) allowed (runPolicy.backoffLimit or --max-restarts) are used up"
+                        if self.max_restarts else "no restarts allowed (runPolicy.backoffLimit 0; --max-restarts N allows some)")
+                self.say(f"error: job {self.name} failed: {what}; {used}; logs in {self.workdir / 'logs'}")
                 return code
             self.restarts += 1
             self.say(f"{what}: restarting the whole job ({self.restarts} of {self.max_restarts})")

@@ -201,7 +201,9 @@ def test_status_watch_reprints_until_the_job_finishes(api, capsys):
     threading.Thread(target=finish).start()
     rc, out, _ = run(capsys, "status", "dlrm-smoke", "--watch", "--interval", "0.05")
     assert rc == 1  # Failed
-    assert out.count("PyTorchJob dlrm-smoke") == 2 and out.splitlines()[-1] != "" and ": Failed" in out
+    first, second = out.split("\n--- ")
+    assert first.splitlines()[0].endswith(": Running") and "PyTorchJobFailed" not in first
+    assert second.splitlines()[1].endswith(": Failed") and "PyTorchJobFailed" in second
 
 
 def test_list_shows_state_and_age(api, capsys):
