@@ -19,3 +19,6 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is absent: extra checks against the shared CRD/sample are skipped")
     return SHARED
+
+# A real S3 HTTP endpoint (moto server on 127.0.0.1) for every test that asks for it.
+from s3_fixtures import s3_bucket, s3_endpoint, s3_env  # noqa: E402,F401
