@@ -71,13 +71,13 @@ def find_days(input_dir: str | os.PathLike, days: list[int]) -> list[DayFile]:
     return out
 
 
-def test_lines(lines: int) -> int:
+def first_half(lines: int) -> int:
     """Physical lines of the last day that go to `test`; the rest go to `validation`."""
     return lines - lines // 2
 
 
 def split_of(day_index: int, n_days: int) -> str:
-    """`train` for all but the last day; the last day is split by line (see test_lines)."""
+    """`train` for all but the last day; the last day is split by line (see first_half)."""
     return "train" if day_index < n_days - 1 else "test"
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dlrm.data.writer import SplitBinaryWriter
 from dlrm.errors import DataError
-from dlrm.preprocess.inputs import DayFile, find_days, read_blocks, test_lines
+from dlrm.preprocess.inputs import DayFile, find_days, first_half, read_blocks
 from dlrm.preprocess.output import SPLITS, BadLineTally, Output, Settings, make_report, strict_error
 from dlrm.preprocess.parse import KINDS, parse_block, transform_numerical
 from dlrm.preprocess.vocab import Vocab, build_vocab, count_values, merge_counts
@@ -131,7 +131,7 @@ def _pass2_day(f: DayFile, last: bool, lines: int, pool, out: Output, cards: lis
     root = out.work / "pass2" / f"day_{f.day}"
     shutil.rmtree(root, ignore_errors=True)  # leftovers of an interrupted attempt
     splits = ("test", "validation") if last else ("train",)
-    split_at = test_lines(lines) if last else None
+    split_at = first_half(lines) if last else None
     spec = out.spec(cards, root=root, splits=splits)
     rows, clamped = dict.fromkeys(splits, 0), dict.fromkeys(splits, 0)
     bad = np.zeros((len(SPLITS), len(KINDS)), np.int64)

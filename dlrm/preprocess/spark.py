@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from dlrm.errors import DataError
-from dlrm.preprocess.inputs import find_days, test_lines
+from dlrm.preprocess.inputs import find_days, first_half
 from dlrm.preprocess.output import SPLITS, BadLineTally, Output, Settings, make_report, strict_error
 from dlrm.preprocess.parse import KINDS, MAX_DIGITS, NUM_CATEGORICAL, NUM_FIELDS, NUM_NUMERICAL, describe
 
@@ -140,7 +140,7 @@ def run(s: Settings, spark=None, rows_per_part: int = ROWS_PER_PART) -> dict:
     for r in sorted(blocks, key=lambda r: (r["d"], r["blk"])):
         offsets.append((r["d"], r["blk"], lines[r["d"]] + 1 - r["m0"]))  # line = mid + offset
         lines[r["d"]] += r["n"]
-    split_at = test_lines(lines[last])
+    split_at = first_half(lines[last])
     off = spark.createDataFrame(offsets or [(0, 0, 0)], "d int, blk long, off long")
     v = F.col("value")
     v = F.when(v.endswith("\r"), F.expr("substring(value, 1, length(value) - 1)")).otherwise(v)
