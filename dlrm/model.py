@@ -98,6 +98,7 @@ class InteractionArch(nn.Module):
         super().__init__()
         dense_dim = dim if dense_dim is None else dense_dim
         self.kind = kind
+        self.pad_vectors_to, self.pad_devices = 32, ("cuda",)  # see forward
         n = num_features + 1
         if kind == "dot":
             rows, cols = torch.tril_indices(n, n, offset=-1)
@@ -114,8 +115,12 @@ class InteractionArch(nn.Module):
         B = dense.shape[0]
         if self.kind == "cat":
             return torch.cat([dense, sparse.reshape(B, -1)], dim=1)
-        vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # [B, F+1, D]
-        gram = torch.bmm(vectors, vectors.transpose(1, 2))  # [B, F+1, F+1]
+        parts = [dense.unsqueeze(1), sparse]
+        pad = (-(sparse.shape[1] + 1)) % self.pad_vectors_to if dense.device.type in self.pad_devices else 0
+        if pad:  # zero vectors change no pair read out, but cuBLAS has a 3x faster bmm for 32 than for 27
+            parts.append(dense.new_zeros(B, pad, dense.shape[1]))
+        vectors = torch.cat(parts, dim=1)  # [B, F+1 (+pad), D]
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))  # [B, F+1, F+1] (+pad)
         pairs = gram[:, self.rows, self.cols]  # [B, (F+1)F/2]
         parts = [dense, pairs]
         if self.padding:

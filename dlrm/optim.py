@@ -2,7 +2,8 @@
 
 Embedding gradients arrive as uncoalesced sparse COO tensors (one row per lookup). Coalescing a
 33M-row table's gradient every step is the slow part of torch.optim.SGD's sparse path, so:
-- SGD: `weight.index_add_(0, ids, grads, alpha=-lr)`: duplicates sum, exactly SGD on the table;
+- SGD: a row scatter-add of the looked-up rows' gradients (dlrm.kernels: index_add_, or a Triton
+  kernel on CUDA): duplicates sum, exactly SGD on the table;
 - Adagrad: row-wise (one accumulator per row, as FBGEMM's and TorchRec's rowwise Adagrad): the
   gradient is coalesced (needed: the accumulator sees each row's summed gradient once), the
   accumulator grows by the row's mean squared gradient, the row moves by lr * g / (sqrt(acc) + eps).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from dlrm.config import OptimConfig
+from dlrm.kernels import row_scatter_add
 
 
 class SparseTableOptimizer:
@@ -37,7 +39,8 @@ class SparseTableOptimizer:
             if not g.is_sparse:  # a dense gradient (e.g. from a custom lookup): treat every row as touched
                 g = g.to_sparse()
             if self.kind == "sgd":
-                w.index_add_(0, g._indices()[0], g._values().to(w.dtype), alpha=-lr)
+                update, _ = row_scatter_add(w.device.type)
+                update(w, g._indices()[0], g._values(), -lr)
             else:
                 g = g.coalesce()
                 rows, values = g.indices()[0], g.values().float()

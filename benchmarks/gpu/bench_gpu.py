@@ -10,12 +10,9 @@ generated on the GPU, so the figure is the training step alone, not the input pi
 The step is built for speed, and is still exactly SGD:
 - one fused table [sum(rows), D] (as dlrm.model), gathered with one index_select;
 - the gathered rows are a leaf: backward stops there with a dense [B, F, D] gradient, and the
-  update adds it back row by row (duplicates add up, as in SGD) instead of building a sparse COO
-  gradient of a 33M-row table that torch would coalesce (sort) first. On CUDA a Triton kernel does
-  it with vectorised atomics, 3x faster than index_add_ (0.76 vs 2.39 ms for 1.7M rows on an
-  H200), checked against index_add_ at start and replaced by it if anything is off;
-- the interaction's [B, 27, 128] x [B, 128, 27] bmm padded to 32 vectors (zeros): cuBLAS picks a
-  3x faster kernel (0.25 vs 0.71 ms), the pairs read out are the same;
+  update adds it back row by row with dlrm.kernels.row_scatter_add (duplicates add up, as in SGD;
+  the Triton kernel the trainer's SGD also uses on CUDA);
+- the model's own interaction, which on CUDA pads its 27 vectors to 32 (a 3x faster bmm);
 - bf16 autocast for the MLPs and interaction, TF32 matmuls in the fp32 mode;
 - torch.compile for the dense part (forward and backward); eager if compiling fails;
 - the table is initialised on the GPU (torch.rand), not row by row on the CPU.
@@ -35,71 +32,8 @@ import torch.nn.functional as F
 
 from dlrm.config import ModelConfig
 from dlrm.dist.plan import CRITEO_FL15_CARDINALITIES
+from dlrm.kernels import row_scatter_add
 from dlrm.model import DLRM
-
-
-def triton_scatter_add():
-    """A row scatter-add `f(weight [R, D], ids [N], grad [N, D], alpha)`, or None without Triton."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return None
-
-    @triton.jit
-    def kernel(w_ptr, g_ptr, idx_ptr, n, alpha, D: tl.constexpr, ROWS: tl.constexpr):
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        inside = rows < n
-        idx = tl.load(idx_ptr + rows, mask=inside, other=0)
-        cols = tl.arange(0, D)
-        g = tl.load(g_ptr + rows[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
-        # relaxed: no return value needed, so the compiler emits fire-and-forget reductions
-        tl.atomic_add(w_ptr + idx[:, None] * D + cols[None, :], g * alpha, mask=inside[:, None], sem="relaxed")
-
-    def scatter_add(weight, ids, grad, alpha):
-        D = weight.shape[1]
-        kernel[(triton.cdiv(ids.numel(), 16),)](weight, grad.contiguous(), ids, ids.numel(), alpha, D=D, ROWS=16)
-
-    return scatter_add
-
-
-def pick_update(device):
-    """The fastest exact row update that passes a check against index_add_ here, and its name."""
-    def index_add(weight, ids, grad, alpha):
-        weight.index_add_(0, ids, grad, alpha=alpha)
-
-    if device.type != "cuda":
-        return index_add, "index_add_"
-    try:
-        fast = triton_scatter_add()
-        if fast is not None:
-            w = torch.rand(1000, 128, device=device)
-            ref = w.clone()
-            ids = torch.randint(0, 1000, (5000,), device=device)
-            g = torch.randn(5000, 128, device=device)
-            fast(w, ids, g, -0.5)
-            index_add(ref, ids, g, -0.5)
-            if torch.allclose(w, ref, atol=1e-4):
-                return fast, "triton"
-            print("triton scatter-add disagrees with index_add_: using index_add_", flush=True)
-    except Exception as e:  # no compiler, an old Triton, ...: the slower exact path
-        print(f"triton scatter-add unavailable ({type(e).__name__}: {str(e)[:200]}): using index_add_", flush=True)
-    return index_add, "index_add_"
-
-
-def padded_interaction(arch, dense, sparse):
-    """dlrm.model.InteractionArch("dot") with the F + 1 vectors zero-padded to a multiple of 32."""
-    B, n = dense.shape[0], sparse.shape[1] + 1
-    pad = (-n) % 32
-    parts = [dense.unsqueeze(1), sparse.to(dense.dtype)]
-    if pad:
-        parts.append(dense.new_zeros(B, pad, dense.shape[1]))
-    vectors = torch.cat(parts, dim=1)  # [B, 32, D]
-    gram = torch.bmm(vectors, vectors.transpose(1, 2))
-    out = [dense, gram[:, arch.rows, arch.cols]]
-    if arch.padding:
-        out.append(dense.new_zeros(B, arch.padding))
-    return torch.cat(out, dim=1)
 
 
 def parse_args(argv=None):
@@ -130,7 +64,7 @@ class Step:
         self.weight = torch.rand(rows, D, device=device).mul_(2.0 / math.sqrt(max(table_sizes))).sub_(
             1.0 / math.sqrt(max(table_sizes)))
         self.offsets = torch.tensor([0] + list(table_sizes)[:-1], device=device).cumsum(0)
-        self.update, self.update_name = pick_update(device)
+        self.update, self.update_name = row_scatter_add(device.type)
         params = list(self.model.parameters())
         fused = device.type == "cuda"
         self.opt = torch.optim.SGD(params, lr=lr, fused=fused) if fused else torch.optim.SGD(params, lr=lr, foreach=True)
@@ -143,7 +77,7 @@ class Step:
     def _dense_loss(self, numerical, emb, label):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             m = self.model
-            logits = m.over_arch(padded_interaction(m.interaction_arch, m.dense_arch(numerical), emb))
+            logits = m.predict(m.dense_arch(numerical), emb)
         return F.binary_cross_entropy_with_logits(logits.float(), label)
 
     def __call__(self, batch):
