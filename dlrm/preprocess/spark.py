@@ -49,7 +49,7 @@ def session(master: str | None = None, conf: dict | None = None, cores: int | No
     if master or not (under_submit or "spark.master" in (conf or {})):
         builder = builder.master(master or f"local[{cores or '*'}]")
     builder = builder.config("spark.sql.shuffle.partitions", str(max(2, 2 * (cores or os.cpu_count() or 2))))
-    builder = builder.config("spark.ui.enabled", "false").config("spark.driver.memory", "2g")
+    builder = builder.config("spark.ui.enabled", "false").config("spark.driver.memory", "4g")
     for k, v in (conf or {}).items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
