@@ -76,11 +76,6 @@ def first_half(lines: int) -> int:
     return lines - lines // 2
 
 
-def split_of(day_index: int, n_days: int) -> str:
-    """`train` for all but the last day; the last day is split by line (see first_half)."""
-    return "train" if day_index < n_days - 1 else "test"
-
-
 def read_blocks(f: DayFile, block_bytes: int) -> Iterator[tuple[bytes, int, int]]:
     """(block of whole lines, its first line number, bytes of the file consumed so far).
 
