@@ -310,3 +310,16 @@ def test_abandoned_iterator_stops_its_threads(dataset):
     with iter(SplitBinaryReader(spec, "train", 2, prefetch=3)) as it:
         next(it)
     assert threading.active_count() == before
+
+
+def test_writer_accepts_an_empty_batch(tmp_path):
+    import numpy as np
+
+    from dlrm.data.spec import FeatureSpec
+    from dlrm.data.writer import SplitBinaryWriter
+
+    spec = FeatureSpec.default(tmp_path, [5, 300], num_numerical=2, splits=("train",))
+    with SplitBinaryWriter(spec, "train") as w:
+        w.append(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.int64), np.zeros(0, bool))
+        w.append(np.ones((3, 2), np.float32), np.array([[1, 2]] * 3), np.array([0, 1, 1]))
+    assert w.rows == 3 and spec.num_rows("train") == 3

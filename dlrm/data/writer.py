@@ -114,7 +114,11 @@ class SplitBinaryWriter:
                 block = num.astype(chunk.dtype, copy=False)  # the common case: no column shuffle
             else:
                 block = np.stack([columns[f] for f in chunk.features], axis=1).astype(chunk.dtype, copy=False)
-            fh.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+            try:
+                fh.write(np.ascontiguousarray(block).tobytes() if block.size == 0 else
+                         memoryview(np.ascontiguousarray(block)).cast("B"))  # memoryview refuses empty casts
+            except OSError as e:  # a full disk: the error names the file (the caller's `with` aborts)
+                raise OSError(e.errno, e.strerror, fh.name) from None
         self.rows += b
 
     def _numerical(self, numerical, b: int) -> np.ndarray:
@@ -153,9 +157,13 @@ class SplitBinaryWriter:
         """Flush every file and give it its final name. Idempotent."""
         if self._files is None:
             return
-        files, self._files = self._files, None
-        for fh in files:
-            fh.close()
+        for fh in self._files:
+            try:
+                fh.close()  # flushes: a full disk can fail here too
+            except OSError as e:
+                self.abort()
+                raise OSError(e.errno, e.strerror, fh.name) from None
+        self._files = None
         for chunk in self.chunks:
             os.replace(_partial(chunk.file), chunk.file)
 
