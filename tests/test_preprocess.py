@@ -1,6 +1,6 @@
 """Criteo preprocessing, local engine: line rules, ids, splits, bad lines, folders, resume, CLI.
 
-Outputs are checked against tests/test_preprocess_reference.py, a line-by-line Python version
+Outputs are checked against tests/preprocess_reference.py, a line-by-line Python version
 of the transform. The Spark engine's byte-identity is in test_preprocess_spark.py.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_preprocess_reference import reference
+from preprocess_reference import reference
 
 from dlrm.__main__ import main as dlrm_main
 from dlrm.data.spec import FeatureSpec
