@@ -43,6 +43,22 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}"
 
 
+def _save(obj, path: str | Path, name: str) -> None:
+    """torch.save through a Python file, so a failed write (a full disk) is an OSError naming `name`.
+
+    Saving to a path, torch reports a failed write as RuntimeError('basic_ios::clear: iostream error').
+    """
+    try:
+        with open(path, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):  # the write torch called failed
+            raise OSError(e.__context__.errno, e.__context__.strerror, name) from None
+        raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, name) from None
+
+
 def _put_torch(store, key: str, obj) -> None:
     local = store.local_path(key)
     if local is not None:  # save next to the target and rename: no second copy of a 16 GB file
@@ -50,14 +66,14 @@ def _put_torch(store, key: str, obj) -> None:
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            torch.save(obj, tmp)
+            _save(obj, tmp, str(local))
             os.replace(tmp, local)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save(obj, Path(d) / "obj.pt")
+        _save(obj, Path(d) / "obj.pt", f"{Path(d) / 'obj.pt'} (staging {key} for upload)")
         store.put_file(key, Path(d) / "obj.pt")
 
 

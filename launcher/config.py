@@ -36,6 +36,8 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables whose value is a credential: rendered into a pod spec, anyone who can read the job reads it.
+SECRET_ENV_NAME = re.compile(r"^AWS_ACCESS_KEY_ID$|(^|_)(SECRET|SECRET_ACCESS_KEY|SESSION_TOKEN|TOKEN|PASSWORD|API_KEY)$", re.I)
 # Kubernetes resource.Quantity: a decimal number with an optional binary/decimal suffix or exponent.
 QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
 _SCALE = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
@@ -211,6 +213,9 @@ def _check_choices(c: JobConfig) -> None:
     for section, env in (("cluster.env", c.cluster.env), ("cluster.nccl_env", c.cluster.nccl_env)):
         for key in env:
             _fail_unless(bool(ENV_NAME.match(key)), f"{section}: {key!r} is not an environment variable name")
+            _fail_unless(not SECRET_ENV_NAME.search(key),
+                         f"{section}: {key} holds a credential, which would be stored in plain text in the job; "
+                         f"put it in a Secret and set s3.secret (or use s3.role_arn)")
     for key, n in c.cluster.extra_resources.items():
         _fail_unless("/" in key and n >= 1, f"cluster.extra_resources: expected <domain>/<name>: <count >= 1>, got {key!r}: {n}")
 

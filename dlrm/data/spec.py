@@ -116,8 +116,10 @@ class FeatureSpec:
             raw = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise DataError(f"{path}: no feature spec here (a dataset folder holds feature_spec.yaml, written last)") from None
-        except yaml.YAMLError as e:
-            raise DataError(f"{path}: not valid YAML: {e}") from None
+        except yaml.YAMLError as e:  # one line: where and what, as dlrm.config reports YAML errors
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise DataError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
         return cls.from_dict(raw, path.parent.resolve(), where=str(path))
 
     @classmethod
@@ -225,6 +227,10 @@ class FeatureSpec:
         """Write feature_spec.yaml atomically. Call it last: its presence marks the dataset complete."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        try:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        except OSError as e:  # a full disk: no half-written yaml left to look like a spec
+            tmp.unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror, str(tmp)) from None
         os.replace(tmp, self.path)
         return self.path
