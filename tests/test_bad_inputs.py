@@ -1,0 +1,311 @@
+"""Every row of tests/bad_inputs.yaml, run as a real subprocess of `python -m dlrm|launcher`.
+
+Each bad input must end the command with a non-zero exit code and ONE line on stderr,
+"error: <what and where>", no Python traceback (unless --debug), and no partial output that a
+later step could take for complete. The table is data: add a row there, not a test here; add a
+recipe to SETUPS only when no existing one can build the input.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import itertools
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = Path(__file__).with_name("bad_inputs.yaml")
+ROW_KEYS = {"id", "what", "setup", "args", "argv", "env", "fsize", "rc", "error", "absent", "xfail"}
+REQUIRED = {"id", "what", "setup", "argv", "rc", "error"}
+TIMEOUT_S = 300
+
+
+def load_table() -> list[dict]:
+    return yaml.safe_load(TABLE.read_text())
+
+
+# -- setup recipes ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    """What a recipe builds: placeholder values, extra env, and checks to run after the command."""
+
+    tmp: Path
+    stack: contextlib.ExitStack
+    values: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    after: list = field(default_factory=list)  # callables run after the command: nothing half-made left
+
+
+def _dataset(ctx: Ctx, name: str = "ds") -> Path:
+    from datasets import make_dataset
+
+    root = ctx.tmp / name
+    make_dataset(root, rows=1024, test_rows=512)
+    ctx.values["dataset"] = str(root)
+    return root
+
+
+def setup_none(ctx: Ctx, args: dict) -> None:
+    if args:
+        raise ValueError(f"setup none takes no args, got {args}")
+
+
+def setup_dataset(ctx: Ctx, args: dict) -> None:
+    """A small valid dataset at {dataset}, then at most one kind of damage from `args`."""
+    from dlrm.data.spec import FeatureSpec
+
+    root = _dataset(ctx)
+    spec_file = root / "feature_spec.yaml"
+    for op, a in args.items():
+        if op == "truncate":
+            path = root / a["file"]
+            os.truncate(path, path.stat().st_size - a["bytes"])
+        elif op == "append":
+            with open(root / a["file"], "ab") as fh:
+                fh.write(b"\x01" * a["bytes"])
+        elif op == "write_id":  # one id, in the dtype the spec gives the file
+            spec = FeatureSpec.load(root)
+            dtype = spec.dtypes[Path(a["file"]).name]
+            ids = np.fromfile(root / a["file"], dtype)
+            ids[a["row"]] = a["value"]
+            ids.tofile(root / a["file"])
+        elif op == "remove":
+            (root / a).unlink()
+        elif op == "spec_set":
+            raw = yaml.safe_load(spec_file.read_text())
+            node = raw
+            for key in a["path"][:-1]:
+                node = node[key]
+            node[a["path"][-1]] = a["value"]
+            spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        elif op == "spec_delete":
+            raw = yaml.safe_load(spec_file.read_text())
+            node = raw
+            for key in a[:-1]:
+                node = node[key]
+            del node[a[-1]]
+            spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        elif op == "spec_text":
+            spec_file.write_text(a)
+        else:
+            raise ValueError(f"setup dataset: unknown op {op!r}")
+
+
+def setup_criteo_days(ctx: Ctx, args: dict) -> None:
+    """Raw Criteo day_0 and day_1 (40 lines each) at {days}, with at most one kind of damage."""
+    from dlrm.preprocess.gen import generate_days
+
+    days = ctx.tmp / "days"
+    generate_days(days, days=2, lines=40, seed=3)
+    ctx.values["days"] = str(days)
+    args = dict(args)
+    if "line" in args:  # one damaged line: 1-based line `line` of day `day`
+        path = days / f"day_{args.pop('day')}"
+        lines = path.read_text().split("\n")
+        i = args.pop("line") - 1
+        fields = lines[i].split("\t")
+        if args.pop("drop_last_field", False):
+            lines[i] = "\t".join(fields[:-1])
+        elif "replace_line" in args:
+            lines[i] = args.pop("replace_line")
+        else:
+            fields[args.pop("field")] = args.pop("value")
+            lines[i] = "\t".join(fields)
+        path.write_text("\n".join(lines))
+    if "empty_day" in args:
+        (days / f"day_{args.pop('empty_day')}").write_bytes(b"")
+    if "gzip_truncated_day" in args:
+        d = args.pop("gzip_truncated_day")
+        packed = gzip.compress((days / f"day_{d}").read_bytes())
+        (days / f"day_{d}").unlink()
+        (days / f"day_{d}.gz").write_bytes(packed[: len(packed) // 2])
+    if "fake_gzip_day" in args:
+        d = args.pop("fake_gzip_day")
+        (days / f"day_{d}").rename(days / f"day_{d}.gz")
+    if args.pop("dataset_in_out", False):
+        _dataset(ctx, "other-dataset")
+    if args:
+        raise ValueError(f"setup criteo_days: unknown args {sorted(args)}")
+
+
+def setup_values(ctx: Ctx, args: dict) -> None:
+    path = ctx.tmp / "values.yaml"
+    path.write_text(args["text"])
+    ctx.values["values"] = str(path)
+
+
+def setup_fake_k8s(ctx: Ctx, args: dict) -> None:
+    """The fake API server (tests/fake_k8s.py) and a kubeconfig for it at {kubeconfig}.
+
+    Afterwards nothing may be stored on it: a failed submit rolls back what it created.
+    """
+    from fake_k8s import FakeK8s
+
+    api = ctx.stack.enter_context(FakeK8s(crd_installed=args.get("crd_installed", True)))
+    if "fail" in args:
+        f = args["fail"]
+        api.fail(f["method"], f["path"], f["status"])
+    ctx.values["kubeconfig"] = str(api.write_kubeconfig(ctx.tmp / "kubeconfig", namespace="ml"))
+
+    def nothing_left():
+        assert not api.objects, f"objects left on the API server after a failed command: {sorted(api.objects)}"
+
+    ctx.after.append(nothing_left)
+
+
+def setup_s3(ctx: Ctx, args: dict) -> None:
+    """The moto S3 server at {endpoint}, an empty bucket {bucket}, a dataset at {dataset}, test keys in env.
+
+    Afterwards the bucket must still be empty: a failed push leaves no manifest and no objects.
+    """
+    import boto3
+    from s3_fixtures import _start
+
+    endpoint = _start()
+    bucket = f"bad-inputs-{os.getpid()}-{next(_buckets)}"
+    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=endpoint, **keys)
+    client.create_bucket(Bucket=bucket)
+    _dataset(ctx)
+    ctx.values.update(endpoint=endpoint, bucket=bucket)
+    ctx.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+                   AWS_DEFAULT_REGION="us-east-1")
+
+    def bucket_empty():
+        keys_left = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        assert not keys_left, f"objects left in s3://{bucket} after a failed command: {keys_left}"
+
+    ctx.after.append(bucket_empty)
+
+
+_buckets = itertools.count()
+
+SETUPS = {"none": setup_none, "dataset": setup_dataset, "criteo_days": setup_criteo_days,
+          "values": setup_values, "fake_k8s": setup_fake_k8s, "s3": setup_s3}
+
+
+# -- running a row ------------------------------------------------------------------------------------
+
+
+def base_env(tmp: Path) -> dict:
+    """This environment without anything that could reach real credentials or clusters."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "KUBERNETES_")) and k not in ("KUBECONFIG", "DLRM_DEBUG")}
+    empty = tmp / "empty-aws-config"
+    empty.write_text("")
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty), AWS_EC2_METADATA_DISABLED="true",
+               KUBECONFIG=str(tmp / "no-kubeconfig"), CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT),
+               DLRM_K8S_CONNECT_TIMEOUT="5")
+    return env
+
+
+def fill(text: str, values: dict) -> str:
+    """Replace {name} placeholders the setup defined; any other braces (JSON, YAML) stay as they are."""
+    return re.sub(r"\{([a-z_]+)\}", lambda m: values.get(m[1], m[0]), text)
+
+
+def limit_file_size(size: int):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    return preexec
+
+
+def run_row(row: dict, tmp: Path, extra_args: list[str] = ()) -> tuple[subprocess.CompletedProcess, Ctx]:
+    """Build the row's setup, run its command; returns the result and the setup (checks in ctx.after)."""
+    stack = contextlib.ExitStack()
+    ctx = Ctx(tmp=tmp, stack=stack, values={"tmp": str(tmp)})
+    try:
+        SETUPS[row["setup"]](ctx, row.get("args") or {})
+        argv = [sys.executable if a == "python" else fill(str(a), ctx.values) for a in row["argv"]]
+        argv[3:3] = list(extra_args)  # after `python -m dlrm|launcher`
+        env = base_env(tmp)
+        env.update(ctx.env)
+        for k, v in (row.get("env") or {}).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = fill(str(v), ctx.values)
+        preexec = limit_file_size(row["fsize"]) if row.get("fsize") else None
+        result = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+                                preexec_fn=preexec)
+        for check in ctx.after:
+            check()
+    finally:
+        stack.close()
+    return result, ctx
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def params():
+    out = []
+    for row in load_table():
+        marks = [pytest.mark.xfail(reason=row["xfail"], strict=True)] if row.get("xfail") else []
+        out.append(pytest.param(row, id=row["id"], marks=marks))
+    return out
+
+
+# -- tests --------------------------------------------------------------------------------------------
+
+
+def test_table_is_well_formed():
+    rows = load_table()
+    assert len(rows) >= 30
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    for r in rows:
+        assert REQUIRED <= set(r), f"{r.get('id')}: missing {REQUIRED - set(r)}"
+        assert set(r) <= ROW_KEYS, f"{r['id']}: unknown keys {set(r) - ROW_KEYS}"
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", r["id"]), r["id"]
+        assert r["setup"] in SETUPS, f"{r['id']}: no setup recipe {r['setup']!r}"
+        assert r["argv"][:2] == ["python", "-m"] and r["argv"][2] in ("dlrm", "launcher"), r["id"]
+        assert isinstance(r["rc"], int) and r["rc"] != 0, f"{r['id']}: rc must be non-zero"
+        re.compile(r["error"])
+
+
+@pytest.mark.parametrize("row", params())
+def test_bad_input(row, tmp_path):
+    result, ctx = run_row(row, tmp_path)
+    where = f"\n--- argv: {row['argv']}\n--- stdout:\n{result.stdout[-2000:]}\n--- stderr:\n{result.stderr[-4000:]}"
+    assert "Traceback" not in result.stderr, "a Python traceback instead of a one-line error" + where
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "nothing on stderr" + where
+    last = lines[-1]
+    assert last.startswith("error: "), "stderr's last line is not 'error: ...'" + where
+    assert len(error_lines(result.stderr)) == 1, "more than one error line" + where
+    # One line: the message has no continuation after the error line.
+    assert result.stderr.rstrip("\n").endswith(last), "the error spans several lines" + where
+    assert re.search(row["error"], last), f"error does not match {row['error']!r}" + where
+    assert result.returncode == row["rc"], f"exit code {result.returncode}, expected {row['rc']}" + where
+    for pattern in row.get("absent") or []:
+        left = glob.glob(fill(pattern, ctx.values))
+        assert not left, f"partial output left behind: {left}" + where
+
+
+def _row(row_id: str) -> dict:
+    return next(r for r in load_table() if r["id"] == row_id)
+
+
+@pytest.mark.parametrize("row_id", ["missing-feature-spec", "render-nodes-zero", "synth-disk-full"])
+def test_debug_shows_traceback(row_id, tmp_path):
+    """--debug: the same failure keeps its traceback, for a bug report."""
+    result, _ = run_row(_row(row_id), tmp_path, extra_args=["--debug"])
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr, result.stderr[-3000:]
