@@ -27,7 +27,7 @@ from dlrm.errors import UserError
 
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
 OPERATOR_HINT = "install the Kubeflow training operator (v1.9): kubectl apply --server-side -k \"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\""
-RBAC_HINT = "ask a cluster admin to bind the minimal Role from README.md (section 'RBAC')"
+RBAC_HINT = "ask a cluster admin to bind the minimal Role from docs/security.md"
 FIELD_MANAGER = "dlrm-launcher"
 # Short connect timeout and no urllib3 retries: an unreachable cluster should fail in seconds,
 # not after urllib3's three silent retries of a long default timeout.

@@ -97,7 +97,7 @@ def test_forbidden_names_verb_resource_namespace_and_the_role(api, capsys):
     rc, _, err = run(capsys, "submit", *JOB)
     assert rc == 2
     line = err.strip().splitlines()[-1]
-    assert "may not create pytorchjobs.kubeflow.org in namespace 'ml'" in line and "README" in line
+    assert "may not create pytorchjobs.kubeflow.org in namespace 'ml'" in line and "docs/security.md" in line
 
 
 def test_invalid_objects_are_refused_before_any_request(api, capsys, monkeypatch):

@@ -220,8 +220,6 @@ def test_no_rbac_objects_and_no_extra_identity():
             assert not sa.get("secrets") and not sa.get("imagePullSecrets"), name
 
 
-@pytest.mark.xfail(strict=True, reason="the pod templates (manifests/pytorchjob.yaml.j2, _preprocess.j2) do not set "
-                                       "automountServiceAccountToken: false yet; reported to the lead")
 @pytest.mark.parametrize("name", ["synthetic-smoke", "stage-irsa-minio-volcano", "criteo-preprocess-local"])
 def test_pods_do_not_mount_an_api_token(name):
     profile, overrides = ALL_CASES[name]

@@ -67,6 +67,8 @@ def find_days(input_dir: str | os.PathLike, days: list[int]) -> list[DayFile]:
         if len(found) > 1:
             raise UserError(f"{root}: day {d} is there twice ({found[0].name} and {found[1].name}); keep one")
         st = found[0].stat()
+        if st.st_size == 0:  # an empty day would give a "complete" dataset with no rows or ids from it
+            raise UserError(f"{found[0]}: empty file (0 bytes); a Criteo day file holds one sample a line")
         out.append(DayFile(d, found[0], st.st_size, st.st_mtime_ns))
     return out
 
