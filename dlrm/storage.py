@@ -32,6 +32,9 @@ class LocalStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as e:  # a full disk: name the object, not the temp file (or nothing)
+            Path(tmp).unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
