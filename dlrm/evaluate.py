@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
 
 from dlrm.checkpoint import Piece, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict

@@ -14,7 +14,6 @@ import itertools
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys

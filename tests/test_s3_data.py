@@ -12,7 +12,6 @@ from dlrm.errors import UserError
 from launcher.__main__ import main as launcher_main
 from launcher.data import MANIFEST_NAME, MARKER_NAME, is_verified
 from launcher.data.transfer import S3Options, pull, push, stage, verify
-from s3_fixtures import s3_bucket, s3_endpoint, s3_env  # noqa: F401  (pytest fixtures)
 
 MiB = 1024 * 1024
 # 5 MiB is S3's (and moto's) smallest part: the 11 MiB file goes up in three parts.

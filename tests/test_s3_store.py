@@ -10,7 +10,6 @@ import pytest
 from dlrm.errors import UserError
 from dlrm.storage import LocalStore, open_store
 from dlrm.storage_s3 import S3Store, parse_s3_uri, translate
-from s3_fixtures import s3_bucket, s3_endpoint, s3_env  # noqa: F401  (pytest fixtures)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -23,7 +23,6 @@ import shutil
 import time
 from collections import deque
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
