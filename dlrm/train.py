@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from dlrm.config import TrainConfig, dump_yaml, load_config, to_dict
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
 from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize, plan_for_config
-from dlrm.dist.runtime import Runtime, runtime_from_config
+from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
 from dlrm.metrics import MetricsLog, roc_auc
@@ -213,6 +214,9 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     auc, eval_loss, done = math.nan, math.nan, step >= total_steps
     train_time, train_samples = 0.0, 0
     window_loss, window_n, window_samples, window_t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
+    # Fault-injection hook for tests/test_faults.py: DLRM_TEST_HANG_AT_STEP=N makes rank DLRM_TEST_HANG_RANK
+    # (default 1) stop participating before step N for DLRM_TEST_HANG_S seconds (default 1 h), as a hung peer would.
+    hang_at, hang_rank = int(os.environ.get("DLRM_TEST_HANG_AT_STEP") or 0), int(os.environ.get("DLRM_TEST_HANG_RANK") or 1)
     while not done and epoch < cfg.epochs:
         reader = SplitBinaryReader(spec, "train", cfg.data.batch_size, shuffle=cfg.data.shuffle_batches,
                                    seed=cfg.seed, prefetch=cfg.data.prefetch, check_ids=cfg.data.check_ids,
@@ -221,6 +225,9 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
         reader.set_epoch(epoch)
         t_step = time.perf_counter()
         for batch in reader:
+            if step + 1 == hang_at and runtime.rank == hang_rank:
+                print(f"test hook: rank {runtime.rank} hangs before step {hang_at}", flush=True)
+                time.sleep(float(os.environ.get("DLRM_TEST_HANG_S") or 3600))
             lr = learning_rate(step, cfg.optim)
             opt.set_lr(lr)
             numerical, categorical = batch.numerical.to(device, non_blocking=True), batch.categorical.to(device, non_blocking=True)
@@ -231,7 +238,8 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
             # this rank's share of the global batch's mean loss: summed over ranks, exact gradients
             loss = local_loss(logits, label, global_batch)
             opt.zero_grad()
-            (loss * scaler.scale if scaler.enabled else loss).backward()
+            with collective("backward (DDP gradient all_reduce)"):
+                (loss * scaler.scale if scaler.enabled else loss).backward()
             if scaler.unscale_and_check(list(model.parameters()), runtime):
                 opt.step()
             step, position = step + 1, position + 1

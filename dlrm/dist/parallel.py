@@ -14,6 +14,7 @@ So every parameter sees the single-process gradient, up to float summation order
 """
 from __future__ import annotations
 
+import datetime
 import warnings
 
 import torch
@@ -126,7 +127,9 @@ def parallelize(model: DLRM, plan: Plan, runtime: Runtime, seed: int | None = No
     if plan.dim != old.dim:
         raise ValueError(f"plan dim {plan.dim} != model embedding dim {old.dim}")
     # the all-to-all gets its own group: DDP's bucket all-reduces run concurrently on the default one
-    group = dist.new_group(list(range(runtime.world_size))) if runtime.distributed else None
+    # and the job's collective timeout: new_group's default would be torch's 30 minutes
+    group = (dist.new_group(list(range(runtime.world_size)), timeout=datetime.timedelta(seconds=runtime.timeout_s))
+             if runtime.distributed else None)
     if seed is not None:
         sharded = ShardedEmbedding.from_seed(plan, runtime.rank, seed, runtime.device, group=group)
     else:

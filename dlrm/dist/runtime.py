@@ -9,6 +9,7 @@ the job after `timeout_s` instead of wedging it forever.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -19,6 +20,26 @@ import torch.distributed as dist
 from dlrm.errors import UserError
 
 ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_timeout_s: float = 600.0  # the process group's collective timeout, for collective()'s message
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete in time: a peer died or stopped participating. Restart the job."""
+
+
+@contextlib.contextmanager
+def collective(name: str):
+    """Around a collective: gloo's or NCCL's raw timeout error becomes one naming this rank and the collective."""
+    try:
+        yield
+    except CollectiveTimeout:
+        raise
+    except RuntimeError as e:  # gloo: "Timed out waiting 5000ms for recv ...", NCCL: "... Timeout(ms)=..."
+        if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+            raise
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        raise CollectiveTimeout(f"rank {rank}: collective {name} timed out after {_timeout_s:g} s (dist.collective_timeout_s): "
+                                f"a peer died or hangs; restart the job. {str(e).splitlines()[0]}") from e
 
 
 @dataclass
@@ -28,6 +49,7 @@ class Runtime:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     backend: str | None = None  # None: one process, no process group
+    timeout_s: float = 600.0  # every collective (of every group) fails after this long
 
     @property
     def distributed(self) -> bool:
@@ -40,12 +62,14 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             # gloo barriers are plain; NCCL's needs the device or it guesses one per rank
-            dist.barrier(device_ids=[self.device.index] if self.backend == "nccl" else None)
+            with collective("barrier"):
+                dist.barrier(device_ids=[self.device.index] if self.backend == "nccl" else None)
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """In place on every rank; returns t."""
         if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            with collective("all_reduce"):
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
     def all_gather_cat(self, t: torch.Tensor) -> torch.Tensor:
@@ -54,12 +78,14 @@ class Runtime:
             return t
         n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
         sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
-        dist.all_gather(sizes, n)
+        with collective("all_gather"):
+            dist.all_gather(sizes, n)
         sizes = [int(s) for s in sizes]
         padded = t.new_zeros((max(sizes), *t.shape[1:]))  # all_gather wants equal shapes
         padded[: t.shape[0]] = t
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded.contiguous())
+        with collective("all_gather"):
+            dist.all_gather(parts, padded.contiguous())
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
     def close(self) -> None:
@@ -113,6 +139,8 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    global _timeout_s
+    _timeout_s = timeout_s
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s),
@@ -120,7 +148,7 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
     elif (dist.get_rank(), dist.get_world_size()) != (rank, world):
         raise UserError(f"a process group is already up as rank {dist.get_rank()} of {dist.get_world_size()}, "
                         f"but the env says rank {rank} of {world}")
-    return Runtime(rank, local_rank, world, dev, backend)
+    return Runtime(rank, local_rank, world, dev, backend, timeout_s)
 
 
 def runtime_from_config(cfg) -> Runtime:

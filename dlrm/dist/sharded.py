@@ -20,6 +20,7 @@ from torch import nn
 
 from dlrm.data.reader import local_rows
 from dlrm.dist.plan import Plan
+from dlrm.dist.runtime import collective
 from dlrm.model import init_table_rows
 
 
@@ -30,14 +31,16 @@ class AllToAll(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
         ctx.send, ctx.recv, ctx.group = send, recv, group
         out = x.new_empty(sum(recv))
-        dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group)
+        with collective("all_to_all (embedding lookup)"):
+            dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         out = grad.new_empty(sum(ctx.send))
-        dist.all_to_all_single(out, grad.contiguous(), output_split_sizes=ctx.send, input_split_sizes=ctx.recv,
-                               group=ctx.group)
+        with collective("all_to_all (embedding gradients)"):
+            dist.all_to_all_single(out, grad.contiguous(), output_split_sizes=ctx.send, input_split_sizes=ctx.recv,
+                                   group=ctx.group)
         return out, None, None, None
 
 

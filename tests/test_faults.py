@@ -1,0 +1,441 @@
+"""Faults: what a real cluster does to a job, done to the rendered job run locally (run-local).
+
+- One rank's process, or one whole node (every process of one replica), is SIGKILLed in the middle
+  of a NODES=2 GPUS=2 run of the rendered synthetic-smoke job. The job restarts as the manifest's
+  restartPolicy (OnFailure) and runPolicy.backoffLimit say, every rank resumes from the latest
+  COMPLETE checkpoint (a half-written one planted next to it is skipped), and the run ends with
+  the weights and AUC of an uninterrupted run with the same seed: bit for bit at W = 2, within
+  float rounding at W = 4 (why: the kill test's docstring).
+- A node lost for good: the job stopped after a checkpoint, then rendered with NODES=1 resumes
+  from the 4-rank checkpoint by resharding it (see that test's docstring for what is comparable).
+- A hung peer: a collective fails after dist.collective_timeout_s with a message naming the rank
+  and the collective instead of hanging the job forever.
+- Object storage: a `launcher data push`/`pull` process SIGKILLed half-way resumes and ends
+  verified; a corrupted object is named by `verify` and by the staging init container, which
+  fails the pod before training starts.
+
+Kill timing is deterministic: the trainer's test hook DLRM_TEST_HANG_AT_STEP (dlrm/train.py)
+parks rank 1 before a step past the first checkpoint, so the kill always lands mid-run, with every
+other rank blocked inside a collective, never after the job has finished. The hook's variable is
+removed from this process's environment before the kill, so the restarted attempt runs freely.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from datasets import make_dataset
+from launcher.run_local import LocalJob
+from s3_fixtures import s3_bucket, s3_endpoint, s3_env  # noqa: F401  (pytest fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+RUN = ("volumes", "runs", "run")  # storage.output_claim=runs, output_path=run: /output shared by all pods
+HANG = "DLRM_TEST_HANG_AT_STEP"
+# 20 steps of 256 rows (6000 rows: one epoch holds them), a checkpoint every 5 steps, every step logged.
+TRAIN = ["train.max_steps=20", "train.checkpoint_every=5", "train.log_every=1", "train.checkpoint_keep=0",
+         "train.data.eval_batch_size=1000", "cluster.backoff_limit=2",
+         "storage.output_claim=runs", "storage.output_path=run"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: render, run in a thread, look at checkpoints and metrics.
+
+
+def render(nodes: int, gpus: int, sets: list[str]) -> list[dict]:
+    from launcher.config import load_job_config
+    from launcher.render import render_objects
+
+    return render_objects(load_job_config("synthetic-smoke", overrides=[f"nodes={nodes}", f"gpus_per_node={gpus}", *sets]))
+
+
+class Running:
+    """A LocalJob run in a background thread, its output collected."""
+
+    def __init__(self, objects, workdir: Path, **kwargs):
+        self.out = io.StringIO()
+        self.job = LocalJob(objects, workdir, out=self.out, grace_s=2, **kwargs)
+        self.rc = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.rc = self.job.run()
+
+    def text(self) -> str:
+        return self.out.getvalue()
+
+    def wait_for(self, predicate, what: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.thread.is_alive(), f"job ended (rc {self.rc}) before {what}:\n{self.text()[-6000:]}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout}s:\n{self.text()[-6000:]}"
+            time.sleep(0.05)
+
+    def join(self, timeout: float = 300) -> int:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.job.stop()
+            self.thread.join(30)
+            pytest.fail(f"job still running after {timeout}s:\n{self.text()[-6000:]}")
+        return self.rc
+
+
+def complete(ckpts: Path) -> list[str]:
+    return sorted(p.name for p in ckpts.glob("ckpt-*") if (p / "metadata.json").is_file())
+
+
+def gathered(ckpts: Path, name: str | None = None) -> tuple[dict, dict]:
+    """A checkpoint's whole tables {table: [rows, D]} (gathered from every rank's pieces) and dense weights."""
+    name = name or complete(ckpts)[-1]
+    meta = json.loads((ckpts / name / "metadata.json").read_text())
+    parts: dict[str, list] = {}
+    for fname, pieces in meta["files"].items():
+        weight = torch.load(ckpts / name / fname, weights_only=True)["weight"]
+        for p in pieces:
+            parts.setdefault(p["table"], []).append((p["start"], weight[p["offset"]: p["offset"] + p["end"] - p["start"]]))
+    tables = {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}
+    return tables, torch.load(ckpts / name / "dense.pt", weights_only=True)["model"]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary(run: Path) -> dict:
+    return [r for r in records(run) if r["kind"] == "summary"][-1]
+
+
+def step_losses(run: Path) -> dict[int, float]:
+    """Each step's training loss, the latest attempt's where an earlier attempt logged the step too."""
+    return {r["step"]: r["loss"] for r in records(run) if r["kind"] == "train"}
+
+
+def rank_pids(job: LocalJob) -> dict[int, int]:
+    """Global rank -> pid of the trainer process torchrun started for it (they carry LOCAL_RANK)."""
+    out = {}
+    for tree in job.pids().values():
+        for pid in tree:
+            try:
+                env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+            except OSError:
+                continue
+            if "LOCAL_RANK" in env:
+                out[int(env["RANK"])] = pid
+    return out
+
+
+def plant_partial_checkpoint(ckpts: Path, source: str, step: int) -> None:
+    """What a kill during step `step`'s save leaves: some rank files, one cut short, a temp file, no metadata.json."""
+    half = ckpts / f"ckpt-{step:09d}"
+    half.mkdir()
+    for f in ("rank-0.pt", "dense.pt"):
+        shutil.copy(ckpts / source / f, half / f)
+    data = (ckpts / source / "rank-1.pt").read_bytes()
+    (half / "rank-1.pt").write_bytes(data[: len(data) // 2])
+    (half / ".rank-2.pt.x1y2z3.tmp").write_bytes(data[:100])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root, rows=6000, test_rows=1000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """uninterrupted(nodes, gpus): the run nothing happens to, the reference for the fault tests (made once)."""
+    done = {}
+
+    def get(nodes: int, gpus: int) -> Path:
+        if (nodes, gpus) not in done:
+            workdir = tmp_path_factory.mktemp(f"uninterrupted-{nodes}x{gpus}")
+            run = Running(render(nodes, gpus, [f"dataset={data}", *TRAIN]), workdir)
+            assert run.join() == 0, run.text()[-6000:]
+            assert run.job.restarts == 0
+            done[nodes, gpus] = workdir.joinpath(*RUN)
+        return done[nodes, gpus]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed processes: restart, resume from the latest complete checkpoint, same result.
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.parametrize("gpus, victim", [(2, "rank 2"), (2, "node worker-0"), (1, "rank 0")])
+def test_killed_rank_or_node_restarts_and_ends_as_if_uninterrupted(data, uninterrupted, tmp_path, monkeypatch, gpus, victim):
+    """NODES=2 x `gpus`: SIGKILL one trainer process (a rank not the parked one) or every process of
+    worker-0, right after the step-5 checkpoint; the job must restart once and end as the
+    uninterrupted run did.
+
+    What "the same" means: at W = 2 bit for bit (every tensor torch.equal, the same losses and
+    AUC). At W = 4 the resumed run's first step differs from the uninterrupted run's step 6 by
+    float rounding in the dense gradients (seen: only dense_arch.mlp.0.weight differs at step 6,
+    by ~1 ulp), because DDP buckets its first iteration by parameter order and rebuilds the
+    buckets by gradient-ready order after it: the first step after ANY start (step 1 of the
+    uninterrupted run, step 6 of the resumed one) all-reduces with the other layout, so gloo's
+    ring sums some elements of the 4 ranks' gradients in another order. With 2 ranks a+b == b+a,
+    which is why W = 2 stays exact. So at W = 4: the loss of the first resumed step exactly, and
+    weights, losses and AUC to within rounding (rtol 1e-5).
+    """
+    ref = uninterrupted(2, gpus)
+    monkeypatch.setenv(HANG, "8")  # rank 1 parks before step 8: checkpoint 5 exists, 10 never can
+    run = Running(render(2, gpus, [f"dataset={data}", *TRAIN]), tmp_path)
+    ckpts = tmp_path.joinpath(*RUN, "checkpoints")
+    run.wait_for(lambda: "ckpt-000000005" in complete(ckpts) and "rank 1 hangs before step 8" in run.text(),
+                 "complete checkpoint at step 5")
+    # a save that the kill cut short, newer than the complete one: it must never be loaded
+    plant_partial_checkpoint(ckpts, "ckpt-000000005", 7)
+    monkeypatch.delenv(HANG)  # the restarted job runs through
+    what, which = victim.split()
+    if what == "rank":
+        pids = rank_pids(run.job)
+        assert sorted(pids) == list(range(2 * gpus)), run.job.pids()
+        os.kill(pids[int(which)], signal.SIGKILL)  # a healthy rank, blocked in a collective
+    else:
+        for pid in run.job.pids()[which]:  # the whole node: torchrun and its trainers
+            os.kill(pid, signal.SIGKILL)
+    assert run.join() == 0, run.text()[-6000:]
+    text = run.text()
+    # restartPolicy OnFailure, backoffLimit 2: one whole-job restart. run-local records the first
+    # replica it sees exit: the killed node's container (137 = SIGKILL), or a torchrun that ended
+    # its pod with 1 because one of its trainers died (killed, or its peer vanished).
+    assert run.job.restarts == 1 and len(run.job.failures) == 1, run.job.failures
+    replica, container, code = run.job.failures[0]
+    assert container == "pytorch" and replica in ("master-0", "worker-0")
+    assert (replica, code) in ((which, 137), ("master-0", 1)) if what == "node" else code == 1, run.job.failures
+    assert "restarting the whole job (1 of 2)" in text
+    assert re.search(r"\[master-0\] resumed from \S+/ckpt-000000005: step 5, epoch 0, batch 5", text), text[-6000:]
+    assert "ckpt-000000007" not in text.split("restarting the whole job")[1]
+    assert not (ckpts / "ckpt-000000007" / "metadata.json").exists()  # still incomplete, never used
+
+    run_dir = tmp_path.joinpath(*RUN)
+    assert complete(ckpts)[-1] == "ckpt-000000020" and summary(run_dir)["step"] == 20
+    tables, dense = gathered(ckpts)
+    ref_tables, ref_dense = gathered(ref / "checkpoints")
+    assert tables.keys() == ref_tables.keys() and dense.keys() == ref_dense.keys()
+    got, want = step_losses(run_dir), step_losses(ref)
+    assert sorted(got) == sorted(want) == list(range(1, 21))
+    if gpus == 1:  # W = 2: bit for bit
+        for k in ref_tables:
+            assert torch.equal(tables[k], ref_tables[k]), (k, (tables[k] - ref_tables[k]).abs().max())
+        for k in ref_dense:
+            assert torch.equal(dense[k], ref_dense[k]), (k, (dense[k] - ref_dense[k]).abs().max())
+        assert got == want and summary(run_dir)["auc"] == summary(ref)["auc"]
+    else:  # W = 4: the resumed state exactly, then rounding (see the docstring)
+        assert [got[s] for s in range(1, 7)] == [want[s] for s in range(1, 7)]
+        assert torch.allclose(torch.tensor(list(got.values())), torch.tensor(list(want.values())), rtol=1e-5, atol=0)
+        for k in ref_tables:
+            assert torch.allclose(tables[k], ref_tables[k], rtol=1e-5, atol=1e-7), (k, (tables[k] - ref_tables[k]).abs().max())
+        for k in ref_dense:
+            assert torch.allclose(dense[k], ref_dense[k], rtol=1e-5, atol=1e-7), (k, (dense[k] - ref_dense[k]).abs().max())
+        assert abs(summary(run_dir)["auc"] - summary(ref)["auc"]) < 1e-6
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_node_lost_for_good_resumes_on_fewer_ranks(data, uninterrupted, tmp_path, monkeypatch):
+    """Stop a 2x2 job after its step-5 checkpoint, then run it rendered with NODES=1 GPUS=2 (W 4 -> 2).
+
+    What is exactly comparable: the checkpoint. Every rank file names the table rows it holds, so
+    the 2-rank plan loads each table row for row as the 4 ranks saved it (checked with torch.equal),
+    and dense.pt does not depend on W. After that, the loss of a global batch is the same sum in
+    exact arithmetic at any W, but W changes each rank's slice of the batch (64 rows of 256 at
+    W = 4, 128 at W = 2) and so the order of the float sums in the loss, the dense gradients' all-reduce and
+    the embedding gradients: rounding differs at ~1e-7 relative per step. Hence tolerances, the
+    ones tests/test_dist_train.py holds W = 1, 2, 4 to: per-step losses within 1e-5 relative,
+    final weights within rtol 1e-4 / atol 1e-6, final AUC within 1e-4.
+    """
+    from dlrm.checkpoint import load_checkpoint
+    from dlrm.config import TrainConfig, from_dict
+    from dlrm.dist.parallel import plan_for_config, plan_pieces
+
+    ref_run = uninterrupted(2, 2)
+    monkeypatch.setenv(HANG, "8")
+    first = Running(render(2, 2, [f"dataset={data}", *TRAIN]), tmp_path)
+    ckpts = tmp_path.joinpath(*RUN, "checkpoints")
+    first.wait_for(lambda: "ckpt-000000005" in complete(ckpts) and "rank 1 hangs before step 8" in first.text(),
+                   "complete checkpoint at step 5")
+    monkeypatch.delenv(HANG)
+    first.job.stop()
+    assert first.join() == 130 and first.job.restarts == 0
+    assert complete(ckpts) == ["ckpt-000000005"]
+    saved_tables, saved_dense = gathered(ckpts, "ckpt-000000005")
+
+    # The 4-rank checkpoint, loaded under the 2-rank plan: every row as saved.
+    meta = json.loads((ckpts / "ckpt-000000005" / "metadata.json").read_text())
+    assert meta["world_size"] == 4
+    cfg = from_dict(TrainConfig, meta["config"])
+    plan = plan_for_config(cfg, [int(t.shape[0]) for t in saved_tables.values()], list(saved_tables), 2)
+    for rank, pieces in plan_pieces(plan).items():
+        weight = torch.full((sum(p.end - p.start for p in pieces), cfg.model.embedding_dim), float("nan"))
+        _, dense = load_checkpoint(str(ckpts), "ckpt-000000005", weight=weight, row_state={}, pieces=pieces)
+        for p in pieces:
+            assert torch.equal(weight[p.offset: p.offset + p.end - p.start], saved_tables[p.table][p.start: p.end]), (rank, p)
+        assert all(torch.equal(dense["model"][k], saved_dense[k]) for k in saved_dense)
+
+    second = Running(render(1, 2, [f"dataset={data}", *TRAIN]), tmp_path)
+    assert second.join() == 0, second.text()[-6000:]
+    assert "1 node(s) x 2 process(es)" in second.text()
+    assert re.search(r"resumed from \S+/ckpt-000000005: step 5, epoch 0, batch 5", second.text()), second.text()[-6000:]
+    run_dir = tmp_path.joinpath(*RUN)
+    assert json.loads((ckpts / "ckpt-000000020" / "metadata.json").read_text())["world_size"] == 2
+
+    ref, got = step_losses(ref_run), step_losses(run_dir)
+    assert sorted(got) == list(range(1, 21))
+    assert got[5] == ref[5]  # logged by the 4-rank attempt, before the stop
+    after = list(range(6, 21))
+    assert torch.allclose(torch.tensor([got[s] for s in after]), torch.tensor([ref[s] for s in after]), rtol=1e-5, atol=0)
+    tables, dense = gathered(ckpts, "ckpt-000000020")
+    ref_tables, ref_dense = gathered(ref_run / "checkpoints")
+    for k in ref_tables:
+        assert torch.allclose(tables[k], ref_tables[k], rtol=1e-4, atol=1e-6), (k, (tables[k] - ref_tables[k]).abs().max())
+    for k in ref_dense:
+        assert torch.allclose(dense[k], ref_dense[k], rtol=1e-4, atol=1e-6), (k, (dense[k] - ref_dense[k]).abs().max())
+    assert abs(summary(run_dir)["auc"] - summary(ref_run)["auc"]) < 1e-4
+    assert summary(run_dir)["step"] == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# A hung collective: a timeout, a message naming the rank and the collective, a restart.
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_hung_collective_times_out_naming_rank_and_collective(data, tmp_path, monkeypatch):
+    """2 gloo processes; rank 1 stops participating before step 3. With collective_timeout_s=5
+    rank 0's all-to-all fails after 5 s with our message, torchrun ends the pod, and the job
+    restarts (backoffLimit 1) and finishes, as an operator's restart would."""
+    monkeypatch.setenv(HANG, "3")
+    sets = [f"dataset={data}", *TRAIN, "train.max_steps=6", "train.dist.collective_timeout_s=5", "cluster.backoff_limit=1"]
+    run = Running(render(1, 2, sets), tmp_path)
+    run.wait_for(lambda: "rank 1 hangs before step 3" in run.text(), "hang")
+    hung_at = time.monotonic()
+    monkeypatch.delenv(HANG)  # the restarted attempt does not hang
+    run.wait_for(lambda: run.job.restarts == 1, "restart after the timeout", timeout=60)
+    failed_after = time.monotonic() - hung_at
+    assert failed_after < 30, failed_after
+    assert run.join() == 0, run.text()[-6000:]
+    first_attempt = run.text().split("restarting the whole job")[0]
+    assert "rank 0: collective all_to_all (embedding lookup) timed out after 5 s" in first_attempt, first_attempt[-6000:]
+    assert run.job.failures == [("master-0", "pytorch", 1)]
+    assert summary(tmp_path.joinpath(*RUN))["step"] == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Object storage.
+
+
+def _launcher(*args: str, wait: bool = True):
+    cmd = [sys.executable, "-m", "launcher", "data", *args, "--no-progress", "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+def _keys(bucket: str, prefix: str) -> list[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return [o["Key"][len(prefix) + 1:] for page in pages for o in page.get("Contents", [])]
+
+
+def _kill_when(proc, predicate, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert proc.poll() is None, f"finished before {what}: {proc.communicate()[0]}"
+        assert time.monotonic() < deadline, f"no {what}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_push_and_pull_resume_and_end_verified(s3_bucket, tmp_path):
+    src = tmp_path / "src"
+    rng = __import__("random").Random(1)
+    files = {f"part-{i:02d}.bin": rng.randbytes(MiB + i) for i in range(40)}
+    src.mkdir()
+    for name, blob in files.items():
+        (src / name).write_bytes(blob)
+    uri = f"s3://{s3_bucket}/ds"
+
+    push = _launcher("push", str(src), uri, wait=False)
+    _kill_when(push, lambda: len(_keys(s3_bucket, "ds")) >= 2, "two objects uploaded")
+    landed = _keys(s3_bucket, "ds")
+    assert "_manifest.json" not in landed and 2 <= len(landed) < len(files)
+    rc, out = _launcher("verify", uri)
+    assert rc != 0 and "no _manifest.json" in out  # incomplete: nobody can use it
+    rc, out = _launcher("push", str(src), uri)
+    assert rc == 0, out
+    assert f"sent {len(files) - len(landed)} files" in out and f"skipped {len(landed)} already there" in out, out
+    rc, out = _launcher("verify", uri)
+    assert rc == 0, out
+
+    dest = tmp_path / "dest"
+    pull = _launcher("pull", uri, str(dest), wait=False)
+    done = lambda: [p.name for p in dest.glob("part-*.bin")] if dest.is_dir() else []  # noqa: E731  (renamed into place = verified)
+    _kill_when(pull, lambda: len(done()) >= 2, "two files downloaded")
+    kept = done()
+    assert not (dest / "_manifest.json").exists() and 2 <= len(kept) < len(files)
+    rc, out = _launcher("pull", uri, str(dest))
+    assert rc == 0, out
+    assert f"fetched {len(files) - len(kept)} files" in out and f"kept {len(kept)} already there" in out, out
+    rc, out = _launcher("verify", str(dest))
+    assert rc == 0, out
+    assert {p.name: p.read_bytes() for p in dest.glob("part-*.bin")} == files
+    assert not [p for p in dest.iterdir() if "partial" in p.name]
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_corrupt_object_fails_the_staging_pod_before_training(data, s3_bucket, s3_endpoint, tmp_path):
+    import boto3
+
+    from launcher.__main__ import main as launcher_main
+
+    uri = f"s3://{s3_bucket}/ds"
+    assert launcher_main(["data", "push", str(data), uri, "--no-progress"]) == 0
+    key = "train/label.bin" if (data / "train" / "label.bin").is_file() else sorted(
+        p.relative_to(data).as_posix() for p in data.rglob("*.bin"))[0]
+    s3 = boto3.client("s3")
+    head = s3.head_object(Bucket=s3_bucket, Key=f"ds/{key}")
+    body = bytearray(s3.get_object(Bucket=s3_bucket, Key=f"ds/{key}")["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # one flipped byte: same size, same recorded sha256 metadata
+    s3.put_object(Bucket=s3_bucket, Key=f"ds/{key}", Body=bytes(body), Metadata=head["Metadata"])
+
+    rc, out = _launcher("verify", uri)
+    assert rc != 0 and f"{key}: sha256 differs from the manifest" in out, out
+
+    sets = [f"dataset={uri}", "storage.mode=stage", f"s3.endpoint_url={s3_endpoint}", *TRAIN, "cluster.backoff_limit=1"]
+    run = Running(render(1, 2, sets), tmp_path)
+    rc = run.join()
+    text = run.text()
+    assert rc == 2, text[-6000:]  # the stage command's exit code for a user error
+    # OnFailure: the pod is retried (backoffLimit 1) and fails the same way each time
+    assert run.job.failures == [("master-0", "stage", 2)] * 2, text[-6000:]
+    assert f"corrupt object(s), sha256 differs from the manifest: {uri}/{key}" in text, text[-6000:]
+    assert "[master-0] " not in text  # the trainer container never started ([master-0/stage] is the init one)
+    run_dir = tmp_path.joinpath(*RUN)
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "config.yaml").exists()
+    staged = tmp_path / "pods" / "master-0" / "stage" / "dataset"
+    assert not (staged / ".verified").exists() and not (staged / key).exists()
