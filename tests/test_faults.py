@@ -439,3 +439,22 @@ def test_corrupt_object_fails_the_staging_pod_before_training(data, s3_bucket, s
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "config.yaml").exists()
     staged = tmp_path / "pods" / "master-0" / "stage" / "dataset"
     assert not (staged / ".verified").exists() and not (staged / key).exists()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_staged_dataset_trains_to_completion(data, s3_bucket, s3_endpoint, tmp_path):
+    """The good path of storage.mode=stage: the init container pulls and verifies, then 2 ranks train on the copy."""
+    from launcher.__main__ import main as launcher_main
+
+    uri = f"s3://{s3_bucket}/ds"
+    assert launcher_main(["data", "push", str(data), uri, "--no-progress"]) == 0
+    sets = [f"dataset={uri}", "storage.mode=stage", f"s3.endpoint_url={s3_endpoint}", *TRAIN, "train.max_steps=6"]
+    run = Running(render(1, 2, sets), tmp_path)
+    rc = run.join()
+    text = run.text()
+    assert rc == 0, text[-6000:]
+    staged = tmp_path / "pods" / "master-0" / "stage" / "dataset"
+    assert (staged / ".verified").is_file() and (staged / "feature_spec.yaml").is_file()
+    s = summary(tmp_path.joinpath(*RUN))
+    assert s["step"] == 6 and s["auc"] > 0.5, s

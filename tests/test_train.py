@@ -95,3 +95,26 @@ def test_eval_command_matches_training_auc(tmp_path, dataset, capsys):
     assert main(["eval", "--checkpoints", str(tmp_path / "run" / "checkpoints")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["step"] == 20 and out["auc"] == pytest.approx(s["auc"], abs=1e-9)
+
+
+def test_checkpoints_on_s3_resume_to_the_same_weights(tmp_path, dataset, s3_bucket):
+    """checkpoint_dir=s3://...: metadata written last there too, and --resume finds the latest complete one."""
+    import boto3
+
+    uri = f"s3://{s3_bucket}/run/ckpt"
+    common = dict(max_steps=30, checkpoint_every=10, checkpoint_dir=uri)
+    b = tmp_path / "b"
+    train(tiny(b, dataset, **{**common, "max_steps": 20}))
+    keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert "run/ckpt/ckpt-000000020/metadata.json" in keys and "run/ckpt/ckpt-000000020/rank-0.pt" in keys
+    assert latest_checkpoint(uri) == "ckpt-000000020"
+    s = train(tiny(b, dataset, resume="true", **common))
+    assert s["step"] == 30
+    a = tmp_path / "a"
+    sa = train(tiny(a, dataset, max_steps=30, checkpoint_every=10))
+    wa, da, _ = model_state(a / "run")
+    blob_key = f"run/ckpt/{latest_checkpoint(uri)}/rank-0.pt"
+    local = tmp_path / "s3-rank-0.pt"
+    boto3.client("s3").download_file(s3_bucket, blob_key, str(local))
+    assert torch.equal(torch.load(local, weights_only=True)["weight"], wa)
+    assert s["auc"] == pytest.approx(sa["auc"], abs=1e-12)
