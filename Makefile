@@ -70,7 +70,7 @@ images:
 push:
 	bash images/push.sh $(REGISTRY)
 
-test-images:
+test-images: setup
 	bash images/test-images.sh
 
 clean:
