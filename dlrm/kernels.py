@@ -3,7 +3,8 @@
 weight[ids[i]] += alpha * grad[i] for every i, duplicates adding up: exactly SGD on a table from
 the gradient of its looked-up rows. On CUDA a Triton kernel does it with vectorised relaxed
 atomics, about 3x faster than index_add_ (0.76 vs 2.39 ms for 1.7M rows of 128 on an H200); it
-is checked against index_add_ once per process and replaced by it if anything is off.
+is checked against index_add_ once per process and replaced by it if anything is off. On the CPU
+the sparse-tensor add is the fastest exact path.
 """
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ import torch
 
 def index_add(weight: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor, alpha: float) -> None:
     weight.index_add_(0, ids, grad.to(weight.dtype), alpha=alpha)
+
+
+def sparse_add(weight: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor, alpha: float) -> None:
+    """The CPU path: adding an uncoalesced COO tensor is 3.5x faster than index_add_ there
+    (12.7 vs 44 ms for 106k rows of 128 into 511k rows, 2 cores), as it runs multi-threaded."""
+    coo = torch.sparse_coo_tensor(ids.unsqueeze(0), grad.to(weight.dtype), weight.shape, check_invariants=False)
+    weight.add_(coo, alpha=alpha)
 
 
 def _triton_scatter_add():
@@ -48,7 +56,7 @@ def _triton_scatter_add():
 def row_scatter_add(device_type: str):
     """The fastest exact row update that passes a check against index_add_ here, and its name."""
     if device_type != "cuda":
-        return index_add, "index_add_"
+        return sparse_add, "sparse add_"
     try:
         fast = _triton_scatter_add()
         if fast is not None:
