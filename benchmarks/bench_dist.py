@@ -64,6 +64,7 @@ def worker(sharding: str) -> dict:
     runtime.barrier()
     elapsed = time.perf_counter() - t0
     total_sent = runtime.all_reduce_sum(torch.tensor([float(sent[0])]))[0].item()
+    runtime.close()
     return {"samples_per_s": STEPS * BATCH / elapsed, "bytes_per_step": total_sent / STEPS,
             "world": runtime.world_size}
 

@@ -164,3 +164,22 @@ def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dic
             raise UserError(f"{uri}/{name}: rows {p.start}..{p.end} of table {p.table} are covered by "
                             f"{n} saved rows, expected {p.end - p.start}; the checkpoint does not hold this table")
     return meta, dense
+
+
+def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A checkpoint's tables put back together {table: [rows, D]} from every rank's pieces, and its
+    dense model state: for export, inspection, and comparing runs of different world sizes."""
+    store = open_store(uri)
+    name = name or (complete_checkpoints(store) or [None])[-1]
+    if name is None:
+        raise UserError(f"{uri}: no complete checkpoint")
+    meta = json.loads(store.get_bytes(f"{name}/{METADATA}"))
+    parts: dict[str, list] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fname, pieces in meta["files"].items():
+            weight = _load_torch(store, f"{name}/{fname}", tmp)["weight"]
+            for p in map(lambda d: Piece(**d), pieces):
+                parts.setdefault(p.table, []).append((p.start, weight[p.offset: p.offset + p.end - p.start].clone()))
+        dense = _load_torch(store, f"{name}/dense.pt", tmp)["model"]
+        dense = {k: v.clone() for k, v in dense.items()}
+    return {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}, dense

@@ -69,8 +69,10 @@ def main(args) -> int:
     runtime = runtime_from_config(cfg)
     try:
         summary = train(cfg, runtime)
-    finally:
-        runtime.close()
+    except BaseException:
+        runtime.close(barrier=False)
+        raise
+    runtime.close()
     if runtime.is_main:
         print(summary_line(summary))
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlrm.checkpoint import whole_tables
 from dlrm.config import TrainConfig, load_config
 from dlrm.train import BUILTIN_CONFIGS, train
 from datasets import make_dataset
@@ -82,16 +83,7 @@ def summary(out: Path) -> dict:
 
 def gathered(out: Path) -> tuple[dict, dict]:
     """The latest checkpoint's whole tables {name: [rows, D]} (from every rank's pieces) and dense params."""
-    ckpts = out / "checkpoints"
-    name = sorted(p.name for p in ckpts.iterdir() if (p / "metadata.json").exists())[-1]
-    meta = json.loads((ckpts / name / "metadata.json").read_text())
-    parts: dict[str, list] = {}
-    for fname, pieces in meta["files"].items():
-        weight = torch.load(ckpts / name / fname, weights_only=True)["weight"]
-        for p in pieces:
-            parts.setdefault(p["table"], []).append((p["start"], weight[p["offset"] : p["offset"] + p["end"] - p["start"]]))
-    tables = {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}
-    return tables, torch.load(ckpts / name / "dense.pt", weights_only=True)["model"]
+    return whole_tables(str(out / "checkpoints"))
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -119,7 +111,7 @@ def baseline(dataset, tmp_path_factory):
 def test_ranks_follow_single_process(dataset, baseline, tmp_path, world, sharding):
     out = tmp_path / "run"
     log = torchrun(world, overrides(dataset, out, **{"dist.sharding": sharding}))
-    assert f"plan: 5 tables" in log and f"{world} ranks" in log
+    assert "plan: 5 tables" in log and f"{world} ranks" in log
     if sharding == "row":
         assert "row-wise tables: cat_0.bin, cat_1.bin, cat_2.bin, cat_3.bin, cat_4.bin" in log
     assert_same_run(baseline, out)

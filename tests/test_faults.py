@@ -36,9 +36,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlrm.checkpoint import whole_tables
+
 from datasets import make_dataset
 from launcher.run_local import LocalJob
-from s3_fixtures import s3_bucket, s3_endpoint, s3_env  # noqa: F401  (pytest fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -99,15 +100,7 @@ def complete(ckpts: Path) -> list[str]:
 
 def gathered(ckpts: Path, name: str | None = None) -> tuple[dict, dict]:
     """A checkpoint's whole tables {table: [rows, D]} (gathered from every rank's pieces) and dense weights."""
-    name = name or complete(ckpts)[-1]
-    meta = json.loads((ckpts / name / "metadata.json").read_text())
-    parts: dict[str, list] = {}
-    for fname, pieces in meta["files"].items():
-        weight = torch.load(ckpts / name / fname, weights_only=True)["weight"]
-        for p in pieces:
-            parts.setdefault(p["table"], []).append((p["start"], weight[p["offset"]: p["offset"] + p["end"] - p["start"]]))
-    tables = {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}
-    return tables, torch.load(ckpts / name / "dense.pt", weights_only=True)["model"]
+    return whole_tables(str(ckpts), name)
 
 
 def records(run: Path) -> list[dict]:

@@ -88,8 +88,13 @@ class Runtime:
             dist.all_gather(parts, padded.contiguous())
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
-    def close(self) -> None:
+    def close(self, barrier: bool = True) -> None:
+        """Tear the process groups down. After a success, first wait for every rank: a rank that
+        destroys its groups while a peer still talks to it aborts the peer ("terminate called
+        without an active exception"). After a failure, no barrier: the peers may be gone."""
         if self.backend is not None and dist.is_initialized():
+            if barrier:
+                self.barrier()
             dist.destroy_process_group()
 
 
