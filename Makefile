@@ -5,7 +5,8 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-# Job variables (launcher): make submit NODES=2 GPUS=8 [IMAGE=...] [NAMESPACE=...] [PROFILE=...] [VALUES=...] [DRY_RUN=1] [BACKEND=local]
+# Job variables (launcher): make submit NODES=2 GPUS=8 [IMAGE=...] [NAMESPACE=...] [PROFILE=...] [VALUES=...]
+#   [DATASET=...] [DRY_RUN=1] [BACKEND=local]
 NODES ?=
 GPUS ?=
 IMAGE ?=
@@ -16,9 +17,10 @@ DRY_RUN ?=
 BACKEND ?= cluster
 NAME ?=
 OUT ?=
+DATASET ?=
 JOB_ARGS = --profile $(PROFILE) $(if $(VALUES),--values $(VALUES)) $(if $(NODES),--nodes $(NODES)) \
   $(if $(GPUS),--gpus $(GPUS)) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),--namespace $(NAMESPACE)) \
-  $(if $(NAME),--name $(NAME))
+  $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET))
 
 .PHONY: setup test test-fast demo bench bench-gpu render submit status logs images push test-images clean
 
