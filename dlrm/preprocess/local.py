@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from dlrm.data.writer import SplitBinaryWriter
 from dlrm.errors import DataError
-from dlrm.preprocess.inputs import DayFile, find_days, first_half, read_blocks
-from dlrm.preprocess.output import SPLITS, BadLineTally, Output, Settings, make_report, strict_error
+from dlrm.preprocess.inputs import DayFile, first_half, read_blocks
+from dlrm.preprocess.output import SPLITS, BadLineTally, Output, Settings, make_report, open_output, strict_error
 from dlrm.preprocess.parse import KINDS, parse_block, transform_numerical
 from dlrm.preprocess.vocab import Vocab, build_vocab, count_values, merge_counts
 
@@ -160,12 +160,10 @@ def run(s: Settings, workers: int | None = None, chunk_rows: int = 100_000) -> d
     """Preprocess s.input into s.out; returns the report (also written as preprocess_report.json)."""
     global _VOCAB
     t0 = time.time()
-    files = find_days(s.input, s.days)
+    files, out, finished = open_output(s, "local")
+    if finished is not None:
+        return finished
     thresholds = s.thresholds()
-    out = Output(s, files, "local")
-    if out.state == "done":
-        shutil.rmtree(out.work, ignore_errors=True)
-        return out.existing_report()
     workers = max(1, workers or os.cpu_count() or 1)
     block_bytes = max(1, chunk_rows) * BYTES_PER_LINE
     window = 2 * workers

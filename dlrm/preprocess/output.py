@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dlrm.data.spec import SPEC_FILE, FeatureSpec
 from dlrm.errors import DataError, UserError
-from dlrm.preprocess.inputs import DayFile
+from dlrm.preprocess.inputs import find_days, DayFile
 from dlrm.preprocess.parse import KINDS, NUM_CATEGORICAL, NUM_NUMERICAL
 
 SPLITS = ("train", "test", "validation")
@@ -49,6 +49,17 @@ class Settings:
         if self.frequency_threshold < 0:
             raise UserError(f"--frequency-threshold {self.frequency_threshold}: expected a count >= 0")
         return [self.feature_thresholds.get(n, self.frequency_threshold) for n in names]
+
+
+def open_output(s: Settings, engine: str) -> tuple[list[DayFile], "Output", dict | None]:
+    """The day files and the claimed output folder, and the report of a finished identical run
+    (then there is nothing to do: both engines return it as it is)."""
+    files = find_days(s.input, s.days)
+    out = Output(s, files, engine)
+    if out.state == "done":
+        shutil.rmtree(out.work, ignore_errors=True)
+        return files, out, out.existing_report()
+    return files, out, None
 
 
 def identity(files: list[DayFile], s: Settings) -> dict:

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from dlrm.errors import DataError
-from dlrm.preprocess.inputs import find_days, first_half
-from dlrm.preprocess.output import SPLITS, BadLineTally, Output, Settings, make_report, strict_error
+from dlrm.preprocess.inputs import first_half
+from dlrm.preprocess.output import SPLITS, BadLineTally, Settings, make_report, open_output, strict_error
 from dlrm.preprocess.parse import KINDS, MAX_DIGITS, NUM_CATEGORICAL, NUM_FIELDS, NUM_NUMERICAL, describe
 
 NUM_RE = rf"^-?[0-9]{{1,{MAX_DIGITS}}}\z"  # \z: Java's $ would also match before a final '\r'
@@ -118,13 +118,10 @@ def run(s: Settings, spark=None, rows_per_part: int = ROWS_PER_PART) -> dict:
     from pyspark.sql import functions as F
 
     t0 = time.time()
-    files = find_days(s.input, s.days)
+    files, out, finished = open_output(s, "spark")
+    if finished is not None:
+        return finished
     thresholds = s.thresholds()
-    out = Output(s, files, "spark")
-    if out.state == "done":
-        import shutil
-        shutil.rmtree(out.work, ignore_errors=True)
-        return out.existing_report()
     spark = spark or session()
     spark.conf.set("spark.sql.ansi.enabled", "false")  # invalid fields are caught by the rules, never by a cast error
     guard = _spark_errors(files)
