@@ -10,9 +10,7 @@
   from the 4-rank checkpoint by resharding it (see that test's docstring for what is comparable).
 - A hung peer: a collective fails after dist.collective_timeout_s with a message naming the rank
   and the collective instead of hanging the job forever.
-- Object storage: a `launcher data push`/`pull` process SIGKILLed half-way resumes and ends
-  verified; a corrupted object is named by `verify` and by the staging init container, which
-  fails the pod before training starts.
+- Object storage faults: tests/test_faults_storage.py.
 
 Kill timing is deterministic: the trainer's test hook DLRM_TEST_HANG_AT_STEP (dlrm/train.py)
 parks rank 1 before a step past the first checkpoint, so the kill always lands mid-run, with every
@@ -21,131 +19,18 @@ removed from this process's environment before the kill, so the restarted attemp
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from dlrm.checkpoint import whole_tables
-
-from datasets import make_dataset
-from launcher.run_local import LocalJob
-
-ROOT = Path(__file__).resolve().parents[1]
-MiB = 1024 * 1024
-RUN = ("volumes", "runs", "run")  # storage.output_claim=runs, output_path=run: /output shared by all pods
-HANG = "DLRM_TEST_HANG_AT_STEP"
-# 20 steps of 256 rows (6000 rows: one epoch holds them), a checkpoint every 5 steps, every step logged.
-TRAIN = ["train.max_steps=20", "train.checkpoint_every=5", "train.log_every=1", "train.checkpoint_keep=0",
-         "train.data.eval_batch_size=1000", "cluster.backoff_limit=2",
-         "storage.output_claim=runs", "storage.output_path=run"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers: render, run in a thread, look at checkpoints and metrics.
-
-
-def render(nodes: int, gpus: int, sets: list[str]) -> list[dict]:
-    from launcher.config import load_job_config
-    from launcher.render import render_objects
-
-    return render_objects(load_job_config("synthetic-smoke", overrides=[f"nodes={nodes}", f"gpus_per_node={gpus}", *sets]))
-
-
-class Running:
-    """A LocalJob run in a background thread, its output collected."""
-
-    def __init__(self, objects, workdir: Path, **kwargs):
-        self.out = io.StringIO()
-        self.job = LocalJob(objects, workdir, out=self.out, grace_s=2, **kwargs)
-        self.rc = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        self.rc = self.job.run()
-
-    def text(self) -> str:
-        return self.out.getvalue()
-
-    def wait_for(self, predicate, what: str, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert self.thread.is_alive(), f"job ended (rc {self.rc}) before {what}:\n{self.text()[-6000:]}"
-            assert time.monotonic() < deadline, f"no {what} after {timeout}s:\n{self.text()[-6000:]}"
-            time.sleep(0.05)
-
-    def join(self, timeout: float = 300) -> int:
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            self.job.stop()
-            self.thread.join(30)
-            pytest.fail(f"job still running after {timeout}s:\n{self.text()[-6000:]}")
-        return self.rc
-
-
-def complete(ckpts: Path) -> list[str]:
-    return sorted(p.name for p in ckpts.glob("ckpt-*") if (p / "metadata.json").is_file())
-
-
-def gathered(ckpts: Path, name: str | None = None) -> tuple[dict, dict]:
-    """A checkpoint's whole tables {table: [rows, D]} (gathered from every rank's pieces) and dense weights."""
-    return whole_tables(str(ckpts), name)
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def summary(run: Path) -> dict:
-    return [r for r in records(run) if r["kind"] == "summary"][-1]
-
-
-def step_losses(run: Path) -> dict[int, float]:
-    """Each step's training loss, the latest attempt's where an earlier attempt logged the step too."""
-    return {r["step"]: r["loss"] for r in records(run) if r["kind"] == "train"}
-
-
-def rank_pids(job: LocalJob) -> dict[int, int]:
-    """Global rank -> pid of the trainer process torchrun started for it (they carry LOCAL_RANK)."""
-    out = {}
-    for tree in job.pids().values():
-        for pid in tree:
-            try:
-                env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
-            except OSError:
-                continue
-            if "LOCAL_RANK" in env:
-                out[int(env["RANK"])] = pid
-    return out
-
-
-def plant_partial_checkpoint(ckpts: Path, source: str, step: int) -> None:
-    """What a kill during step `step`'s save leaves: some rank files, one cut short, a temp file, no metadata.json."""
-    half = ckpts / f"ckpt-{step:09d}"
-    half.mkdir()
-    for f in ("rank-0.pt", "dense.pt"):
-        shutil.copy(ckpts / source / f, half / f)
-    data = (ckpts / source / "rank-1.pt").read_bytes()
-    (half / "rank-1.pt").write_bytes(data[: len(data) // 2])
-    (half / ".rank-2.pt.x1y2z3.tmp").write_bytes(data[:100])
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(root, rows=6000, test_rows=1000)
-    return root
+from faults_common import (HANG, RUN, TRAIN, Running, complete, data, gathered, plant_partial_checkpoint, rank_pids, render,
+                          step_losses, summary)  # noqa: F401 (data: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -329,125 +214,3 @@ def test_a_hung_collective_times_out_naming_rank_and_collective(data, tmp_path, 
     assert "rank 0: collective all_to_all (embedding lookup) timed out after 5 s" in first_attempt, first_attempt[-6000:]
     assert run.job.failures == [("master-0", "pytorch", 1)]
     assert summary(tmp_path.joinpath(*RUN))["step"] == 6
-
-
-# ---------------------------------------------------------------------------------------------
-# Object storage.
-
-
-def _launcher(*args: str, wait: bool = True):
-    cmd = [sys.executable, "-m", "launcher", "data", *args, "--no-progress", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=120)
-    return proc.returncode, out
-
-
-def _keys(bucket: str, prefix: str) -> list[str]:
-    import boto3
-
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-    return [o["Key"][len(prefix) + 1:] for page in pages for o in page.get("Contents", [])]
-
-
-def _kill_when(proc, predicate, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not predicate():
-        assert proc.poll() is None, f"finished before {what}: {proc.communicate()[0]}"
-        assert time.monotonic() < deadline, f"no {what}"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-@pytest.mark.slow
-def test_killed_push_and_pull_resume_and_end_verified(s3_bucket, tmp_path):
-    src = tmp_path / "src"
-    rng = __import__("random").Random(1)
-    files = {f"part-{i:02d}.bin": rng.randbytes(MiB + i) for i in range(40)}
-    src.mkdir()
-    for name, blob in files.items():
-        (src / name).write_bytes(blob)
-    uri = f"s3://{s3_bucket}/ds"
-
-    push = _launcher("push", str(src), uri, wait=False)
-    _kill_when(push, lambda: len(_keys(s3_bucket, "ds")) >= 2, "two objects uploaded")
-    landed = _keys(s3_bucket, "ds")
-    assert "_manifest.json" not in landed and 2 <= len(landed) < len(files)
-    rc, out = _launcher("verify", uri)
-    assert rc != 0 and "no _manifest.json" in out  # incomplete: nobody can use it
-    rc, out = _launcher("push", str(src), uri)
-    assert rc == 0, out
-    assert f"sent {len(files) - len(landed)} files" in out and f"skipped {len(landed)} already there" in out, out
-    rc, out = _launcher("verify", uri)
-    assert rc == 0, out
-
-    dest = tmp_path / "dest"
-    pull = _launcher("pull", uri, str(dest), wait=False)
-    done = lambda: [p.name for p in dest.glob("part-*.bin")] if dest.is_dir() else []  # noqa: E731  (renamed into place = verified)
-    _kill_when(pull, lambda: len(done()) >= 2, "two files downloaded")
-    kept = done()
-    assert not (dest / "_manifest.json").exists() and 2 <= len(kept) < len(files)
-    rc, out = _launcher("pull", uri, str(dest))
-    assert rc == 0, out
-    assert f"fetched {len(files) - len(kept)} files" in out and f"kept {len(kept)} already there" in out, out
-    rc, out = _launcher("verify", str(dest))
-    assert rc == 0, out
-    assert {p.name: p.read_bytes() for p in dest.glob("part-*.bin")} == files
-    assert not [p for p in dest.iterdir() if "partial" in p.name]
-
-
-@pytest.mark.dist
-@pytest.mark.slow
-def test_corrupt_object_fails_the_staging_pod_before_training(data, s3_bucket, s3_endpoint, tmp_path):
-    import boto3
-
-    from launcher.__main__ import main as launcher_main
-
-    uri = f"s3://{s3_bucket}/ds"
-    assert launcher_main(["data", "push", str(data), uri, "--no-progress"]) == 0
-    key = "train/label.bin" if (data / "train" / "label.bin").is_file() else sorted(
-        p.relative_to(data).as_posix() for p in data.rglob("*.bin"))[0]
-    s3 = boto3.client("s3")
-    head = s3.head_object(Bucket=s3_bucket, Key=f"ds/{key}")
-    body = bytearray(s3.get_object(Bucket=s3_bucket, Key=f"ds/{key}")["Body"].read())
-    body[len(body) // 2] ^= 0xFF  # one flipped byte: same size, same recorded sha256 metadata
-    s3.put_object(Bucket=s3_bucket, Key=f"ds/{key}", Body=bytes(body), Metadata=head["Metadata"])
-
-    rc, out = _launcher("verify", uri)
-    assert rc != 0 and f"{key}: sha256 differs from the manifest" in out, out
-
-    sets = [f"dataset={uri}", "storage.mode=stage", f"s3.endpoint_url={s3_endpoint}", *TRAIN, "cluster.backoff_limit=1"]
-    run = Running(render(1, 2, sets), tmp_path)
-    rc = run.join()
-    text = run.text()
-    assert rc == 2, text[-6000:]  # the stage command's exit code for a user error
-    # OnFailure: the pod is retried (backoffLimit 1) and fails the same way each time
-    assert run.job.failures == [("master-0", "stage", 2)] * 2, text[-6000:]
-    assert f"corrupt object(s), sha256 differs from the manifest: {uri}/{key}" in text, text[-6000:]
-    assert "[master-0] " not in text  # the trainer container never started ([master-0/stage] is the init one)
-    run_dir = tmp_path.joinpath(*RUN)
-    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "config.yaml").exists()
-    staged = tmp_path / "pods" / "master-0" / "stage" / "dataset"
-    assert not (staged / ".verified").exists() and not (staged / key).exists()
-
-
-@pytest.mark.dist
-@pytest.mark.slow
-def test_staged_dataset_trains_to_completion(data, s3_bucket, s3_endpoint, tmp_path):
-    """The good path of storage.mode=stage: the init container pulls and verifies, then 2 ranks train on the copy."""
-    from launcher.__main__ import main as launcher_main
-
-    uri = f"s3://{s3_bucket}/ds"
-    assert launcher_main(["data", "push", str(data), uri, "--no-progress"]) == 0
-    sets = [f"dataset={uri}", "storage.mode=stage", f"s3.endpoint_url={s3_endpoint}", *TRAIN, "train.max_steps=6"]
-    run = Running(render(1, 2, sets), tmp_path)
-    rc = run.join()
-    text = run.text()
-    assert rc == 0, text[-6000:]
-    staged = tmp_path / "pods" / "master-0" / "stage" / "dataset"
-    assert (staged / ".verified").is_file() and (staged / "feature_spec.yaml").is_file()
-    s = summary(tmp_path.joinpath(*RUN))
-    assert s["step"] == 6 and s["auc"] > 0.5, s
