@@ -247,7 +247,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16
     tf32: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the dense, interaction and over arches (worth it on GPUs)
     plot: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -184,6 +184,9 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # the MLPs' init: the same on every rank
     model = parallelize(build_model(len(spec.numerical), len(spec.table_sizes), cfg.model), plan, runtime,
                         seed=cfg.seed)
+    if cfg.compile:  # in place (nn.Module.compile): parameter names and checkpoints stay the same
+        for arch in (model.model.dense_arch, model.model.interaction_arch, model.model.over_arch):
+            arch.compile()
     weight = model.table_weight
     opt = Optimizers(model.dense_parameters(), [weight], cfg.optim)
     pieces_by_rank = model.pieces_by_rank()

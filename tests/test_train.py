@@ -118,3 +118,15 @@ def test_checkpoints_on_s3_resume_to_the_same_weights(tmp_path, dataset, s3_buck
     boto3.client("s3").download_file(s3_bucket, blob_key, str(local))
     assert torch.equal(torch.load(local, weights_only=True)["weight"], wa)
     assert s["auc"] == pytest.approx(sa["auc"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, dataset):
+    """compile=true compiles the MLPs in place: the same losses (to float rounding) and checkpoint keys."""
+    eager = train(tiny(tmp_path / "e", dataset, max_steps=6))
+    compiled = train(tiny(tmp_path / "c", dataset, max_steps=6, compile="true"))
+    assert compiled["auc"] == pytest.approx(eager["auc"], abs=1e-4)
+    _, de, _ = model_state(tmp_path / "e" / "run")
+    _, dc, _ = model_state(tmp_path / "c" / "run")
+    assert de.keys() == dc.keys()
+    assert all(torch.allclose(de[k], dc[k], atol=1e-5) for k in de)
