@@ -66,7 +66,7 @@ def main():
         spec = generate(d, rows=B * (WARMUP + STEPS), seed=0, cardinalities=SIZES, test_rows=B)
         reader = SplitBinaryReader(spec, "train", B, prefetch=0)
         t0 = time.perf_counter()
-        batches = [(b.numerical, b.categorical.long(), b.label) for b in reader]
+        batches = [(b.numerical.float(), b.categorical.long(), b.label.float()) for b in reader]
         data_s = (time.perf_counter() - t0) / len(batches)
 
     cfg = ModelConfig()

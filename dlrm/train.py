@@ -147,8 +147,8 @@ def evaluate(model, spec: FeatureSpec, cfg: TrainConfig, runtime: Runtime | torc
     scores, labels = [], []
     with torch.no_grad(), autocast(device, dtype):
         for batch in reader:
-            scores.append(model(batch.numerical.to(device), batch.categorical.to(device)).float())
-            labels.append(batch.label.to(device))
+            scores.append(model(batch.numerical.to(device).float(), batch.categorical.to(device)).float())
+            labels.append(batch.label.to(device).float())
     model.train(was_training)
     scores = runtime.all_gather_cat(torch.cat(scores))
     labels = runtime.all_gather_cat(torch.cat(labels))
@@ -235,8 +235,10 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
                 time.sleep(float(os.environ.get("DLRM_TEST_HANG_S") or 3600))
             lr = learning_rate(step, cfg.optim)
             opt.set_lr(lr)
-            numerical, categorical = batch.numerical.to(device, non_blocking=True), batch.categorical.to(device, non_blocking=True)
-            label = batch.label.to(device, non_blocking=True)
+            # cast on the device: the reader hands over the stored float16 / bool (half the bytes)
+            numerical = batch.numerical.to(device, non_blocking=True).float()
+            categorical = batch.categorical.to(device, non_blocking=True)
+            label = batch.label.to(device, non_blocking=True).float()
             with autocast(device, dtype):
                 logits = model(numerical, categorical)
             global_batch = batch.categorical.shape[0]

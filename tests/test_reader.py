@@ -56,10 +56,10 @@ def test_round_trip(dataset, prefetch):
     batches, got_num, got_cat, got_lab = read_all(reader)
     assert [b.index for b in batches] == [0, 1, 2, 3, 4] and [b.position for b in batches] == [0, 1, 2, 3, 4]
     assert [b.categorical.shape[0] for b in batches] == [10, 10, 10, 10, 7]
-    assert got_num.dtype == torch.float32 and got_cat.dtype == torch.int32 and got_lab.dtype == torch.float32
-    np.testing.assert_array_equal(got_num.numpy(), num.astype(np.float16).astype(np.float32))
+    assert got_num.dtype == torch.float16 and got_cat.dtype == torch.int32 and got_lab.dtype == torch.bool
+    np.testing.assert_array_equal(got_num.numpy(), num.astype(np.float16))
     np.testing.assert_array_equal(got_cat.numpy(), cat)
-    np.testing.assert_array_equal(got_lab.numpy(), lab.astype(np.float32))
+    np.testing.assert_array_equal(got_lab.numpy(), lab.astype(bool))
 
 
 def test_dtypes_follow_cardinality(dataset):
@@ -117,7 +117,7 @@ def test_local_slices_cover_the_global_batch(dataset, world):
         assert sizes == [b // world + (1 if r < b % world else 0) for r in range(world)]
         rows = slice(i * 10, i * 10 + b)
         np.testing.assert_array_equal(torch.cat([p.numerical for p in parts]).numpy(),
-                                      num[rows].astype(np.float16).astype(np.float32))
+                                      num[rows].astype(np.float16))
         np.testing.assert_array_equal(torch.cat([p.label for p in parts]).numpy(), lab[rows])
         for p in parts:  # every rank gets the ids of the whole global batch
             np.testing.assert_array_equal(p.categorical.numpy(), cat[rows])

@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 def load(spec: FeatureSpec, split: str):
     r = SplitBinaryReader(spec, split, 1 << 20, prefetch=0)
     (b,) = list(r)
-    return b.numerical.numpy(), b.categorical.numpy(), b.label.numpy()
+    return b.numerical.float().numpy(), b.categorical.numpy(), b.label.float().numpy()
 
 
 def test_metadata_and_layout(data):
