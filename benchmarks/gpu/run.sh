@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make bench-gpu`: single-GPU training throughput of the FL=15-shaped DLRM (bf16 AMP, fp32/TF32).
+# `make bench-gpu`: single-GPU training throughput of the FL=15-shaped DLRM (bf16 AMP, fp32/TF32),
+# then the trainer end to end on the same GPU (train_e2e.sh).
 # For a machine with one NVIDIA GPU and a CUDA torch already installed (system python3, no venv).
 # Extra arguments go to bench_gpu.py, e.g. `bash benchmarks/gpu/run.sh --steps 100`.
 set -euo pipefail
@@ -9,3 +10,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c 'import torch; assert torch.cuda.is_available(), "torch sees no CUDA device"; print("torch", torch.__version__, torch.version.cuda)'
 # the whole run must stay well under 8 minutes: a hung compile or step is cut off
 PYTHONPATH=. timeout 450 "$PY" benchmarks/gpu/bench_gpu.py "$@"
+# then the trainer itself, end to end on the GPU (data from disk, AMP, compile, eval, checkpoint)
+timeout 300 bash benchmarks/gpu/train_e2e.sh
