@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     total_steps = cfg.max_steps or cfg.epochs * batches_per_epoch
     model.train()
     auc, eval_loss, done = math.nan, math.nan, step >= total_steps
-    train_time, train_samples = 0.0, 0
+    train_time, train_samples, first_step = 0.0, 0, step
     window_loss, window_n, window_samples, window_t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
     # Fault-injection hook for tests/test_faults.py: DLRM_TEST_HANG_AT_STEP=N makes rank DLRM_TEST_HANG_RANK
     # (default 1) stop participating before step N for DLRM_TEST_HANG_S seconds (default 1 h), as a hung peer would.
@@ -254,8 +254,9 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
             window_n += 1
             window_samples += global_batch
             now = time.perf_counter()
-            train_time += now - t_step
-            train_samples += global_batch
+            if step > first_step + 1:  # the first step of a (re)start compiles and warms up: not throughput
+                train_time += now - t_step
+                train_samples += global_batch
             t_step = now
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = now - window_t0
