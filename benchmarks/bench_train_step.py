@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from dlrm.config import ModelConfig, OptimConfig
 from dlrm.data.reader import SplitBinaryReader
-from dlrm.data.synth import CRITEO_FL15_CARDINALITIES, generate
+from dlrm.data.synth import generate
 from dlrm.model import DLRM
 from dlrm.optim import Optimizers
+from dlrm.tables import CRITEO_FL15_CARDINALITIES
 
 B, STEPS, WARMUP, SCALE = 4096, 12, 3, 64
 SIZES = [max(2, n // SCALE) for n in CRITEO_FL15_CARDINALITIES]

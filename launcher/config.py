@@ -19,16 +19,10 @@ from typing import Any
 from dlrm import __version__
 from dlrm.config import TrainConfig, load_config, parse_bytes
 from dlrm.errors import ConfigError, UserError
+from dlrm.tables import TABLE_PRESETS
 from launcher.command import OUTPUT_MOUNT
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
-
-# Embedding table sizes of well-known datasets, so the plan can be checked when the dataset is not
-# on this machine. Criteo 1TB after NVIDIA's preprocessing with frequency threshold 15.
-TABLE_PRESETS = {
-    "criteo-fl15": [7912889, 33823, 17139, 7339, 20046, 4, 7105, 1382, 63, 5554114, 582469, 245828, 11,
-                    2209, 10667, 104, 4, 968, 15, 8165896, 2675940, 7156453, 302516, 12022, 97, 35],
-}
 
 # Suffixes appended to `name` (the operator's pods and services are <name>-master-0 and
 # <name>-worker-<i>; Spark's driver is <name>-driver). All must stay DNS-1035 labels.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from dlrm.checkpoint import whole_tables
 from dlrm.config import TrainConfig, load_config
 from dlrm.train import BUILTIN_CONFIGS, train
 from datasets import make_dataset
+from launcher.procs import free_port
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +39,6 @@ def dataset(tmp_path_factory):
 def overrides(dataset, out, **extra) -> list[str]:
     kv = dict(COMMON, **extra)
     return [f"data.dataset={dataset}", f"out={out}"] + [f"{k}={v}" for k, v in kv.items()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env() -> dict:

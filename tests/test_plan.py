@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dlrm.dist.plan import CRITEO_FL15_CARDINALITIES, Plan, plan_tables
+from dlrm.dist.plan import Plan, plan_tables
+from dlrm.tables import CRITEO_FL15_CARDINALITIES
 from dlrm.errors import UserError
 
 GiB = 1 << 30

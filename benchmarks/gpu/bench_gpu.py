@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dlrm.config import ModelConfig
-from dlrm.dist.plan import CRITEO_FL15_CARDINALITIES
+from dlrm.tables import CRITEO_FL15_CARDINALITIES
 from dlrm.kernels import row_scatter_add
 from dlrm.model import DLRM
 

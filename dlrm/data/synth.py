@@ -18,26 +18,19 @@ seeded by (seed, split, chunk), so memory stays bounded and a seed always gives 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dlrm.data.spec import FeatureSpec
 from dlrm.data.writer import SplitBinaryWriter, claim_folder
 from dlrm.errors import UserError
-
-CRITEO_FL15_CARDINALITIES = [
-    7912889, 33823, 17139, 7339, 20046, 4, 7105, 1382, 63, 5554114, 582469, 245828, 11, 2209, 10667, 104, 4,
-    968, 15, 8165896, 2675940, 7156453, 302516, 12022, 97, 35,
-]
-# Criteo's shape (a few huge tables, many small ones) at a size a CPU trains in minutes.
-SMALL_CARDINALITIES = [
-    1000, 500, 20000, 8000, 300, 4, 5000, 1200, 60, 40000, 25000, 15000, 11, 2000, 9000, 100, 4, 900, 15,
-    50000, 30000, 45000, 12000, 6000, 90, 35,
-]
-TABLES = {"small": SMALL_CARDINALITIES, "criteo-fl15": CRITEO_FL15_CARDINALITIES}
+from dlrm.metrics import roc_auc
+from dlrm.tables import CRITEO_FL15_CARDINALITIES, SMALL_CARDINALITIES, TABLE_PRESETS  # noqa: F401 (tests use them)
 
 CHUNK_ROWS = 1 << 18  # rows drawn per step: fixed, so output never depends on memory settings
 WEIGHTED_RANKS = 1 << 18  # ids ranked past this carry no weight (and are rare)
@@ -151,21 +144,9 @@ def calibrate(truth: Truth, seed: int, click_rate: float) -> None:
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Exact ROC AUC (Mann-Whitney, ties counted half); None when one class is absent."""
-    labels = np.asarray(labels, bool)
-    pos = int(labels.sum())
-    neg = labels.size - pos
-    if pos == 0 or neg == 0:
-        return None
-    order = np.argsort(scores, kind="stable")
-    s = np.asarray(scores)[order]
-    # Average 1-based rank per group of tied scores.
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    avg = (starts + ends + 1) / 2.0
-    ranks = np.repeat(avg, ends - starts)
-    rank_sum = ranks[labels[order]].sum()
-    return float((rank_sum - pos * (pos + 1) / 2.0) / (pos * neg))
+    """Exact ROC AUC (dlrm.metrics.roc_auc: ties counted half); None when one class is absent."""
+    value = roc_auc(torch.from_numpy(np.asarray(scores, np.float64)), torch.from_numpy(np.asarray(labels, bool)))
+    return None if math.isnan(value) else value
 
 
 def write_split(truth: Truth, spec: FeatureSpec, split: str, rows: int, seed: int, keep_scores: int = 0):
@@ -226,7 +207,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=1_000_000, help="train rows (default 1000000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--test-rows", type=int, default=None, help="test rows (default rows // 8)")
-    p.add_argument("--tables", choices=sorted(TABLES), default="small",
+    p.add_argument("--tables", choices=sorted(TABLE_PRESETS), default="small",
                    help="cardinalities: small (26 tables, 4 to 50000 ids) or criteo-fl15 (Criteo 1TB, frequency limit 15)")
     p.add_argument("--scale", type=float, default=1.0, help="divide every cardinality by this (each stays >= 2)")
     p.add_argument("--click-rate", type=float, default=0.25, help="target fraction of positive labels (default 0.25)")
@@ -241,7 +222,7 @@ def scaled(cardinalities: list[int], scale: float) -> list[int]:
 
 
 def main(args: argparse.Namespace) -> int:
-    cards = scaled(TABLES[args.tables], args.scale)
+    cards = scaled(TABLE_PRESETS[args.tables], args.scale)
     test_rows = args.rows // 8 if args.test_rows is None else args.test_rows
     t0 = time.perf_counter()
     spec = generate(Path(args.out), args.rows, args.seed, cardinalities=cards, test_rows=test_rows,

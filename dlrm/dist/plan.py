@@ -28,13 +28,6 @@ from dataclasses import asdict, dataclass, field
 
 from dlrm.errors import UserError
 
-# Criteo 1TB with frequency threshold 15 (NVIDIA's preprocessing), 26 tables, 33.76M rows. Kept here
-# so `plan` needs no data package; dlrm.data.synth exports the same list when it exists.
-CRITEO_FL15_CARDINALITIES = [
-    7912889, 33823, 17139, 7339, 20046, 4, 7105, 1382, 63, 5554114, 582469, 245828, 11,
-    2209, 10667, 104, 4, 968, 15, 8165896, 2675940, 7156453, 302516, 12022, 97, 35,
-]
-
 OPTIMIZERS = ("sgd", "adagrad")
 SHARDINGS = ("auto", "table", "row")
 ID_BYTES = 8

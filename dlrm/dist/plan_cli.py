@@ -10,23 +10,15 @@ from __future__ import annotations
 import argparse
 
 from dlrm.config import parse_bytes
-from dlrm.dist.plan import CRITEO_FL15_CARDINALITIES, OPTIMIZERS, SHARDINGS, plan_tables
+from dlrm.dist.plan import OPTIMIZERS, SHARDINGS, plan_tables
 from dlrm.errors import UserError
-
-
-def known_tables() -> dict[str, list[int]]:
-    """Named table-size sets for --tables; the data package's constant wins when it exists."""
-    try:
-        from dlrm.data.synth import CRITEO_FL15_CARDINALITIES as fl15
-    except ImportError:
-        fl15 = CRITEO_FL15_CARDINALITIES
-    return {"criteo-fl15": list(fl15)}
+from dlrm.tables import TABLE_PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--feature-spec", metavar="FILE", help="feature_spec.yaml (or its folder): one table per categorical feature")
-    src.add_argument("--tables", metavar="NAME", help=f"a known table set: {', '.join(known_tables())}")
+    src.add_argument("--tables", metavar="NAME", help=f"a known table set: {', '.join(TABLE_PRESETS)}")
     p.add_argument("--world-size", type=int, required=True, help="ranks (GPUs) in all")
     p.add_argument("--device-memory", default="80GiB", help="memory per rank, e.g. 80GiB (default %(default)s)")
     p.add_argument("--batch-size", type=int, required=True, help="global batch size")
@@ -40,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.tables:
-        tables = known_tables()
+        tables = TABLE_PRESETS
         if args.tables not in tables:
             raise UserError(f"--tables {args.tables!r}: unknown; known: {', '.join(tables)}")
         sizes, names = tables[args.tables], None
