@@ -156,9 +156,9 @@ def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dic
                     v[dst] = blob["row_state"][k][src].to(v.dtype)
                 covered[mine] += hi - lo
             del blob
-        dense = _load_torch(store, f"{name}/dense.pt", tmp)
-        dense = {k: v for k, v in dense.items()}  # detach from the mmap'd file before tmp goes
-        dense = torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, dense)
+        # cloned: detached from the mmap'd file before tmp goes
+        dense = torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t,
+                                             _load_torch(store, f"{name}/dense.pt", tmp))
     for p, n in covered.items():
         if n != p.end - p.start:
             raise UserError(f"{uri}/{name}: rows {p.start}..{p.end} of table {p.table} are covered by "
@@ -180,6 +180,5 @@ def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Ten
             weight = _load_torch(store, f"{name}/{fname}", tmp)["weight"]
             for p in map(lambda d: Piece(**d), pieces):
                 parts.setdefault(p.table, []).append((p.start, weight[p.offset: p.offset + p.end - p.start].clone()))
-        dense = _load_torch(store, f"{name}/dense.pt", tmp)["model"]
-        dense = {k: v.clone() for k, v in dense.items()}
+        dense = {k: v.clone() for k, v in _load_torch(store, f"{name}/dense.pt", tmp)["model"].items()}
     return {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}, dense
