@@ -1,0 +1,169 @@
+"""The three helpers every input and output path shares: atomic writes, safe YAML, s3:// URIs.
+
+    with atomic_path("run/config.yaml") as tmp:    # write tmp; on success it replaces the target
+        tmp.write_text(text)
+    atomic_write("run/config.yaml", text)          # the same for bytes or str
+    data = load_yaml_file("values.yaml")           # one-line UserError naming file:line; alias bombs refused
+    bucket, prefix = parse_s3_uri("s3://b/a/b/")   # ('b', 'a/b')
+
+Why one copy: a reader never sees a half-written file only if every writer renames a finished,
+fsynced temp file in the same folder (and removes it on failure); a user's YAML never hangs
+the CLI only if every loader bounds alias expansion.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from dlrm.errors import ConfigError, UserError
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on a clean exit it is fsynced and renamed onto `path`.
+
+    On any error the temp file is removed and `path` is untouched; an OSError (a full disk)
+    is re-raised naming `path`, not the temp file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename in (None, tmp_name, str(tmp)):
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, fsync: bool = True) -> Path:
+    """Write `data` (bytes, or str as UTF-8) to `path` all or nothing."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML from users: safe types only, alias expansion bounded, errors on one line with file:line
+
+MAX_EXPANDED_NODES = 100_000  # a values file or manifest is far below; a "billion laughs" is far above
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand beyond MAX_EXPANDED_NODES nodes.
+
+    PyYAML keeps an alias as a shared node, so composing is cheap; the blow-up comes later, when
+    something walks the data (merging, json.dumps, rendering). So the expanded size is counted
+    on the node graph (memoised, linear in the document) before any Python object is built.
+    """
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:
+            if id(n) in sizes:
+                return sizes[id(n)]
+            sizes[id(n)] = 1  # a recursive alias counts once (and cannot recurse forever)
+            total = 1
+            if isinstance(n, yaml.SequenceNode):
+                total += sum(size(c) for c in n.value)
+            elif isinstance(n, yaml.MappingNode):
+                total += sum(size(k) + size(v) for k, v in n.value)
+            sizes[id(n)] = total
+            return total
+
+        if node is not None and size(node) > MAX_EXPANDED_NODES:
+            mark = node.start_mark
+            raise yaml.YAMLError(f"aliases expand to more than {MAX_EXPANDED_NODES:,} nodes "
+                                 f"(document at line {mark.line + 1})")
+        return node
+
+
+def _yaml_error(where: str, e: yaml.YAMLError, error: type[UserError]) -> UserError:
+    mark = getattr(e, "problem_mark", None)
+    line = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return error(f"{where}:{line} is not valid YAML: {' '.join(str(problem).split())}")
+
+
+def load_yaml(text: str, where: str = "<string>", error: type[UserError] = ConfigError):
+    """One YAML document from `text`; `where` names it in the error (a file name, 'stdin'...)."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise _yaml_error(where, e, error) from None
+    except RecursionError:
+        raise error(f"{where}: YAML nested too deeply") from None
+
+
+def load_yaml_all(text: str, where: str = "<string>", error: type[UserError] = ConfigError) -> list:
+    """Every document of a multi-document stream, empty documents dropped."""
+    try:
+        return [d for d in yaml.load_all(text, Loader=_BoundedLoader) if d is not None]  # noqa: S506
+    except yaml.YAMLError as e:
+        raise _yaml_error(where, e, error) from None
+    except RecursionError:
+        raise error(f"{where}: YAML nested too deeply") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError) -> str:
+    """A user's text file, or a one-line error naming it (missing, a folder, unreadable, not UTF-8)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, expected a {what}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except PermissionError:
+        raise error(f"{path}: permission denied reading the {what}") from None
+
+
+def load_yaml_file(path: str | os.PathLike, what: str = "YAML file", error: type[UserError] = ConfigError):
+    """One YAML document from a file, every failure a one-line `error` naming the file (and line)."""
+    return load_yaml(read_text(path, what, error), str(path), error)
+
+
+def load_yaml_file_all(path: str | os.PathLike, what: str = "YAML file", error: type[UserError] = ConfigError) -> list:
+    return load_yaml_all(read_text(path, what, error), str(path), error)
+
+
+# ---------------------------------------------------------------------------------------------
+# s3:// URIs
+
+
+def is_s3_uri(text: str) -> bool:
+    return isinstance(text, str) and text.startswith("s3://")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """'s3://bucket/a/b/' -> ('bucket', 'a/b'): the prefix has no leading or trailing slash."""
+    if not is_s3_uri(uri):
+        raise UserError(f"not an S3 URI: {uri!r}; expected s3://bucket/prefix")
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise UserError(f"no bucket in {uri!r}; expected s3://bucket/prefix")
+    if any(c.isspace() or ord(c) < 32 for c in uri):
+        raise UserError(f"S3 URI {uri!r} holds whitespace or control characters")
+    return bucket, prefix.strip("/")
