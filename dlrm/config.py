@@ -194,7 +194,10 @@ class ModelConfig:
     embedding_dim: int = 128
     bottom_mlp: list[int] = field(default_factory=lambda: [512, 256, 128])
     top_mlp: list[int] = field(default_factory=lambda: [1024, 1024, 512, 256])
-    interaction: str = "dot"  # dot | cat
+    interaction: str = "dot"  # dot | cat | dcn
+    # dcn (DLRM-DCNv2, MLPerf's): cross layers over [dense, sparse], each U [N, r] V [r, N]
+    dcn_num_layers: int = 3
+    dcn_low_rank_dim: int = 512
     # Used only when no dataset is given (benchmarks): 13 dense features, these cardinalities.
     num_numerical: int = 13
 
@@ -257,7 +260,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Cross-field checks, once, early; every value in the message."""
         checks = [
-            (self.model.interaction in ("dot", "cat"), f"model.interaction must be dot or cat, got {self.model.interaction!r}"),
+            (self.model.interaction in ("dot", "cat", "dcn"), f"model.interaction must be dot, cat or dcn, got {self.model.interaction!r}"),
+            (self.model.dcn_num_layers >= 1, f"model.dcn_num_layers must be >= 1, got {self.model.dcn_num_layers}"),
+            (self.model.dcn_low_rank_dim >= 1, f"model.dcn_low_rank_dim must be >= 1, got {self.model.dcn_low_rank_dim}"),
             (self.optim.optimizer in ("sgd", "adagrad"), f"optim.optimizer must be sgd or adagrad, got {self.optim.optimizer!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (self.amp in ("auto", "none", "bf16", "fp16"), f"amp must be auto, none, bf16 or fp16, got {self.amp!r}"),
@@ -270,7 +275,7 @@ class TrainConfig:
             (self.model.embedding_dim >= 1, f"model.embedding_dim must be >= 1, got {self.model.embedding_dim}"),
             (len(self.model.bottom_mlp) >= 1, "model.bottom_mlp needs at least one layer"),
             (
-                self.model.interaction == "cat" or self.model.bottom_mlp[-1] == self.model.embedding_dim,
+                self.model.interaction != "dot" or self.model.bottom_mlp[-1] == self.model.embedding_dim,
                 f"dot interaction needs model.bottom_mlp[-1] == model.embedding_dim, got {self.model.bottom_mlp[-1]} and {self.model.embedding_dim}",
             ),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),

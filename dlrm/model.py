@@ -5,6 +5,9 @@ Shapes: B batch, N numerical features, F categorical features (one table each), 
     numerical [B, N] --DenseArch--> dense [B, D] ------------------+
     categorical [B, F] --SparseArch--> sparse [B, F, D] --Interaction--> [B, I] --OverArch--> logits [B]
 
+Interactions: `dot` (DLRM v1, NVIDIA's), `cat`, and `dcn` (DLRM-DCNv2, the MLPerf Training
+recommendation benchmark: low-rank cross layers over the concatenated dense and sparse vectors).
+
 The model knows nothing of distribution: `dlrm.dist.parallelize` swaps the sparse arch's lookup
 for a sharded one and wraps the MLPs in DDP from outside, calling `DLRM.predict(dense, sparse)`.
 """
@@ -90,11 +93,40 @@ class SparseArch(nn.Module):
         return self.embedding.weight.data[start : start + self.table_sizes[t]]
 
 
+class LowRankCrossNet(nn.Module):
+    """DCNv2's low-rank cross layers, x_{l+1} = x_0 * (U_l (V_l x_l) + b_l) + x_l: [B, N] -> [B, N].
+
+    U_l [N, r] and V_l [r, N] are Xavier-normal, b_l zero, drawn in TorchRec's order (every U,
+    then every V, then the biases) so a seed gives the reference's initial crosses. A fixed
+    number of layers, no data-dependent control flow: torch.compile and torch.export take it whole.
+    """
+
+    def __init__(self, in_features: int, num_layers: int, low_rank: int):
+        super().__init__()
+        self.in_features, self.num_layers, self.low_rank = in_features, num_layers, low_rank
+        self.U = nn.ParameterList(nn.Parameter(nn.init.xavier_normal_(torch.empty(in_features, low_rank)))
+                                  for _ in range(num_layers))
+        self.V = nn.ParameterList(nn.Parameter(nn.init.xavier_normal_(torch.empty(low_rank, in_features)))
+                                  for _ in range(num_layers))
+        self.bias = nn.ParameterList(nn.Parameter(torch.zeros(in_features)) for _ in range(num_layers))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for U, V, b in zip(self.U, self.V, self.bias):
+            x = x0 * nn.functional.linear(nn.functional.linear(x, V), U, b) + x
+        return x
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_layers={self.num_layers}, low_rank={self.low_rank}"
+
+
 class InteractionArch(nn.Module):
     """dot: pairwise dot products of the F + 1 vectors (strictly lower triangle), concatenated with
-    dense and zero-padded to a multiple of 8 (479 -> 480 for F = 26, D = 128); cat: concatenation."""
+    dense and zero-padded to a multiple of 8 (479 -> 480 for F = 26, D = 128); cat: concatenation;
+    dcn: the concatenation [B, D_dense + F x D] through LowRankCrossNet (3456 wide for MLPerf's 26 x 128)."""
 
-    def __init__(self, num_features: int, dim: int, kind: str = "dot", dense_dim: int | None = None):
+    def __init__(self, num_features: int, dim: int, kind: str = "dot", dense_dim: int | None = None,
+                 dcn_num_layers: int = 3, dcn_low_rank_dim: int = 512):
         super().__init__()
         dense_dim = dim if dense_dim is None else dense_dim
         self.kind = kind
@@ -110,11 +142,15 @@ class InteractionArch(nn.Module):
         else:
             self.out_features = dense_dim + dim * num_features
             self.padding = 0
+        if kind == "dcn":
+            self.crossnet = LowRankCrossNet(self.out_features, dcn_num_layers, dcn_low_rank_dim)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         B = dense.shape[0]
         if self.kind == "cat":
             return torch.cat([dense, sparse.reshape(B, -1)], dim=1)
+        if self.kind == "dcn":
+            return self.crossnet(torch.cat([dense, sparse.reshape(B, -1)], dim=1))
         parts = [dense.unsqueeze(1), sparse]
         pad = (-(sparse.shape[1] + 1)) % self.pad_vectors_to if dense.device.type in self.pad_devices else 0
         if pad:  # zero vectors change no pair read out, but cuBLAS has a 3x faster bmm for 32 than for 27
@@ -148,7 +184,8 @@ class DLRM(nn.Module):
         D = cfg.embedding_dim
         self.dense_arch = DenseArch(num_numerical, cfg.bottom_mlp)
         self.sparse_arch = SparseArch(table_sizes, D, seed=seed)
-        self.interaction_arch = InteractionArch(len(table_sizes), D, cfg.interaction, dense_dim=cfg.bottom_mlp[-1])
+        self.interaction_arch = InteractionArch(len(table_sizes), D, cfg.interaction, dense_dim=cfg.bottom_mlp[-1],
+                                                dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
         self.over_arch = OverArch(self.interaction_arch.out_features, cfg.top_mlp, self.interaction_arch.padding)
 
     def forward(self, numerical: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:

@@ -63,3 +63,13 @@ def test_parse_bytes(text, value):
 def test_parse_bytes_rejects():
     with pytest.raises(ConfigError, match="is not a size"):
         parse_bytes("80 parsecs")
+
+
+def test_dcn_fields():
+    cfg = load_config(TrainConfig, overrides=["model.interaction=dcn", "model.bottom_mlp=[64, 32]"])
+    assert (cfg.model.dcn_num_layers, cfg.model.dcn_low_rank_dim) == (3, 512)  # MLPerf's
+    for bad, message in [("model.dcn_num_layers=0", "dcn_num_layers must be >= 1"),
+                         ("model.dcn_low_rank_dim=0", "dcn_low_rank_dim must be >= 1"),
+                         ("model.interaction=dcnv2", "must be dot, cat or dcn")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(TrainConfig, overrides=["model.interaction=dcn", bad])

@@ -70,3 +70,59 @@ def test_seeded_model_is_reproducible():
     torch.manual_seed(0)
     b = DLRM(13, SIZES, ModelConfig(embedding_dim=4, bottom_mlp=[4], top_mlp=[4]), seed=1)
     assert torch.equal(a.sparse_arch.embedding.weight, b.sparse_arch.embedding.weight)
+
+
+def test_dcn_mlperf_shapes():
+    """MLPerf's DLRM-DCNv2: 3 cross layers of rank 512 over [dense, 26 x 128] = 3456, top 1024-1024-512-256-1."""
+    cfg = ModelConfig(interaction="dcn", dcn_num_layers=3, dcn_low_rank_dim=512)
+    m = DLRM(13, SIZES, cfg, seed=0)
+    cross = m.interaction_arch.crossnet
+    assert m.interaction_arch.out_features == 3456 and m.interaction_arch.padding == 0
+    assert [tuple(u.shape) for u in cross.U] == [(3456, 512)] * 3
+    assert [tuple(v.shape) for v in cross.V] == [(512, 3456)] * 3
+    assert all(torch.equal(b, torch.zeros(3456)) for b in cross.bias)
+    # Xavier normal: std sqrt(2 / (fan_in + fan_out))
+    assert abs(cross.U[0].std().item() - (2 / (3456 + 512)) ** 0.5) < 2e-3
+    assert m.over_arch.mlp[0].in_features == 3456
+    assert [l.out_features for l in m.over_arch.mlp if isinstance(l, torch.nn.Linear)] == [1024, 1024, 512, 256, 1]
+    logits = m(torch.randn(4, 13), torch.stack([torch.randint(0, n, (4,)) for n in SIZES], 1))
+    assert logits.shape == (4,)
+
+
+def test_dcn_cross_layers_compute_the_formula():
+    """x_{l+1} = x_0 * (U (V x_l) + b) + x_l, layer by layer, over [dense, flattened sparse]."""
+    cfg = ModelConfig(embedding_dim=3, bottom_mlp=[5], top_mlp=[4], interaction="dcn", dcn_num_layers=2,
+                      dcn_low_rank_dim=2)
+    m = DLRM(2, [4, 6], cfg, seed=0)
+    cross = m.interaction_arch.crossnet
+    with torch.no_grad():
+        for b in cross.bias:
+            b.normal_()
+    dense, sparse = torch.randn(7, 5), torch.randn(7, 2, 3)
+    x0 = torch.cat([dense, sparse.reshape(7, 6)], 1)
+    x = x0
+    for layer in range(2):
+        x = x0 * (x @ cross.V[layer].T @ cross.U[layer].T + cross.bias[layer]) + x
+    assert m.interaction_arch.out_features == 11
+    assert torch.allclose(m.interaction_arch(dense, sparse), x, atol=1e-6)
+
+
+def test_dcn_exports_with_a_dynamic_batch():
+    """No data-dependent control flow: torch.export takes the interaction and over arches whole."""
+    cfg = ModelConfig(embedding_dim=4, bottom_mlp=[4], top_mlp=[8], interaction="dcn", dcn_num_layers=2,
+                      dcn_low_rank_dim=3)
+    m = DLRM(2, [5, 6, 7], cfg, seed=0)
+    batch = torch.export.Dim("batch", min=2)
+    dense, sparse = torch.randn(5, 4), torch.randn(5, 3, 4)
+    prog = torch.export.export(m.interaction_arch, (dense, sparse), dynamic_shapes=({0: batch}, {0: batch}))
+    assert torch.allclose(prog.module()(dense[:3], sparse[:3]), m.interaction_arch(dense[:3], sparse[:3]))
+
+
+def test_dcn_model_is_reproducible_from_the_seed():
+    cfg = ModelConfig(embedding_dim=4, bottom_mlp=[4], top_mlp=[4], interaction="dcn", dcn_low_rank_dim=2)
+    torch.manual_seed(3)
+    a = DLRM(2, SIZES, cfg, seed=1)
+    torch.manual_seed(3)
+    b = DLRM(2, SIZES, cfg, seed=1)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n

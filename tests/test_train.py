@@ -130,3 +130,20 @@ def test_compiled_training_matches_eager(tmp_path, dataset):
     _, dc, _ = model_state(tmp_path / "c" / "run")
     assert de.keys() == dc.keys()
     assert all(torch.allclose(de[k], dc[k], atol=1e-5) for k in de)
+
+
+def test_dcn_trains_and_resumes(tmp_path, dataset):
+    """DLRM-DCNv2 (Adagrad, as MLPerf) learns; its cross layers are checkpointed and resumed exactly."""
+    common = {"model.interaction": "dcn", "model.dcn_num_layers": 2, "model.dcn_low_rank_dim": 4,
+              "optim.optimizer": "adagrad", "optim.lr": 0.05, "optim.warmup_steps": 0, "optim.decay_steps": 0,
+              "epochs": 2, "checkpoint_every": 20}
+    a = tmp_path / "a"
+    s = train(tiny(a, dataset, **common))
+    assert s["auc"] > 0.70, s
+    b = tmp_path / "b"
+    train(tiny(b, dataset, max_steps=40, **common))
+    train(tiny(b, dataset, resume="true", **common))
+    wa, da, _ = model_state(a / "run")
+    wb, db, _ = model_state(b / "run")
+    assert any(k.startswith("interaction_arch.crossnet.U") for k in da)
+    assert torch.equal(wa, wb) and all(torch.equal(da[k], db[k]) for k in da)
