@@ -3,22 +3,108 @@
     cfg = load_config(TrainConfig, files=["profile.yaml"], overrides=["optim.lr=0.5"])
 
 Unknown keys, wrong types and bad values are `ConfigError`s that name the key path (and the
-file it came from) and what was expected. The same helpers type the launcher's job config.
+file it came from), the value and what was expected. The same machinery types the launcher's
+job config. A field says what it accepts in its annotation, checked once where the value enters:
+
+    lr: Annotated[float, Range(gt=0)] = 24.0        # every float is also finite: .inf/.nan refused
+    seed: Annotated[int, Range(ge=0, le=2**63 - 1)]
+    bottom_mlp: Annotated[list[AtLeast1], Length(min=1)]
+    interaction: Literal["dot", "cat", "dcn"] = "dot"
+    # dcn (DLRM-DCNv2, MLPerf's): cross layers over [dense, sparse], each U [N, r] V [r, N]
+    dcn_num_layers: AtLeast1 = 3
+    dcn_low_rank_dim: AtLeast1 = 512
+    device_memory: Annotated[str, ByteSize()] = "80GiB"
+
+`from_dict` checks them as it builds the dataclasses (so the message names the file or override
+that brought the value); `check_values(obj)` checks an object built or edited in code, and every
+config's `validate()` starts with it before its cross-field checks.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
 from dlrm.errors import ConfigError
+from dlrm.fsutil import load_yaml_file
 
 T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------
+# What a field accepts beyond its type: metadata of typing.Annotated. Each check has
+# `accepts(value) -> bool` and `expects(type) -> str` (the "expected ..." part of the message).
+
+
+def _noun(tp: Any) -> str:
+    return {int: "an integer", float: "a finite number", str: "a string", list: "a list"}.get(
+        typing.get_origin(tp) or tp, _type_name(tp))
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's bounds; None is unbounded. Range(ge=1), Range(gt=0), Range(ge=0, le=1)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def accepts(self, v) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def expects(self, tp: Any) -> str:
+        lo = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
+        hi = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
+        if lo and hi:
+            return f"{_noun(tp)} in {lo}, {hi}"
+        bound = {">=": self.ge, ">": self.gt, "<=": self.le, "<": self.lt}
+        return " and ".join(f"{_noun(tp)} {op} {b}" for op, b in bound.items() if b is not None)
+
+
+@dataclass(frozen=True)
+class Length:
+    """A list's (or string's) length bounds."""
+
+    min: int = 0
+    max: int | None = None
+
+    def accepts(self, v) -> bool:
+        return len(v) >= self.min and (self.max is None or len(v) <= self.max)
+
+    def expects(self, tp: Any) -> str:
+        what = "a string" if tp is str else "a list"
+        if self.max is None:
+            return f"{what.replace('a ', 'a non-empty ', 1)}" if self.min == 1 else f"{what} of length >= {self.min}"
+        return f"{what} of length {self.min} to {self.max}"
+
+
+@dataclass(frozen=True)
+class ByteSize:
+    """A size parse_bytes understands: 80GiB, 512MiB, 16GB, 1024."""
+
+    def accepts(self, v) -> bool:
+        try:
+            parse_bytes(v)
+        except ConfigError:
+            return False
+        return True
+
+    def expects(self, tp: Any) -> str:
+        return "a size such as 80GiB, 512MiB, 16GB"
+
+
+# The common cases, by name (the launcher's config uses them too).
+NonNegative = Annotated[int, Range(ge=0)]  # counts where 0 means "off" or "none"
+AtLeast1 = Annotated[int, Range(ge=1)]
+Positive = Annotated[float, Range(gt=0)]
+NonEmpty = Annotated[str, Length(min=1)]
 
 # ---------------------------------------------------------------------------------------------
 # Generic machinery: dict <-> dataclass, with paths in every error.
@@ -28,9 +114,30 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _number(value: Any) -> float | int | None:
+    """An int/float, or a numeric string YAML 1.1 left as text ('1e-8'); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value.strip().replace("_", ""))
+        except ValueError:
+            return None
+    return None
+
+
 def _coerce(value: Any, tp: Any, path: str, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Annotated:
+        base, *checks = typing.get_args(tp)
+        value = _coerce(value, base, path, where)
+        for check in checks:
+            if hasattr(check, "accepts") and not check.accepts(value):
+                raise ConfigError(f"{where}{path}: expected {check.expects(base)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -44,6 +151,8 @@ def _coerce(value: Any, tp: Any, path: str, where: str) -> Any:
                 return _coerce(value, a, path, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message says more
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
@@ -70,15 +179,19 @@ def _coerce(value: Any, tp: Any, path: str, where: str) -> Any:
             return value
         raise ConfigError(f"{where}{path}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        n = _number(value)
+        if isinstance(n, int):
+            return n
+        if isinstance(n, float) and math.isfinite(n) and n.is_integer():
+            return int(n)
         raise ConfigError(f"{where}{path}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}{path}: expected a number, got {value!r}")
+        n = _number(value)
+        if n is None:
+            raise ConfigError(f"{where}{path}: expected a number, got {value!r}")
+        if not math.isfinite(n):  # no setting means anything at .inf or .nan; torch would take them
+            raise ConfigError(f"{where}{path}: expected a finite number, got {value!r}")
+        return float(n)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -89,8 +202,9 @@ def _coerce(value: Any, tp: Any, path: str, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict, path: str = "", where: str = "") -> T:
-    """Build dataclass `cls` from a nested dict; unknown keys are errors naming the valid ones."""
-    hints = typing.get_type_hints(cls)
+    """Build dataclass `cls` from a nested dict, every value checked against its annotation;
+    unknown keys are errors naming the valid ones."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -104,6 +218,12 @@ def from_dict(cls: type[T], data: dict, path: str = "", where: str = "") -> T:
         kwargs[name] = _coerce(value, hints[name], f"{path}.{name}" if path else name, where)
     obj = cls(**kwargs)
     return obj
+
+
+def check_values(obj: Any) -> None:
+    """Check every field of a config dataclass against its annotation, as loading would: for
+    objects built or edited in code (tests, `dlrm eval`), which skip the loader."""
+    from_dict(type(obj), to_dict(obj))
 
 
 def to_dict(obj: Any) -> Any:
@@ -146,17 +266,8 @@ def parse_override(text: str) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{line} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    """A config file's mapping (empty file: {}); errors name the file (and line)."""
+    data = load_yaml_file(path, what="config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -191,64 +302,64 @@ def dump_yaml(obj: Any) -> str:
 
 @dataclass
 class ModelConfig:
-    embedding_dim: int = 128
-    bottom_mlp: list[int] = field(default_factory=lambda: [512, 256, 128])
-    top_mlp: list[int] = field(default_factory=lambda: [1024, 1024, 512, 256])
-    interaction: str = "dot"  # dot | cat | dcn
+    embedding_dim: AtLeast1 = 128
+    bottom_mlp: Annotated[list[AtLeast1], Length(min=1)] = field(default_factory=lambda: [512, 256, 128])
+    top_mlp: list[AtLeast1] = field(default_factory=lambda: [1024, 1024, 512, 256])  # a last layer to 1 is added
+    interaction: Literal["dot", "cat", "dcn"] = "dot"
     # dcn (DLRM-DCNv2, MLPerf's): cross layers over [dense, sparse], each U [N, r] V [r, N]
-    dcn_num_layers: int = 3
-    dcn_low_rank_dim: int = 512
+    dcn_num_layers: AtLeast1 = 3
+    dcn_low_rank_dim: AtLeast1 = 512
     # Used only when no dataset is given (benchmarks): 13 dense features, these cardinalities.
-    num_numerical: int = 13
+    num_numerical: NonNegative = 13
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # sgd | adagrad
-    lr: float = 24.0
-    warmup_steps: int = 8000
-    decay_start_step: int = 48000
-    decay_steps: int = 24000
-    decay_power: float = 2.0
-    decay_end_lr: float = 0.0
-    adagrad_eps: float = 1e-8
-    adagrad_initial_accumulator: float = 0.0
+    optimizer: Literal["sgd", "adagrad"] = "sgd"
+    lr: Positive = 24.0
+    warmup_steps: NonNegative = 8000
+    decay_start_step: NonNegative = 48000
+    decay_steps: NonNegative = 24000  # 0: no decay
+    decay_power: Positive = 2.0
+    decay_end_lr: Annotated[float, Range(ge=0)] = 0.0
+    adagrad_eps: Positive = 1e-8
+    adagrad_initial_accumulator: Annotated[float, Range(ge=0)] = 0.0
 
 
 @dataclass
 class DataConfig:
     dataset: str = ""  # folder holding feature_spec.yaml
-    batch_size: int = 65536
-    eval_batch_size: int = 65536
+    batch_size: AtLeast1 = 65536
+    eval_batch_size: AtLeast1 = 65536
     shuffle_batches: bool = True  # shuffle batch order each epoch, seeded
-    prefetch: int = 2  # batches read ahead in a background thread
+    prefetch: Annotated[int, Range(ge=0, le=64)] = 2  # batches read ahead in a background thread (each in memory)
     check_ids: bool = True  # verify every id < cardinality as batches are read
 
 
 @dataclass
 class DistConfig:
-    device_memory: str = "80GiB"  # per rank; the planner's budget
-    memory_reserve: str = "4GiB"  # kept free per rank for activations, allocator slack, CUDA context
-    sharding: str = "auto"  # auto | table | row  (row: split every table by rows over all ranks)
-    collective_timeout_s: int = 600  # a hung collective fails the job after this long
+    device_memory: Annotated[str, ByteSize()] = "80GiB"  # per rank; the planner's budget
+    memory_reserve: Annotated[str, ByteSize()] = "4GiB"  # kept free per rank for activations, allocator slack, CUDA context
+    sharding: Literal["auto", "table", "row"] = "auto"  # row: split every table by rows over all ranks
+    collective_timeout_s: AtLeast1 = 600  # a hung collective fails the job after this long
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 12345
-    out: str = "runs/default"
-    epochs: int = 1
-    max_steps: int = 0  # 0: run the epochs out
-    log_every: int = 100
-    eval_every: int = 0  # 0: only at the end
-    eval_max_batches: int = 0  # 0: the whole test split
-    checkpoint_every: int = 0  # 0: only at the end
-    checkpoint_keep: int = 2
+    seed: Annotated[int, Range(ge=0, le=2**63 - 1)] = 12345  # torch and numpy take any value in this range
+    out: NonEmpty = "runs/default"
+    epochs: AtLeast1 = 1
+    max_steps: NonNegative = 0  # 0: run the epochs out
+    log_every: AtLeast1 = 100
+    eval_every: NonNegative = 0  # 0: only at the end
+    eval_max_batches: NonNegative = 0  # 0: the whole test split
+    checkpoint_every: NonNegative = 0  # 0: only at the end
+    checkpoint_keep: NonNegative = 2  # 0: keep every checkpoint
     checkpoint_dir: str = ""  # "" -> <out>/checkpoints; s3://bucket/prefix also works
     resume: bool = False
-    target_auc: float = 0.0  # stop once eval AUC reaches it; 0 disables
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16
+    target_auc: Annotated[float, Range(ge=0, le=1)] = 0.0  # stop once eval AUC reaches it; 0 disables
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
     tf32: bool = True
     compile: bool = False  # torch.compile the dense, interaction and over arches (worth it on GPUs)
     plot: bool = True
@@ -258,37 +369,22 @@ class TrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
-        """Cross-field checks, once, early; every value in the message."""
-        checks = [
-            (self.model.interaction in ("dot", "cat", "dcn"), f"model.interaction must be dot, cat or dcn, got {self.model.interaction!r}"),
-            (self.model.dcn_num_layers >= 1, f"model.dcn_num_layers must be >= 1, got {self.model.dcn_num_layers}"),
-            (self.model.dcn_low_rank_dim >= 1, f"model.dcn_low_rank_dim must be >= 1, got {self.model.dcn_low_rank_dim}"),
-            (self.optim.optimizer in ("sgd", "adagrad"), f"optim.optimizer must be sgd or adagrad, got {self.optim.optimizer!r}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (self.amp in ("auto", "none", "bf16", "fp16"), f"amp must be auto, none, bf16 or fp16, got {self.amp!r}"),
-            (self.dist.sharding in ("auto", "table", "row"), f"dist.sharding must be auto, table or row, got {self.dist.sharding!r}"),
-            (self.data.batch_size >= 1, f"data.batch_size must be >= 1, got {self.data.batch_size}"),
-            (self.data.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {self.data.eval_batch_size}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}"),
-            (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
-            (self.model.embedding_dim >= 1, f"model.embedding_dim must be >= 1, got {self.model.embedding_dim}"),
-            (len(self.model.bottom_mlp) >= 1, "model.bottom_mlp needs at least one layer"),
-            (
-                self.model.interaction != "dot" or self.model.bottom_mlp[-1] == self.model.embedding_dim,
-                f"dot interaction needs model.bottom_mlp[-1] == model.embedding_dim, got {self.model.bottom_mlp[-1]} and {self.model.embedding_dim}",
-            ),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.data.prefetch >= 0, f"data.prefetch must be >= 0, got {self.data.prefetch}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        """Every field against its annotation, then the cross-field checks; values in the message."""
+        check_values(self)
+        m = self.model
+        if m.interaction == "dot" and m.bottom_mlp[-1] != m.embedding_dim:
+            raise ConfigError(f"dot interaction needs model.bottom_mlp[-1] == model.embedding_dim, "
+                              f"got {m.bottom_mlp[-1]} and {m.embedding_dim}")
+        if parse_bytes(self.dist.memory_reserve) >= parse_bytes(self.dist.device_memory):
+            raise ConfigError(f"dist.memory_reserve ({self.dist.memory_reserve}) must be less than "
+                              f"dist.device_memory ({self.dist.device_memory})")
 
 
 def parse_bytes(text: str | int) -> int:
     """'80GiB' -> 85899345920; '16GB' -> 16e9; plain numbers are bytes."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"{text!r} is not a size: expected e.g. 80GiB, 512MiB, 16GB")
         return text
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9,
@@ -300,6 +396,6 @@ def parse_bytes(text: str | int) -> int:
         value = float(num)
     except ValueError:
         raise ConfigError(f"{text!r} is not a size: expected e.g. 80GiB, 512MiB, 16GB") from None
-    if unit not in units or value < 0:
+    if unit not in units or not 0 <= value < 2**63 / units[unit]:  # also refuses nan and inf
         raise ConfigError(f"{text!r} is not a size: expected e.g. 80GiB, 512MiB, 16GB")
     return int(value * units[unit])
