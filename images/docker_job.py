@@ -1,15 +1,17 @@
-"""Turn a rendered PyTorchJob into `docker run` arguments, one container per replica, the way the
-training operator turns it into pods. Used by images/test-images.sh for the two-"node" run.
+"""Run a job plan as `docker run` arguments, one container per replica, the way the training
+operator turns a PyTorchJob into pods. Used by images/test-images.sh for the two-"node" run.
 
-    python images/docker_job.py RENDERED.yaml --image IMG --prefix P --network NET --out DIR
+    python images/docker_job.py --profile synthetic-smoke --nodes 2 --gpus 2 --image IMG --prefix P --network NET --out DIR
+    python images/docker_job.py RENDERED.yaml --prefix P ...            # an already rendered job, its image as written
 
-Writes DIR/<replica>.args (NUL-separated `docker run` arguments, image and command included) and
-prints one line per replica (`replica NAME ARGSFILE`) and per shared volume (`volume K8S_NAME
-DOCKER_VOLUME MOUNT_PATH`, hostPath and PVC volumes: every replica sees the same one, as on a node
-path or a ReadWriteMany claim). The container's own command, env, mounts and security context are
-taken from the manifest as they are; only what the operator injects is added (PET_*, MASTER_*,
-WORLD_SIZE, RANK with the master container's name as its address). Anything this does not know how
-to reproduce (an env valueFrom, a secret volume, ...) is an error, not silently dropped.
+The job is a `launcher.plan.JobPlan`, from the same function `render`, `submit` and `run-local`
+use (or decoded from a rendered file by launcher.plan). Writes DIR/<replica>.args (NUL-separated
+`docker run` arguments, image and command included) and prints one line per replica (`replica NAME
+ARGSFILE`) and per shared volume (`volume K8S_NAME DOCKER_VOLUME MOUNT_PATH`, hostPath and PVC
+volumes: every replica sees the same one, as on a node path or a ReadWriteMany claim). The
+container's command, env, mounts and security context are the plan's; the operator's env is
+`JobPlan.replica_env` with the master container's name as its address. Anything this does not know
+how to reproduce (an env valueFrom, a secret volume, ...) is an error, not silently dropped.
 """
 from __future__ import annotations
 
@@ -17,28 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-CONTAINER = "pytorch"  # the operator's required container name
-MASTER_PORT = 23456  # the operator's default (and the manifest's pytorchjob-port)
-REPLICA_ORDER = ("Master", "Worker")
+from dlrm.errors import UserError
+from dlrm.fsutil import atomic_write
+from launcher.plan import JobPlan, load_plan_file
 
 
 def fail(message: str) -> None:
     sys.exit(f"docker_job: {message}")
-
-
-def replicas(job: dict) -> list[tuple[str, int, dict]]:
-    """(name, node rank, pod template) per replica: Master is rank 0, then the Workers."""
-    specs = job["spec"]["pytorchReplicaSpecs"]
-    out = []
-    for kind in REPLICA_ORDER:
-        for i in range(int(specs.get(kind, {}).get("replicas", 0))):
-            out.append((f"{kind.lower()}-{i}", len(out), specs[kind]["template"]))
-    unknown = set(specs) - set(REPLICA_ORDER)
-    if unknown or not out or not out[0][0].startswith("master"):
-        fail(f"expected one Master and optional Workers, got {sorted(specs)}")
-    return out
 
 
 def size_bytes(quantity: str) -> str:
@@ -50,43 +37,50 @@ def size_bytes(quantity: str) -> str:
     return quantity
 
 
+def load_plan(args: argparse.Namespace) -> JobPlan:
+    if args.rendered:
+        if args.image or args.nodes or args.gpus or args.overrides or args.values:
+            raise UserError(f"{args.rendered} is already rendered: give the job flags (--profile, --image...) instead")
+        return load_plan_file(args.rendered)
+    from launcher.cli_render import plan_from_args
+
+    return plan_from_args(args)
+
+
 def main() -> int:
+    from launcher.cli_render import add_job_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("rendered", type=Path)
-    ap.add_argument("--image", required=True, help="local image to run instead of the manifest's")
+    ap.add_argument("rendered", nargs="?", type=Path, help="an already rendered YAML file (instead of --profile and the job flags)")
+    add_job_arguments(ap)
     ap.add_argument("--prefix", required=True, help="container/volume name prefix (unique per test run)")
     ap.add_argument("--network", required=True)
     ap.add_argument("--label", default="", help="KEY=VALUE put on every container and volume, for cleanup")
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args()
-
-    objs = [d for d in yaml.safe_load_all(args.rendered.read_text()) if d]
-    jobs = [o for o in objs if o.get("kind") == "PyTorchJob"]
-    if len(jobs) != 1:
-        fail(f"{args.rendered}: expected one PyTorchJob, found {len(jobs)}")
-    job = jobs[0]
-    configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o.get("kind") == "ConfigMap"}
-    reps = replicas(job)
-    nproc = str(job["spec"].get("nprocPerNode", "1"))
-    master = f"{args.prefix}-{reps[0][0]}"
+    try:
+        plan = load_plan(args)
+    except UserError as e:
+        fail(str(e))
+    if not plan.groups:
+        fail(f"job {plan.name} (kind {plan.kind}) has no replicas to run")
+    replicas = plan.replicas
+    master = f"{args.prefix}-{replicas[0].name}"
     args.out.mkdir(parents=True, exist_ok=True)
     shared: dict[str, tuple[str, str]] = {}
 
-    for name, rank, template in reps:
-        pod = template["spec"]
-        if pod.get("initContainers"):
+    for replica in replicas:
+        pod = plan.pod(replica)
+        if [c for c in pod.init_containers if not c.sidecar]:
             fail("init containers are not reproduced here; use a profile without them (storage.mode hostPath)")
-        containers = [c for c in pod["containers"] if c["name"] == CONTAINER]
-        if len(containers) != 1:
-            fail(f"{name}: no container named {CONTAINER!r}")
-        c = containers[0]
-        cname = f"{args.prefix}-{name}"
+        c = pod.main
+        cname = f"{args.prefix}-{replica.name}"
         run = ["--name", cname, "--hostname", cname, "--network", args.network]
         if args.label:
             run += ["--label", args.label]
 
         # Security context, pod level then container level, as the kubelet applies it.
-        sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+        sc = {**pod.security, **c.security}
         if "runAsUser" in sc:
             run += ["--user", f"{sc['runAsUser']}:{sc.get('runAsGroup', sc['runAsUser'])}"]
         if "fsGroup" in sc:
@@ -98,61 +92,56 @@ def main() -> int:
         for cap in sc.get("capabilities", {}).get("drop", []):
             run += ["--cap-drop", cap]
 
-        volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        for m in c.get("volumeMounts", []):
-            v, path = volumes[m["name"]], m["mountPath"]
-            ro = ",readonly" if m.get("readOnly") else ""
-            if "configMap" in v:
-                data = configmaps.get(v["configMap"]["name"])
+        volumes = {v.name: v for v in pod.volumes}
+        for m in c.mounts:
+            if m.volume not in volumes:
+                fail(f"{replica.name}: mount {m.path} names volume {m.volume!r}, which the pod does not define")
+            v, path = volumes[m.volume], m.path
+            ro = ",readonly" if m.read_only else ""
+            if v.kind == "configMap":
+                data = plan.config_maps.get(v.source.get("name"))
                 if data is None:
-                    fail(f"ConfigMap {v['configMap']['name']} is not in the rendered objects")
-                folder = args.out / "configmaps" / v["configMap"]["name"]
-                folder.mkdir(parents=True, exist_ok=True)
+                    fail(f"ConfigMap {v.source.get('name')} is not in the plan's objects")
+                folder = args.out / "configmaps" / v.source["name"]
                 for key, text in data.items():
-                    (folder / key).write_text(text)
+                    atomic_write(folder / key, text, fsync=False)
                 run += ["--mount", f"type=bind,source={folder.resolve()},target={path}{ro}"]
-            elif "emptyDir" in v and v["emptyDir"].get("medium") == "Memory":
-                limit = size_bytes(str(v["emptyDir"].get("sizeLimit", "64Mi")))
+            elif v.kind == "emptyDir" and v.source.get("medium") == "Memory":
+                limit = size_bytes(str(v.source.get("sizeLimit", "64Mi")))
                 if path == "/dev/shm":
                     run += ["--shm-size", limit]
                 else:
                     run += ["--tmpfs", f"{path}:rw,exec,mode=1777,size={limit}"]
-            elif "emptyDir" in v:
+            elif v.kind == "emptyDir":
                 # A fresh per-pod volume (a named one, so the script can read the output afterwards).
-                run += ["--mount", f"type=volume,source={cname}-{m['name']},target={path}{ro}"]
-            elif "hostPath" in v or "persistentVolumeClaim" in v:
-                vol = f"{args.prefix}-{m['name']}"
-                shared[m["name"]] = (vol, path)
+                run += ["--mount", f"type=volume,source={cname}-{m.volume},target={path}{ro}"]
+            elif v.kind in ("hostPath", "persistentVolumeClaim"):
+                vol = f"{args.prefix}-{m.volume}"
+                shared[m.volume] = (vol, path)
                 run += ["--mount", f"type=volume,source={vol},target={path}{ro}"]
             else:
-                fail(f"{name}: volume {m['name']} has a type this test cannot reproduce: {sorted(v)}")
+                fail(f"{replica.name}: volume {m.volume} is a {v.kind}, which this test cannot reproduce")
 
-        # The manifest's env as it is, then what the training operator injects into each pod.
+        # The plan's env as it is, then what the training operator injects into each pod.
         env = {}
-        for e in c.get("env", []):
-            if "value" not in e:
-                fail(f"{name}: env {e['name']} is not a literal value ({sorted(e)})")
-            env[e["name"]] = str(e["value"])
-        env.update({
-            "PET_NNODES": str(len(reps)), "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank),
-            "PET_MASTER_ADDR": master, "PET_MASTER_PORT": str(MASTER_PORT),
-            "MASTER_ADDR": master, "MASTER_PORT": str(MASTER_PORT),
-            "WORLD_SIZE": str(len(reps)), "RANK": str(rank),
-        })
+        for e in c.env:
+            if e.value is None:
+                fail(f"{replica.name}: env {e.name} is not a literal value ({e.value_from})")
+            env[e.name] = e.value
+        env.update(plan.replica_env(replica, master))
         for k, val in env.items():
             run += ["--env", f"{k}={val}"]
-        if c.get("workingDir"):
-            run += ["--workdir", c["workingDir"]]
+        if c.working_dir:
+            run += ["--workdir", c.working_dir]
 
         # Kubernetes' command replaces the image ENTRYPOINT and args its CMD; docker's the same.
-        command, cargs = c.get("command", []), c.get("args", [])
-        if command:
-            run += ["--entrypoint", command[0], args.image, *command[1:], *cargs]
+        if c.command:
+            run += ["--entrypoint", c.command[0], c.image, *c.command[1:], *c.args]
         else:
-            run += [args.image, *cargs]
-        argfile = args.out / f"{name}.args"
-        argfile.write_bytes(b"".join(a.encode() + b"\0" for a in run))
-        print(f"replica {name} {argfile}")
+            run += [c.image, *c.args]
+        argfile = args.out / f"{replica.name}.args"
+        atomic_write(argfile, b"".join(a.encode() + b"\0" for a in run), fsync=False)
+        print(f"replica {replica.name} {argfile}")
 
     for k8s_name, (vol, path) in sorted(shared.items()):
         print(f"volume {k8s_name} {vol} {path}")

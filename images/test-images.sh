@@ -257,8 +257,10 @@ check_run_output() {
     'ls -l /output && test -s /output/config.yaml && test -s /output/metrics.jsonl && tail -n 2 /output/metrics.jsonl'
 }
 
+# The same job flags for the rendered YAML and for docker_job.py: both are the one plan of it.
+TWO_NODE_JOB=(--profile synthetic-smoke --nodes 2 --gpus 2)
 render_two_node_job() {
-  "$VPY" -m launcher render --profile synthetic-smoke --nodes 2 --gpus 2 >"$WORK/job.yaml"
+  "$VPY" -m launcher render "${TWO_NODE_JOB[@]}" >"$WORK/job.yaml"
 }
 
 two_node_job() {
@@ -266,20 +268,20 @@ two_node_job() {
   local net="$RUN_ID-net" image want
   image="$(image_tags train | tail -n1)"
   "$DOCKER" network create "$net" >/dev/null
-  (cd "$REPO_ROOT" && "$VPY" images/docker_job.py "$WORK/job.yaml" --image "$image" --prefix "$RUN_ID" \
+  (cd "$REPO_ROOT" && "$VPY" images/docker_job.py "${TWO_NODE_JOB[@]}" --image "$image" --prefix "$RUN_ID" \
     --network "$net" --out "$WORK/job") >"$WORK/job.plan"
   cat "$WORK/job.plan" >&2
   # The rendered command must start with the image's ENTRYPOINT: the pod runs what the image runs.
   want="$("$DOCKER" image inspect --format '{{json .Config.Entrypoint}}' "$image")"
   "$VPY" - "$WORK/job.yaml" "$want" <<'EOF'
-import json, sys, yaml
-job = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PyTorchJob")
+import json, sys
+from launcher.plan import load_plan_file
+plan = load_plan_file(sys.argv[1])
 entrypoint = json.loads(sys.argv[2])
-for kind, spec in job["spec"]["pytorchReplicaSpecs"].items():
-    c = next(c for c in spec["template"]["spec"]["containers"] if c["name"] == "pytorch")
-    command = c.get("command") or entrypoint
+for g in plan.groups:
+    command = g.pod.main.command or entrypoint
     if command[: len(entrypoint)] != entrypoint:
-        sys.exit(f"{kind}: rendered command {command} does not start with the image ENTRYPOINT {entrypoint}")
+        sys.exit(f"{g.role}: rendered command {command} does not start with the image ENTRYPOINT {entrypoint}")
 EOF
   local kind name argfile vol path names=()
   while read -r kind name argfile path; do

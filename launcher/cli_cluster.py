@@ -6,8 +6,9 @@
     python -m launcher cancel dlrm
     python -m launcher list
 
-`submit` renders with the same code as `render`, validates with the same code as `validate`, and
-with --dry-run prints exactly the objects it would otherwise create, in the order it creates them.
+`submit` gets its job from the same function as `render` (launcher.cli_render.plan_from_args:
+flags -> config -> plan -> validated objects), and with --dry-run prints exactly the objects it
+would otherwise create, in the order it creates them.
 Kubeconfig, context and namespace are found as kubectl finds them (launcher.k8s), and every API
 failure arrives here already turned into a one-line UserError.
 """
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dlrm.errors import UserError
+from launcher.plan import CONTAINER
 
 JOB_LABEL = "training.kubeflow.org/job-name"
 # Everything the launcher renders carries these (manifests/_helpers.j2); cancel deletes by them.
@@ -47,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--dry-run", action="store_true", help="print the YAML submit would send, and stop")
         mode.add_argument("--server-dry-run", action="store_true", help="send everything with dryRun=All: the API server checks, stores nothing")
-        parser.add_argument("--crd", metavar="FILE", help="validate the PyTorchJob against this CRD's schema too")
         return
     add_cluster_arguments(parser)
     if command in ("status", "logs", "cancel"):
@@ -71,30 +72,16 @@ def main(args: argparse.Namespace) -> int:
 # submit
 
 
-def render_checked(args: argparse.Namespace) -> list[dict]:
-    """`render`'s objects for these flags, refused (every error printed) unless they validate."""
-    from launcher.cli_render import git_revision, job_from_args
-    from launcher.render import render_objects
-    from launcher.validate import validate_objects
-
-    objs = render_objects(job_from_args(args), git_revision=git_revision(Path(__file__).resolve().parent))
-    errors = validate_objects(objs, crd=args.crd)
-    for e in errors:
-        print(f"invalid: {e}", file=sys.stderr)
-    if errors:
-        raise UserError(f"{len(errors)} validation error(s) above; nothing was submitted")
-    return objs
-
-
 def submit(args: argparse.Namespace) -> int:
     from launcher import k8s
+    from launcher.cli_render import plan_from_args
     from launcher.render import to_yaml
 
     # kubectl's order: --namespace, else the context's namespace; else the config's. It is
     # resolved before rendering because it is written into the objects; --dry-run needs no kubeconfig.
     if not args.namespace:
         args.namespace = k8s.resolve_namespace(args.context, None, fallback="") or None
-    objs = render_checked(args)
+    objs = plan_from_args(args).objects
     if args.dry_run:
         sys.stdout.write(to_yaml(objs))
         return 0
@@ -244,7 +231,7 @@ def logs(args: argparse.Namespace) -> int:
         raise UserError(f"no pod for {args.replica} {args.index} of job {args.name} in namespace {cluster.namespace} "
                         f"(yet?): `python -m launcher status {args.name} -n {cluster.namespace}` says why")
     pod = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))[-1]["metadata"]["name"]
-    for chunk in cluster.pod_log(pod, "pytorch", follow=args.follow, previous=args.previous, tail_lines=args.tail):
+    for chunk in cluster.pod_log(pod, CONTAINER, follow=args.follow, previous=args.previous, tail_lines=args.tail):
         sys.stdout.write(chunk)
         sys.stdout.flush()
     return 0

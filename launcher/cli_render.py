@@ -2,8 +2,10 @@
 
     python -m launcher render --profile criteo-fl15 --nodes 2 --gpus 8 [--values my.yaml] [--set train.epochs=2] [--out DIR]
 
-The job flags are shared with `submit` and `run-local` (add_job_arguments / job_from_args), so
-the Makefile's NODES/GPUS/IMAGE/NAMESPACE/NAME mean the same thing for every command.
+The job flags are shared with `submit`, `run-local` and images/docker_job.py (add_job_arguments),
+and all of them get their job from one function, `plan_from_args`: flags -> JobConfig -> JobPlan
+-> offline validation. So the Makefile's NODES/GPUS/IMAGE/NAMESPACE/NAME mean the same thing for
+every command, and what `render` prints is what `submit` sends and what `run-local` runs.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import sys
 from pathlib import Path
 
 from dlrm.errors import UserError
+from dlrm.fsutil import atomic_write
 from launcher.config import JobConfig, load_job_config
-from launcher.render import file_name, render_objects, to_yaml
+from launcher.plan import JobPlan, plan_job
+from launcher.render import file_name, to_yaml
 from launcher.validate import validate_objects
 
 
@@ -29,6 +33,10 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="job name (a DNS-1035 label)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. --set train.epochs=2 --set cluster.efa=4; repeatable")
+    p.add_argument("--feature-spec", metavar="FILE|s3://...",
+                   help="the dataset's feature_spec.yaml, read for the embedding table sizes (instead of train_tables)")
+    p.add_argument("--crd", metavar="FILE", help="validate the PyTorchJob against this CRD instead of the vendored one "
+                                                 "(launcher/schemas/kubeflow.org_pytorchjobs.yaml)")
 
 
 def job_from_args(args: argparse.Namespace) -> JobConfig:
@@ -50,14 +58,35 @@ def git_revision(cwd: str | Path = ".") -> str:
     return rev + ("-dirty" if dirty else "")
 
 
-def render_job(args: argparse.Namespace) -> tuple[JobConfig, list[dict]]:
-    """Config, objects, and the offline validation every rendered job must pass."""
+def feature_spec_tables(location: str) -> list[int]:
+    """Table sizes from a feature_spec.yaml named explicitly: a local file, or s3://bucket/.../feature_spec.yaml."""
+    from dlrm.data.spec import SPEC_FILE, FeatureSpec
+    from dlrm.fsutil import is_s3_uri
+
+    if not is_s3_uri(location):
+        return FeatureSpec.load(location).table_sizes
+    import tempfile
+
+    from dlrm.storage import open_store
+
+    parent, _, key = location.rstrip("/").rpartition("/")
+    if key != SPEC_FILE:  # a dataset prefix: its spec
+        parent, key = location.rstrip("/"), SPEC_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / SPEC_FILE).write_bytes(open_store(parent).get_bytes(key))
+        return FeatureSpec.load(Path(tmp) / SPEC_FILE).table_sizes
+
+
+def plan_from_args(args: argparse.Namespace) -> JobPlan:
+    """Flags -> config -> plan, refused unless its objects validate: render, submit, run-local and
+    images/docker_job.py all get their job here, and report a bad one the same way."""
     cfg = job_from_args(args)
-    objs = render_objects(cfg, git_revision=git_revision(Path(__file__).resolve().parent))
-    errors = validate_objects(objs)
+    tables = feature_spec_tables(args.feature_spec) if getattr(args, "feature_spec", None) else None
+    plan = plan_job(cfg, git_revision=git_revision(Path(__file__).resolve().parent), tables=tables)
+    errors = validate_objects(plan.objects, crd=getattr(args, "crd", None))
     if errors:  # a rendering bug or a value no schema accepts: never hand it to the cluster
-        raise UserError(f"rendered objects are invalid ({len(errors)} errors): " + "; ".join(errors))
-    return cfg, objs
+        raise UserError(f"rendered objects are invalid ({len(errors)} errors; nothing was written or submitted): " + "; ".join(errors))
+    return plan
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str = "render") -> None:
@@ -66,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str = "render") -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    _, objs = render_job(args)
+    objs = plan_from_args(args).objects
     if not args.out:
         sys.stdout.write(to_yaml(objs))
         return 0
@@ -74,6 +103,6 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for i, obj in enumerate(objs):
         path = out / f"{i:02d}-{file_name(obj)}"  # numbered: `kubectl apply -f DIR` applies in order
-        path.write_text(to_yaml([obj]))
+        atomic_write(path, to_yaml([obj]))
         print(path, file=sys.stderr)
     return 0

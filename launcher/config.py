@@ -170,8 +170,6 @@ class JobConfig:
         _check_names(self)
         _check_resources(self)
         _check_storage(self)
-        if self.kind == "train":
-            _check_plan(self)
 
 
 def _fail_unless(ok: bool, message: str) -> None:
@@ -275,12 +273,12 @@ def _check_storage(c: JobConfig) -> None:
 
 
 def table_sizes(c: JobConfig) -> list[int] | None:
-    """The embedding table sizes: the local dataset's feature_spec.yaml, else `train_tables`."""
-    local = Path(c.dataset)
-    if c.dataset and not c.dataset.startswith("s3://") and (local / "feature_spec.yaml").is_file():
-        from dlrm.data.spec import FeatureSpec
+    """The embedding table sizes `train_tables` declares (a preset name or cardinalities); None if unset.
 
-        return FeatureSpec.load(local).table_sizes
+    Nothing on this machine is consulted: a folder that happens to be at the dataset's path says
+    nothing about the cluster's copy. A dataset's own feature spec is read only when given
+    explicitly (`--feature-spec FILE|s3://...`, see launcher.cli_render).
+    """
     if isinstance(c.train_tables, list):
         _fail_unless(bool(c.train_tables) and all(n >= 1 for n in c.train_tables),
                      f"train_tables must list positive cardinalities, got {c.train_tables}")
@@ -288,17 +286,17 @@ def table_sizes(c: JobConfig) -> list[int] | None:
     if c.train_tables:
         _fail_unless(c.train_tables in TABLE_PRESETS,
                      f"train_tables {c.train_tables!r} is not a known dataset (known: {', '.join(sorted(TABLE_PRESETS))}); "
-                     f"or give the list of cardinalities")
+                     f"or give the list of cardinalities, or --feature-spec FILE")
         return list(TABLE_PRESETS[c.train_tables])
     return None
 
 
-def _check_plan(c: JobConfig) -> None:
-    """The embedding tables must fit nodes x gpus_per_node GPUs, or the job dies after scheduling."""
-    sizes = table_sizes(c)
+def check_plan(c: JobConfig, tables: list[int] | None = None) -> None:
+    """The embedding tables (`tables`, else train_tables) must fit nodes x gpus_per_node GPUs, or the job dies after scheduling."""
+    sizes = tables if tables is not None else table_sizes(c)
     _fail_unless(sizes is not None,
-                 f"cannot check the embedding plan: dataset {c.dataset!r} has no feature_spec.yaml on this machine; "
-                 f"set train_tables to one of {', '.join(sorted(TABLE_PRESETS))} or a list of cardinalities")
+                 f"cannot check the embedding plan for dataset {c.dataset!r}: set train_tables to one of "
+                 f"{', '.join(sorted(TABLE_PRESETS))} or a list of cardinalities, or pass --feature-spec FILE|s3://.../feature_spec.yaml")
     try:
         from dlrm.dist.plan import plan_tables
     except ImportError as e:  # only while dlrm.dist.plan is being written; a broken import inside it still fails

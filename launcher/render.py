@@ -22,7 +22,8 @@ import yaml
 from dlrm import __version__
 from dlrm.config import to_dict
 from dlrm.errors import ConfigError
-from launcher import command as cmd
+from dlrm.fsutil import is_s3_uri, parse_s3_uri
+from launcher import command as cmd, pods
 from launcher.config import DNS_1035, JobConfig
 
 # A checkout reads the top-level manifests/; an installed wheel carries them as launcher/manifests.
@@ -68,49 +69,25 @@ def _train_yaml(cfg: JobConfig, dataset: str) -> str:
     return yaml.safe_dump(train, sort_keys=False, default_flow_style=False)
 
 
-def _s3_env(cfg: JobConfig) -> list[dict]:
-    env = [{"name": "AWS_REGION", "value": cfg.s3.region}]
-    if cfg.s3.endpoint_url:  # boto3 >= 1.28 reads it; MinIO and other S3-compatible stores
-        env.append({"name": "AWS_ENDPOINT_URL", "value": cfg.s3.endpoint_url})
-    return env
-
-
-def _env(cfg: JobConfig) -> list[dict]:
-    """Container env, sorted per source so the output is deterministic."""
-    base = [
-        {"name": "HOME", "value": cmd.TMP_MOUNT},  # read-only root: caches (matplotlib, triton) go to /tmp
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
-    user = [{"name": k, "value": v} for k, v in sorted({**cfg.cluster.nccl_env, **cfg.cluster.env}.items())]
-    reserved = {e["name"] for e in base + _s3_env(cfg)}
-    clash = sorted(reserved & {e["name"] for e in user})
-    if clash:
-        raise ConfigError(f"cluster.env/nccl_env set {', '.join(clash)}, which the launcher sets itself")
-    return base + _s3_env(cfg) + user
-
-
-def _context(cfg: JobConfig, git_revision: str) -> dict:
-    staged = cfg.storage.mode == "stage"
-    dataset = cmd.STAGED_DATASET if staged else cmd.DATASET_MOUNT
-    bucket, _, prefix = cfg.dataset[len("s3://"):].partition("/") if cfg.dataset.startswith("s3://") else ("", "", "")
+def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
+    bucket, prefix = parse_s3_uri(cfg.dataset) if is_s3_uri(cfg.dataset) else ("", "")
     service_account = cfg.cluster.service_account or (cfg.name if cfg.s3.role_arn else "")
     return {
         "cfg": cfg,
+        "plan": plan,
         "version": __version__,
         "git_revision": git_revision,
         "config_hash": config_hash(cfg),
-        "train_yaml": _train_yaml(cfg, dataset),
-        "dataset_path": dataset,
+        "train_yaml": _train_yaml(cfg, pods.dataset_path(cfg)),
         "bucket": bucket,
-        "prefix": prefix.strip("/") + "/" if prefix.strip("/") else "",
+        "prefix": prefix + "/" if prefix else "",
         "pv_name": f"{cfg.namespace}-{cfg.name}-dataset",
         "service_account": service_account,
-        "output_path": cfg.storage.output_path or f"runs/{cfg.name}",
-        "env": _env(cfg),
+        "env": [e.to_k8s() for e in pods.container_env(cfg)],
+        "pod_security_context": pods.pod_security(cfg),
+        "container_security_context": pods.CONTAINER_SECURITY,
         "node_selector": dict(sorted({**cfg.cluster.node_selector,
                                        **({"nvidia.com/gpu.product": cfg.cluster.gpu_product} if cfg.cluster.gpu_product else {})}.items())),
-        "train_command": cmd.TRAIN_COMMAND + cmd.train_args(dataset, cmd.OUTPUT_MOUNT),
-        "stage_command": cmd.STAGE_COMMAND + cmd.stage_args(cfg.dataset),
         "cmd": cmd,
         **_preprocess_context(cfg),
     }
@@ -146,11 +123,10 @@ def _templates(cfg: JobConfig) -> list[str]:
     return names
 
 
-def render_objects(cfg: JobConfig, git_revision: str = "unknown") -> list[dict]:
-    """The Kubernetes objects for `cfg`, in the order they must be applied. Pure."""
-    cfg.validate()
+def encode_objects(cfg: JobConfig, plan, git_revision: str = "unknown") -> list[dict]:
+    """The Kubernetes objects of `plan` (made by launcher.plan.plan_job from `cfg`), in apply order."""
     env = _environment()
-    ctx = _context(cfg, git_revision)
+    ctx = _context(cfg, plan, git_revision)
     objs = []
     for name in _templates(cfg):
         text = env.get_template(f"{name}.yaml.j2").render(ctx)
@@ -160,6 +136,13 @@ def render_objects(cfg: JobConfig, git_revision: str = "unknown") -> list[dict]:
             raise RuntimeError(f"manifests/{name}.yaml.j2 rendered invalid YAML: {e}\n{text}") from e
         objs.append(obj)
     return objs
+
+
+def render_objects(cfg: JobConfig, git_revision: str = "unknown") -> list[dict]:
+    """The Kubernetes objects for `cfg`, in the order they must be applied. Pure."""
+    from launcher.plan import plan_job
+
+    return plan_job(cfg, git_revision).objects
 
 
 class _Dumper(yaml.SafeDumper):

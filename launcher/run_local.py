@@ -1,16 +1,16 @@
-"""`run-local`: run a rendered PyTorchJob as local processes, the way the training operator would.
+"""`run-local`: run a job plan as local processes, the way the training operator would run its pods.
 
     python -m launcher run-local --profile synthetic-smoke --nodes 2 --gpus 2
     python -m launcher run-local job.yaml --workdir runs/local --volume dataset=data/synthetic
-    rc = run_job(objects_or_path, workdir)          # or LocalJob(...).run(), .pids(), .stop()
+    rc = run_job(plan_or_objects_or_path, workdir)   # or LocalJob(...).run(), .pids(), .stop()
 
-Each replica (Master = node rank 0, Worker i = node rank i+1) becomes one process running the
-`pytorch` container's command, after its init containers, with the environment the operator
-injects (MASTER_ADDR/PORT, WORLD_SIZE, RANK, PET_*; torchrun reads the PET_* ones) pointed at
-127.0.0.1, and CUDA hidden so torch uses CPU and gloo. Volumes become folders: a ConfigMap's data
-is written out, emptyDir is per replica, PVCs and hostPaths are shared folders under the workdir
-(or `--volume NAME=DIR`), and every mountPath in the command, args and env is rewritten to its
-folder. So the manifest that would run on the cluster is the one exercised here, not a copy.
+The job is a `launcher.plan.JobPlan` (made from the flags by the same function `render` and
+`submit` use, or decoded from a rendered file). Each replica (Master = node rank 0, Worker i =
+node rank i+1) becomes one process running the `pytorch` container's command, after its init
+containers, with the env the operator injects (`JobPlan.replica_env`) pointed at 127.0.0.1 and
+CUDA hidden, so torch uses CPU and gloo. Volumes become folders: a ConfigMap's data is written
+out, emptyDir is per replica, PVCs and hostPaths are shared folders under the workdir (or
+`--volume NAME=DIR`), and every mountPath in the command, args and env is rewritten to its folder.
 
 A failed replica kills the others; restartPolicy OnFailure (or ExitCode with a retryable code)
 restarts the whole job, up to runPolicy.backoffLimit times, as the operator does.
@@ -27,13 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import yaml
-
 from dlrm.errors import UserError
+from launcher.plan import Container, JobPlan, Replica, load_plan_file, plan_from_objects
 from launcher.procs import exit_code as _exit_code, free_port, kill_tree, process_tree  # noqa: F401 (API)
 
-CONTAINER = "pytorch"  # the operator's required container name
-REPLICA_ORDER = ("Master", "Worker")
 RETRYABLE_EXIT_CODES = {130, 137, 138, 143}  # the operator's ExitCode policy: SIGINT, SIGKILL, SIGUSR1, SIGTERM
 # The image's interpreters are not on this machine: the current one has torch and dlrm installed.
 COMMAND_MAP = {"python": [sys.executable], "python3": [sys.executable],
@@ -42,23 +39,17 @@ COMMAND_MAP = {"python": [sys.executable], "python3": [sys.executable],
 SCRUB_ENV = re.compile(r"^(RANK|LOCAL_RANK|WORLD_SIZE|LOCAL_WORLD_SIZE|GROUP_RANK|MASTER_ADDR|MASTER_PORT|PET_\w+|TORCHELASTIC_\w+)$")
 
 
-def load_objects(objects_or_path) -> list[dict]:
-    """A rendered YAML file (one or many documents) or an already-parsed list of objects."""
-    if isinstance(objects_or_path, (str, Path)):
-        path = Path(objects_or_path)
-        try:
-            docs = list(yaml.safe_load_all(path.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file (expected YAML from `python -m launcher render`)") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        objs = [d for d in docs if d]
-        return [i for d in objs for i in (d.get("items", []) if d.get("kind") == "List" else [d])]
-    return list(objects_or_path)
+def as_plan(job) -> JobPlan:
+    """A JobPlan, a rendered YAML file, or an already-parsed list of objects, as a plan."""
+    if isinstance(job, JobPlan):
+        return job
+    if isinstance(job, (str, Path)):
+        return load_plan_file(job)
+    return plan_from_objects(list(job))
 
 
 # ---------------------------------------------------------------------------------------------
-# Planning: manifest -> argv, env, cwd per container. Nothing runs here.
+# Planning: plan -> argv, env, cwd per container. Nothing runs here.
 
 
 @dataclass
@@ -70,97 +61,51 @@ class Step:
     init: bool = False
 
 
-@dataclass
-class Replica:
-    name: str  # "master-0", "worker-1": the operator's pod name without the job prefix
-    rank: int  # node rank
-    restart_policy: str
-    template: dict  # the pod template
-
-
-def replicas_of(job: dict) -> list[Replica]:
-    specs = job.get("spec", {}).get("pytorchReplicaSpecs") or {}
-    unknown = sorted(set(specs) - set(REPLICA_ORDER))
-    if unknown or not specs:
-        raise UserError(f"PyTorchJob {job['metadata'].get('name')}: replica types {sorted(specs)}; expected Master and/or Worker")
-    out: list[Replica] = []
-    for rtype in REPLICA_ORDER:
-        spec = specs.get(rtype)
-        if spec is None:
-            continue
-        n = int(spec.get("replicas", 1))
-        if rtype == "Master" and n != 1:
-            raise UserError(f"Master has replicas={n}; the operator allows exactly 1")
-        for i in range(n):
-            out.append(Replica(f"{rtype.lower()}-{i}", len(out), spec.get("restartPolicy", "Never"), spec.get("template", {})))
-    return out
-
-
-def nproc_per_node(job: dict, replica: Replica) -> int:
-    """spec.nprocPerNode as a number. 'auto'/'gpu' would mean every CPU core on CPU: use the GPU count instead."""
-    value = str(job.get("spec", {}).get("nprocPerNode") or "1")
-    if value.isdigit():
-        return int(value)
-    container = _container(replica)
-    gpus = (container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu")
-    return int(gpus) if gpus else 1
-
-
-def _container(replica: Replica) -> dict:
-    containers = replica.template.get("spec", {}).get("containers") or []
-    found = [c for c in containers if c.get("name") == CONTAINER]
-    if not found:
-        raise UserError(f"{replica.name}: no container named {CONTAINER!r} (the training operator requires that name)")
-    return found[0]
-
-
-def volume_folders(replica: Replica, objects: list[dict], workdir: Path, mapped: dict[str, Path], say) -> dict[str, Path]:
+def volume_folders(plan: JobPlan, replica: Replica, workdir: Path, mapped: dict[str, Path], say) -> dict[str, Path]:
     """Pod volume name -> local folder, created (and for ConfigMaps filled) now."""
-    config_maps = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "ConfigMap"}
     out: dict[str, Path] = {}
-    for vol in replica.template.get("spec", {}).get("volumes") or []:
-        name = vol["name"]
-        if name in mapped:
-            out[name] = mapped[name]
+    for vol in plan.pod(replica).volumes:
+        if vol.name in mapped:
+            out[vol.name] = mapped[vol.name]
             continue
-        if "configMap" in vol:
-            cm_name = vol["configMap"]["name"]
-            cm = config_maps.get(cm_name)
-            if cm is None:
-                raise UserError(f"volume {name}: ConfigMap {cm_name} is not among the rendered objects; map it with --volume {name}=DIR")
+        src = vol.source
+        if vol.kind == "configMap":
+            cm_name = str(src.get("name"))
+            data = plan.config_maps.get(cm_name)
+            if data is None:
+                raise UserError(f"volume {vol.name}: ConfigMap {cm_name} is not among the rendered objects; map it with --volume {vol.name}=DIR")
             folder = workdir / "configmaps" / cm_name
-            data = cm.get("data") or {}
-            items = vol["configMap"].get("items") or [{"key": k, "path": k} for k in data]
-            for item in items:
+            for item in src.get("items") or [{"key": k, "path": k} for k in data]:
+                if item.get("key") not in data or ".." in Path(str(item.get("path"))).parts or str(item.get("path")).startswith("/"):
+                    raise UserError(f"volume {vol.name}: item {item} names no key of ConfigMap {cm_name} or a path outside its folder")
                 (folder / item["path"]).parent.mkdir(parents=True, exist_ok=True)
                 (folder / item["path"]).write_text(data[item["key"]])
-        elif "persistentVolumeClaim" in vol:
-            folder = workdir / "volumes" / vol["persistentVolumeClaim"]["claimName"]
-        elif "hostPath" in vol:
+        elif vol.kind == "persistentVolumeClaim":
+            folder = workdir / "volumes" / str(src.get("claimName"))
+        elif vol.kind == "hostPath":
             # This machine is the node: a node path that exists here is used as it is (a dataset made
             # with `dlrm synth`, say); one that does not (a cluster's NVMe mount) becomes a workdir folder.
-            path = Path(vol["hostPath"]["path"])
+            path = Path(str(src.get("path")))
             folder = path if path.exists() else workdir / "volumes" / "host" / str(path).strip("/")
             if folder != path:
-                say(f"volume {name}: hostPath {path} is not on this machine; using {folder} (or pass --volume {name}=DIR)")
-        elif "emptyDir" in vol:
-            folder = workdir / "pods" / replica.name / name
+                say(f"volume {vol.name}: hostPath {path} is not on this machine; using {folder} (or pass --volume {vol.name}=DIR)")
+        elif vol.kind == "emptyDir":
+            folder = workdir / "pods" / replica.name / vol.name
         else:
-            kind = next((k for k in vol if k != "name"), "?")
-            folder = workdir / "volumes" / name
-            say(f"volume {name} ({kind}) has no local equivalent: an empty folder {folder} (or pass --volume {name}=DIR)")
+            folder = workdir / "volumes" / vol.name
+            say(f"volume {vol.name} ({vol.kind}) has no local equivalent: an empty folder {folder} (or pass --volume {vol.name}=DIR)")
         folder.mkdir(parents=True, exist_ok=True)
-        out[name] = folder
+        out[vol.name] = folder
     return out
 
 
-def mount_rewriter(container: dict, folders: dict[str, Path]):
+def mount_rewriter(container: Container, folders: dict[str, Path]):
     """A function rewriting each mountPath (as a whole path prefix) in a string to its local folder."""
     local = {}
-    for m in container.get("volumeMounts") or []:
-        if m["name"] not in folders:
-            raise UserError(f"volumeMount {m['mountPath']} names volume {m['name']!r}, which the pod does not define")
-        local[m["mountPath"].rstrip("/") or "/"] = str(folders[m["name"]] / m.get("subPath", ""))
+    for m in container.mounts:
+        if m.volume not in folders:
+            raise UserError(f"volumeMount {m.path} names volume {m.volume!r}, which the pod does not define")
+        local[m.path.rstrip("/") or "/"] = str(folders[m.volume] / m.sub_path)
     if not local:
         return lambda s: s
     # Longest first so /data/dataset wins over /data; the lookarounds keep /x/tmp and /tmpfoo untouched.
@@ -175,44 +120,43 @@ def expand_vars(text: str, env: dict[str, str]) -> str:
                   lambda m: "$(" if m.group(1) is None else env.get(m.group(1), m.group(0)), text)
 
 
-def container_env(container: dict, pod: str, say) -> dict[str, str]:
-    """The manifest's env values. Secrets and other references do not exist here: the shell's env stands in."""
+def container_env(container: Container, pod: str, say) -> dict[str, str]:
+    """The container's env values. Secrets and other references do not exist here: the shell's env stands in."""
     env: dict[str, str] = {}
-    for src in container.get("envFrom") or []:
+    for src in container.env_from:
         say(f"envFrom {src}: not available locally; variables come from your shell instead")
-    for e in container.get("env") or []:
-        field_path = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
-        if "value" in e:
-            env[e["name"]] = expand_vars(str(e["value"]), env)
+    for e in container.env:
+        field_path = ((e.value_from or {}).get("fieldRef") or {}).get("fieldPath")
+        if e.value is not None:
+            env[e.name] = expand_vars(e.value, env)
         elif field_path == "metadata.name":
-            env[e["name"]] = pod
+            env[e.name] = pod
         else:
-            say(f"env {e['name']}: {e.get('valueFrom')} is not available locally; set it in your shell if the job needs it")
+            say(f"env {e.name}: {e.value_from} is not available locally; set it in your shell if the job needs it")
     return env
 
 
-def plan_steps(job: dict, replica: Replica, world: dict[str, str], folders: dict[str, Path], say) -> list[Step]:
+def plan_steps(plan: JobPlan, replica: Replica, world: dict[str, str], folders: dict[str, Path], say) -> list[Step]:
     """The init containers, then the `pytorch` container, as local commands."""
-    pod = f"{job['metadata']['name']}-{replica.name}"
-    spec = replica.template.get("spec", {})
-    main = _container(replica)
-    for c in spec.get("containers") or []:
+    pod = plan.pod(replica)
+    main = pod.main
+    for c in pod.containers:
         if c is not main:
-            say(f"{replica.name}: sidecar container {c.get('name')} is not run locally")
+            say(f"{replica.name}: sidecar container {c.name} is not run locally")
     steps = []
-    for c, init in [(c, True) for c in spec.get("initContainers") or []] + [(main, False)]:
-        if init and c.get("restartPolicy") == "Always":
-            say(f"{replica.name}: sidecar init container {c.get('name')} is not run locally")
+    for c, init in [(c, True) for c in pod.init_containers] + [(main, False)]:
+        if init and c.sidecar:
+            say(f"{replica.name}: sidecar init container {c.name} is not run locally")
             continue
         rewrite = mount_rewriter(c, folders)
-        env = {k: rewrite(v) for k, v in container_env(c, pod, say).items()}
+        env = {k: rewrite(v) for k, v in container_env(c, plan.pod_name(replica), say).items()}
         env.update(world if not init else {k: v for k, v in world.items() if k == "CUDA_VISIBLE_DEVICES"})
-        argv = [expand_vars(rewrite(str(a)), env) for a in (c.get("command") or []) + (c.get("args") or [])]
-        if not c.get("command"):
-            raise UserError(f"{replica.name}: container {c.get('name')} has no command; run-local cannot know the image's entrypoint")
+        if not c.command:
+            raise UserError(f"{replica.name}: container {c.name} has no command; run-local cannot know the image's entrypoint")
+        argv = [expand_vars(rewrite(a), env) for a in c.command + c.args]
         argv = COMMAND_MAP.get(argv[0], [argv[0]]) + argv[1:]
-        cwd = rewrite(c.get("workingDir") or "")
-        steps.append(Step(c.get("name", "?"), argv, env, cwd if cwd and Path(cwd).is_dir() else os.getcwd(), init))
+        cwd = rewrite(c.working_dir)
+        steps.append(Step(c.name, argv, env, cwd if cwd and Path(cwd).is_dir() else os.getcwd(), init))
     return steps
 
 
@@ -223,25 +167,21 @@ def plan_steps(job: dict, replica: Replica, world: dict[str, str], folders: dict
 class LocalJob:
     """One PyTorchJob run locally. `run()` blocks; `pids()` and `stop()` may be called from other threads."""
 
-    def __init__(self, objects_or_path, workdir: str | Path, *, volumes: dict[str, str | Path] | None = None,
+    def __init__(self, job, workdir: str | Path, *, volumes: dict[str, str | Path] | None = None,
                  max_restarts: int | None = None, out: TextIO | None = None, grace_s: float = 5.0):
-        self.objects = load_objects(objects_or_path)
-        jobs = [o for o in self.objects if o.get("kind") == "PyTorchJob"]
-        if len(jobs) != 1:
-            raise UserError(f"expected exactly one PyTorchJob among the objects, found {len(jobs)}")
-        self.job = jobs[0]
-        self.name = self.job["metadata"]["name"]
+        self.plan = as_plan(job)
+        if self.plan.kind != "train" or not self.plan.groups:
+            raise UserError(f"job {self.plan.name}: run-local runs training jobs (a PyTorchJob); kind={self.plan.kind} has no replicas to run")
+        self.name = self.plan.name
         self.workdir = Path(workdir).resolve()
-        self.replicas = replicas_of(self.job)
+        self.replicas = self.plan.replicas
         self.volumes = {k: Path(v).resolve() for k, v in (volumes or {}).items()}
-        known = {v["name"] for r in self.replicas for v in r.template.get("spec", {}).get("volumes") or []}
+        known = {v.name for g in self.plan.groups for v in g.pod.volumes}
         if set(self.volumes) - known:
             raise UserError(f"--volume {sorted(set(self.volumes) - known)[0]}: the pods have no such volume (they have: {', '.join(sorted(known)) or 'none'})")
-        policy = self.job["spec"].get("runPolicy") or {}
-        backoff = policy.get("backoffLimit")
         # Unset backoffLimit means "retry forever" to the operator; locally that would loop on a bug.
-        self.max_restarts = max_restarts if max_restarts is not None else int(backoff or 0)
-        self.deadline_s = policy.get("activeDeadlineSeconds")
+        self.max_restarts = max_restarts if max_restarts is not None else int(self.plan.run_policy.backoff_limit or 0)
+        self.deadline_s = self.plan.run_policy.active_deadline_seconds
         self.out = out or sys.stdout
         self.grace_s = grace_s
         self.restarts = 0
@@ -267,24 +207,19 @@ class LocalJob:
         with self._lock:
             print(f"[run-local] {message}", file=self.out, flush=True)
 
-    def world_env(self, replica: Replica, nproc: int, port: int) -> dict[str, str]:
-        """What the operator injects into the `pytorch` container, with the master on this machine."""
-        nnodes = len(self.replicas)
-        return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nnodes * nproc),
-                "RANK": str(replica.rank), "PET_NNODES": str(nnodes), "PET_NPROC_PER_NODE": str(nproc),
-                "PET_NODE_RANK": str(replica.rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port),
-                "CUDA_VISIBLE_DEVICES": ""}
+    def world_env(self, replica: Replica, port: int) -> dict[str, str]:
+        """What the operator injects (the plan says), with the master on this machine and no GPU."""
+        return {**self.plan.replica_env(replica, "127.0.0.1", port), "CUDA_VISIBLE_DEVICES": ""}
 
     def run(self) -> int:
         start = time.monotonic()
         deadline = start + self.deadline_s if self.deadline_s else None
-        nproc = nproc_per_node(self.job, self.replicas[0])
-        folders = {r.name: volume_folders(r, self.objects, self.workdir, self.volumes, self.say) for r in self.replicas}
-        self.say(f"job {self.name}: {len(self.replicas)} node(s) x {nproc} process(es), workdir {self.workdir}")
+        folders = {r.name: volume_folders(self.plan, r, self.workdir, self.volumes, self.say) for r in self.replicas}
+        self.say(f"job {self.name}: {self.plan.nnodes} node(s) x {self.plan.nproc_per_node} process(es), workdir {self.workdir}")
         quiet = lambda message: None  # noqa: E731 - planning notes are printed for the first attempt only
         for attempt in range(self.max_restarts + 1):
             port = free_port()
-            plans = {r.name: plan_steps(self.job, r, self.world_env(r, nproc, port), folders[r.name],
+            plans = {r.name: plan_steps(self.plan, r, self.world_env(r, port), folders[r.name],
                                         self.say if attempt == 0 else quiet) for r in self.replicas}
             failure = self._attempt(plans, deadline)
             if failure is None:
@@ -295,7 +230,7 @@ class LocalJob:
                 self.say(f"error: job {self.name} {container}")
                 return code
             self.failures.append(failure)
-            policy = next(r.restart_policy for r in self.replicas if r.name == replica)
+            policy = next(self.plan.group(r).restart_policy for r in self.replicas if r.name == replica)
             retry = policy in ("OnFailure", "Always") or (policy == "ExitCode" and code in RETRYABLE_EXIT_CODES)
             what = f"{replica} (container {container}) exited with code {code}"
             if not retry:
@@ -376,9 +311,9 @@ class LocalJob:
                     self.out.flush()
 
 
-def run_job(objects_or_path, workdir: str | Path, **kwargs) -> int:
-    """Run a rendered PyTorchJob (objects or a YAML path) locally; 0 when every replica exits 0."""
-    return LocalJob(objects_or_path, workdir, **kwargs).run()
+def run_job(job, workdir: str | Path, **kwargs) -> int:
+    """Run a job (a JobPlan, rendered objects or a YAML path) locally; 0 when every replica exits 0."""
+    return LocalJob(job, workdir, **kwargs).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,13 +334,13 @@ def add_arguments(parser, command: str = "run-local") -> None:
 def main(args) -> int:
     if args.file:
         job_flags = [f for f in ("nodes", "gpus", "image", "namespace", "name") if getattr(args, f) is not None]
-        if job_flags or args.values or args.overrides:
-            raise UserError(f"{args.file} is already rendered: drop --{job_flags[0] if job_flags else 'values/--set'}, or render with --profile instead")
-        objects = load_objects(args.file)
+        if job_flags or args.values or args.overrides or args.feature_spec:
+            raise UserError(f"{args.file} is already rendered: drop --{job_flags[0] if job_flags else 'values/--set/--feature-spec'}, or render with --profile instead")
+        plan = load_plan_file(args.file)
     else:
-        from launcher.cli_render import render_job
+        from launcher.cli_render import plan_from_args
 
-        objects = render_job(args)[1]
+        plan = plan_from_args(args)
     volumes = {}
     for item in args.volume:
         name, sep, folder = item.partition("=")
@@ -414,6 +349,5 @@ def main(args) -> int:
         if not Path(folder).is_dir():
             raise UserError(f"--volume {item}: {folder} is not a folder")
         volumes[name] = folder
-    name = next((o["metadata"]["name"] for o in objects if o.get("kind") == "PyTorchJob"), "job")
-    workdir = args.workdir or f"runs/local/{name}"
-    return run_job(objects, workdir, volumes=volumes, max_restarts=args.max_restarts, grace_s=args.grace)
+    workdir = args.workdir or f"runs/local/{plan.name}"
+    return run_job(plan, workdir, volumes=volumes, max_restarts=args.max_restarts, grace_s=args.grace)

@@ -24,6 +24,7 @@ import yaml
 
 from dlrm.errors import UserError
 from launcher.config import DNS_1035
+from launcher.plan import CONTAINER
 
 SCHEMAS_DIR = Path(__file__).with_name("schemas")
 BASE_URI = "https://dlrm-k8s.invalid/schemas/"
@@ -94,9 +95,9 @@ def webhook_errors(job: dict, label: str) -> list[str]:
             errors.append(f"{label}: {where}.replicas: Master must have exactly 1 replica, got {spec.get('replicas')!r}")
         pod = ((spec.get("template") or {}).get("spec")) or {}
         containers = pod.get("containers") or []
-        if not any(isinstance(c, dict) and c.get("name") == "pytorch" for c in containers):
+        if not any(isinstance(c, dict) and c.get("name") == CONTAINER for c in containers):
             names = [c.get("name") for c in containers if isinstance(c, dict)]
-            errors.append(f"{label}: {where}.template.spec.containers: no container named 'pytorch' (got {names})")
+            errors.append(f"{label}: {where}.template.spec.containers: no container named {CONTAINER!r} (got {names})")
         for key in ("initContainers", "containers"):
             for i, c in enumerate(pod.get(key) or []):
                 if isinstance(c, dict) and not c.get("image"):

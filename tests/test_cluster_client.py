@@ -101,10 +101,11 @@ def test_forbidden_names_verb_resource_namespace_and_the_role(api, capsys):
 
 
 def test_invalid_objects_are_refused_before_any_request(api, capsys, monkeypatch):
-    monkeypatch.setattr("launcher.validate.validate_objects", lambda objs, crd=None: ["bad one", "bad two"])
+    monkeypatch.setattr("launcher.cli_render.validate_objects", lambda objs, crd=None: ["bad one", "bad two"])
     rc, _, err = run(capsys, "submit", *JOB)
     assert rc == 2 and api.requests == []
-    assert "invalid: bad one" in err and "invalid: bad two" in err and "2 validation error(s)" in err
+    # one line, as `render` reports it: both go through launcher.cli_render.plan_from_args
+    assert err.count("\n") == 1 and "(2 errors; nothing was written or submitted): bad one; bad two" in err
 
 
 def test_crd_file_is_used_for_validation(api, capsys, shared_dir):

@@ -8,6 +8,7 @@ import pytest
 
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import ConfigError
+from launcher.plan import plan_job
 from launcher.config import PROFILES_DIR, TABLE_PRESETS, JobConfig, load_job_config, parse_quantity, table_sizes
 
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
@@ -121,8 +122,8 @@ CROSS_FIELD = [
 
 @pytest.mark.parametrize("overrides,fragments", CROSS_FIELD, ids=[str(o) for o, _ in CROSS_FIELD])
 def test_cross_field_errors(overrides, fragments):
-    with pytest.raises(ConfigError) as e:
-        load_job_config("synthetic-smoke", overrides=overrides)
+    with pytest.raises(ConfigError) as e:  # the config's own checks, then the plan's (the embedding plan fits)
+        plan_job(load_job_config("synthetic-smoke", overrides=overrides))
     msg = str(e.value)
     assert "\n" not in msg
     for f in fragments:
@@ -144,8 +145,8 @@ def test_plan_fits_only_with_enough_ranks():
     over = {"train_tables": "criteo-fl15", "train": {"model": {"embedding_dim": 128, "bottom_mlp": [128]},
                                                     "data": {"batch_size": 4096}}}
     with pytest.raises(ConfigError, match="do not fit"):
-        load_job_config("synthetic-smoke", overrides=over)
-    assert load_job_config("synthetic-smoke", overrides={**over, "gpus_per_node": 8}).world_size == 8
+        plan_job(load_job_config("synthetic-smoke", overrides=over))
+    assert plan_job(load_job_config("synthetic-smoke", overrides={**over, "gpus_per_node": 8})).world_size == 8
 
 
 def test_preprocess_checks():
@@ -155,10 +156,14 @@ def test_preprocess_checks():
         load_job_config("criteo-preprocess", overrides={"storage": {"mode": "mount"}})
 
 
-def test_table_sizes_from_local_feature_spec(tmp_path):
+def test_a_local_folder_at_the_dataset_path_changes_nothing(tmp_path):
+    """Rendering depends on declared inputs only: a feature spec that happens to sit at the dataset's
+    path on this machine is not read (the cluster's copy may differ)."""
     FeatureSpec.default(tmp_path, [11, 22, 33]).save()
-    cfg = load_job_config("synthetic-smoke", overrides={"dataset": str(tmp_path), "train_tables": ""})
-    assert table_sizes(cfg) == [11, 22, 33]
+    cfg = load_job_config("synthetic-smoke", overrides={"dataset": str(tmp_path)})
+    assert table_sizes(cfg) == [1000, 500, 100, 50, 10, 3]  # the profile's train_tables
+    with pytest.raises(ConfigError, match="--feature-spec"):
+        plan_job(load_job_config("synthetic-smoke", overrides={"dataset": str(tmp_path), "train_tables": ""}))
     assert table_sizes(load_job_config("criteo-fl15")) == TABLE_PRESETS["criteo-fl15"]
 
 
@@ -166,7 +171,7 @@ def test_missing_planner_warns_and_skips(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlrm.dist.plan", None)  # `import` now raises ModuleNotFoundError
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        load_job_config("synthetic-smoke", overrides={"train_tables": [10**9] * 4})
+        plan_job(load_job_config("synthetic-smoke", overrides={"train_tables": [10**9] * 4}))
     assert any("plan was not checked" in str(w.message) for w in caught)
 
 

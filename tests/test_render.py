@@ -234,7 +234,7 @@ def test_injection_stays_one_scalar(payload):
 
 
 # A {{ }} is safe when it ends in `| toyaml`, is a macro call re-indented, or is the name macro (itself filtered).
-SAFE_EXPR = re.compile(r"^(.*\|\s*toyaml|([hp]\.\w+|pod_template|role)\(.*\)\s*\|\s*indent\(\d+\)|h\.name\(.*\))$")
+SAFE_EXPR = re.compile(r"^(.*\|\s*toyaml|([hp]\.\w+|pod_template|role|mapping)\(.*\)\s*\|\s*indent\(\d+\)|h\.name\(.*\))$")
 
 
 def test_every_template_value_is_filtered():
@@ -247,6 +247,7 @@ def test_every_template_value_is_filtered():
 
 
 @pytest.mark.parametrize("expr,safe", [("cfg.name", False), ("cfg.name | upper", False), ("h.labels('x')", False),
-                                       ("cfg.name | toyaml", True), ('h.labels("x") | indent(4)', True)])
+                                       ("cfg.name | toyaml", True), ('h.labels("x") | indent(4)', True),
+                                       ("mapping(c.limits) | indent(6)", True), ("c.limits.items()", False)])
 def test_safe_expr_pattern(expr, safe):
     assert bool(SAFE_EXPR.match(expr)) is safe

@@ -1,0 +1,98 @@
+"""The training pod of a JobConfig, as typed plan parts: containers, their env and mounts, volumes.
+
+    pod = train_pod(cfg)        # launcher.plan.Pod; every replica of the job runs this pod
+
+One definition of what each replica runs, read by the PyTorchJob template (manifests/) and by
+the local interpreters (run-local, images/docker_job.py) alike. Paths come from launcher.command.
+"""
+from __future__ import annotations
+
+from dlrm.errors import ConfigError
+from launcher import command as cmd
+from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
+
+# Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security(cfg) -> dict:
+    """A fixed non-root user; fsGroup makes mounted volumes writable by it."""
+    return {"runAsNonRoot": True, "runAsUser": cfg.cluster.run_as_user, "runAsGroup": cfg.cluster.run_as_group,
+            "fsGroup": cfg.cluster.run_as_group, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def s3_env(cfg) -> list[EnvVar]:
+    env = [EnvVar("AWS_REGION", cfg.s3.region)]
+    if cfg.s3.endpoint_url:  # boto3 >= 1.28 reads it; MinIO and other S3-compatible stores
+        env.append(EnvVar("AWS_ENDPOINT_URL", cfg.s3.endpoint_url))
+    return env
+
+
+def container_env(cfg) -> list[EnvVar]:
+    """Container env, sorted per source so the output is deterministic."""
+    base = [EnvVar("HOME", cmd.TMP_MOUNT),  # read-only root: caches (matplotlib, triton) go to /tmp
+            EnvVar("PYTHONUNBUFFERED", "1")]
+    user = [EnvVar(k, v) for k, v in sorted({**cfg.cluster.nccl_env, **cfg.cluster.env}.items())]
+    clash = sorted({e.name for e in base + s3_env(cfg)} & {e.name for e in user})
+    if clash:
+        raise ConfigError(f"cluster.env/nccl_env set {', '.join(clash)}, which the launcher sets itself")
+    return base + s3_env(cfg) + user
+
+
+def requests(cfg) -> dict:
+    return {"cpu": cfg.resources.cpu_request, "memory": cfg.resources.memory_request}
+
+
+def limits(cfg) -> dict:
+    return {**({"cpu": cfg.resources.cpu_limit} if cfg.resources.cpu_limit else {}), "memory": cfg.resources.memory_limit}
+
+
+def env_from(cfg) -> list[dict]:
+    """S3 credentials by reference only: a Secret's keys become env vars; IRSA needs nothing here."""
+    return [{"secretRef": {"name": cfg.s3.secret}}] if cfg.s3.secret else []
+
+
+def dataset_path(cfg) -> str:
+    """Where the training container finds the dataset."""
+    return cmd.STAGED_DATASET if cfg.storage.mode == "stage" else cmd.DATASET_MOUNT
+
+
+def train_pod(cfg) -> Pod:
+    s, c = cfg.storage, cfg.cluster
+    common = dict(image=cfg.image, env=container_env(cfg), env_from=env_from(cfg), requests=requests(cfg),
+                  security=dict(CONTAINER_SECURITY), pull_policy=c.image_pull_policy)
+    init = []
+    if s.mode == "stage":  # copies and verifies the dataset before training starts; a failed copy fails the pod
+        init.append(Container("stage", command=cmd.STAGE_COMMAND + cmd.stage_args(cfg.dataset), limits=limits(cfg),
+                              mounts=[Mount("stage", cmd.STAGE_MOUNT), Mount("tmp", cmd.TMP_MOUNT)], **common))
+    devices = {"nvidia.com/gpu": cfg.gpus_per_node, **({"vpc.amazonaws.com/efa": c.efa} if c.efa else {}),
+               **dict(sorted(c.extra_resources.items()))}
+    mounts = [Mount("config", cmd.CONFIG_DIR, read_only=True)]
+    if s.mode == "stage":
+        mounts.append(Mount("stage", cmd.STAGE_MOUNT, read_only=True))
+    else:
+        mounts.append(Mount("dataset", cmd.DATASET_MOUNT, read_only=True, sub_path=cfg.dataset if s.mode == "pvc" else ""))
+    mounts += [Mount("output", cmd.OUTPUT_MOUNT, sub_path=(s.output_path or f"runs/{cfg.name}") if s.output_claim else ""),
+               Mount("tmp", cmd.TMP_MOUNT), Mount("shm", cmd.SHM_MOUNT)]
+    main = Container(CONTAINER, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.OUTPUT_MOUNT),
+                     ports=[Port(PORT_NAME, MASTER_PORT)], limits={**limits(cfg), **devices}, mounts=mounts, **common)
+    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg))
+
+
+def train_volumes(cfg) -> list[Volume]:
+    s = cfg.storage
+    vols = [Volume("config", "configMap", {"name": f"{cfg.name}-config"})]
+    if s.mode == "pvc":
+        vols.append(Volume("dataset", "persistentVolumeClaim", {"claimName": s.claim, "readOnly": True}))
+    elif s.mode == "hostPath":
+        vols.append(Volume("dataset", "hostPath", {"path": cfg.dataset, "type": "Directory"}))
+    elif s.mode == "mount":
+        vols.append(Volume("dataset", "persistentVolumeClaim", {"claimName": f"{cfg.name}-dataset", "readOnly": True}))
+    elif s.stage_host_path:
+        vols.append(Volume("stage", "hostPath", {"path": s.stage_host_path, "type": "DirectoryOrCreate"}))
+    else:
+        vols.append(Volume("stage", "emptyDir", {"sizeLimit": s.stage_size}))
+    vols.append(Volume("output", "persistentVolumeClaim", {"claimName": s.output_claim}) if s.output_claim
+                else Volume("output", "emptyDir", {}))
+    vols += [Volume("tmp", "emptyDir", {}), Volume("shm", "emptyDir", {"medium": "Memory", "sizeLimit": cfg.resources.shm_size})]
+    return vols
