@@ -38,6 +38,7 @@ def main(args) -> int:
         cfg.data.dataset = args.dataset
     cfg.eval_max_batches = args.max_batches
     spec = FeatureSpec.load(cfg.data.dataset)
+    spec.require_rows(["test"])
     device = pick_device(cfg)
     model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed)
     opt = Optimizers(model.dense_parameters(), [model.sparse_arch.embedding.weight], cfg.optim)

@@ -30,8 +30,21 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return (pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def _json_value(v):
+    """NaN and inf (an AUC on a one-class test split, a diverged loss) become null: every line
+    stays valid JSON, which bare NaN is not."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _num(v) -> float:
+    return math.nan if v is None else v
+
+
 class MetricsLog:
-    """Appends one JSON object per line; `plot()` draws loss and AUC against step."""
+    """Appends one JSON object per line; `plot()` draws loss and AUC against step.
+
+    Every line is strict JSON: a value that is NaN or infinite is written as null.
+    """
 
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
@@ -43,8 +56,9 @@ class MetricsLog:
         if not self.enabled:
             return
         record.setdefault("time", round(time.time(), 3))
+        line = json.dumps({k: _json_value(v) for k, v in record.items()}, sort_keys=False, allow_nan=False)
         with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
+            f.write(line + "\n")
 
     def records(self) -> list[dict]:
         if not self.path.exists():
@@ -64,10 +78,10 @@ class MetricsLog:
         train = [r for r in recs if r.get("kind") == "train"]
         evals = [r for r in recs if r.get("kind") == "eval"]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+        ax1.plot([r["step"] for r in train], [_num(r["loss"]) for r in train], label="train loss", lw=1)
         if evals:
-            ax1.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss")
-            ax2.plot([r["step"] for r in evals], [r["auc"] for r in evals], "o-", color="C2", label="eval AUC")
+            ax1.plot([r["step"] for r in evals], [_num(r["loss"]) for r in evals], "o-", label="eval loss")
+            ax2.plot([r["step"] for r in evals], [_num(r["auc"]) for r in evals], "o-", color="C2", label="eval AUC")
         summary = next((r for r in reversed(recs) if r.get("kind") == "summary"), {})
         if summary.get("oracle_auc"):
             ax2.axhline(summary["oracle_auc"], ls="--", color="gray", label="hidden model AUC")

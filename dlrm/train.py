@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from dlrm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dlrm.config import TrainConfig, dump_yaml, load_config, to_dict
 from dlrm.data.reader import SplitBinaryReader
-from dlrm.data.spec import FeatureSpec
+from dlrm.data.spec import SPLITS, FeatureSpec
 from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize, plan_for_config
 from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     spec = FeatureSpec.load(cfg.data.dataset)
-    spec.check()
+    spec.require_rows(SPLITS)  # 0 train rows would 'train' 0 steps; 0 test rows fail after training
     out = Path(cfg.out)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,26 @@ def setup_dataset(ctx: Ctx, args: dict) -> None:
             ids.tofile(root / a["file"])
         elif op == "remove":
             (root / a).unlink()
+        elif op == "poke":  # raw bytes at an offset: a label byte of 2, a float16 NaN
+            with open(root / a["file"], "r+b") as fh:
+                fh.seek(a["offset"])
+                fh.write(bytes.fromhex(a["hex"]))
+        elif op == "empty_split":  # every file of the split cut to 0 bytes: a split of 0 rows
+            for f in (root / a).iterdir():
+                os.truncate(f, 0)
+        elif op == "move_out":  # a file moved outside the dataset folder, reached through the spec
+            src, outside = root / a["file"], ctx.tmp / "outside" / Path(a["file"]).name
+            outside.parent.mkdir(exist_ok=True)
+            src.rename(outside)
+            if a["how"] == "symlink":
+                src.symlink_to(outside)
+                continue
+            raw = yaml.safe_load(spec_file.read_text())
+            name = str(outside) if a["how"] == "absolute" else os.path.relpath(outside, root)
+            for chunks in raw["source_spec"].values():
+                for ch in chunks:
+                    ch["files"] = [name if f == a["file"] else f for f in ch["files"]]
+            spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
         elif op == "spec_set":
             raw = yaml.safe_load(spec_file.read_text())
             node = raw

@@ -54,3 +54,19 @@ def test_metrics_log_and_plot(tmp_path):
     assert [r["kind"] for r in log.records()] == ["train"] * 3 + ["eval", "summary"]
     png = log.plot(tmp_path / "m.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_lines_are_strict_json(tmp_path):
+    """A NaN AUC (one-class test split) or a diverged loss is written as null, never bare NaN."""
+    import json
+    import math
+
+    from dlrm.metrics import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write(kind="train", step=1, loss=float("nan"), lr=0.1)
+    log.write(kind="eval", step=1, auc=math.nan, loss=float("inf"))
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in {line}"))
+    assert [r.get("auc", r.get("loss")) for r in log.records()] == [None, None]
+    assert log.plot(tmp_path / "m.png").exists()

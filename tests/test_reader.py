@@ -323,3 +323,104 @@ def test_writer_accepts_an_empty_batch(tmp_path):
         w.append(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.int64), np.zeros(0, bool))
         w.append(np.ones((3, 2), np.float32), np.array([[1, 2]] * 3), np.array([0, 1, 1]))
     assert w.rows == 3 and spec.num_rows("train") == 3
+
+
+# -- labels and numerical values are checked as they are read ------------------------------------
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_label_other_than_0_or_1_names_file_and_row(dataset, prefetch):
+    spec, _ = dataset
+    raw = np.fromfile(spec.root / "train" / "label.bin", np.uint8)
+    raw[23] = 2  # a bool file: numpy and torch would read this byte as True
+    raw.tofile(spec.root / "train" / "label.bin")
+    with pytest.raises(DataError, match=r"train/label\.bin: label 2 at row 23 is not 0 or 1"):
+        read_all(SplitBinaryReader(spec, "train", 10, prefetch=prefetch))
+    # each rank checks its own slice: the rank holding row 23 finds it, with the split's row number
+    with pytest.raises(DataError, match=r"label 2 at row 23 "):
+        read_all(SplitBinaryReader(spec, "train", 10, local_slice=(0, 2)))
+    read_all(SplitBinaryReader(spec, "train", 10, local_slice=(1, 2)))  # rank 1 never reads row 23
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_numerical_names_file_feature_and_row(dataset, value):
+    spec, arrays = dataset
+    num = arrays["train"][0].astype(np.float16)
+    num[31, 2] = value
+    num.tofile(spec.root / "train" / "numerical.bin")
+    with pytest.raises(DataError, match=rf"train/numerical\.bin: feature num_2: {value} at row 31 is not a finite number"):
+        read_all(SplitBinaryReader(spec, "train", 8))
+    read_all(SplitBinaryReader(spec, "train", 8, numerical=False))  # not read, not checked
+
+
+def test_largest_finite_float16_is_fine(dataset):
+    spec, arrays = dataset
+    num = arrays["train"][0].astype(np.float16)
+    num[5] = [np.finfo(np.float16).max, -np.finfo(np.float16).max, 0, np.finfo(np.float16).tiny]
+    num.tofile(spec.root / "train" / "numerical.bin")
+    _, got, _, _ = read_all(SplitBinaryReader(spec, "train", 8))
+    assert torch.equal(got, torch.from_numpy(num))
+
+
+def test_dataset_without_numerical_features_gives_empty_columns(tmp_path):
+    spec = FeatureSpec.default(tmp_path / "ds", [3, 4], num_numerical=0)
+    num, cat, lab = make_arrays(11, cards=[3, 4], n_num=0)
+    write_dataset(spec, {"train": (num, cat, lab), "test": (num, cat, lab)})
+    batches, got, _, _ = read_all(SplitBinaryReader(FeatureSpec.load(tmp_path / "ds"), "train", 4, local_slice=(0, 2)))
+    assert got.shape == (6, 0) and [b.numerical.shape for b in batches] == [(2, 0), (2, 0), (2, 0)]
+
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "symlink"])
+def test_spec_files_outside_the_dataset_folder_are_refused(dataset, how):
+    spec, _ = dataset
+    outside = spec.root.parent / "elsewhere.bin"
+    (spec.root / "train" / "label.bin").rename(outside)
+    raw = yaml.safe_load(spec.path.read_text())
+    if how == "symlink":
+        (spec.root / "train" / "label.bin").symlink_to(outside)
+    else:
+        for ch in raw["source_spec"]["train"]:
+            if ch["files"] == ["train/label.bin"]:
+                ch["files"] = ["../elsewhere.bin" if how == "parent" else str(outside)]
+    spec.path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match=r"source_spec\.train\[\d+\]\.files: .*(leads outside|must be a path relative to) "
+                                        r"the dataset folder"):
+        FeatureSpec.load(spec.root)
+
+
+def test_files_may_go_up_and_back_in(dataset):
+    spec, _ = dataset
+    raw = yaml.safe_load(spec.path.read_text())
+    raw["source_spec"]["train"][0]["files"] = [f"train/../{raw['source_spec']['train'][0]['files'][0]}"]
+    spec.path.write_text(yaml.safe_dump(raw))
+    assert FeatureSpec.load(spec.root).check()["train"] == 47
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (["source_spec"], ["train"], r"source_spec must be a mapping"),
+    (["source_spec", "train", 0], "numerical.bin", r"source_spec\.train\[0\] must be a mapping"),
+    (["source_spec", "train", 0, "files"], "x.bin", r"source_spec\.train\[0\]\.files must be a list"),
+    (["feature_spec", "num_1"], [1], r"feature_spec\.num_1 must be a mapping"),
+    (["channel_spec", "numerical"], "num_0", r"channel_spec\.numerical must be a list of feature names"),
+    (["channel_spec", "numerical"], [{"a": 1}], r"channel_spec\.numerical must be a list of feature names"),
+    (["channel_spec", "label"], ["num_0"], r"channel_spec lists \['num_0'\] in more than one channel"),
+    (["feature_spec", "num_0", "dtype"], "S4", r"feature_spec\.num_0\.dtype must be a number type"),
+])
+def test_spec_structure_errors_name_the_key(dataset, path, value, message):
+    raw, spec = _raw_spec(dataset)
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    spec.path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match=message):
+        FeatureSpec.load(spec.root)
+
+
+def test_require_rows(dataset):
+    spec, _ = dataset
+    assert spec.require_rows(["train", "test"]) == {"train": 47, "test": 9}
+    for f in (spec.root / "test").iterdir():
+        os.truncate(f, 0)
+    with pytest.raises(DataError, match=r"split test has 0 rows"):
+        spec.require_rows(["train", "test"])

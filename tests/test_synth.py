@@ -129,13 +129,31 @@ def test_cli(tmp_path, capsys):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(UserError, match="click_rate"):
+    with pytest.raises(UserError, match="click-rate"):
         synth.generate(tmp_path, 10, 0, cardinalities=CARDS, test_rows=1, click_rate=1.5)
     with pytest.raises(UserError, match="rows"):
         synth.generate(tmp_path, 0, 0, cardinalities=CARDS, test_rows=1)
     with pytest.raises(UserError, match="scale"):
         synth.scaled(CARDS, 0)
+    for kwargs, message in [(dict(test_rows=0), "--test-rows must be >= 1"), (dict(seed=-1), "--seed"),
+                            (dict(num_numerical=-1), "--num-numerical"), (dict(num_numerical=10**6), "--num-numerical"),
+                            (dict(cardinalities=[]), "at least one table"), (dict(click_rate=float("nan")), "click-rate")]:
+        with pytest.raises(UserError, match=message):
+            synth.generate(tmp_path, **{"rows": 10, "seed": 0, "cardinalities": CARDS, "test_rows": 1, **kwargs})
     assert not (tmp_path / "feature_spec.yaml").exists()
+
+
+@pytest.mark.parametrize("num_numerical,cards", [(0, CARDS), (13, [2]), (0, [3])])
+def test_every_dataset_synth_writes_trains(tmp_path, num_numerical, cards):
+    """Each option by class at its edge (no numerical features, one table of 2 ids): trains."""
+    from dlrm.config import TrainConfig, load_config
+    from dlrm.train import BUILTIN_CONFIGS, train
+
+    synth.generate(tmp_path / "ds", 600, 1, cardinalities=cards, test_rows=1, num_numerical=num_numerical)
+    cfg = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"],
+                      overrides=[f"data.dataset={tmp_path / 'ds'}", f"out={tmp_path / 'run'}", "data.batch_size=128"])
+    summary = train(cfg)
+    assert summary["step"] == 5 and (tmp_path / "run" / "checkpoints").is_dir()
 
 
 def test_crash_leaves_no_yaml(tmp_path, monkeypatch):

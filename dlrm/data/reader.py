@@ -65,6 +65,36 @@ def local_rows(b: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+def check_labels(labels: np.ndarray, first_row: int, file) -> None:
+    """Labels [B] must be 0 or 1: a byte 2 in a bool file would silently train as a click.
+    One reduction per batch (as bytes for bool); the slow path runs only on failure."""
+    as_bytes = labels.view(np.uint8) if labels.dtype == np.bool_ else None
+    if labels.size == 0 or (as_bytes is not None and as_bytes.max() <= 1):
+        return
+    wrong = as_bytes > 1 if as_bytes is not None else (labels != 0) & (labels != 1)
+    if as_bytes is None and not wrong.any():
+        return
+    bad = int(np.flatnonzero(wrong)[0])
+    value = (as_bytes if as_bytes is not None else labels)[bad].item()
+    raise DataError(f"{file}: label {value} at row {first_row + bad} is not 0 or 1")
+
+
+def check_finite(block: np.ndarray, features: list[str], first_row: int, file_of) -> None:
+    """Numerical features [B, N] must be finite: one NaN or inf trains a NaN model.
+
+    On the bits, one masked max per batch (about the cost of the copy; np.isfinite on float16 is
+    25x that): a value is NaN or inf exactly when all its exponent bits are set."""
+    if block.dtype.kind != "f" or block.size == 0:
+        return
+    info = np.finfo(block.dtype)
+    exponent = ((1 << info.nexp) - 1) << info.nmant
+    if (np.ascontiguousarray(block).view(f"u{block.dtype.itemsize}") & exponent).max() != exponent:
+        return
+    row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(block)))
+    raise DataError(f"{file_of(features[col])}: feature {features[col]}: {block[row, col].item()} at row {first_row + row} "
+                    f"is not a finite number")
+
+
 class SplitBinaryReader:
     """Batches of one split of `spec`; see the module docstring. Iterate it once per epoch."""
 
@@ -83,6 +113,7 @@ class SplitBinaryReader:
         if unknown:
             raise UserError(f"{spec.path}: categorical features {unknown} not in the spec (have {spec.categorical})")
         self.categorical = names
+        self.want_numerical = numerical
         self.read_numerical = bool(numerical and spec.numerical)
         self.read_label = label
         if local_slice is not None:
@@ -185,13 +216,18 @@ class SplitBinaryReader:
             block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             if self._num_perm != list(range(len(self._num_perm))):
                 block = block[:, self._num_perm]
-            numerical = torch.from_numpy(np.array(block))  # as stored: the device casts (half the bytes to move)
+            block = np.array(block)
+            check_finite(block, self.spec.numerical, start + lo, lambda f: self.spec.chunk_of(self.split, f)[0].file)
+            numerical = torch.from_numpy(block)  # as stored: the device casts (half the bytes to move)
+        elif self.want_numerical:  # a dataset without numerical features: an empty [B_local, 0]
+            numerical = torch.zeros(hi - lo, 0, dtype=torch.float16)
 
         label = None
         if self.read_label:
             chunk, col = self._label_chunk
-            raw = self._rows(maps, chunk, start + lo, hi - lo)[:, col]
-            label = torch.from_numpy(np.array(raw))
+            raw = np.array(self._rows(maps, chunk, start + lo, hi - lo)[:, col])
+            check_labels(raw, start + lo, chunk.file)
+            label = torch.from_numpy(raw)
         return Batch(numerical, torch.from_numpy(cat).t(), label, int(index), int(position))
 
     def __iter__(self) -> "BatchIterator":

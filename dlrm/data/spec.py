@@ -32,6 +32,18 @@ def categorical_dtype(cardinality: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
+def _inside(root: Path, name, where: str) -> Path:
+    """`name` resolved under the dataset folder `root`, or a DataError: a file outside it (../x.bin,
+    /abs/x.bin, a symlink leading out) would be read by the trainer but not shipped by `data push`."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise DataError(f"{where}: {name!r} must be a path relative to the dataset folder {root}")
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise DataError(f"{where}: {name!r} leads outside the dataset folder {root} (to {path}); "
+                        f"every file of a dataset must be inside its folder")
+    return path
+
+
 @dataclass
 class Chunk:
     """One file holding one or more features of one split, row-major."""
@@ -106,6 +118,15 @@ class FeatureSpec:
         """Check every file's size against the spec before training; returns rows per split."""
         return {s: self.num_rows(s) for s in splits if s in self.sources}
 
+    def require_rows(self, splits) -> dict[str, int]:
+        """check(), and at least one row in each of `splits`; returns rows per split."""
+        rows = self.check(splits)
+        for split in splits:
+            if not rows.get(split):
+                what = "0 rows" if split in rows else "no files in source_spec"
+                raise DataError(f"{self.path}: split {split} has {what}; expected rows in {' and '.join(splits)}")
+        return rows
+
     # -- (de)serialisation ----------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureSpec":
@@ -129,21 +150,40 @@ class FeatureSpec:
                 raise DataError(f"{where}: missing key {ctx}{key}")
             return mapping[key]
 
-        fspec = need(raw, "feature_spec", "")
-        chan = need(raw, "channel_spec", "")
-        src = need(raw, "source_spec", "")
-        numerical = list(chan.get(NUMERICAL) or [])
-        categorical = list(chan.get(CATEGORICAL) or [])
-        labels = list(need(chan, LABEL, "channel_spec."))
+        def mapping(value, ctx):
+            if not isinstance(value, dict):
+                raise DataError(f"{where}: {ctx} must be a mapping, got {value!r}")
+            return value
+
+        def names(value, ctx):  # a channel's feature names: a list of distinct strings
+            value = [] if value is None else value
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise DataError(f"{where}: {ctx} must be a list of feature names, got {value!r}")
+            if len(set(value)) != len(value):
+                raise DataError(f"{where}: {ctx} lists a feature twice: {value}")
+            return value
+
+        fspec = mapping(need(raw, "feature_spec", ""), "feature_spec")
+        chan = mapping(need(raw, "channel_spec", ""), "channel_spec")
+        src = mapping(need(raw, "source_spec", ""), "source_spec")
+        numerical = names(chan.get(NUMERICAL), "channel_spec.numerical")
+        categorical = names(chan.get(CATEGORICAL), "channel_spec.categorical")
+        labels = names(need(chan, LABEL, "channel_spec."), "channel_spec.label")
+        shared = set(numerical) & set(categorical) | set(labels) & set(numerical + categorical)
+        if shared:
+            raise DataError(f"{where}: channel_spec lists {sorted(shared)} in more than one channel")
         if len(labels) != 1:
             raise DataError(f"{where}: channel_spec.label must list exactly one feature, got {labels}")
         dtypes, cards = {}, {}
         for name in numerical + categorical + labels:
-            entry = need(fspec, name, "feature_spec.")
+            entry = mapping(need(fspec, name, "feature_spec."), f"feature_spec.{name}")
             try:
                 dtypes[name] = np.dtype(entry.get("dtype", "float16" if name in numerical else "bool"))
             except TypeError:
                 raise DataError(f"{where}: feature_spec.{name}.dtype {entry.get('dtype')!r} is not a numpy dtype") from None
+        for name in numerical + labels:  # read as numbers: cast to float on the device
+            if dtypes[name].kind not in "biuf":
+                raise DataError(f"{where}: feature_spec.{name}.dtype must be a number type, got {dtypes[name].name}")
         for name in categorical:
             card = fspec[name].get("cardinality")
             if not isinstance(card, int) or card < 1:
@@ -159,11 +199,15 @@ class FeatureSpec:
         sources: dict[str, list[Chunk]] = {}
         for split, chunks in src.items():
             out = []
-            for i, ch in enumerate(chunks or []):
+            if not isinstance(chunks, list):
+                raise DataError(f"{where}: source_spec.{split} must be a list of files, got {chunks!r}")
+            for i, ch in enumerate(chunks):
                 ctx = f"source_spec.{split}[{i}]"
-                if ch.get("type") != "split_binary":
+                if mapping(ch, ctx).get("type") != "split_binary":
                     raise DataError(f"{where}: {ctx}.type must be split_binary, got {ch.get('type')!r}")
-                feats, files = list(ch.get("features") or []), list(ch.get("files") or [])
+                feats, files = names(ch.get("features"), f"{ctx}.features"), ch.get("files") or []
+                if not isinstance(files, list):
+                    raise DataError(f"{where}: {ctx}.files must be a list, got {files!r}")
                 if len(files) != 1:
                     raise DataError(f"{where}: {ctx}.files must list exactly one file, got {files}")
                 unknown = [f for f in feats if f not in dtypes]
@@ -172,7 +216,7 @@ class FeatureSpec:
                 kinds = {dtypes[f] for f in feats}
                 if len(kinds) != 1:
                     raise DataError(f"{where}: {ctx} mixes dtypes {sorted(k.name for k in kinds)} in one file")
-                out.append(Chunk(feats, (root / files[0]).resolve(), kinds.pop()))
+                out.append(Chunk(feats, _inside(root, files[0], f"{where}: {ctx}.files"), kinds.pop()))
             covered = [f for c in out for f in c.features]
             missing = [f for f in numerical + categorical + labels if f not in covered]
             if missing:

@@ -171,18 +171,25 @@ def write_split(truth: Truth, spec: FeatureSpec, split: str, rows: int, seed: in
     return clicks, cat(scores, np.float32), cat(labels, bool)
 
 
+MAX_NUMERICAL = 1000  # Criteo has 13; each one costs CHUNK_ROWS x 4 bytes while drawing
 AUC_MAX_ROWS = 4_000_000  # the oracle AUC is measured on at most this many test rows (memory)
 
 
 def generate(out, rows: int, seed: int, *, cardinalities: list[int], test_rows: int, click_rate: float = 0.25,
              num_numerical: int = 13, overwrite: bool = False) -> FeatureSpec:
     """Write a synthetic dataset to `out` (feature_spec.yaml last) and return its spec."""
-    if rows < 1 or test_rows < 0:
-        raise UserError(f"synth: rows must be >= 1 and test_rows >= 0, got rows={rows}, test_rows={test_rows}")
+    # Every dataset synth writes must train: rows in both splits (the trainer refuses an empty one).
+    if rows < 1 or test_rows < 1:
+        raise UserError(f"synth: --rows and --test-rows must be >= 1 (training needs rows in both splits), "
+                        f"got rows={rows}, test_rows={test_rows}")
+    if not 0 <= seed < 2**63:
+        raise UserError(f"synth: --seed must be in [0, 2**63), got {seed}")
     if not 0.0 < click_rate < 1.0:
-        raise UserError(f"synth: click_rate must be in (0, 1), got {click_rate}")
-    if num_numerical < 0 or not cardinalities or min(cardinalities) < 1:
-        raise UserError(f"synth: need num_numerical >= 0 and cardinalities >= 1, got {num_numerical}, {cardinalities}")
+        raise UserError(f"synth: --click-rate must be in (0, 1), got {click_rate}")
+    if not 0 <= num_numerical <= MAX_NUMERICAL:
+        raise UserError(f"synth: --num-numerical must be in [0, {MAX_NUMERICAL}], got {num_numerical}")
+    if not cardinalities or min(cardinalities) < 1:
+        raise UserError(f"synth: need at least one table, each of >= 1 rows, got {cardinalities}")
     spec = FeatureSpec.default(out, list(cardinalities), num_numerical=num_numerical)
     claim_folder(spec, overwrite)  # before minutes of work, not after
     truth = make_truth(seed, list(cardinalities), num_numerical)
@@ -223,7 +230,7 @@ def scaled(cardinalities: list[int], scale: float) -> list[int]:
 
 def main(args: argparse.Namespace) -> int:
     cards = scaled(TABLE_PRESETS[args.tables], args.scale)
-    test_rows = args.rows // 8 if args.test_rows is None else args.test_rows
+    test_rows = max(1, args.rows // 8) if args.test_rows is None else args.test_rows
     t0 = time.perf_counter()
     spec = generate(Path(args.out), args.rows, args.seed, cardinalities=cards, test_rows=test_rows,
                     click_rate=args.click_rate, num_numerical=args.num_numerical, overwrite=args.overwrite)
