@@ -13,8 +13,8 @@ from launcher.validate import load_objects, validate_objects
 
 def add_arguments(p: argparse.ArgumentParser, command: str = "validate") -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML files (multi-document allowed), e.g. render --out output")
-    p.add_argument("--crd", metavar="FILE", help="also check PyTorchJobs against this CRD's openAPIV3Schema "
-                                                 "(e.g. kubeflow.org_pytorchjobs.yaml from the training operator)")
+    p.add_argument("--crd", metavar="FILE", help="check PyTorchJobs against this CRD's openAPIV3Schema instead of the "
+                                                 "vendored upstream one (e.g. the version installed on your cluster)")
 
 
 def main(args: argparse.Namespace) -> int:

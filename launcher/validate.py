@@ -1,6 +1,7 @@
 """Offline validation of rendered objects, before every submit: every error at once, each with its path.
 
-    errors = validate_objects(objs, crd="../shared/schemas/kubeflow.org_pytorchjobs.yaml")
+    errors = validate_objects(objs)                       # the vendored upstream CRD
+    errors = validate_objects(objs, crd="my-cluster-crd.yaml")
 
 Three layers, because each catches what the others cannot:
   1. strict JSON schemas (launcher/schemas): Kubernetes' own for core kinds and pod templates
@@ -8,8 +9,9 @@ Three layers, because each catches what the others cannot:
      unknown field is an error; the API server would silently prune it and the job would run
      without, say, its toleration.
   2. the training operator's validating webhook rules, which no schema expresses.
-  3. optionally (--crd) the upstream CRD's openAPIV3Schema, made strict the same way, which
-     catches drift between our schema and the operator version actually installed.
+  3. the upstream CRD's openAPIV3Schema, made strict the same way: the one vendored in
+     launcher/schemas (see its README for source, version and licence), or --crd FILE, the
+     operator version actually installed, which catches drift between the two.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ import referencing
 import yaml
 
 from dlrm.errors import UserError
+from dlrm.fsutil import load_yaml_file_all
 from launcher.config import DNS_1035
 from launcher.plan import CONTAINER
 
 SCHEMAS_DIR = Path(__file__).with_name("schemas")
+VENDORED_CRD = SCHEMAS_DIR / "kubeflow.org_pytorchjobs.yaml"  # upstream, byte for byte (schemas/README.md)
 BASE_URI = "https://dlrm-k8s.invalid/schemas/"
 K8S = "k8s.json#/$defs/"
 # (apiVersion, kind) -> the schema an object of that type must match.
@@ -125,23 +129,26 @@ def _strict(node):
 @functools.lru_cache(maxsize=4)
 def crd_validator(path: str) -> jsonschema.Draft202012Validator:
     """A validator from a CustomResourceDefinition file (its v1, else first, version's schema)."""
-    try:
-        docs = [d for d in yaml.load_all(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
-    except FileNotFoundError:
-        raise UserError(f"--crd {path}: no such file") from None
-    crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
+    if Path(path) == VENDORED_CRD:  # ours, pinned by its git blob id: the fast C loader
+        docs = list(yaml.load_all(VENDORED_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    else:  # a user's file: aliases bounded, one-line errors
+        docs = load_yaml_file_all(path, "CRD file", UserError)
+    crds = [d for d in docs if isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"]
     if not crds:
         raise UserError(f"--crd {path}: no CustomResourceDefinition in it")
-    versions = crds[0].get("spec", {}).get("versions") or []
-    version = next((v for v in versions if v.get("name") == "v1"), versions[0] if versions else {})
-    schema = (version.get("schema") or {}).get("openAPIV3Schema")
-    if not schema:
+    versions = (crds[0].get("spec") or {}).get("versions") or []
+    version = next((v for v in versions if isinstance(v, dict) and v.get("name") == "v1"),
+                   versions[0] if versions and isinstance(versions[0], dict) else {})
+    schema = (version.get("schema") or {}).get("openAPIV3Schema") if isinstance(version.get("schema"), dict) else None
+    if not isinstance(schema, dict):
         raise UserError(f"--crd {path}: version {version.get('name')!r} has no openAPIV3Schema")
     return jsonschema.Draft202012Validator(_strict(copy.deepcopy(schema)))
 
 
 def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[str]:
-    """Every problem in `objs`, as '<Kind>/<name>: <path>: <message>'; empty means valid."""
+    """Every problem in `objs`, as '<Kind>/<name>: <path>: <message>'; empty means valid.
+    PyTorchJobs are checked against `crd` (a CRD file), by default the vendored upstream one."""
+    crd = Path(crd) if crd else VENDORED_CRD
     errors: list[str] = []
     for i, obj in enumerate(objs):
         if not isinstance(obj, dict):
@@ -156,20 +163,10 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[st
         errors += _schema_errors(_validator(SCHEMA_OF[key]), obj, label)
         if key[1] == "PyTorchJob":
             errors += webhook_errors(obj, label)
-            if crd is not None:
-                errors += [f"{e} (CRD {Path(crd).name})" for e in _schema_errors(crd_validator(str(crd)), obj, label)]
+            errors += [f"{e} (CRD {crd.name})" for e in _schema_errors(crd_validator(str(crd)), obj, label)]
     return errors
 
 
 def load_objects(paths: list[str | Path]) -> list[tuple[str, list]]:
-    """(file, objects) for each YAML file; unreadable or malformed files are UserErrors."""
-    out = []
-    for p in paths:
-        try:
-            docs = [d for d in yaml.safe_load_all(Path(p).read_text()) if d is not None]
-        except FileNotFoundError:
-            raise UserError(f"{p}: no such file") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-        out.append((str(p), docs))
-    return out
+    """(file, objects) for each YAML file; unreadable or malformed files (alias bombs too) are UserErrors."""
+    return [(str(p), load_yaml_file_all(p, "YAML file", UserError)) for p in paths]

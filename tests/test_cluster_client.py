@@ -108,8 +108,12 @@ def test_invalid_objects_are_refused_before_any_request(api, capsys, monkeypatch
     assert err.count("\n") == 1 and "(2 errors; nothing was written or submitted): bad one; bad two" in err
 
 
-def test_crd_file_is_used_for_validation(api, capsys, shared_dir):
-    rc, _, err = run(capsys, "submit", *JOB, "--crd", str(shared_dir / "schemas" / "kubeflow.org_pytorchjobs.yaml"), "--dry-run")
+def test_crd_file_is_used_for_validation(api, capsys, tmp_path):
+    from launcher.validate import VENDORED_CRD
+
+    mine = tmp_path / "installed-crd.yaml"  # another copy: --crd takes it instead of the vendored one
+    mine.write_bytes(VENDORED_CRD.read_bytes())
+    rc, _, err = run(capsys, "submit", *JOB, "--crd", str(mine), "--dry-run")
     assert rc == 0, err
     rc, _, err = run(capsys, "submit", *JOB, "--crd", "no-such-crd.yaml", "--dry-run")
     assert rc == 2 and "no-such-crd.yaml" in err
