@@ -14,35 +14,40 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from dlrm import __version__
-from dlrm.config import TrainConfig, load_config, parse_bytes
+from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes
 from dlrm.errors import ConfigError, UserError
 from dlrm.tables import TABLE_PRESETS
+from launcher import names
 from launcher.command import OUTPUT_MOUNT
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
 # Suffixes appended to `name` (the operator's pods and services are <name>-master-0 and
 # <name>-worker-<i>; Spark's driver is <name>-driver). All must stay DNS-1035 labels.
-DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Kubernetes int32 fields (backoffLimit, ttlSecondsAfterFinished, uids...): the API refuses more.
+Int32 = Annotated[int, Range(ge=0, le=2**31 - 1)]
 # Variables whose value is a credential: rendered into a pod spec, anyone who can read the job reads it.
 SECRET_ENV_NAME = re.compile(r"^AWS_ACCESS_KEY_ID$|(^|_)(SECRET|SECRET_ACCESS_KEY|SESSION_TOKEN|TOKEN|PASSWORD|API_KEY)$", re.I)
 # Kubernetes resource.Quantity: a decimal number with an optional binary/decimal suffix or exponent.
-QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+QUANTITY = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?")
 _SCALE = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 
 def parse_quantity(text: str, path: str) -> float:
     """'64Gi' -> 68719476736.0, '500m' -> 0.5; a ConfigError naming `path` otherwise."""
-    m = QUANTITY.match(str(text))
+    m = QUANTITY.fullmatch(str(text))
     if not m:
-        raise ConfigError(f"{path}: {text!r} is not a Kubernetes quantity (e.g. 64Gi, 500m, 16)")
+        hint = ""
+        bytes_form = re.fullmatch(r"\s*([0-9.]+)\s*([KMGTPE])(i?)B\s*", str(text))
+        if bytes_form:  # the other size grammar (80GiB): say what Kubernetes writes instead
+            num, unit, i = bytes_form.groups()
+            hint = f"; Kubernetes writes {num}{unit}{i or ''} (no B){'' if i else ' for decimal, ' + num + unit + 'i for binary'}"
+        raise ConfigError(f"{path}: {text!r} is not a Kubernetes quantity (e.g. 64Gi, 500m, 16){hint}")
     num, suffix = m.groups()
     if suffix and suffix[0] in "eE":
         return float(num) * 10 ** int(suffix[1:])
@@ -65,7 +70,7 @@ class StorageConfig:
     #   hostPath `dataset` is a folder on every node
     #   mount    `dataset` is s3://bucket/prefix, mounted read-only by the Mountpoint S3 CSI driver
     #   stage    `dataset` is s3://bucket/prefix, copied and verified by an init container first
-    mode: str = "pvc"
+    mode: Literal["pvc", "hostPath", "mount", "stage"] = "pvc"
     claim: str = ""
     stage_size: str = "1Ti"  # emptyDir sizeLimit of the staged copy
     stage_host_path: str = ""  # stage onto this node folder (local NVMe) instead of an emptyDir
@@ -86,10 +91,10 @@ class S3Config:
 
 @dataclass
 class SchedulingConfig:
-    gang: str = "none"  # none | kueue | volcano | scheduler-plugins
+    gang: Literal["none", "kueue", "volcano", "scheduler-plugins"] = "none"
     queue: str = ""  # kueue: LocalQueue name; volcano: queue
     priority_class: str = ""  # PriorityClass of the pods (and of the gang for volcano)
-    min_available: int = 0  # gang size; 0 -> every replica (nodes)
+    min_available: NonNegative = 0  # gang size; 0 -> every replica (nodes)
 
 
 @dataclass
@@ -98,27 +103,27 @@ class ClusterConfig:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)  # added to the nvidia.com/gpu one
     service_account: str = ""
-    efa: int = 0  # vpc.amazonaws.com/efa devices per pod
-    extra_resources: dict[str, int] = field(default_factory=dict)  # e.g. rdma/hca_shared_devices_a: 1
+    efa: Annotated[int, Range(ge=0, le=64)] = 0  # vpc.amazonaws.com/efa devices per pod
+    extra_resources: dict[str, Annotated[int, Range(ge=1, le=2**31 - 1)]] = field(default_factory=dict)  # e.g. rdma/hca_shared_devices_a: 1
     nccl_env: dict[str, str] = field(default_factory=dict)  # NCCL_* and FI_* settings
     env: dict[str, str] = field(default_factory=dict)
-    image_pull_policy: str = "IfNotPresent"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: list[str] = field(default_factory=list)
-    run_as_user: int = 1000
-    run_as_group: int = 1000
-    ttl_seconds_after_finished: int = 7 * 24 * 3600
-    backoff_limit: int = 3
-    active_deadline_seconds: int = 0  # 0 -> no deadline
-    clean_pod_policy: str = "None"  # None | Running | All
+    run_as_user: Annotated[int, Range(ge=1, le=2**31 - 1)] = 1000  # runAsNonRoot: never uid 0
+    run_as_group: Int32 = 1000
+    ttl_seconds_after_finished: Int32 = 7 * 24 * 3600
+    backoff_limit: Int32 = 3
+    active_deadline_seconds: Annotated[int, Range(ge=0, le=2**53)] = 0  # 0 -> no deadline
+    clean_pod_policy: Literal["None", "Running", "All"] = "None"
 
 
 @dataclass
 class SparkConfig:
     spark_version: str = "3.5.1"
-    driver_cores: int = 2
-    driver_memory: str = "8g"
-    executors: int = 8
-    executor_cores: int = 4
+    driver_cores: Annotated[int, Range(ge=1, le=1024)] = 2
+    driver_memory: str = "8g"  # Spark's own size format (JVM -Xmx), not a Kubernetes quantity
+    executors: Annotated[int, Range(ge=1, le=10000)] = 8
+    executor_cores: Annotated[int, Range(ge=1, le=1024)] = 4
     executor_memory: str = "16g"
     service_account: str = "spark"
 
@@ -128,20 +133,20 @@ class PreprocessConfig:
     image: str = f"dlrm-k8s-preprocess:{__version__}"
     input: str = ""  # raw Criteo day files: a folder on the storage, or s3://
     output: str = ""  # dataset folder to write: a folder on the storage, or s3://
-    frequency_threshold: int = 15
-    engine: str = "local"  # local: a batch/v1 Job; spark: a SparkApplication (Kubeflow Spark operator)
+    frequency_threshold: Annotated[int, Range(ge=0, le=2**31 - 1)] = 15
+    engine: Literal["local", "spark"] = "local"  # local: a batch/v1 Job; spark: a SparkApplication (Kubeflow Spark operator)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
 
 @dataclass
 class JobConfig:
-    kind: str = "train"  # train | preprocess
-    name: str = "dlrm"
-    namespace: str = "default"
-    image: str = f"dlrm-k8s-train:{__version__}"
-    nodes: int = 1
-    gpus_per_node: int = 8
-    max_gpus_per_node: int = 8  # GPUs of the node type
+    kind: Literal["train", "preprocess"] = "train"
+    name: NonEmpty = "dlrm"
+    namespace: NonEmpty = "default"
+    image: NonEmpty = f"dlrm-k8s-train:{__version__}"
+    nodes: Annotated[int, Range(ge=1, le=10000)] = 1
+    gpus_per_node: AtLeast1 = 8  # at most max_gpus_per_node
+    max_gpus_per_node: Annotated[int, Range(ge=1, le=64)] = 8  # GPUs of the node type
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     dataset: str = ""  # see storage.mode
     # Embedding table sizes for the plan check when the dataset's feature_spec.yaml is not on
@@ -178,53 +183,44 @@ def _fail_unless(ok: bool, message: str) -> None:
 
 
 def _check_choices(c: JobConfig) -> None:
-    choices = [
-        ("kind", c.kind, ("train", "preprocess")),
-        ("storage.mode", c.storage.mode, ("pvc", "hostPath", "mount", "stage")),
-        ("scheduling.gang", c.scheduling.gang, ("none", "kueue", "volcano", "scheduler-plugins")),
-        ("cluster.clean_pod_policy", c.cluster.clean_pod_policy, ("None", "Running", "All")),
-        ("cluster.image_pull_policy", c.cluster.image_pull_policy, ("Always", "IfNotPresent", "Never")),
-        ("preprocess.engine", c.preprocess.engine, ("local", "spark")),
-    ]
-    for path, value, allowed in choices:
-        _fail_unless(value in allowed, f"{path} must be one of {', '.join(allowed)}, got {value!r}")
-    _fail_unless(c.nodes >= 1, f"nodes must be >= 1, got {c.nodes}")
-    _fail_unless(c.max_gpus_per_node >= 1, f"max_gpus_per_node must be >= 1, got {c.max_gpus_per_node}")
-    _fail_unless(1 <= c.gpus_per_node <= c.max_gpus_per_node,
+    """Cross-field rules; each field's own range and choices were checked by the loader (its annotation)."""
+    _fail_unless(c.gpus_per_node <= c.max_gpus_per_node,
                  f"gpus_per_node must be between 1 and max_gpus_per_node={c.max_gpus_per_node}, got {c.gpus_per_node}")
-    for path, value in [("cluster.efa", c.cluster.efa), ("cluster.backoff_limit", c.cluster.backoff_limit),
-                        ("cluster.ttl_seconds_after_finished", c.cluster.ttl_seconds_after_finished),
-                        ("cluster.active_deadline_seconds", c.cluster.active_deadline_seconds),
-                        ("scheduling.min_available", c.scheduling.min_available)]:
-        _fail_unless(value >= 0, f"{path} must be >= 0, got {value}")
     _fail_unless(c.scheduling.min_available <= c.nodes,
                  f"scheduling.min_available={c.scheduling.min_available} exceeds nodes={c.nodes}")
     _fail_unless(c.scheduling.gang != "kueue" or bool(c.scheduling.queue),
                  "scheduling.gang=kueue needs scheduling.queue (the LocalQueue name)")
-    _fail_unless(bool(c.image), "image must not be empty")
     for section, env in (("cluster.env", c.cluster.env), ("cluster.nccl_env", c.cluster.nccl_env)):
         for key in env:
-            _fail_unless(bool(ENV_NAME.match(key)), f"{section}: {key!r} is not an environment variable name")
+            names.check_name(f"{section} key", key, names.ENV_NAME)
             _fail_unless(not SECRET_ENV_NAME.search(key),
                          f"{section}: {key} holds a credential, which would be stored in plain text in the job; "
                          f"put it in a Secret and set s3.secret (or use s3.role_arn)")
-    for key, n in c.cluster.extra_resources.items():
-        _fail_unless("/" in key and n >= 1, f"cluster.extra_resources: expected <domain>/<name>: <count >= 1>, got {key!r}: {n}")
+    for key in c.cluster.extra_resources:
+        names.check_key("cluster.extra_resources key", key, need_prefix=True)
 
 
 def _check_names(c: JobConfig) -> None:
-    _fail_unless(bool(DNS_1035.match(c.name)),
-                 f"name {c.name!r} must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter")
+    """Every name, label and reference that lands in an object, by the API server's own rules."""
+    names.check_name("name", c.name, names.DNS1035_LABEL)
     longest = max(c.suffixes, key=len)
     _fail_unless(len(c.name) + len(longest) <= 63,
                  f"name {c.name!r} is {len(c.name)} chars; with suffix {longest!r} it must stay <= 63, "
                  f"so use at most {63 - len(longest)} chars")
-    _fail_unless(bool(DNS_1123.match(c.namespace)) and len(c.namespace) <= 63,
-                 f"namespace {c.namespace!r} must be a DNS-1123 label of at most 63 chars")
+    names.check_name("namespace", c.namespace, names.DNS1123_LABEL)
     for path, value in [("cluster.service_account", c.cluster.service_account), ("storage.claim", c.storage.claim),
                         ("storage.output_claim", c.storage.output_claim), ("s3.secret", c.s3.secret),
-                        ("scheduling.priority_class", c.scheduling.priority_class)]:
-        _fail_unless(not value or bool(DNS_1123.match(value)), f"{path} {value!r} is not a valid Kubernetes object name")
+                        ("scheduling.priority_class", c.scheduling.priority_class),
+                        ("preprocess.spark.service_account", c.preprocess.spark.service_account)]:
+        names.check_name(path, value, names.SUBDOMAIN, optional=True)
+    for i, secret in enumerate(c.cluster.image_pull_secrets):
+        names.check_name(f"cluster.image_pull_secrets[{i}]", secret, names.SUBDOMAIN)
+    names.check_name("scheduling.queue", c.scheduling.queue, names.LABEL_VALUE)  # kueue's queue-name label
+    names.check_name("cluster.gpu_product", c.cluster.gpu_product, names.LABEL_VALUE)  # a node label's value
+    names.check_labels("cluster.node_selector", c.cluster.node_selector)
+    names.check_tolerations("cluster.tolerations", c.cluster.tolerations)
+    names.check_image("image", c.image)
+    names.check_image("preprocess.image", c.preprocess.image)
 
 
 def _check_resources(c: JobConfig) -> None:

@@ -24,7 +24,8 @@ from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.fsutil import is_s3_uri, parse_s3_uri
 from launcher import command as cmd, pods
-from launcher.config import DNS_1035, JobConfig
+from launcher.config import JobConfig
+from launcher.names import DNS1035_LABEL
 
 # A checkout reads the top-level manifests/; an installed wheel carries them as launcher/manifests.
 MANIFESTS_DIR = next(p for p in (Path(__file__).resolve().parent.parent / "manifests",
@@ -38,7 +39,7 @@ def toyaml(value) -> str:
 
 def dns_label(text: str) -> str:
     """Used by the name macro: a rendered name that is not a DNS-1035 label is a config error."""
-    if len(text) > 63 or not DNS_1035.match(text):
+    if not DNS1035_LABEL.accepts(text):
         raise ConfigError(f"object name {text!r} ({len(text)} chars) is not a DNS-1035 label of at most 63 chars")
     return text
 

@@ -26,7 +26,7 @@ import yaml
 
 from dlrm.errors import UserError
 from dlrm.fsutil import load_yaml_file_all
-from launcher.config import DNS_1035
+from launcher.names import DNS1035_LABEL
 from launcher.plan import CONTAINER
 
 SCHEMAS_DIR = Path(__file__).with_name("schemas")
@@ -81,7 +81,7 @@ def webhook_errors(job: dict, label: str) -> list[str]:
     """The Kubeflow training operator's validating webhook rules for a PyTorchJob."""
     errors = []
     name = (job.get("metadata") or {}).get("name", "")
-    if not (isinstance(name, str) and len(name) <= 63 and DNS_1035.match(name)):
+    if not DNS1035_LABEL.accepts(name):
         errors.append(f"{label}: metadata.name: {name!r} is not a DNS-1035 label (lowercase alphanumerics and '-', "
                       f"starting with a letter, at most 63 chars)")
     specs = ((job.get("spec") or {}).get("pytorchReplicaSpecs")) or {}

@@ -1,6 +1,7 @@
 """The job config: layering (profile <- values <- flags <- --set), unknown keys, cross-field checks."""
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 
@@ -81,10 +82,10 @@ def test_wrong_type_names_path():
 
 # Each cross-field rule: the overrides that break it and what the one-line message must contain.
 CROSS_FIELD = [
-    ({"gpus_per_node": 0}, ["gpus_per_node", "max_gpus_per_node=8", "got 0"]),
+    ({"gpus_per_node": 0}, ["gpus_per_node: expected an integer >= 1, got 0"]),
     ({"gpus_per_node": 9}, ["gpus_per_node", "max_gpus_per_node=8", "got 9"]),
     ({"gpus_per_node": 4, "max_gpus_per_node": 2}, ["max_gpus_per_node=2", "got 4"]),
-    ({"nodes": 0}, ["nodes must be >= 1", "got 0"]),
+    ({"nodes": 0}, ["nodes: expected an integer in [1, 10000], got 0"]),
     ({"name": "Bad_Name"}, ["name 'Bad_Name'", "DNS-1035"]),
     ({"name": "9lives"}, ["name '9lives'", "DNS-1035"]),
     ({"name": "a" * 54, "nodes": 16}, [f"name '{'a' * 54}' is 54 chars", "'-worker-14'", "at most 53"]),
@@ -96,7 +97,7 @@ CROSS_FIELD = [
     ({"resources": {"memory_limit": "16 Gi"}}, ["resources.memory_limit", "'16 Gi'", "Kubernetes quantity"]),
     ({"resources": {"cpu_request": "4cores"}}, ["resources.cpu_request", "'4cores'"]),
     ({"resources": {"cpu_request": "8", "cpu_limit": "4"}}, ["resources.cpu_request=8", "resources.cpu_limit=4"]),
-    ({"storage": {"mode": "nfs"}}, ["storage.mode", "pvc, hostPath, mount, stage", "'nfs'"]),
+    ({"storage": {"mode": "nfs"}}, ["storage.mode", "['pvc', 'hostPath', 'mount', 'stage']", "'nfs'"]),
     ({"storage": {"mode": "mount"}}, ["storage.mode=mount", "s3://bucket/prefix", "'/mnt/dlrm/synthetic'"]),
     ({"storage": {"mode": "pvc"}}, ["storage.mode=pvc", "storage.claim"]),
     ({"storage": {"mode": "pvc", "claim": "data"}}, ["'/mnt/dlrm/synthetic'", "relative folder inside claim 'data'"]),
@@ -185,3 +186,76 @@ def test_parse_quantity(text, value):
 def test_parse_quantity_rejects(text):
     with pytest.raises(ConfigError, match=r"^x: "):
         parse_quantity(text, "x")
+
+
+def test_every_numeric_job_field_has_a_range_and_choices_are_literals():
+    """Each int is Annotated with its Range (checked once by the loader, key in the message); each
+    choice is a Literal. dict values (extra_resources counts) included."""
+    import dataclasses
+    import typing
+
+    from dlrm.config import check_values
+
+    def walk(cls, prefix=""):
+        for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+            if name == "train":  # TrainConfig: dlrm's own test covers it
+                continue
+            if typing.get_origin(tp) is dict:
+                tp = typing.get_args(tp)[1]
+            base = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+            if dataclasses.is_dataclass(base):
+                yield from walk(base, f"{prefix}{name}.")
+            elif base in (int, float):
+                yield f"{prefix}{name}", typing.get_origin(tp) is typing.Annotated
+            elif base is str:
+                assert name not in ("kind", "mode", "gang", "clean_pod_policy", "image_pull_policy", "engine"), name
+    fields = list(walk(JobConfig))
+    assert len(fields) >= 15 and not [p for p, bounded in fields if not bounded], fields
+    check_values(load_job_config("criteo-fl15"))
+
+
+# Names, references and labels: full-match rules (a trailing newline or control character is refused).
+NAME_CASES = [
+    ({"name": "dlrm\n"}, "name 'dlrm\\n' is not a DNS-1035 label"),
+    ({"name": "dlrm-"}, "name 'dlrm-' is not a DNS-1035 label"),
+    ({"namespace": "ml\x00"}, "namespace 'ml\\x00' is not a DNS-1123 label"),
+    ({"namespace": "a" * 64}, "is not a DNS-1123 label"),
+    ({"storage": {"output_claim": "runs\n"}}, "storage.output_claim 'runs\\n' is not a Kubernetes object name"),
+    ({"s3": {"secret": "creds\t"}}, "s3.secret 'creds\\t' is not a Kubernetes object name"),
+    ({"scheduling": {"priority_class": "High"}}, "scheduling.priority_class 'High'"),
+    ({"cluster": {"image_pull_secrets": ["a\n"]}}, "cluster.image_pull_secrets[0] 'a\\n'"),
+    ({"cluster": {"node_selector": {"example.com/pool": "gpu\n"}}}, "cluster.node_selector.example.com/pool 'gpu\\n' is not a label value"),
+    ({"cluster": {"node_selector": {"-bad": "x"}}}, "cluster.node_selector key '-bad' is not a qualified name"),
+    ({"cluster": {"node_selector": {"a" * 64: "x"}}}, "is not a qualified name"),
+    ({"cluster": {"gpu_product": "x" * 64}}, "cluster.gpu_product"),
+    ({"cluster": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}, "operator Exists takes no value"),
+    ({"cluster": {"tolerations": [{"key": "k", "value": "v", "effect": "NoRun"}]}}, "tolerations[0].effect must be empty or one of"),
+    ({"cluster": {"tolerations": [{"key": "k", "valu": "v"}]}}, "tolerations[0]: unknown key 'valu'"),
+    ({"cluster": {"tolerations": [{"value": "v"}]}}, "an empty key needs operator Exists"),
+    ({"cluster": {"extra_resources": {"gpu": 1}}}, "cluster.extra_resources key 'gpu' is not a qualified name with a domain prefix"),
+    ({"scheduling": {"gang": "kueue", "queue": "q\n"}}, "scheduling.queue 'q\\n' is not a label value"),
+    ({"image": " reg/x:1"}, "image ' reg/x:1' is not an image reference"),
+    ({"preprocess": {"spark": {"service_account": "Spark"}}}, "preprocess.spark.service_account 'Spark'"),
+]
+
+
+@pytest.mark.parametrize("overrides,fragment", NAME_CASES, ids=[repr(o) for o, _ in NAME_CASES])
+def test_names_follow_the_api_servers_rules(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_job_config("synthetic-smoke", overrides=overrides)
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_valid_names_and_labels_pass():
+    cfg = load_job_config("synthetic-smoke", overrides={
+        "namespace": "team-a", "storage": {"output_claim": "runs.v2"}, "s3": {"secret": "aws.creds-1"},
+        "cluster": {"node_selector": {"example.com/pool": "gpu_a.1", "zone": ""}, "gpu_product": "NVIDIA-H100-80GB-HBM3",
+                    "tolerations": [{"operator": "Exists"}, {"key": "k", "operator": "Equal", "value": "v",
+                                                             "effect": "NoExecute", "tolerationSeconds": 60}]}})
+    assert cfg.cluster.node_selector["zone"] == ""
+
+
+@pytest.mark.parametrize("text,hint", [("64GiB", "Kubernetes writes 64Gi (no B)"), ("16GB", "Kubernetes writes 16G (no B) for decimal, 16Gi for binary")])
+def test_the_other_size_grammar_gets_a_hint(text, hint):
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        parse_quantity(text, "resources.memory_limit")

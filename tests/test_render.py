@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dlrm.errors import ConfigError
 from launcher import command as cmd
 from launcher.config import load_job_config
 from launcher.render import MANIFESTS_DIR, render_objects, to_yaml
@@ -215,22 +216,52 @@ PAYLOADS = ["a: b", "x\ny: z", "q\"uote's", "{{ cfg.name }}", "{% raw %}", "- it
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_injection_stays_one_scalar(payload):
-    over = {"image": payload, "dataset": "/data/" + payload, "cluster": {
-        "env": {"V": payload}, "node_selector": {"k": payload}, "gpu_product": payload,
-        "tolerations": [{"key": "k", "operator": "Equal", "value": payload, "effect": "NoSchedule"}]},
-        "s3": {"role_arn": payload}, "storage": {"stage_size": "1Ti"}}
+    """Free-text fields (env values, paths, annotations) carry any payload as one scalar."""
+    over = {"dataset": "/data/" + payload, "cluster": {"env": {"V": payload}}, "s3": {"role_arn": payload},
+            "storage": {"stage_size": "1Ti"}}
     objs = render_objects(load_job_config("synthetic-smoke", overrides=over), git_revision=payload)
     assert [o["kind"] for o in objs] == ["ServiceAccount", "ConfigMap", "PyTorchJob"]
     assert yaml.safe_load_all(to_yaml(objs)) and list(yaml.safe_load_all(to_yaml(objs))) == objs
     job = by_kind(objs, "PyTorchJob")
     spec = pod(job)
     c = spec["containers"][0]
-    assert c["image"] == payload and {"name": "V", "value": payload} in c["env"]
-    assert spec["nodeSelector"] == {"k": payload, "nvidia.com/gpu.product": payload}
-    assert spec["tolerations"][1]["value"] == payload
+    assert {"name": "V", "value": payload} in c["env"]
     assert {v["name"]: v for v in spec["volumes"]}["dataset"]["hostPath"]["path"] == "/data/" + payload
     assert job["metadata"]["annotations"]["dlrm-k8s.io/git-revision"] == payload
     assert by_kind(objs, "ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == payload
+
+
+# Name-like fields: a payload is either a valid value there (and rendered as it is) or refused by
+# the config, naming the key; never half-rendered.
+NAME_FIELDS = {
+    "image": ({"image": "{}"}, lambda spec: spec["containers"][0]["image"]),
+    "cluster.node_selector": ({"cluster": {"node_selector": {"k": "{}"}}}, lambda spec: spec["nodeSelector"]["k"]),
+    "cluster.gpu_product": ({"cluster": {"gpu_product": "{}"}}, lambda spec: spec["nodeSelector"]["nvidia.com/gpu.product"]),
+    "cluster.tolerations[0].value": ({"cluster": {"tolerations": [{"key": "k", "operator": "Equal", "value": "{}",
+                                                                   "effect": "NoSchedule"}]}},
+                                     lambda spec: spec["tolerations"][1]["value"]),
+}
+
+
+def _fill(node, payload):
+    if isinstance(node, dict):
+        return {k: _fill(v, payload) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, payload) for v in node]
+    return payload if node == "{}" else node
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("field", sorted(NAME_FIELDS))
+def test_name_fields_take_a_payload_whole_or_refuse_it(field, payload):
+    over, where = NAME_FIELDS[field]
+    try:
+        objs = render_objects(load_job_config("synthetic-smoke", overrides=_fill(over, payload)), REV)
+    except ConfigError as e:
+        assert str(e).startswith(field.split("[")[0]) and "\n" not in str(e), str(e)
+        return
+    assert where(pod(by_kind(objs, "PyTorchJob"))) == payload
+    assert list(yaml.safe_load_all(to_yaml(objs))) == objs
 
 
 # A {{ }} is safe when it ends in `| toyaml`, is a macro call re-indented, or is the name macro (itself filtered).

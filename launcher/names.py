@@ -1,0 +1,112 @@
+"""Kubernetes' rules for names, label keys and values, as the API server applies them (apimachinery
+pkg/util/validation), so a bad one fails here, naming the config key, before anything is rendered.
+
+    check_name("storage.claim", "data", SUBDOMAIN)      # or raise ConfigError naming the key
+    check_labels("cluster.node_selector", {"k": "v"})
+
+Every rule is a full match (re.fullmatch): a pattern anchored with `$` also matches before a
+trailing newline, which is how "job\\n" once reached a manifest. Values are quoted with repr() in
+messages, so a control character is visible there rather than printed raw.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dlrm.errors import ConfigError
+
+_LABEL_1123 = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_NAME_PART = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+
+
+@dataclass(frozen=True)
+class Rule:
+    what: str  # for the message: "a DNS-1123 label (...)"
+    pattern: re.Pattern
+    max_len: int
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, str) and len(value) <= self.max_len and self.pattern.fullmatch(value) is not None
+
+
+DNS1035_LABEL = Rule("a DNS-1035 label: lowercase letters, digits and '-', starting with a letter, ending with a "
+                     "letter or digit, at most 63 chars", re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?"), 63)
+DNS1123_LABEL = Rule("a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit, "
+                     "at most 63 chars", re.compile(_LABEL_1123), 63)
+SUBDOMAIN = Rule("a Kubernetes object name (DNS-1123 subdomain): lowercase letters, digits, '-' and '.', starting and "
+                 "ending with a letter or digit, at most 253 chars", re.compile(rf"{_LABEL_1123}(\.{_LABEL_1123})*"), 253)
+LABEL_VALUE = Rule("a label value: empty, or letters, digits, '-', '_' and '.', starting and ending with a letter or "
+                   "digit, at most 63 chars", re.compile(rf"({_NAME_PART})?"), 63)
+ENV_NAME = Rule("an environment variable name: letters, digits and '_', not starting with a digit",
+                re.compile(r"[A-Za-z_][A-Za-z0-9_]*"), 1024)
+_QUALIFIED = Rule("a qualified name ([prefix/]name: the prefix a DNS subdomain, the name letters, digits, '-', '_' "
+                  "and '.', starting and ending with a letter or digit, at most 63 chars)",
+                  re.compile(rf"({_LABEL_1123}(\.{_LABEL_1123})*/)?{_NAME_PART}"), 253 + 1 + 63)
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _fail(path: str, value, rule_what: str) -> None:
+    raise ConfigError(f"{path} {value!r} is not {rule_what}")
+
+
+def check_name(path: str, value: str, rule: Rule = SUBDOMAIN, optional: bool = False) -> None:
+    """`value` must follow `rule`; an empty value passes only if `optional`."""
+    if optional and value == "":
+        return
+    if not rule.accepts(value):
+        _fail(path, value, rule.what)
+
+
+def qualified_name(value: str, need_prefix: bool = False) -> bool:
+    """A label key / resource name: [prefix/]name with the name part at most 63 chars."""
+    if not _QUALIFIED.accepts(value):
+        return False
+    prefix, _, name = value.rpartition("/")
+    return len(name) <= 63 and len(prefix) <= 253 and (bool(prefix) or not need_prefix)
+
+
+def check_key(path: str, key: str, need_prefix: bool = False) -> None:
+    if not qualified_name(key, need_prefix):
+        _fail(path, key, ("a qualified name with a domain prefix (<domain>/<name>)" if need_prefix else "") or _QUALIFIED.what)
+
+
+def check_labels(path: str, labels: dict[str, str]) -> None:
+    """A label map (a nodeSelector): every key a qualified name, every value a label value."""
+    for k, v in labels.items():
+        check_key(f"{path} key", k)
+        check_name(f"{path}.{k}", v, LABEL_VALUE)
+
+
+def check_tolerations(path: str, tolerations: list[dict]) -> None:
+    """Each toleration as the API server validates it (core/v1 Toleration)."""
+    for i, t in enumerate(tolerations):
+        where = f"{path}[{i}]"
+        unknown = sorted(set(map(str, t)) - TOLERATION_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (valid keys: {', '.join(sorted(TOLERATION_KEYS))})")
+        op = t.get("operator", "Equal")
+        if op not in TOLERATION_OPERATORS:
+            raise ConfigError(f"{where}.operator must be one of {', '.join(TOLERATION_OPERATORS)}, got {op!r}")
+        key = t.get("key", "")
+        if key != "" and not qualified_name(str(key)) or not isinstance(key, str):
+            _fail(f"{where}.key", key, _QUALIFIED.what)
+        if key == "" and op != "Exists":
+            raise ConfigError(f"{where}: an empty key needs operator Exists")
+        value = t.get("value", "")
+        if op == "Exists" and value:
+            raise ConfigError(f"{where}: operator Exists takes no value, got {value!r}")
+        check_name(f"{where}.value", value, LABEL_VALUE)
+        effect = t.get("effect", "")
+        if effect not in ("", *TAINT_EFFECTS):
+            raise ConfigError(f"{where}.effect must be empty or one of {', '.join(TAINT_EFFECTS)}, got {effect!r}")
+        seconds = t.get("tolerationSeconds")
+        if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool) or effect != "NoExecute"):
+            raise ConfigError(f"{where}.tolerationSeconds must be an integer, with effect NoExecute; got {seconds!r}")
+
+
+def check_image(path: str, value: str) -> None:
+    """An image reference has no whitespace or control characters (the rest is the registry's business)."""
+    if not value or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{path} {value!r} is not an image reference (e.g. registry.example.com/dlrm-k8s-train:1.0)")
