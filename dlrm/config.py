@@ -13,7 +13,7 @@ job config. A field says what it accepts in its annotation, checked once where t
     # dcn (DLRM-DCNv2, MLPerf's): cross layers over [dense, sparse], each U [N, r] V [r, N]
     dcn_num_layers: AtLeast1 = 3
     dcn_low_rank_dim: AtLeast1 = 512
-    device_memory: Annotated[str, ByteSize()] = "80GiB"
+    device_memory: Annotated[str, ByteSize()] = "80Gi"
 
 `from_dict` checks them as it builds the dataclasses (so the message names the file or override
 that brought the value); `check_values(obj)` checks an object built or edited in code, and every
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ class Length:
 
 @dataclass(frozen=True)
 class ByteSize:
-    """A size parse_bytes understands: 80GiB, 512MiB, 16GB, 1024."""
+    """A byte size as a Kubernetes quantity (parse_bytes): 80Gi, 512Mi, 16G, 1024."""
 
     def accepts(self, v) -> bool:
         try:
@@ -97,7 +98,7 @@ class ByteSize:
         return True
 
     def expects(self, tp: Any) -> str:
-        return "a size such as 80GiB, 512MiB, 16GB"
+        return "a size as a Kubernetes quantity such as 80Gi, 512Mi, 16G (no B: 80GiB is written 80Gi)"
 
 
 # The common cases, by name (the launcher's config uses them too).
@@ -338,8 +339,8 @@ class DataConfig:
 
 @dataclass
 class DistConfig:
-    device_memory: Annotated[str, ByteSize()] = "80GiB"  # per rank; the planner's budget
-    memory_reserve: Annotated[str, ByteSize()] = "4GiB"  # kept free per rank for activations, allocator slack, CUDA context
+    device_memory: Annotated[str, ByteSize()] = "80Gi"  # per rank; the planner's budget
+    memory_reserve: Annotated[str, ByteSize()] = "4Gi"  # kept free per rank for activations, allocator slack, CUDA context
     sharding: Literal["auto", "table", "row"] = "auto"  # row: split every table by rows over all ranks
     collective_timeout_s: AtLeast1 = 600  # a hung collective fails the job after this long
 
@@ -380,22 +381,37 @@ class TrainConfig:
                               f"dist.device_memory ({self.dist.device_memory})")
 
 
-def parse_bytes(text: str | int) -> int:
-    """'80GiB' -> 85899345920; '16GB' -> 16e9; plain numbers are bytes."""
+# One size grammar for the whole config tree, the trainer's budget included: Kubernetes'
+# resource.Quantity (80Gi binary, 80G decimal, 500m, 2e3). The same job file holds both kinds of
+# size, so '80GiB' here and '80Gi' in the pod's limits would be two grammars for one idea.
+QUANTITY = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?")
+_SCALE = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def parse_quantity(text: str, path: str = "size") -> float:
+    """'64Gi' -> 68719476736.0, '500m' -> 0.5; a ConfigError naming `path` otherwise (with a hint for '64GiB')."""
+    m = QUANTITY.fullmatch(str(text))
+    if not m:
+        hint = ""
+        bytes_form = re.fullmatch(r"\s*([0-9.]+)\s*([KMGTPE])(i?)B\s*", str(text))
+        if bytes_form:  # the other size grammar (80GiB): say what Kubernetes writes instead
+            num, unit, i = bytes_form.groups()
+            hint = f"; Kubernetes writes {num}{unit}{i or ''} (no B){'' if i else ' for decimal, ' + num + unit + 'i for binary'}"
+        raise ConfigError(f"{path}: {text!r} is not a Kubernetes quantity (e.g. 64Gi, 500m, 16){hint}")
+    num, suffix = m.groups()
+    value = float(num) * (10 ** int(suffix[1:]) if suffix and suffix[0] in "eE" else _SCALE[suffix])
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: {text!r} is out of range")
+    return value
+
+
+def parse_bytes(text: str | int, path: str = "size") -> int:
+    """A byte count as a Kubernetes quantity: '80Gi' -> 85899345920, '16G' -> 16e9, plain numbers are bytes."""
     if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ConfigError(f"{text!r} is not a size: expected e.g. 80GiB, 512MiB, 16GB")
-        return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9,
-             "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
-    s = str(text).strip()
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
-    unit = s[len(num):].strip().upper()
-    try:
-        value = float(num)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a size: expected e.g. 80GiB, 512MiB, 16GB") from None
-    if unit not in units or not 0 <= value < 2**63 / units[unit]:  # also refuses nan and inf
-        raise ConfigError(f"{text!r} is not a size: expected e.g. 80GiB, 512MiB, 16GB")
-    return int(value * units[unit])
+        value = float(text)
+    else:
+        value = parse_quantity(text, path)
+    if not 0 <= value < 2**63 or not float(value).is_integer():
+        raise ConfigError(f"{path}: {text!r} is not a whole number of bytes >= 0 (e.g. 80Gi, 512Mi, 16G)")
+    return int(value)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dlrm import __version__
-from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes
+from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
 from dlrm.tables import TABLE_PRESETS
 from launcher import names
@@ -32,28 +32,6 @@ FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc")
 Int32 = Annotated[int, Range(ge=0, le=2**31 - 1)]
 # Variables whose value is a credential: rendered into a pod spec, anyone who can read the job reads it.
 SECRET_ENV_NAME = re.compile(r"^AWS_ACCESS_KEY_ID$|(^|_)(SECRET|SECRET_ACCESS_KEY|SESSION_TOKEN|TOKEN|PASSWORD|API_KEY)$", re.I)
-# Kubernetes resource.Quantity: a decimal number with an optional binary/decimal suffix or exponent.
-QUANTITY = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?")
-_SCALE = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def parse_quantity(text: str, path: str) -> float:
-    """'64Gi' -> 68719476736.0, '500m' -> 0.5; a ConfigError naming `path` otherwise."""
-    m = QUANTITY.fullmatch(str(text))
-    if not m:
-        hint = ""
-        bytes_form = re.fullmatch(r"\s*([0-9.]+)\s*([KMGTPE])(i?)B\s*", str(text))
-        if bytes_form:  # the other size grammar (80GiB): say what Kubernetes writes instead
-            num, unit, i = bytes_form.groups()
-            hint = f"; Kubernetes writes {num}{unit}{i or ''} (no B){'' if i else ' for decimal, ' + num + unit + 'i for binary'}"
-        raise ConfigError(f"{path}: {text!r} is not a Kubernetes quantity (e.g. 64Gi, 500m, 16){hint}")
-    num, suffix = m.groups()
-    if suffix and suffix[0] in "eE":
-        return float(num) * 10 ** int(suffix[1:])
-    return float(num) * _SCALE[suffix]
-
-
 @dataclass
 class ResourcesConfig:
     cpu_request: str = "16"

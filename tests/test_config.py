@@ -61,13 +61,13 @@ def test_from_dict_nested_types():
     assert cfg.model.top_mlp == [8, 4] and isinstance(cfg.optim.lr, float)
 
 
-@pytest.mark.parametrize("text,value", [("80GiB", 80 * 2**30), ("16GB", 16 * 10**9), ("512Mi", 512 * 2**20), ("1024", 1024)])
+@pytest.mark.parametrize("text,value", [("80Gi", 80 * 2**30), ("16G", 16 * 10**9), ("512Mi", 512 * 2**20), ("1024", 1024), ("1.5Gi", 3 * 2**29), ("2e3", 2000)])
 def test_parse_bytes(text, value):
     assert parse_bytes(text) == value
 
 
 def test_parse_bytes_rejects():
-    with pytest.raises(ConfigError, match="is not a size"):
+    with pytest.raises(ConfigError, match="is not a Kubernetes quantity"):
         parse_bytes("80 parsecs")
 
 
@@ -96,7 +96,7 @@ def test_dcn_fields():
     ("target_auc=1.5", r"target_auc: expected a finite number in \[0, 1\], got 1\.5"),
     ("data.prefetch=100000", r"data\.prefetch: expected an integer in \[0, 64\], got 100000"),
     ("data.eval_batch_size=1.5", r"data\.eval_batch_size: expected an integer, got 1\.5"),
-    ("dist.device_memory=eighty", r"dist\.device_memory: expected a size such as 80GiB.*got 'eighty'"),
+    ("dist.device_memory=eighty", r"dist\.device_memory: expected a size as a Kubernetes quantity such as 80Gi.*got 'eighty'"),
     ("dist.collective_timeout_s=0", r"dist\.collective_timeout_s: expected an integer >= 1, got 0"),
     ("device=tpu", r"device: expected one of \['auto', 'cpu', 'cuda'\], got 'tpu'"),
     ("amp=fp8", r"amp: expected one of .*got 'fp8'"),
@@ -156,7 +156,7 @@ def test_generic_checks_work_for_any_dataclass():
     class Job:
         nodes: AtLeast1 = 1
         ratio: Annotated[float, Range(gt=0, lt=1)] = 0.5
-        memory: Annotated[str, ByteSize()] = "1GiB"
+        memory: Annotated[str, ByteSize()] = "1Gi"
         names: Annotated[list[str], Length(min=1, max=2)] = field(default_factory=lambda: ["a"])
         mode: typing.Literal["a", "b"] = "a"
         maybe: int | None = None
@@ -164,7 +164,7 @@ def test_generic_checks_work_for_any_dataclass():
     assert from_dict(Job, {"nodes": 3, "maybe": None}).nodes == 3
     for data, message in [({"nodes": 0}, r"job: nodes: expected an integer >= 1, got 0"),
                           ({"ratio": 1}, r"ratio: expected a finite number in \(0, 1\), got 1\.0"),
-                          ({"memory": "-1GiB"}, r"memory: expected a size"),
+                          ({"memory": "-1Gi"}, r"memory: expected a size"),
                           ({"names": ["a", "b", "c"]}, r"names: expected a list of length 1 to 2"),
                           ({"mode": "c"}, r"mode: expected one of \['a', 'b'\]"),
                           ({"maybe": "x"}, r"maybe: expected an integer, got 'x'")]:
@@ -173,11 +173,11 @@ def test_generic_checks_work_for_any_dataclass():
 
 
 def test_parse_bytes_refuses_non_finite():
-    for text in ["1e400GiB", "-1GiB", "nanGiB", "inf"]:
-        with pytest.raises(ConfigError, match="is not a size"):
+    for text in ["1e400Gi", "-1Gi", "nanGi", "inf", "80GiB", "16GB", "500m"]:
+        with pytest.raises(ConfigError, match="is not a Kubernetes quantity|is out of range|is not a whole number of bytes"):
             parse_bytes(text)
 
 
 def test_memory_reserve_below_device_memory():
-    with pytest.raises(ConfigError, match=r"dist\.memory_reserve \(8GiB\) must be less than dist\.device_memory \(4GiB\)"):
-        load_config(TrainConfig, overrides=["dist.device_memory=4GiB", "dist.memory_reserve=8GiB"])
+    with pytest.raises(ConfigError, match=r"dist\.memory_reserve \(8Gi\) must be less than dist\.device_memory \(4Gi\)"):
+        load_config(TrainConfig, overrides=["dist.device_memory=4Gi", "dist.memory_reserve=8Gi"])

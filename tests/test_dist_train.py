@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # 101 rows a batch: uneven slices for 2 (51, 50) and 4 (26, 25, 25, 25) ranks; 2100 rows end in a
 # partial batch of 80 that the seeded shuffle brings into the first 20 steps
 COMMON = {"data.batch_size": 101, "data.eval_batch_size": 333, "max_steps": 20, "log_every": 1,
-          "dist.device_memory": "1GiB", "dist.memory_reserve": "0"}
+          "dist.device_memory": "1Gi", "dist.memory_reserve": "0"}
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ CROSS_FIELD = [
     ({"kind": "serve"}, ["kind", "'serve'"]),
     ({"train": {"epochs": 0}}, ["train.epochs: expected an integer >= 1, got 0"]),
     ({"train": {"checkpoint_dir": "runs/ckpt"}}, ["train.checkpoint_dir 'runs/ckpt'", "s3://"]),
-    ({"train_tables": [10**9] * 4}, ["nodes=1 x gpus_per_node=1", "train.dist.device_memory=16GiB", "do not fit"]),
+    ({"train_tables": [10**9] * 4}, ["nodes=1 x gpus_per_node=1", "train.dist.device_memory=16Gi", "do not fit"]),
 ]
 
 

@@ -156,10 +156,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_fits_and_does_not_fit():
-    ok = run_cli("--tables", "criteo-fl15", "--world-size", "1", "--device-memory", "80GiB", "--batch-size", "65536")
+    ok = run_cli("--tables", "criteo-fl15", "--world-size", "1", "--device-memory", "80Gi", "--batch-size", "65536")
     assert ok.returncode == 0, ok.stderr
     assert "rank 0:" in ok.stdout and "row-wise tables: none" in ok.stdout
-    bad = run_cli("--tables", "criteo-fl15", "--world-size", "2", "--device-memory", "8GiB", "--batch-size", "65536")
+    bad = run_cli("--tables", "criteo-fl15", "--world-size", "2", "--device-memory", "8Gi", "--batch-size", "65536")
     assert bad.returncode == 2 and "do not fit" in bad.stderr and "world size 2" in bad.stderr
 
 
@@ -168,7 +168,7 @@ def test_cli_reads_a_feature_spec(tmp_path):
 
     FeatureSpec.default(tmp_path, [100, 20, 5], num_numerical=2).save()
     out = run_cli("--feature-spec", str(tmp_path / "feature_spec.yaml"), "--world-size", "2", "--device-memory",
-                  "1GiB", "--reserve", "0", "--batch-size", "16", "--dim", "8", "--sharding", "row", "--json")
+                  "1Gi", "--reserve", "0", "--batch-size", "16", "--dim", "8", "--sharding", "row", "--json")
     assert out.returncode == 0, out.stderr
     plan = Plan.from_json(out.stdout)
     assert plan.table_names == ["cat_0.bin", "cat_1.bin", "cat_2.bin"] and plan.world_size == 2
