@@ -1,9 +1,13 @@
 """DLRM: dense arch (bottom MLP), sparse arch (embedding tables), interaction arch, over arch (top MLP).
 
-Shapes: B batch, N numerical features, F categorical features (one table each), D embedding dim.
+Shapes: B batch, N numerical features, F categorical features (one table each), D embedding dim,
+H = sum of the features' hotness (ids per row; H = F for one-hot data).
 
     numerical [B, N] --DenseArch--> dense [B, D] ------------------+
-    categorical [B, F] --SparseArch--> sparse [B, F, D] --Interaction--> [B, I] --OverArch--> logits [B]
+    categorical [B, H] --SparseArch--> sparse [B, F, D] --Interaction--> [B, I] --OverArch--> logits [B]
+
+Multi-hot features are sum-pooled: a feature's embedding is the sum of its ids' rows (padding
+ids, -1, add nothing).
 
 Interactions: `dot` (DLRM v1, NVIDIA's), `cat`, and `dcn` (DLRM-DCNv2, the MLPerf Training
 recommendation benchmark: low-rank cross layers over the concatenated dense and sparse vectors).
@@ -44,6 +48,22 @@ def init_table_rows(seed: int, table: int, num_rows: int, row_start: int, row_en
     return out.to(dtype)
 
 
+def pooled_lookup(ids: torch.Tensor, weight: torch.Tensor, bag_starts: torch.Tensor,
+                  per_id_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum-pooled multi-hot lookup: ids [B, H] (rows of the fused `weight` [R, D]), bags of
+    consecutive columns starting at `bag_starts` [S] -> [B, S, D].
+
+    One embedding_bag call for every bag of the batch: no [B, H, D] is ever materialised, and the
+    sparse gradient holds one row per id. `per_id_weights` [B, H] (0 or 1) drops ids: padding, or
+    ids outside a row shard. Shapes only, no data-dependent branches (torch.export takes it).
+    """
+    B, H = ids.shape
+    offsets = (torch.arange(B, device=ids.device, dtype=torch.int64) * H).unsqueeze(1) + bag_starts  # [B, S]
+    out = nn.functional.embedding_bag(ids.reshape(-1), weight, offsets.reshape(-1), mode="sum", sparse=True,
+                                      per_sample_weights=None if per_id_weights is None else per_id_weights.reshape(-1))
+    return out.view(B, bag_starts.shape[0], weight.shape[1])
+
+
 def mlp(sizes: list[int], final_relu: bool = True) -> nn.Sequential:
     """Linear layers with ReLU between them; NVIDIA's init (normal, Glorot-like std)."""
     layers: list[nn.Module] = []
@@ -72,20 +92,36 @@ class SparseArch(nn.Module):
     """All F tables in one fused [sum(rows), D] weight, looked up with per-table row offsets.
 
     One gather and one sparse update per step instead of F of each: the fused layout NVIDIA's
-    and TorchRec's kernels use. `categorical [B, F]` (ids per table) -> `sparse [B, F, D]`.
+    and TorchRec's kernels use. `categorical [B, H]` (each table's `hotness` ids side by side)
+    -> `sparse [B, F, D]`, multi-hot features sum-pooled; `padded` tables may hold -1 (no id).
     """
 
-    def __init__(self, table_sizes: list[int], dim: int, seed: int = 0):
+    def __init__(self, table_sizes: list[int], dim: int, seed: int = 0, hotness: list[int] | None = None,
+                 padded: bool = False):
         super().__init__()
         self.table_sizes = list(table_sizes)
         self.dim = dim
+        self.hotness = list(hotness) if hotness is not None else [1] * len(self.table_sizes)
+        self.padded = padded
+        self.pooled = padded or any(h > 1 for h in self.hotness)
         offsets = torch.tensor([0] + self.table_sizes, dtype=torch.int64).cumsum(0)
         self.register_buffer("offsets", offsets[:-1].clone(), persistent=False)
+        columns = [t for t, h in enumerate(self.hotness) for _ in range(h)]  # the table of each id column
+        self.register_buffer("column_offsets", offsets[columns].clone(), persistent=False)
+        bag_starts = torch.tensor([0] + self.hotness, dtype=torch.int64).cumsum(0)[:-1]
+        self.register_buffer("bag_starts", bag_starts, persistent=False)
         weight = torch.cat([init_table_rows(seed, t, n, 0, n, dim) for t, n in enumerate(self.table_sizes)])
         self.embedding = nn.Embedding(int(offsets[-1]), dim, sparse=True, _weight=weight)
 
     def forward(self, categorical: torch.Tensor) -> torch.Tensor:
-        return self.embedding(categorical.long() + self.offsets)
+        if not self.pooled:
+            return self.embedding(categorical.long() + self.offsets)
+        ids = categorical.long()
+        if not self.padded:
+            return pooled_lookup(ids + self.column_offsets, self.embedding.weight, self.bag_starts)
+        keep = ids >= 0
+        rows = torch.where(keep, ids, 0) + self.column_offsets
+        return pooled_lookup(rows, self.embedding.weight, self.bag_starts, keep.to(self.embedding.weight.dtype))
 
     def table(self, t: int) -> torch.Tensor:
         """Table t's weights, a view into the fused weight: [rows_t, D]."""
@@ -148,9 +184,9 @@ class InteractionArch(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         B = dense.shape[0]
         if self.kind == "cat":
-            return torch.cat([dense, sparse.reshape(B, -1)], dim=1)
+            return torch.cat([dense, sparse.flatten(1)], dim=1)  # flatten: a rank's slice may hold 0 rows
         if self.kind == "dcn":
-            return self.crossnet(torch.cat([dense, sparse.reshape(B, -1)], dim=1))
+            return self.crossnet(torch.cat([dense, sparse.flatten(1)], dim=1))
         parts = [dense.unsqueeze(1), sparse]
         pad = (-(sparse.shape[1] + 1)) % self.pad_vectors_to if dense.device.type in self.pad_devices else 0
         if pad:  # zero vectors change no pair read out, but cuBLAS has a 3x faster bmm for 32 than for 27
@@ -178,18 +214,33 @@ class OverArch(nn.Module):
         return self.mlp(x).squeeze(-1)
 
 
+def dense_parameter_count(num_numerical: int, num_tables: int, cfg: ModelConfig) -> int:
+    """Parameters of the dense arches (bottom MLP, interaction, top MLP) of DLRM(num_numerical, F tables, cfg),
+    without building it: what the planner counts on every rank."""
+    def linear_params(sizes: list[int]) -> int:
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+    D = cfg.embedding_dim
+    interaction = InteractionArch(num_tables, D, cfg.interaction, cfg.bottom_mlp[-1], 1, 1) if cfg.interaction == "dot" \
+        else None  # dot's width needs its padding rule; the others are a concatenation
+    width = interaction.out_features if interaction else cfg.bottom_mlp[-1] + D * num_tables
+    cross = cfg.dcn_num_layers * (2 * width * cfg.dcn_low_rank_dim + width) if cfg.interaction == "dcn" else 0
+    return linear_params([num_numerical] + list(cfg.bottom_mlp)) + cross + linear_params([width] + list(cfg.top_mlp) + [1])
+
+
 class DLRM(nn.Module):
-    def __init__(self, num_numerical: int, table_sizes: list[int], cfg: ModelConfig, seed: int = 0):
+    def __init__(self, num_numerical: int, table_sizes: list[int], cfg: ModelConfig, seed: int = 0,
+                 hotness: list[int] | None = None, padded: bool = False):
         super().__init__()
         D = cfg.embedding_dim
         self.dense_arch = DenseArch(num_numerical, cfg.bottom_mlp)
-        self.sparse_arch = SparseArch(table_sizes, D, seed=seed)
+        self.sparse_arch = SparseArch(table_sizes, D, seed=seed, hotness=hotness, padded=padded)
         self.interaction_arch = InteractionArch(len(table_sizes), D, cfg.interaction, dense_dim=cfg.bottom_mlp[-1],
                                                 dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
         self.over_arch = OverArch(self.interaction_arch.out_features, cfg.top_mlp, self.interaction_arch.padding)
 
     def forward(self, numerical: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """numerical [B, N] float, categorical [B, F] ids -> logits [B]."""
+        """numerical [B, N] float, categorical [B, H] ids -> logits [B]."""
         return self.predict(self.dense_arch(numerical), self.sparse_arch(categorical))
 
     def predict(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:

@@ -178,12 +178,13 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
         (out / "config.yaml").write_text(dump_yaml(cfg))
     ckpt_uri = cfg.checkpoint_dir or str(out / "checkpoints")
 
-    plan = plan_for_config(cfg, spec.table_sizes, list(spec.categorical), runtime.world_size)
+    plan = plan_for_config(cfg, spec.table_sizes, list(spec.categorical), runtime.world_size,
+                           hotness=spec.table_hotness, num_numerical=len(spec.numerical))
     if runtime.is_main and runtime.distributed:
         print(plan.describe(), flush=True)
     torch.manual_seed(cfg.seed)  # the MLPs' init: the same on every rank
-    model = parallelize(build_model(len(spec.numerical), len(spec.table_sizes), cfg.model), plan, runtime,
-                        seed=cfg.seed)
+    model = parallelize(build_model(len(spec.numerical), len(spec.table_sizes), cfg.model, spec.table_hotness,
+                                    padded=bool(spec.padded)), plan, runtime, seed=cfg.seed)
     if cfg.compile:  # in place (nn.Module.compile): parameter names and checkpoints stay the same
         for arch in (model.model.dense_arch, model.model.interaction_arch, model.model.over_arch):
             arch.compile()

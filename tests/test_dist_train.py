@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,49 @@ def test_checkpoint_resumes_at_another_world_size(dataset, baseline, tmp_path, f
     torchrun(then[0], args) if then[0] > 1 else single(args)
     assert torch.allclose(torch.tensor(losses(cont)), torch.tensor(losses(baseline)[10:]), rtol=1e-5, atol=0)
     assert abs(summary(cont)["auc"] - summary(baseline)["auc"]) < 1e-4
+
+
+# -- DLRM-DCNv2 on multi-hot data (MLPerf's model): cross layers, Adagrad as the reference, ids
+# pooled on the rank owning the table; one table's rows of varying length (-1 padded)
+HOT = {"sizes": (7, 50, 300, 3, 1000), "hotness": [3, 1, 4, 2, 5], "padded": [False, False, True, False, False]}
+DCN = {"model.interaction": "dcn", "model.dcn_num_layers": 2, "model.dcn_low_rank_dim": 4,
+       "optim.optimizer": "adagrad", "optim.lr": 0.05, "optim.warmup_steps": 0, "optim.decay_steps": 0}
+
+
+@pytest.fixture(scope="module")
+def multi_hot_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mh")
+    make_dataset(root, rows=2100, test_rows=1000, **HOT)
+    return root
+
+
+@pytest.fixture(scope="module")
+def multi_hot_baseline(multi_hot_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mh1") / "run"
+    single(overrides(multi_hot_dataset, out, **DCN))
+    return out
+
+
+@pytest.mark.parametrize("world,sharding", [(2, "table"), (4, "table"), (2, "row"), (4, "row")])
+def test_dcn_multi_hot_ranks_follow_single_process(multi_hot_dataset, multi_hot_baseline, tmp_path, world, sharding):
+    out = tmp_path / "run"
+    log = torchrun(world, overrides(multi_hot_dataset, out, **DCN, **{"dist.sharding": sharding}))
+    assert "multi-hot: 15 ids per row over 5 tables (hotness 3,1,4,2,5)" in log, log
+    assert_same_run(multi_hot_baseline, out)
+
+
+def test_dcn_multi_hot_two_nodes_and_resume_at_another_world_size(multi_hot_dataset, multi_hot_baseline, tmp_path):
+    """2 nodes x 2 processes follow the one-process run; their step-10 checkpoint resumes on 2 ranks
+    and the run goes on as the uninterrupted one."""
+    out, port = tmp_path / "run", free_port()
+    args = overrides(multi_hot_dataset, out, **DCN, **{"dist.sharding": "row", "checkpoint_every": 10,
+                                                      "checkpoint_keep": 0})
+    nodes = [torchrun(2, args, nnodes=2, node_rank=r, port=port, wait=False) for r in (0, 1)]
+    logs = [finish(p) for p in nodes]
+    assert "4 ranks" in logs[0]
+    assert_same_run(multi_hot_baseline, out)
+    cont = tmp_path / "cont"
+    shutil.copytree(out / "checkpoints" / "ckpt-000000010", cont / "checkpoints" / "ckpt-000000010")
+    torchrun(2, overrides(multi_hot_dataset, cont, **DCN, resume="true", checkpoint_keep=0))
+    assert torch.allclose(torch.tensor(losses(cont)), torch.tensor(losses(multi_hot_baseline)[10:]), rtol=1e-5, atol=0)
+    assert abs(summary(cont)["auc"] - summary(multi_hot_baseline)["auc"]) < 1e-4

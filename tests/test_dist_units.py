@@ -68,3 +68,36 @@ def test_plan_pieces_index_each_ranks_fused_weight():
 
 def test_slices_are_the_readers():
     assert [local_rows(101, r, 4) for r in range(4)] == [(0, 26), (26, 51), (51, 76), (76, 101)]
+
+
+@pytest.mark.parametrize("sharding", ["table", "row"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_one_rank_multi_hot_lookup_equals_the_whole_model(sharding, padded):
+    """Multi-hot ids (and -1 padding) sum-pooled on the owning rank equal the whole model's pooling."""
+    sizes, hot = [7, 3, 11], [3, 1, 4]
+    torch.manual_seed(0)
+    whole = DLRM(2, sizes, CFG, seed=5, hotness=hot, padded=padded)
+    plan = plan_tables(sizes, 4, 1, 1 << 30, 8, reserve_bytes=0, sharding=sharding, hotness=hot)
+    cats = torch.cat([torch.randint(0, n, (9, h)) for n, h in zip(sizes, hot)], 1)
+    if padded:
+        cats[::2, 1:3] = -1
+        cats[:, 4] = -1  # a one-hot table with no id in any row pools to zeros
+    pooled = whole.sparse_arch(cats)
+    cols = torch.tensor([0, 3, 4])
+    manual = torch.stack([sum(whole.sparse_arch.table(t)[i] if i >= 0 else torch.zeros(4)
+                              for i in cats[b, cols[t]:cols[t] + hot[t]].tolist())
+                          for b in range(9) for t in range(3)]).view(9, 3, 4)
+    assert torch.allclose(pooled, manual, atol=1e-6)
+    num = torch.rand(9, 2)
+    expected = whole(num, cats)
+    torch.manual_seed(0)
+    sharded = parallelize(build_model(2, len(sizes), CFG, hotness=hot, padded=padded), plan, Runtime(), seed=5)
+    assert torch.allclose(sharded(num, cats), expected, atol=1e-6)
+
+
+def test_multi_hot_row_shards_pool_only_their_rows():
+    plan = plan_tables([10], 4, 2, 1 << 30, 8, reserve_bytes=0, sharding="row", hotness=[3])
+    full = torch.arange(40, dtype=torch.float32).view(10, 4)
+    shard = ShardedEmbedding.from_full(plan, 1, full, [0])  # rows 5..9
+    out = shard.lookup(torch.tensor([[0, 5, 9], [1, 2, 3]]))
+    assert torch.equal(out[:, 0], torch.stack([full[5] + full[9], torch.zeros(4)]))

@@ -41,7 +41,9 @@ class Batch:
     numerical:   [B_local, N] as stored (float16 in NVIDIA's layout), or None when not read. Cast
                  where it is used (`.to(device).float()`): on a GPU the cast is free and the
                  host-to-device copy half the size; converting here cost the reader a third of its time
-    categorical: int32 [B, F] ids, columns in the order asked for; [B, 0] when none is read.
+    categorical: int32 [B, H] ids, columns in the order asked for, each feature's `hotness` ids
+                 side by side (H = F for one-hot data; -1 marks padding of `padded` features);
+                 [B, 0] when none is read.
                  int32: embedding lookups take it and it halves the bytes moved to the device
                  against int64. Stored feature-major (a [B, F] view of a contiguous [F, B]
                  buffer, strides (1, B)): each feature's ids are contiguous, as per-table
@@ -114,6 +116,7 @@ class SplitBinaryReader:
             raise UserError(f"{spec.path}: categorical features {unknown} not in the spec (have {spec.categorical})")
         self.categorical = names
         self.want_numerical = numerical
+        self.hotness = [spec.hotness.get(f, 1) for f in names]  # columns per feature in `categorical`
         self.read_numerical = bool(numerical and spec.numerical)
         self.read_label = label
         if local_slice is not None:
@@ -138,7 +141,7 @@ class SplitBinaryReader:
         self._num_chunks: list[tuple[Chunk, list[int]]] = []
         if self.read_numerical:
             for chunk in spec.sources[split]:
-                cols = [chunk.features.index(f) for f in spec.numerical if f in chunk.features]
+                cols = [chunk.columns_of(f).start for f in spec.numerical if f in chunk.features]
                 if cols:
                     self._num_chunks.append((chunk, cols))
             order = [f for c, cols in self._num_chunks for f in (c.features[i] for i in cols)]
@@ -179,9 +182,9 @@ class SplitBinaryReader:
         for c in chunks:
             if c.file not in maps:
                 try:
-                    maps[c.file] = np.memmap(c.file, c.dtype, "c", shape=(self.rows, len(c.features)))
+                    maps[c.file] = np.memmap(c.file, c.dtype, "c", shape=(self.rows, c.columns))
                 except (OSError, ValueError) as e:
-                    raise DataError(f"{c.file}: cannot map {self.rows} rows of {len(c.features)} x {c.dtype.name}: {e}") from None
+                    raise DataError(f"{c.file}: cannot map {self.rows} rows of {c.columns} x {c.dtype.name}: {e}") from None
         return maps
 
     def read_batch(self, index: int, position: int = 0, maps: dict | None = None) -> Batch:
@@ -202,16 +205,19 @@ class SplitBinaryReader:
 
         # Ids are gathered feature-major, [F, B]: each feature's ids land in one contiguous row
         # (16x cheaper than scattering into columns of [B, F]); the batch holds its [B, F] view.
-        cat = np.empty((len(self.categorical), b), np.int32)
-        for j, ((chunk, col), name) in enumerate(self._cat_chunks):
-            ids = self._rows(maps, chunk, start, b)[:, col]
+        cat = np.empty((sum(self.hotness), b), np.int32)
+        j = 0
+        for (chunk, cols), name in self._cat_chunks:
+            ids = self._rows(maps, chunk, start, b)[:, cols]  # [b, hotness]
             if self.check_ids:  # on the file's (narrow) dtype: the cheapest pass
-                _check_ids(name, ids, self.spec.cardinalities[name], start, where=f"{chunk.file}")
-            cat[j] = ids  # the one copy, widening to int32 on the way
+                _check_ids(name, ids, self.spec.cardinalities[name], start, where=f"{chunk.file}",
+                           padded=name in self.spec.padded)
+            cat[j : j + ids.shape[1]] = ids.T  # the one copy, widening to int32 on the way
+            j += ids.shape[1]
 
         numerical = None
         if self.read_numerical:
-            parts = [self._rows(maps, c, start + lo, hi - lo)[:, cols] if len(cols) < len(c.features)
+            parts = [self._rows(maps, c, start + lo, hi - lo)[:, cols] if len(cols) < c.columns
                      else self._rows(maps, c, start + lo, hi - lo) for c, cols in self._num_chunks]
             block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             if self._num_perm != list(range(len(self._num_perm))):
@@ -225,7 +231,7 @@ class SplitBinaryReader:
         label = None
         if self.read_label:
             chunk, col = self._label_chunk
-            raw = np.array(self._rows(maps, chunk, start + lo, hi - lo)[:, col])
+            raw = np.array(self._rows(maps, chunk, start + lo, hi - lo)[:, col.start])
             check_labels(raw, start + lo, chunk.file)
             label = torch.from_numpy(raw)
         return Batch(numerical, torch.from_numpy(cat).t(), label, int(index), int(position))

@@ -5,7 +5,13 @@
     source_spec:   {train: [{type: split_binary, features: [...], files: [train/numerical.bin]}, ...], test: [...]}
     metadata:      {...}
 
-Every file holds its features row-major with no header: rows = file size / (features x itemsize).
+Every file holds its features row-major with no header: rows = file size / (columns x itemsize).
+
+Multi-hot: a categorical feature may carry `hotness: k` (k >= 1, default 1): each row holds k ids
+of the feature's table, k consecutive columns of its file, sum-pooled by the model (MLPerf's
+DLRM-DCNv2 data). One-hot features carry no `hotness` key, so a one-hot dataset is exactly NVIDIA's
+format. Rows of different lengths: `hotness: k` with `padded: true` lets a row hold fewer than k
+ids, the rest of its k columns -1 (padding, which pools to nothing; an all-padding row pools to zeros).
 """
 from __future__ import annotations
 
@@ -46,11 +52,23 @@ def _inside(root: Path, name, where: str) -> Path:
 
 @dataclass
 class Chunk:
-    """One file holding one or more features of one split, row-major."""
+    """One file holding one or more features of one split, row-major: [rows, columns]."""
 
     features: list[str]
     file: Path  # absolute
     dtype: np.dtype
+    widths: list[int] | None = None  # columns per feature (multi-hot hotness); None: one each
+
+    @property
+    def columns(self) -> int:
+        return sum(self.widths) if self.widths else len(self.features)
+
+    def columns_of(self, feature: str) -> slice:
+        """The columns of `feature` in this file's rows."""
+        i = self.features.index(feature)
+        widths = self.widths or [1] * len(self.features)
+        start = sum(widths[:i])
+        return slice(start, start + widths[i])
 
 
 @dataclass
@@ -63,6 +81,8 @@ class FeatureSpec:
     dtypes: dict[str, np.dtype]
     sources: dict[str, list[Chunk]]
     metadata: dict = field(default_factory=dict)
+    hotness: dict[str, int] = field(default_factory=dict)  # multi-hot features only; absent: 1
+    padded: set[str] = field(default_factory=set)  # multi-hot features whose rows may end in -1 padding
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -71,14 +91,23 @@ class FeatureSpec:
         return [self.cardinalities[f] for f in self.categorical]
 
     @property
+    def table_hotness(self) -> list[int]:
+        """Ids per row of each categorical feature, in channel order (1: one-hot)."""
+        return [self.hotness.get(f, 1) for f in self.categorical]
+
+    @property
+    def multi_hot(self) -> bool:
+        return any(h > 1 for h in self.table_hotness) or bool(self.padded)
+
+    @property
     def path(self) -> Path:
         return self.root / SPEC_FILE
 
-    def chunk_of(self, split: str, feature: str) -> tuple[Chunk, int]:
-        """The chunk holding `feature` in `split`, and the feature's column in it."""
+    def chunk_of(self, split: str, feature: str) -> tuple[Chunk, slice]:
+        """The chunk holding `feature` in `split`, and the feature's columns in it."""
         for chunk in self.sources[split]:
             if feature in chunk.features:
-                return chunk, chunk.features.index(feature)
+                return chunk, chunk.columns_of(feature)
         raise DataError(f"{self.path}: no source for feature {feature!r} in split {split!r}")
 
     def num_rows(self, split: str) -> int:
@@ -95,7 +124,7 @@ class FeatureSpec:
                 sizes.append(chunk.file.stat().st_size)
             except FileNotFoundError:
                 raise DataError(f"{chunk.file}: missing (listed in {self.path}, split {split})") from None
-        row_bytes = [len(c.features) * c.dtype.itemsize for c in self.sources[split]]
+        row_bytes = [c.columns * c.dtype.itemsize for c in self.sources[split]]
         counts: dict[int, int] = {}
         for size, rb in zip(sizes, row_bytes):
             if size % rb == 0:
@@ -110,7 +139,7 @@ class FeatureSpec:
                 what = "truncated" if size < expected else "oversized (extra bytes at the end)"
                 raise DataError(
                     f"{chunk.file}: size {size} bytes, expected {expected} bytes ({rows} rows as in the other files of "
-                    f"split {split}, {len(chunk.features)} x {chunk.dtype.name} per row); the file is {what}"
+                    f"split {split}, {chunk.columns} x {chunk.dtype.name} per row); the file is {what}"
                 )
         return rows
 
@@ -196,6 +225,25 @@ class FeatureSpec:
                     f"(max id {np.iinfo(dtypes[name]).max})"
                 )
             cards[name] = card
+        hotness, padded = {}, set()
+        for name in categorical:
+            h = fspec[name].get("hotness", 1)
+            if not isinstance(h, int) or isinstance(h, bool) or h < 1:
+                raise DataError(f"{where}: feature_spec.{name}.hotness must be a positive integer (ids per row), got {h!r}")
+            pad = fspec[name].get("padded", False)
+            if not isinstance(pad, bool):
+                raise DataError(f"{where}: feature_spec.{name}.padded must be true or false, got {pad!r}")
+            if pad and dtypes[name].kind != "i":
+                raise DataError(f"{where}: feature_spec.{name}: padded rows hold -1, which needs a signed dtype, "
+                                f"got {dtypes[name].name}")
+            if h > 1:
+                hotness[name] = h
+            if pad:
+                padded.add(name)
+        for name in numerical + labels:
+            extra = [k for k in ("hotness", "padded") if k in (fspec[name] or {})]
+            if extra:
+                raise DataError(f"{where}: feature_spec.{name}.{extra[0]}: only categorical features are multi-hot")
         sources: dict[str, list[Chunk]] = {}
         for split, chunks in src.items():
             out = []
@@ -216,24 +264,36 @@ class FeatureSpec:
                 kinds = {dtypes[f] for f in feats}
                 if len(kinds) != 1:
                     raise DataError(f"{where}: {ctx} mixes dtypes {sorted(k.name for k in kinds)} in one file")
-                out.append(Chunk(feats, _inside(root, files[0], f"{where}: {ctx}.files"), kinds.pop()))
+                widths = [hotness.get(f, 1) for f in feats]
+                out.append(Chunk(feats, _inside(root, files[0], f"{where}: {ctx}.files"), kinds.pop(),
+                                 widths if max(widths) > 1 else None))
             covered = [f for c in out for f in c.features]
             missing = [f for f in numerical + categorical + labels if f not in covered]
             if missing:
                 raise DataError(f"{where}: source_spec.{split} has no file for features {missing}")
             sources[split] = out
-        return cls(root, numerical, categorical, labels[0], cards, dtypes, sources, dict(raw.get("metadata") or {}))
+        return cls(root, numerical, categorical, labels[0], cards, dtypes, sources, dict(raw.get("metadata") or {}),
+                   hotness, padded)
 
     @classmethod
     def default(cls, root: str | os.PathLike, cardinalities: list[int], num_numerical: int = 13,
-                splits=SPLITS, metadata: dict | None = None) -> "FeatureSpec":
-        """NVIDIA's default layout: numerical.bin (float16, all numerical features), label.bin, cat_<i>.bin."""
+                splits=SPLITS, metadata: dict | None = None, hotness: list[int] | None = None,
+                padded: list[bool] | None = None) -> "FeatureSpec":
+        """NVIDIA's default layout: numerical.bin (float16, all numerical features), label.bin, cat_<i>.bin.
+
+        hotness: ids per row of each categorical feature (None: all one-hot); padded: which of them
+        hold rows of fewer ids, padded with -1."""
         root = Path(root).resolve()
         numerical = [f"num_{i}" for i in range(num_numerical)]
         categorical = [f"cat_{i}.bin" for i in range(len(cardinalities))]
         dtypes = {n: np.dtype(np.float16) for n in numerical}
         dtypes["label"] = np.dtype(np.bool_)
         cards = {}
+        hot = list(hotness) if hotness is not None else [1] * len(categorical)
+        pads = list(padded) if padded is not None else [False] * len(categorical)
+        if len(hot) != len(categorical) or len(pads) != len(categorical) or min(hot, default=1) < 1:
+            raise DataError(f"{root}: {len(categorical)} categorical features need as many positive hotness values "
+                            f"and padded flags, got {hot} and {pads}")
         for name, card in zip(categorical, cardinalities):
             dtypes[name] = categorical_dtype(card)
             cards[name] = int(card)
@@ -244,9 +304,11 @@ class FeatureSpec:
                 chunks.append(Chunk(numerical, root / split / "numerical.bin", dtypes[numerical[0]]))
             chunks.append(Chunk(["label"], root / split / "label.bin", dtypes["label"]))
             for name in categorical:
-                chunks.append(Chunk([name], root / split / name, dtypes[name]))
+                h = hot[categorical.index(name)]
+                chunks.append(Chunk([name], root / split / name, dtypes[name], [h] if h > 1 else None))
             sources[split] = chunks
-        return cls(root, numerical, categorical, "label", cards, dtypes, sources, dict(metadata or {}))
+        return cls(root, numerical, categorical, "label", cards, dtypes, sources, dict(metadata or {}),
+                   {f: h for f, h in zip(categorical, hot) if h > 1}, {f for f, p in zip(categorical, pads) if p})
 
     def to_dict(self) -> dict:
         fspec = {}
@@ -254,6 +316,10 @@ class FeatureSpec:
             fspec[name] = {"dtype": self.dtypes[name].name}
             if name in self.cardinalities:
                 fspec[name]["cardinality"] = self.cardinalities[name]
+            if name in self.hotness:  # one-hot features stay as NVIDIA writes them
+                fspec[name]["hotness"] = self.hotness[name]
+            if name in self.padded:
+                fspec[name]["padded"] = True
         return {
             "channel_spec": {CATEGORICAL: list(self.categorical), LABEL: [self.label], NUMERICAL: list(self.numerical)},
             "feature_spec": fspec,

@@ -1,6 +1,7 @@
 """`python -m dlrm synth`: a synthetic, learnable click log in NVIDIA's split-binary format.
 
     python -m dlrm synth --out data/synth --rows 2000000 --seed 1 [--tables small|criteo-fl15 --scale 100]
+                         [--multi-hot mlperf|3,2,1,...]
 
 Rows are drawn from a hidden ground-truth model, so a trained DLRM has a known target:
   - ids: per table, Zipf-like popularity over a pseudo-random permutation of the ids (rank r is
@@ -11,6 +12,11 @@ Rows are drawn from a hidden ground-truth model, so a trained DLRM has a known t
     popular ids, zero for ranks past the first 2^18, so what is learnable is seen often) + linear
     weights on the standardised numerical features + a few pairwise interactions (id x id,
     numerical x numerical); the bias is found by bisection so the click rate is `click_rate`.
+Multi-hot (`--multi-hot`): each table's one-hot id is expanded to `hotness` ids as MLPerf's
+materialize_synthetic_multihot_dataset.py does for DLRM-DCNv2: a per-table map [C, hotness] whose
+column 0 is the id itself and whose other columns are uniform over [0, C), drawn from one
+RandomState(0) stream table after table; a row's ids are the map's row for its one-hot id. The
+labels stay those of the one-hot ids (the expansion is a function of them), so the oracle holds.
 The hidden model's AUC on the test split (`oracle_auc`, the best any model can do) is stored in
 feature_spec.yaml under metadata.synthetic. Everything is drawn in fixed chunks from generators
 seeded by (seed, split, chunk), so memory stays bounded and a seed always gives the same bytes.
@@ -30,7 +36,7 @@ from dlrm.data.spec import FeatureSpec
 from dlrm.data.writer import SplitBinaryWriter, claim_folder
 from dlrm.errors import UserError
 from dlrm.metrics import roc_auc
-from dlrm.tables import CRITEO_FL15_CARDINALITIES, SMALL_CARDINALITIES, TABLE_PRESETS  # noqa: F401 (tests use them)
+from dlrm.tables import CRITEO_FL15_CARDINALITIES, MULTI_HOT_PRESETS, SMALL_CARDINALITIES, TABLE_PRESETS  # noqa: F401 (tests use them)
 
 CHUNK_ROWS = 1 << 18  # rows drawn per step: fixed, so output never depends on memory settings
 WEIGHTED_RANKS = 1 << 18  # ids ranked past this carry no weight (and are rare)
@@ -149,7 +155,53 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return None if math.isnan(value) else value
 
 
-def write_split(truth: Truth, spec: FeatureSpec, split: str, rows: int, seed: int, keep_scores: int = 0):
+MULTI_HOT_MAP_CHUNK = 1 << 20  # map rows drawn per call: the same stream as one call, bounded temporaries
+
+
+def multi_hot_maps(cardinalities: list[int], hotness: list[int]) -> list[np.ndarray | None]:
+    """MLPerf's one-hot -> multi-hot maps, [C, hotness] int32 per table (None for one-hot tables).
+
+    Drawn as the reference (torchrec_dlrm's multi_hot.py, uniform) does: one RandomState(0), per
+    table in order randint(0, C, size=(C, hotness - 1)), even for hotness 1 (an empty draw), and
+    the id itself in front. Legacy randint draws element by element, so drawing the rows in chunks
+    gives the same stream as the reference's single call.
+    """
+    rs = np.random.RandomState(0)
+    maps = []
+    for c, h in zip(cardinalities, hotness):
+        c = int(c)
+        if h == 1:
+            rs.randint(0, c, size=(c, 0))
+            maps.append(None)
+            continue
+        m = np.empty((c, h), np.int32)
+        m[:, 0] = np.arange(c, dtype=np.int32)
+        for lo in range(0, c, MULTI_HOT_MAP_CHUNK):
+            hi = min(c, lo + MULTI_HOT_MAP_CHUNK)
+            m[lo:hi, 1:] = rs.randint(0, c, size=(hi - lo, h - 1))
+        maps.append(m)
+    return maps
+
+
+def parse_multi_hot(text: str | None, num_tables: int) -> list[int] | None:
+    """--multi-hot: a preset name (mlperf) or comma-separated hotness per table; None: one-hot."""
+    if not text:
+        return None
+    if text in MULTI_HOT_PRESETS:
+        hot = list(MULTI_HOT_PRESETS[text])
+    else:
+        try:
+            hot = [int(x) for x in text.split(",")]
+        except ValueError:
+            raise UserError(f"synth: --multi-hot {text!r}: expected {' or '.join(MULTI_HOT_PRESETS)} or comma-separated "
+                            f"integers, one per table") from None
+    if len(hot) != num_tables or min(hot) < 1:
+        raise UserError(f"synth: --multi-hot {text!r}: needs {num_tables} values >= 1 (one per table), got {len(hot)}: {hot}")
+    return hot
+
+
+def write_split(truth: Truth, spec: FeatureSpec, split: str, rows: int, seed: int, keep_scores: int = 0,
+                maps: list[np.ndarray | None] | None = None):
     """Draw and write `rows` rows; returns (clicks, scores [<= keep_scores], labels [<= keep_scores])."""
     clicks, scores, labels = 0, [], []
     kept = 0
@@ -160,6 +212,8 @@ def write_split(truth: Truth, spec: FeatureSpec, split: str, rows: int, seed: in
             numerical, ids, ranks = sample(truth, rng, n)
             z = logits(truth, numerical, ranks)
             label = rng.random(n) < sigmoid(z)
+            if maps is not None:
+                ids = [i if m is None else m[i] for i, m in zip(ids, maps)]
             w.append(numerical, ids, label)
             clicks += int(label.sum())
             if kept < keep_scores:
@@ -176,8 +230,11 @@ AUC_MAX_ROWS = 4_000_000  # the oracle AUC is measured on at most this many test
 
 
 def generate(out, rows: int, seed: int, *, cardinalities: list[int], test_rows: int, click_rate: float = 0.25,
-             num_numerical: int = 13, overwrite: bool = False) -> FeatureSpec:
-    """Write a synthetic dataset to `out` (feature_spec.yaml last) and return its spec."""
+             num_numerical: int = 13, overwrite: bool = False, hotness: list[int] | None = None,
+             multi_hot_name: str | None = None) -> FeatureSpec:
+    """Write a synthetic dataset to `out` (feature_spec.yaml last) and return its spec.
+
+    hotness: ids per row of each table (MLPerf's expansion, see the module docstring); None: one-hot."""
     # Every dataset synth writes must train: rows in both splits (the trainer refuses an empty one).
     if rows < 1 or test_rows < 1:
         raise UserError(f"synth: --rows and --test-rows must be >= 1 (training needs rows in both splits), "
@@ -190,18 +247,24 @@ def generate(out, rows: int, seed: int, *, cardinalities: list[int], test_rows: 
         raise UserError(f"synth: --num-numerical must be in [0, {MAX_NUMERICAL}], got {num_numerical}")
     if not cardinalities or min(cardinalities) < 1:
         raise UserError(f"synth: need at least one table, each of >= 1 rows, got {cardinalities}")
-    spec = FeatureSpec.default(out, list(cardinalities), num_numerical=num_numerical)
+    if hotness is not None and (len(hotness) != len(cardinalities) or min(hotness) < 1):
+        raise UserError(f"synth: hotness needs {len(cardinalities)} values >= 1, got {hotness}")
+    spec = FeatureSpec.default(out, list(cardinalities), num_numerical=num_numerical, hotness=hotness)
     claim_folder(spec, overwrite)  # before minutes of work, not after
     truth = make_truth(seed, list(cardinalities), num_numerical)
     calibrate(truth, seed, click_rate)
-    train_clicks, _, _ = write_split(truth, spec, "train", rows, seed)
-    _, scores, labels = write_split(truth, spec, "test", test_rows, seed, keep_scores=AUC_MAX_ROWS)
+    maps = multi_hot_maps(list(cardinalities), hotness) if hotness is not None and max(hotness) > 1 else None
+    train_clicks, _, _ = write_split(truth, spec, "train", rows, seed, maps=maps)
+    _, scores, labels = write_split(truth, spec, "test", test_rows, seed, keep_scores=AUC_MAX_ROWS, maps=maps)
     oracle = auc(scores, labels)
     spec.metadata["synthetic"] = {
         "seed": int(seed), "rows": int(rows), "test_rows": int(test_rows),
         "click_rate": round(train_clicks / rows, 6),
         "oracle_auc": None if oracle is None else round(oracle, 6),
     }
+    if maps is not None:
+        spec.metadata["synthetic"]["multi_hot"] = {"hotness": list(hotness), "preset": multi_hot_name,
+                                                   "distribution": "uniform", "map_seed": 0}
     spec.save()
     return spec
 
@@ -219,6 +282,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="divide every cardinality by this (each stays >= 2)")
     p.add_argument("--click-rate", type=float, default=0.25, help="target fraction of positive labels (default 0.25)")
     p.add_argument("--num-numerical", type=int, default=13, help="numerical features (default 13, as Criteo)")
+    p.add_argument("--multi-hot", metavar="mlperf|H,H,...", default=None,
+                   help="multi-hot ids per table: mlperf (MLPerf DLRM-DCNv2's 3,2,1,2,6,...,100,27,10,3,1,1) or one "
+                        "integer per table; ids expanded from the one-hot id as MLPerf's materialize script does")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
 
 
@@ -230,13 +296,16 @@ def scaled(cardinalities: list[int], scale: float) -> list[int]:
 
 def main(args: argparse.Namespace) -> int:
     cards = scaled(TABLE_PRESETS[args.tables], args.scale)
+    hotness = parse_multi_hot(args.multi_hot, len(cards))
     test_rows = max(1, args.rows // 8) if args.test_rows is None else args.test_rows
     t0 = time.perf_counter()
     spec = generate(Path(args.out), args.rows, args.seed, cardinalities=cards, test_rows=test_rows,
-                    click_rate=args.click_rate, num_numerical=args.num_numerical, overwrite=args.overwrite)
+                    click_rate=args.click_rate, num_numerical=args.num_numerical, overwrite=args.overwrite,
+                    hotness=hotness, multi_hot_name=args.multi_hot if args.multi_hot in MULTI_HOT_PRESETS else None)
     meta = spec.metadata["synthetic"]
     auc_text = "n/a" if meta["oracle_auc"] is None else f"{meta['oracle_auc']:.4f}"
+    multi = f", multi-hot {sum(hotness)} ids per row" if hotness else ""
     print(f"synth: {args.rows} train + {test_rows} test rows, {len(cards)} tables ({args.tables}, "
-          f"{sum(cards)} ids) -> {spec.root} in {time.perf_counter() - t0:.1f}s; "
+          f"{sum(cards)} ids{multi}) -> {spec.root} in {time.perf_counter() - t0:.1f}s; "
           f"click rate {meta['click_rate']:.4f}, oracle test AUC {auc_text}")
     return 0

@@ -2,7 +2,7 @@
 
     with SplitBinaryWriter(spec, "train") as w:      # opens train/*.bin.partial
         for numerical, categorical, label in batches:
-            w.append(numerical, categorical, label)  # [B, N], [B, F] (or F x [B]), [B]
+            w.append(numerical, categorical, label)  # [B, N], [B, F] (or F x [B] / [B, hotness]), [B]
     # closed: the .partial files are renamed to their final names
     spec.save()                                      # last: the yaml marks the dataset complete
 
@@ -44,23 +44,33 @@ def claim_folder(spec: FeatureSpec, overwrite: bool) -> None:
         spec.path.unlink()
 
 
-def check_ids(feature: str, ids: np.ndarray, cardinality: int, first_row: int = 0, where: str = "") -> None:
-    """Vectorised range check of one feature's ids [B]: 0 <= id < cardinality, else a DataError.
+def check_ids(feature: str, ids: np.ndarray, cardinality: int, first_row: int = 0, where: str = "",
+              padded: bool = False) -> None:
+    """Vectorised range check of one feature's ids [B] or [B, hotness]: 0 <= id < cardinality
+    (or -1, padding, when `padded`), else a DataError.
 
     The message names the feature, the first bad id, its row (first_row + position) and the
     cardinality. One reduction per batch: seen as unsigned, a negative id is larger than any
-    cardinality its dtype can hold, so max < cardinality covers both ends. The slow path runs
-    only on failure.
+    cardinality its dtype can hold, so max < cardinality covers both ends (padding: id + 1 <=
+    cardinality, in a wider type). The slow path runs only on failure.
     """
     if ids.size == 0:
         return
-    if ids.view(np.dtype(f"u{ids.dtype.itemsize}")).max() < cardinality:
-        return
-    bad = np.flatnonzero((ids < 0) | (ids >= cardinality))[0]
+    if padded:
+        if (ids.min() >= -1) and (ids.max() < cardinality):
+            return
+        bad_mask = (ids < -1) | (ids >= cardinality)
+    else:
+        if ids.view(np.dtype(f"u{ids.dtype.itemsize}")).max() < cardinality:
+            return
+        bad_mask = (ids < 0) | (ids >= cardinality)
+    flat = np.flatnonzero(bad_mask.reshape(-1))[0]
+    width = ids.shape[1] if ids.ndim == 2 else 1
     prefix = f"{where}: " if where else ""
+    allowed = f"[0, {cardinality}) or -1 (padding)" if padded else f"[0, {cardinality})"
     raise DataError(
-        f"{prefix}feature {feature}: id {int(ids[bad])} at row {first_row + int(bad)} is outside "
-        f"[0, {cardinality}) (cardinality {cardinality})"
+        f"{prefix}feature {feature}: id {int(ids.reshape(-1)[flat])} at row {first_row + int(flat) // width} is "
+        f"outside {allowed} (cardinality {cardinality})"
     )
 
 
@@ -68,8 +78,9 @@ class SplitBinaryWriter:
     """Appends batches of rows to every file of one split of `spec`, in the spec's dtypes.
 
     Inputs per `append`: numerical [B, N] (any float; cast to the chunk dtype, float16 in NVIDIA's
-    layout), categorical [B, F] or a list of F arrays [B] (integers, range-checked then cast to the
-    feature's dtype), label [B] (bool or 0/1). Columns follow spec.numerical / spec.categorical.
+    layout), categorical [B, F] (one-hot datasets) or a list of F arrays, [B] for a one-hot feature
+    and [B, hotness] for a multi-hot one (integers, range-checked then cast to the feature's dtype),
+    label [B] (bool or 0/1). Columns follow spec.numerical / spec.categorical.
     """
 
     def __init__(self, spec: FeatureSpec, split: str, *, overwrite: bool = False):
@@ -112,8 +123,8 @@ class SplitBinaryWriter:
                 block = columns[chunk.features[0]].astype(chunk.dtype, copy=False)
             elif [f for f in chunk.features] == self.spec.numerical:
                 block = num.astype(chunk.dtype, copy=False)  # the common case: no column shuffle
-            else:
-                block = np.stack([columns[f] for f in chunk.features], axis=1).astype(chunk.dtype, copy=False)
+            else:  # multi-hot features bring their hotness columns each
+                block = np.concatenate([columns[f].reshape(b, -1) for f in chunk.features], axis=1).astype(chunk.dtype, copy=False)
             try:
                 fh.write(np.ascontiguousarray(block).tobytes() if block.size == 0 else
                          memoryview(np.ascontiguousarray(block)).cast("B"))  # memoryview refuses empty casts
@@ -144,11 +155,14 @@ class SplitBinaryWriter:
             raise DataError(f"{self.spec.root}/{self.split}: got {len(cols)} categorical features, expected {len(names)}")
         out = {}
         for name, ids in zip(names, cols):
-            if ids.shape != (b,):
-                raise DataError(f"{self.spec.root}/{self.split}: feature {name} has shape {ids.shape}, expected ({b},)")
+            h = self.spec.hotness.get(name, 1)
+            if ids.shape != ((b,) if h == 1 else (b, h)) and not (h == 1 and ids.shape == (b, 1)):
+                expected = f"({b},)" if h == 1 else f"({b}, {h}) (hotness {h})"
+                raise DataError(f"{self.spec.root}/{self.split}: feature {name} has shape {ids.shape}, expected {expected}")
             if ids.dtype.kind not in "iu":
                 raise DataError(f"{self.spec.root}/{self.split}: feature {name} ids must be integers, got {ids.dtype}")
-            check_ids(name, ids, self.spec.cardinalities[name], self.rows, where=f"{self.spec.root}/{self.split}")
+            check_ids(name, ids, self.spec.cardinalities[name], self.rows, where=f"{self.spec.root}/{self.split}",
+                      padded=name in self.spec.padded)
             out[name] = ids
         return out
 

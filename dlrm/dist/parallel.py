@@ -26,21 +26,26 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from dlrm.checkpoint import Piece
 from dlrm.config import ModelConfig, TrainConfig, parse_bytes
 from dlrm.data.reader import local_rows
-from dlrm.dist.plan import Plan, plan_tables
+from dlrm.dist.plan import Plan, dense_memory_bytes, plan_tables
 from dlrm.dist.runtime import Runtime
 from dlrm.dist.sharded import ShardedEmbedding
-from dlrm.model import DLRM, SparseArch
+from dlrm.model import DLRM, SparseArch, dense_parameter_count
 
 
-def plan_for_config(cfg: TrainConfig, table_sizes: list[int], table_names: list[str], world_size: int) -> Plan:
-    """The plan a training run uses: the config's memory budget, batch, optimizer and sharding."""
+def plan_for_config(cfg: TrainConfig, table_sizes: list[int], table_names: list[str] | None, world_size: int,
+                    hotness: list[int] | None = None, num_numerical: int | None = None) -> Plan:
+    """The plan a training run uses: the config's memory budget, batch, optimizer and sharding,
+    the tables' hotness, and the dense arches the config builds (DCN's cross layers included)."""
+    num_numerical = cfg.model.num_numerical if num_numerical is None else num_numerical
+    dense = dense_memory_bytes(dense_parameter_count(num_numerical, len(table_sizes), cfg.model), cfg.optim.optimizer)
     return plan_tables(table_sizes, cfg.model.embedding_dim, world_size, parse_bytes(cfg.dist.device_memory),
                        cfg.data.batch_size, optimizer=cfg.optim.optimizer,
                        reserve_bytes=parse_bytes(cfg.dist.memory_reserve), sharding=cfg.dist.sharding,
-                       table_names=table_names)
+                       table_names=table_names, hotness=hotness, dense_bytes=dense)
 
 
-def build_model(num_numerical: int, num_tables: int, cfg: ModelConfig) -> DLRM:
+def build_model(num_numerical: int, num_tables: int, cfg: ModelConfig, hotness: list[int] | None = None,
+                padded: bool = False) -> DLRM:
     """A DLRM whose tables are one-row placeholders, for `parallelize(..., seed=)` to replace.
 
     Its dense arches are exactly those of DLRM(num_numerical, table_sizes, cfg) after the same
@@ -48,7 +53,7 @@ def build_model(num_numerical: int, num_tables: int, cfg: ModelConfig) -> DLRM:
     from their own generators (dlrm.model.init_table_rows), never from torch's. So no rank ever
     holds (or spends time initialising) a table it does not own.
     """
-    return DLRM(num_numerical, [1] * num_tables, cfg)
+    return DLRM(num_numerical, [1] * num_tables, cfg, hotness=hotness, padded=padded)
 
 
 def _allreduce_sum_hook(group, bucket):
@@ -126,18 +131,21 @@ def parallelize(model: DLRM, plan: Plan, runtime: Runtime, seed: int | None = No
     old = model.sparse_arch
     if plan.dim != old.dim:
         raise ValueError(f"plan dim {plan.dim} != model embedding dim {old.dim}")
+    plan_hotness = [plan.hotness(t) for t in range(plan.num_tables)]
+    if plan_hotness != old.hotness:
+        raise ValueError(f"plan hotness {plan_hotness} != model hotness {old.hotness}")
     # the all-to-all gets its own group: DDP's bucket all-reduces run concurrently on the default one
     # and the job's collective timeout: new_group's default would be torch's 30 minutes
     group = (dist.new_group(list(range(runtime.world_size)), timeout=datetime.timedelta(seconds=runtime.timeout_s))
              if runtime.distributed else None)
     if seed is not None:
-        sharded = ShardedEmbedding.from_seed(plan, runtime.rank, seed, runtime.device, group=group)
+        sharded = ShardedEmbedding.from_seed(plan, runtime.rank, seed, runtime.device, group=group, padded=old.padded)
     else:
         if not isinstance(old, SparseArch) or old.table_sizes != plan.table_sizes:
             raise ValueError(f"model tables {getattr(old, 'table_sizes', None)} != plan tables {plan.table_sizes}; "
                              "pass seed= to initialise the shards instead")
         sharded = ShardedEmbedding.from_full(plan, runtime.rank, old.embedding.weight.data,
-                                             old.offsets.tolist(), group=group)
+                                             old.offsets.tolist(), group=group, padded=old.padded)
     model.sparse_arch = sharded
     del old
     model.to(runtime.device)

@@ -13,10 +13,16 @@ ranks (tests use it to exercise the row-wise path on tiny tables).
 
 Memory counted per rank (budget = device memory - reserve):
   per shard: rows x (D x weight_bytes + optimizer bytes per row)
-             + B x (3 x D x weight_bytes + 8): lookup output sent forward, its gradient received
-               backward, the sparse gradient's values, and the int64 ids
+             + B x (2 x D x weight_bytes): the pooled lookup output sent forward, its gradient
+               received backward
+             + B x h x (D x weight_bytes + 8): the sparse gradient's values (one row per id) and
+               the int64 ids, h the table's hotness (ids per row; 1 for one-hot)
+             + for multi-hot (h > 1): B x 8 bag offsets + B x h x weight_bytes per-id weights
   per rank:  2 x ceil(B / W) x F x D x weight_bytes: the received [B_local, F, D] forward and the
-             gradient sent back
+             gradient sent back. Multi-hot tables are pooled before the all-to-all, so these
+             buffers do not grow with hotness; the ids and sparse gradients above do.
+             + dense_bytes: the replicated dense arches (bottom MLP, interaction - DCN's cross
+             layers -, top MLP), weights + gradients + DDP's gradient buckets + optimizer state
 Optimizer state: "sgd" none; "adagrad" one fp32 accumulator per row: dlrm.optim's tables use
 row-wise Adagrad (as FBGEMM/TorchRec), 4 bytes a row instead of 4 x D.
 """
@@ -39,6 +45,12 @@ def optimizer_bytes_per_row(optimizer: str, dim: int) -> int:
     if optimizer == "adagrad":
         return 4
     raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+
+
+def dense_memory_bytes(num_parameters: int, optimizer: str) -> int:
+    """Per rank, for the replicated dense arches: fp32 weights, gradients, DDP's gradient buckets
+    (a second copy of the gradients) and the optimizer's state (Adagrad: one fp32 sum per weight)."""
+    return num_parameters * (4 + 4 + 4 + (4 if optimizer == "adagrad" else 0))
 
 
 def human(n: float) -> str:
@@ -78,8 +90,10 @@ class Plan:
     sharding: str
     table_names: list[str]
     table_sizes: list[int]
-    rank_fixed_bytes: int  # the per-rank all-to-all buffers
+    rank_fixed_bytes: int  # the per-rank all-to-all buffers and dense_bytes
     shards: list[Shard] = field(default_factory=list)
+    table_hotness: list[int] = field(default_factory=list)  # ids per row per table; [] (older plans): all 1
+    dense_bytes: int = 0  # the replicated dense arches' weights, gradients and optimizer state, per rank
 
     # -- queries used by the sharded lookup and checkpoints -----------------------------------
     @property
@@ -107,6 +121,9 @@ class Plan:
     def rank_lookups(self, rank: int) -> float:
         return sum(s.lookups for s in self.shards if s.rank == rank)
 
+    def hotness(self, table: int) -> int:
+        return self.table_hotness[table] if self.table_hotness else 1
+
     def is_row_wise(self, table: int) -> bool:
         return len(self.table_shards(table)) > 1
 
@@ -125,8 +142,13 @@ class Plan:
             f"plan: {self.num_tables} tables, {sum(self.table_sizes):,} rows, dim {self.dim}, "
             f"{self.world_size} ranks, batch {self.batch_size}, optimizer {self.optimizer}, sharding {self.sharding}",
             f"budget per rank: {human(self.budget_bytes)} (device {human(self.device_memory_bytes)} - reserve "
-            f"{human(self.reserve_bytes)}); all-to-all buffers {human(self.rank_fixed_bytes)} per rank",
+            f"{human(self.reserve_bytes)}); all-to-all buffers {human(self.rank_fixed_bytes - self.dense_bytes)} per rank",
         ]
+        if any(h > 1 for h in self.table_hotness):
+            lines.append(f"multi-hot: {sum(self.table_hotness)} ids per row over {self.num_tables} tables "
+                         f"(hotness {','.join(map(str, self.table_hotness))}), pooled before the all-to-all")
+        if self.dense_bytes:
+            lines.append(f"dense arches (replicated): {human(self.dense_bytes)} per rank")
         for r in range(self.world_size):
             parts = []
             for s in self.rank_shards(r):
@@ -216,8 +238,14 @@ def plan_tables(
     weight_bytes: int = 4,
     table_names: list[str] | None = None,
     lookup_costs: list[float] | None = None,
+    hotness: list[int] | None = None,
+    dense_bytes: int = 0,
 ) -> Plan:
-    """Place `table_sizes` (rows per table) on `world_size` ranks; UserError when they do not fit."""
+    """Place `table_sizes` (rows per table) on `world_size` ranks; UserError when they do not fit.
+
+    hotness: ids per row of each table (multi-hot; None: one-hot); lookup costs default to it.
+    dense_bytes: what the replicated dense arches take on every rank (`dense_memory_bytes`).
+    """
     T, W, B, D = len(table_sizes), world_size, batch_size, dim
     if T < 1:
         raise UserError("no embedding tables to plan")
@@ -228,49 +256,62 @@ def plan_tables(
     if sharding not in SHARDINGS:
         raise UserError(f"sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
     names = list(table_names) if table_names is not None else [f"table_{t}" for t in range(T)]
-    costs = list(lookup_costs) if lookup_costs is not None else [1.0] * T
-    if len(names) != T or len(costs) != T:
-        raise UserError(f"{T} tables but {len(names)} names and {len(costs)} lookup costs")
+    hot = [int(h) for h in hotness] if hotness is not None else [1] * T
+    costs = list(lookup_costs) if lookup_costs is not None else [float(h) for h in hot]
+    if len(names) != T or len(costs) != T or len(hot) != T:
+        raise UserError(f"{T} tables but {len(names)} names, {len(costs)} lookup costs and {len(hot)} hotness values")
+    if min(hot) < 1 or dense_bytes < 0:
+        raise UserError(f"hotness must be >= 1 per table and dense bytes >= 0, got {hot} and {dense_bytes}")
     sizes = [int(n) for n in table_sizes]
     per_row = D * weight_bytes + optimizer_bytes_per_row(optimizer, D)
-    per_shard = B * (3 * D * weight_bytes + ID_BYTES)
-    fixed = 2 * math.ceil(B / W) * T * D * weight_bytes
+
+    def per_shard(t: int) -> int:
+        h = hot[t]
+        pooling = B * ID_BYTES + B * h * weight_bytes if h > 1 else 0
+        return B * (2 * D * weight_bytes + h * (D * weight_bytes + ID_BYTES)) + pooling
+
+    fixed = 2 * math.ceil(B / W) * T * D * weight_bytes + dense_bytes
     budget = device_memory_bytes - reserve_bytes
     capacity = budget - fixed
-    plan = Plan(W, D, B, optimizer, weight_bytes, device_memory_bytes, reserve_bytes, sharding, names, sizes, fixed)
+    plan = Plan(W, D, B, optimizer, weight_bytes, device_memory_bytes, reserve_bytes, sharding, names, sizes, fixed,
+                table_hotness=hot if max(hot) > 1 else [], dense_bytes=dense_bytes)
 
-    def shard_bytes(rows: int) -> int:
-        return rows * per_row + per_shard
+    def shard_bytes(rows: int, t: int) -> int:
+        return rows * per_row + per_shard(t)
 
     largest = max(range(T), key=lambda t: sizes[t])
-    total = sum(shard_bytes(n) for n in sizes)
+    total = sum(shard_bytes(n, t) for t, n in enumerate(sizes))
+
+    dense_text = f" and the replicated dense arches {dense_bytes} B" if dense_bytes else ""
 
     def does_not_fit(why: str) -> UserError:
         return UserError(
             f"embedding tables do not fit: {why}. {T} tables, {sum(sizes):,} rows x dim {D} x {weight_bytes} B "
             f"+ {optimizer} state = {human(total)} ({total} B) in all; per-rank budget {human(budget)} ({budget} B) = "
             f"device memory {device_memory_bytes} B - reserve {reserve_bytes} B, of which all-to-all buffers take "
-            f"{fixed} B for batch {B}; world size {W} gives {human(max(capacity, 0) * W)} ({max(capacity, 0) * W} B); "
-            f"largest table {names[largest]} has {sizes[largest]:,} rows = {human(shard_bytes(sizes[largest]))} "
-            f"({shard_bytes(sizes[largest])} B). Add ranks, device memory, or lower the batch size or dim"
+            f"{fixed - dense_bytes} B for batch {B}{dense_text}; world size {W} gives {human(max(capacity, 0) * W)} "
+            f"({max(capacity, 0) * W} B); largest table {names[largest]} has {sizes[largest]:,} rows = "
+            f"{human(shard_bytes(sizes[largest], largest))} ({shard_bytes(sizes[largest], largest)} B). "
+            f"Add ranks, device memory, or lower the batch size or dim"
         )
 
     if capacity <= 0:
-        raise does_not_fit(f"the all-to-all buffers ({fixed} B) and reserve leave no room on a rank")
+        raise does_not_fit(f"the all-to-all buffers and dense arches ({fixed} B) and reserve leave no room on a rank")
     if sharding == "row":
         splits = [W] * T
     else:
         # the fewest parts that let each fit a rank; each part also carries its batch buffers
-        splits = [1 if shard_bytes(n) <= capacity else math.ceil(n * per_row / max(capacity - per_shard, 1)) for n in sizes]
+        splits = [1 if shard_bytes(n, t) <= capacity else math.ceil(n * per_row / max(capacity - per_shard(t), 1))
+                  for t, n in enumerate(sizes)]
         if sharding == "table" and any(s > 1 for s in splits):
             t = max(range(T), key=lambda t: splits[t])
-            raise does_not_fit(f"sharding=table but table {names[t]} ({shard_bytes(sizes[t])} B) exceeds one rank's "
+            raise does_not_fit(f"sharding=table but table {names[t]} ({shard_bytes(sizes[t], t)} B) exceeds one rank's "
                                f"room ({capacity} B)")
     while True:
         if any(s > W for s in splits):
             t = max(range(T), key=lambda t: splits[t])
             raise does_not_fit(f"table {names[t]} needs {splits[t]} ranks but there are {W}")
-        items = [(t, a, b, shard_bytes(b - a), costs[t] * (b - a) / sizes[t])
+        items = [(t, a, b, shard_bytes(b - a, t), costs[t] * (b - a) / sizes[t])
                  for t in range(T) for a, b in _split_rows(sizes[t], splits[t])]
         if sum(i[3] for i in items) > capacity * W:
             raise does_not_fit(f"they need {sum(i[3] for i in items)} B with their batch buffers, more than "
@@ -285,5 +326,5 @@ def plan_tables(
         candidates = [t for t in range(T) if splits[t] < min(W, sizes[t])]
         if not candidates:
             raise does_not_fit("no placement fits even with every table split by rows over all ranks")
-        t = max(candidates, key=lambda t: (shard_bytes(math.ceil(sizes[t] / splits[t])), -t))
+        t = max(candidates, key=lambda t: (shard_bytes(math.ceil(sizes[t] / splits[t]), t), -t))
         splits[t] += 1

@@ -2,10 +2,14 @@
 then one all-to-all so every rank ends with ITS slice of the batch for ALL tables.
 
 Shapes: B global batch, B_q rank q's slice (dlrm.data.reader.local_rows: the first B % W ranks
-get one row more), S_r the shards rank r holds, F tables, D dim.
+get one row more), S_r the shards rank r holds, H_r their ids per row (the sum of their tables'
+hotness; H_r = S_r for one-hot data), F tables, D dim.
 
-    categorical [B, S_r] --lookup--> [B, S_r, D] --all_to_all--> from each r: [B_q, S_r, D]
+    categorical [B, H_r] --lookup (+ sum pooling)--> [B, S_r, D] --all_to_all--> from each r: [B_q, S_r, D]
         --cat--> [B_q, sum_r S_r, D] --sum shards per table--> sparse [B_q, F, D]
+
+Multi-hot tables are pooled on the rank that owns them, before the exchange: only pooled rows
+cross the network, so the all-to-all moves the same bytes whatever the hotness.
 
 A row shard answers zeros for ids outside its rows, so summing a table's shards gives exactly
 the one nonzero lookup (x + 0 == x in floating point): the reduce-scatter of row-wise sharding
@@ -21,7 +25,7 @@ from torch import nn
 from dlrm.data.reader import local_rows
 from dlrm.dist.plan import Plan
 from dlrm.dist.runtime import collective
-from dlrm.model import init_table_rows
+from dlrm.model import init_table_rows, pooled_lookup
 
 
 class AllToAll(torch.autograd.Function):
@@ -47,10 +51,11 @@ class AllToAll(torch.autograd.Function):
 class ShardedEmbedding(nn.Module):
     """Rank `rank`'s shards of `plan` in one fused weight [R, D], rows in `plan.rank_shards(rank)` order.
 
-    forward(categorical [B, S_r] ids, columns = `self.tables`) -> sparse [B_local, F, D].
+    forward(categorical [B, H_r] ids, each of `self.tables`' hotness columns side by side)
+    -> sparse [B_local, F, D]. `padded`: ids may be -1 (no id), pooled as nothing.
     """
 
-    def __init__(self, plan: Plan, rank: int, weight: torch.Tensor, group=None):
+    def __init__(self, plan: Plan, rank: int, weight: torch.Tensor, group=None, padded: bool = False):
         super().__init__()
         self.plan, self.rank, self.group = plan, rank, group
         self.world_size = plan.world_size
@@ -68,6 +73,16 @@ class ShardedEmbedding(nn.Module):
         self.register_buffer("rows", torch.tensor(rows, dtype=torch.int64), persistent=False)
         # only row shards need masking: a whole table's ids are all in range
         self.masked = any(plan.is_row_wise(t) for t in self.tables)
+        self.hotness = [plan.hotness(t) for t in self.tables]
+        self.padded = padded
+        self.pooled = padded or any(h > 1 for h in self.hotness)
+        if self.pooled:  # per id column: its shard's first row, row count and offset in the fused weight
+            col = torch.tensor([k for k, h in enumerate(self.hotness) for _ in range(h)], dtype=torch.int64)
+            self.register_buffer("col_row_start", self.row_start[col].clone(), persistent=False)
+            self.register_buffer("col_rows", self.rows[col].clone(), persistent=False)
+            self.register_buffer("col_offsets", self.offsets[col].clone(), persistent=False)
+            starts = torch.tensor([0] + self.hotness, dtype=torch.int64).cumsum(0)[:-1]
+            self.register_buffer("bag_starts", starts, persistent=False)
         self.shards_per_rank = [len(plan.rank_shards(r)) for r in range(self.world_size)]
         order = [s.table for r in range(self.world_size) for s in plan.rank_shards(r)]  # received shards' tables
         self.register_buffer("received_tables", torch.tensor(order, dtype=torch.int64), persistent=False)
@@ -79,24 +94,34 @@ class ShardedEmbedding(nn.Module):
             self.identity = inverse == list(range(len(order)))  # one rank holding every table whole
 
     @classmethod
-    def from_seed(cls, plan: Plan, rank: int, seed: int, device=None, dtype=torch.float32, group=None):
+    def from_seed(cls, plan: Plan, rank: int, seed: int, device=None, dtype=torch.float32, group=None,
+                  padded: bool = False):
         """Initialise only this rank's rows, bit-identical to the unsharded model's (dlrm.model)."""
         parts = [init_table_rows(seed, s.table, plan.table_sizes[s.table], s.row_start, s.row_end, plan.dim, dtype)
                  for s in plan.rank_shards(rank)]
         weight = torch.cat(parts) if parts else torch.empty(0, plan.dim, dtype=dtype)
-        return cls(plan, rank, weight.to(device), group)
+        return cls(plan, rank, weight.to(device), group, padded)
 
     @classmethod
-    def from_full(cls, plan: Plan, rank: int, full: torch.Tensor, table_offsets: list[int], group=None):
+    def from_full(cls, plan: Plan, rank: int, full: torch.Tensor, table_offsets: list[int], group=None,
+                  padded: bool = False):
         """Cut this rank's rows out of a whole fused weight (the unsharded model's)."""
         parts = [full[table_offsets[s.table] + s.row_start : table_offsets[s.table] + s.row_end]
                  for s in plan.rank_shards(rank)]
         weight = torch.cat(parts).detach().clone() if parts else full.new_empty(0, plan.dim)
-        return cls(plan, rank, weight, group)
+        return cls(plan, rank, weight, group, padded)
 
     def lookup(self, categorical: torch.Tensor) -> torch.Tensor:
-        """categorical [B, S_r] -> [B, S_r, D]: this rank's shards for the whole batch."""
+        """categorical [B, H_r] -> [B, S_r, D]: this rank's shards for the whole batch, pooled."""
         ids = categorical.to(torch.int64)
+        if self.pooled:
+            if not (self.masked or self.padded):
+                return pooled_lookup(ids + self.col_offsets, self.weight, self.bag_starts)
+            local = ids - self.col_row_start
+            inside = (local >= 0) & (local < self.col_rows)  # padding (-1) is outside every shard
+            # outside ids look up the shard's first row with weight 0: nothing pooled, a zero gradient
+            return pooled_lookup(torch.where(inside, local, 0) + self.col_offsets, self.weight, self.bag_starts,
+                                 inside.to(self.weight.dtype))
         if self.masked:
             local = ids - self.row_start
             inside = (local >= 0) & (local < self.rows)
@@ -107,8 +132,9 @@ class ShardedEmbedding(nn.Module):
 
     def forward(self, categorical: torch.Tensor) -> torch.Tensor:
         B = categorical.shape[0]
-        if categorical.shape[1] != len(self.tables):
-            raise ValueError(f"rank {self.rank} reads {len(self.tables)} categorical columns, got {categorical.shape[1]}")
+        if categorical.shape[1] != sum(self.hotness):
+            raise ValueError(f"rank {self.rank} reads {sum(self.hotness)} categorical columns (tables {self.tables}, "
+                             f"hotness {self.hotness}), got {categorical.shape[1]}")
         local = self.lookup(categorical)  # [B, S_r, D]
         if self.world_size > 1:
             W, D, S = self.world_size, self.dim, len(self.tables)
