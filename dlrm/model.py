@@ -214,20 +214,6 @@ class OverArch(nn.Module):
         return self.mlp(x).squeeze(-1)
 
 
-def dense_parameter_count(num_numerical: int, num_tables: int, cfg: ModelConfig) -> int:
-    """Parameters of the dense arches (bottom MLP, interaction, top MLP) of DLRM(num_numerical, F tables, cfg),
-    without building it: what the planner counts on every rank."""
-    def linear_params(sizes: list[int]) -> int:
-        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-
-    D = cfg.embedding_dim
-    interaction = InteractionArch(num_tables, D, cfg.interaction, cfg.bottom_mlp[-1], 1, 1) if cfg.interaction == "dot" \
-        else None  # dot's width needs its padding rule; the others are a concatenation
-    width = interaction.out_features if interaction else cfg.bottom_mlp[-1] + D * num_tables
-    cross = cfg.dcn_num_layers * (2 * width * cfg.dcn_low_rank_dim + width) if cfg.interaction == "dcn" else 0
-    return linear_params([num_numerical] + list(cfg.bottom_mlp)) + cross + linear_params([width] + list(cfg.top_mlp) + [1])
-
-
 class DLRM(nn.Module):
     def __init__(self, num_numerical: int, table_sizes: list[int], cfg: ModelConfig, seed: int = 0,
                  hotness: list[int] | None = None, padded: bool = False):

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from dlrm import __version__
 from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
-from dlrm.tables import TABLE_PRESETS
+from dlrm.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
 from launcher.command import OUTPUT_MOUNT
 
@@ -246,6 +246,11 @@ def _check_storage(c: JobConfig) -> None:
                  f"train.checkpoint_dir {ckpt!r} must be empty (<out>/checkpoints), s3://bucket/prefix, or under {OUTPUT_MOUNT}/")
 
 
+def table_hotness(c: JobConfig) -> list[int] | None:
+    """Ids per row of each table when `train_tables` names a multi-hot preset (mlperf-dcnv2); None: one-hot."""
+    return list(TABLE_HOTNESS[c.train_tables]) if isinstance(c.train_tables, str) and c.train_tables in TABLE_HOTNESS else None
+
+
 def table_sizes(c: JobConfig) -> list[int] | None:
     """The embedding table sizes `train_tables` declares (a preset name or cardinalities); None if unset.
 
@@ -272,7 +277,7 @@ def check_plan(c: JobConfig, tables: list[int] | None = None) -> None:
                  f"cannot check the embedding plan for dataset {c.dataset!r}: set train_tables to one of "
                  f"{', '.join(sorted(TABLE_PRESETS))} or a list of cardinalities, or pass --feature-spec FILE|s3://.../feature_spec.yaml")
     try:
-        from dlrm.dist.plan import plan_tables
+        from dlrm.dist.plan import plan_for_config
     except ImportError as e:  # only while dlrm.dist.plan is being written; a broken import inside it still fails
         if e.name not in ("dlrm.dist", "dlrm.dist.plan"):
             raise
@@ -280,10 +285,7 @@ def check_plan(c: JobConfig, tables: list[int] | None = None) -> None:
         return
     t = c.train
     try:
-        plan_tables(sizes, dim=t.model.embedding_dim, world_size=c.world_size,
-                    device_memory_bytes=parse_bytes(t.dist.device_memory), batch_size=t.data.batch_size,
-                    optimizer=t.optim.optimizer, reserve_bytes=parse_bytes(t.dist.memory_reserve),
-                    sharding=t.dist.sharding)
+        plan_for_config(t, sizes, None, c.world_size, hotness=table_hotness(c) if tables is None else None)
     except UserError as e:
         raise ConfigError(f"nodes={c.nodes} x gpus_per_node={c.gpus_per_node} ({c.world_size} ranks, "
                           f"train.dist.device_memory={t.dist.device_memory}): {e}") from None

@@ -126,3 +126,23 @@ def test_dcn_model_is_reproducible_from_the_seed():
     b = DLRM(2, SIZES, cfg, seed=1)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_dense_parameter_count_matches_the_model():
+    from dlrm.dist.plan import dense_parameter_count
+
+    for kind, extra in [("dot", {}), ("cat", {"bottom_mlp": [6, 5]}), ("dcn", {"bottom_mlp": [6, 5], "dcn_low_rank_dim": 3})]:
+        cfg = ModelConfig(**{"embedding_dim": 4, "bottom_mlp": [6, 4], "top_mlp": [8, 3], "interaction": kind, **extra})
+        m = DLRM(3, [5, 6, 7], cfg, seed=0)
+        assert dense_parameter_count(3, 3, cfg) == sum(p.numel() for p in m.dense_parameters()), kind
+
+
+def test_multi_hot_sparse_arch_sum_pools():
+    m = DLRM(2, [4, 6], ModelConfig(embedding_dim=3, bottom_mlp=[3], top_mlp=[4]), seed=0, hotness=[2, 3])
+    ids = torch.tensor([[1, 3, 0, 5, 5]])
+    out = m.sparse_arch(ids)
+    t0, t1 = m.sparse_arch.table(0), m.sparse_arch.table(1)
+    assert torch.allclose(out[0], torch.stack([t0[1] + t0[3], t1[0] + 2 * t1[5]]))
+    m(torch.randn(1, 2), ids).sum().backward()  # one sparse gradient row per id
+    grad = m.sparse_arch.embedding.weight.grad
+    assert grad.is_sparse and grad._indices().shape[1] == 5

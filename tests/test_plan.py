@@ -173,3 +173,48 @@ def test_cli_reads_a_feature_spec(tmp_path):
     plan = Plan.from_json(out.stdout)
     assert plan.table_names == ["cat_0.bin", "cat_1.bin", "cat_2.bin"] and plan.world_size == 2
     assert len(plan.shards) == 6
+
+
+# -- DLRM-DCNv2 on multi-hot data ----------------------------------------------------------------
+
+
+def test_multi_hot_shards_count_their_ids_and_sparse_gradients():
+    """Per shard: pooled output + its gradient (2 x B x D x 4), then per id (B x h) its gradient row
+    and int64 id, and for h > 1 the bag offsets (B x 8) and per-id weights (B x h x 4)."""
+    B, D = 1000, 16
+    one = plan_tables([100, 50], D, 1, GiB, B, reserve_bytes=0)
+    multi = plan_tables([100, 50], D, 1, GiB, B, reserve_bytes=0, hotness=[1, 5])
+    s1, s5 = multi.table_shards(0)[0], multi.table_shards(1)[0]
+    assert s1.bytes == one.table_shards(0)[0].bytes == 100 * D * 4 + B * (3 * D * 4 + 8)
+    assert s5.bytes == 50 * D * 4 + B * (2 * D * 4 + 5 * (D * 4 + 8)) + B * 8 + B * 5 * 4
+    # the all-to-all carries pooled rows: the same buffers whatever the hotness
+    assert multi.rank_fixed_bytes == one.rank_fixed_bytes
+    assert multi.table_hotness == [1, 5] and one.table_hotness == []
+    assert "multi-hot: 6 ids per row over 2 tables (hotness 1,5)" in multi.describe()
+    again = Plan.from_json(multi.to_json())
+    assert again.hotness(1) == 5 and again.table_shards(1)[0].bytes == s5.bytes
+
+
+def test_mlperf_dcnv2_fits_8_h100s_and_counts_the_dense_arches():
+    """MLPerf's DLRM-DCNv2: 26 tables capped at 40M rows (~204M rows, 104 GB fp32 + row-wise
+    Adagrad), hotness 3..100, batch 65536 on 8 x 80 GB; the cross layers are counted on every rank."""
+    from dlrm.config import ModelConfig
+    from dlrm.dist.plan import dense_memory_bytes
+    from dlrm.dist.plan import dense_parameter_count
+    from dlrm.tables import MLPERF_DCNV2_CARDINALITIES, MLPERF_HOTNESS
+
+    cfg = ModelConfig(interaction="dcn", dcn_num_layers=3, dcn_low_rank_dim=512)
+    params = dense_parameter_count(13, 26, cfg)
+    cross = 3 * (2 * 3456 * 512 + 3456)
+    assert params == cross + (13 * 512 + 512 + 512 * 256 + 256 + 256 * 128 + 128) + (
+        3456 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 256 + 256 + 256 + 1)
+    dense = dense_memory_bytes(params, "adagrad")
+    plan = plan_tables(MLPERF_DCNV2_CARDINALITIES, 128, 8, 80 * GiB, 65536, optimizer="adagrad",
+                       hotness=MLPERF_HOTNESS, dense_bytes=dense)
+    check_valid(plan)
+    assert plan.dense_bytes == dense == params * 16
+    assert plan.rank_fixed_bytes == 2 * 8192 * 26 * 128 * 4 + dense
+    assert "dense arches (replicated)" in plan.describe()
+    with pytest.raises(UserError, match="replicated dense arches"):  # too little room is explained with it
+        plan_tables(MLPERF_DCNV2_CARDINALITIES, 128, 1, 80 * GiB, 65536, optimizer="adagrad",
+                    hotness=MLPERF_HOTNESS, dense_bytes=dense)

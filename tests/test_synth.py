@@ -164,3 +164,55 @@ def test_crash_leaves_no_yaml(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="disk full"):
         synth.generate(tmp_path, 1000, 0, cardinalities=CARDS, test_rows=10)
     assert not (tmp_path / "feature_spec.yaml").exists()
+
+
+# -- multi-hot (MLPerf DLRM-DCNv2) ---------------------------------------------------------------
+
+
+def reference_maps(cards, hotness):
+    """The reference's recipe, written out: np.random.seed(0), then per table in order one call
+    randint(0, C, (C, hotness - 1)) behind the id itself."""
+    np.random.seed(0)
+    out = []
+    for c, h in zip(cards, hotness):
+        ids = np.arange(c)[:, None]
+        out.append(np.concatenate([ids, np.random.randint(0, c, size=(c, h - 1))], -1))
+    return out
+
+
+def test_multi_hot_maps_are_the_references(monkeypatch):
+    cards, hot = CARDS[:6], [3, 2, 1, 2, 6, 1]
+    monkeypatch.setattr(synth, "MULTI_HOT_MAP_CHUNK", 7)  # drawn in chunks: still one stream
+    ours = synth.multi_hot_maps(cards, hot)
+    for mine, ref, h in zip(ours, reference_maps(cards, hot), hot):
+        assert (mine is None) == (h == 1)
+        if mine is not None:
+            assert np.array_equal(mine, ref)
+
+
+def test_multi_hot_mlperf_expands_the_one_hot_ids(tmp_path, data):
+    spec = synth.generate(tmp_path / "mh", 20_000, 5, cardinalities=CARDS, test_rows=5_000,
+                          hotness=synth.MULTI_HOT_PRESETS["mlperf"], multi_hot_name="mlperf")
+    assert spec.table_hotness == [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
+    meta = spec.metadata["synthetic"]
+    assert meta["multi_hot"]["preset"] == "mlperf" and meta["oracle_auc"] == data.metadata["synthetic"]["oracle_auc"]
+    _, one, label_one = load(data, "train")
+    num, multi, label = load(FeatureSpec.load(spec.root), "train")
+    assert multi.shape == (20_000, 214) and np.array_equal(label, label_one)
+    maps = reference_maps(CARDS, spec.table_hotness)
+    col = 0
+    for t, h in enumerate(spec.table_hotness):
+        assert np.array_equal(multi[:, col:col + h], maps[t][one[:, t]]), t  # the map's row of the one-hot id
+        col += h
+
+
+def test_multi_hot_cli(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert cli(["synth", "--out", str(out), "--rows", "500", "--scale", "100", "--multi-hot", "mlperf"]) == 0
+    assert "multi-hot 214 ids per row" in capsys.readouterr().out
+    assert FeatureSpec.load(out).check() == {"train": 500, "test": 62}
+    assert cli(["synth", "--out", str(tmp_path / "d"), "--rows", "50", "--multi-hot", "3,2"]) == 2
+    assert "needs 26 values >= 1 (one per table), got 2" in capsys.readouterr().err
+    assert cli(["synth", "--out", str(tmp_path / "d"), "--rows", "50", "--multi-hot", "many"]) == 2
+    assert "expected mlperf or comma-separated integers" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

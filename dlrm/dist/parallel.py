@@ -24,24 +24,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dlrm.checkpoint import Piece
-from dlrm.config import ModelConfig, TrainConfig, parse_bytes
+from dlrm.config import ModelConfig
 from dlrm.data.reader import local_rows
-from dlrm.dist.plan import Plan, dense_memory_bytes, plan_tables
+from dlrm.dist.plan import Plan, plan_for_config  # noqa: F401 (the trainer's plan, from here as before)
 from dlrm.dist.runtime import Runtime
 from dlrm.dist.sharded import ShardedEmbedding
-from dlrm.model import DLRM, SparseArch, dense_parameter_count
-
-
-def plan_for_config(cfg: TrainConfig, table_sizes: list[int], table_names: list[str] | None, world_size: int,
-                    hotness: list[int] | None = None, num_numerical: int | None = None) -> Plan:
-    """The plan a training run uses: the config's memory budget, batch, optimizer and sharding,
-    the tables' hotness, and the dense arches the config builds (DCN's cross layers included)."""
-    num_numerical = cfg.model.num_numerical if num_numerical is None else num_numerical
-    dense = dense_memory_bytes(dense_parameter_count(num_numerical, len(table_sizes), cfg.model), cfg.optim.optimizer)
-    return plan_tables(table_sizes, cfg.model.embedding_dim, world_size, parse_bytes(cfg.dist.device_memory),
-                       cfg.data.batch_size, optimizer=cfg.optim.optimizer,
-                       reserve_bytes=parse_bytes(cfg.dist.memory_reserve), sharding=cfg.dist.sharding,
-                       table_names=table_names, hotness=hotness, dense_bytes=dense)
+from dlrm.model import DLRM, SparseArch
 
 
 def build_model(num_numerical: int, num_tables: int, cfg: ModelConfig, hotness: list[int] | None = None,

@@ -47,6 +47,22 @@ def optimizer_bytes_per_row(optimizer: str, dim: int) -> int:
     raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
 
 
+def dense_parameter_count(num_numerical: int, num_tables: int, cfg) -> int:
+    """Parameters of the dense arches (bottom MLP, interaction, top MLP) of dlrm.model.DLRM for a
+    dlrm.config.ModelConfig `cfg`, without building it (no torch here: the launcher plans too).
+    tests/test_model.py holds it to the model's own count."""
+    def linear(sizes: list[int]) -> int:
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+    D, F, dense = cfg.embedding_dim, num_tables, cfg.bottom_mlp[-1]
+    if cfg.interaction == "dot":  # dense + the strictly lower triangle of F + 1 vectors, padded to 8
+        width = (D + (F + 1) * F // 2 + 7) // 8 * 8
+    else:  # cat and dcn: the concatenation
+        width = dense + D * F
+    cross = cfg.dcn_num_layers * (2 * width * cfg.dcn_low_rank_dim + width) if cfg.interaction == "dcn" else 0
+    return linear([num_numerical] + list(cfg.bottom_mlp)) + cross + linear([width] + list(cfg.top_mlp) + [1])
+
+
 def dense_memory_bytes(num_parameters: int, optimizer: str) -> int:
     """Per rank, for the replicated dense arches: fp32 weights, gradients, DDP's gradient buckets
     (a second copy of the gradients) and the optimizer's state (Adagrad: one fp32 sum per weight)."""
@@ -328,3 +344,17 @@ def plan_tables(
             raise does_not_fit("no placement fits even with every table split by rows over all ranks")
         t = max(candidates, key=lambda t: (shard_bytes(math.ceil(sizes[t] / splits[t]), t), -t))
         splits[t] += 1
+
+
+def plan_for_config(cfg, table_sizes: list[int], table_names: list[str] | None, world_size: int,
+                    hotness: list[int] | None = None, num_numerical: int | None = None) -> Plan:
+    """The plan a training run (a dlrm.config.TrainConfig) uses: its memory budget, batch, optimizer
+    and sharding, the tables' hotness, and the dense arches it builds (DCN's cross layers included)."""
+    from dlrm.config import parse_bytes
+
+    num_numerical = cfg.model.num_numerical if num_numerical is None else num_numerical
+    dense = dense_memory_bytes(dense_parameter_count(num_numerical, len(table_sizes), cfg.model), cfg.optim.optimizer)
+    return plan_tables(table_sizes, cfg.model.embedding_dim, world_size, parse_bytes(cfg.dist.device_memory),
+                       cfg.data.batch_size, optimizer=cfg.optim.optimizer,
+                       reserve_bytes=parse_bytes(cfg.dist.memory_reserve), sharding=cfg.dist.sharding,
+                       table_names=table_names, hotness=hotness, dense_bytes=dense)

@@ -12,7 +12,7 @@ import argparse
 from dlrm.config import parse_bytes
 from dlrm.dist.plan import OPTIMIZERS, SHARDINGS, plan_tables
 from dlrm.errors import UserError
-from dlrm.tables import TABLE_PRESETS
+from dlrm.tables import TABLE_HOTNESS, TABLE_PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,16 +35,16 @@ def main(args: argparse.Namespace) -> int:
         tables = TABLE_PRESETS
         if args.tables not in tables:
             raise UserError(f"--tables {args.tables!r}: unknown; known: {', '.join(tables)}")
-        sizes, names = tables[args.tables], None
+        sizes, names, hotness = tables[args.tables], None, TABLE_HOTNESS.get(args.tables)
     else:
         from dlrm.data.spec import FeatureSpec
 
         spec = FeatureSpec.load(args.feature_spec)
-        sizes, names = spec.table_sizes, list(spec.categorical)
+        sizes, names, hotness = spec.table_sizes, list(spec.categorical), spec.table_hotness
     plan = plan_tables(
         sizes, dim=args.dim, world_size=args.world_size, device_memory_bytes=parse_bytes(args.device_memory, "--device-memory"),
         batch_size=args.batch_size, optimizer=args.optimizer, reserve_bytes=parse_bytes(args.reserve, "--reserve"),
-        sharding=args.sharding, weight_bytes=args.weight_bytes, table_names=names,
+        sharding=args.sharding, weight_bytes=args.weight_bytes, table_names=names, hotness=hotness,
     )
     print(plan.to_json() if args.json else plan.describe())
     return 0
