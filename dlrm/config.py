@@ -352,7 +352,10 @@ class TrainConfig:
     epochs: AtLeast1 = 1
     max_steps: NonNegative = 0  # 0: run the epochs out
     log_every: AtLeast1 = 100
-    eval_every: NonNegative = 0  # 0: only at the end
+    eval_every: NonNegative = 0  # 0: only at the end (or evals_per_epoch)
+    # MLPerf's rule: evaluate every epoch_batches // evals_per_epoch steps (20: every 1/20 epoch);
+    # 0: off. Exclusive with eval_every.
+    evals_per_epoch: Annotated[int, Range(ge=0, le=10000)] = 0
     eval_max_batches: NonNegative = 0  # 0: the whole test split
     checkpoint_every: NonNegative = 0  # 0: only at the end
     checkpoint_keep: NonNegative = 2  # 0: keep every checkpoint
@@ -376,6 +379,9 @@ class TrainConfig:
         if m.interaction == "dot" and m.bottom_mlp[-1] != m.embedding_dim:
             raise ConfigError(f"dot interaction needs model.bottom_mlp[-1] == model.embedding_dim, "
                               f"got {m.bottom_mlp[-1]} and {m.embedding_dim}")
+        if self.eval_every and self.evals_per_epoch:
+            raise ConfigError(f"eval_every ({self.eval_every}) and evals_per_epoch ({self.evals_per_epoch}) both set: "
+                              f"choose one (steps, or evaluations per epoch)")
         if parse_bytes(self.dist.memory_reserve) >= parse_bytes(self.dist.device_memory):
             raise ConfigError(f"dist.memory_reserve ({self.dist.memory_reserve}) must be less than "
                               f"dist.device_memory ({self.dist.device_memory})")

@@ -216,6 +216,8 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
 
     batches_per_epoch = len(SplitBinaryReader(spec, "train", cfg.data.batch_size, prefetch=0))
     total_steps = cfg.max_steps or cfg.epochs * batches_per_epoch
+    # MLPerf's "every 1/20 epoch" is whole steps: (samples / (batch x 20)) rounded down, at least 1
+    eval_every = cfg.eval_every or (max(1, batches_per_epoch // cfg.evals_per_epoch) if cfg.evals_per_epoch else 0)
     model.train()
     auc, eval_loss, done = math.nan, math.nan, step >= total_steps
     train_time, train_samples, first_step = 0.0, 0, step
@@ -267,7 +269,7 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
                 window_loss.zero_()
                 window_n, window_samples, window_t0 = 0, 0, time.perf_counter()
             done = step >= total_steps
-            evaluating = done or (cfg.eval_every and step % cfg.eval_every == 0)
+            evaluating = done or (eval_every and step % eval_every == 0)
             if evaluating:
                 auc, eval_loss = evaluate(model, spec, cfg, runtime, dtype)
                 metrics.write(kind="eval", step=step, auc=auc, loss=eval_loss)

@@ -181,3 +181,14 @@ def test_parse_bytes_refuses_non_finite():
 def test_memory_reserve_below_device_memory():
     with pytest.raises(ConfigError, match=r"dist\.memory_reserve \(8Gi\) must be less than dist\.device_memory \(4Gi\)"):
         load_config(TrainConfig, overrides=["dist.device_memory=4Gi", "dist.memory_reserve=8Gi"])
+
+
+def test_mlperf_dcnv2_builtin_is_the_reference_recipe():
+    from dlrm.train import BUILTIN_CONFIGS
+
+    cfg = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "mlperf-dcnv2.yaml"])
+    m, o = cfg.model, cfg.optim
+    assert (m.interaction, m.dcn_num_layers, m.dcn_low_rank_dim, m.embedding_dim) == ("dcn", 3, 512, 128)
+    assert (m.bottom_mlp, m.top_mlp) == ([512, 256, 128], [1024, 1024, 512, 256])
+    assert (o.optimizer, o.lr, o.adagrad_eps, o.warmup_steps, o.decay_steps) == ("adagrad", 0.005, 1e-8, 0, 0)
+    assert (cfg.data.batch_size, cfg.evals_per_epoch, cfg.target_auc) == (65536, 20, 0.80275)

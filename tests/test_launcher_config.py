@@ -259,3 +259,29 @@ def test_valid_names_and_labels_pass():
 def test_the_other_size_grammar_gets_a_hint(text, hint):
     with pytest.raises(ConfigError, match=re.escape(hint)):
         parse_quantity(text, "resources.memory_limit")
+
+
+def test_mlperf_dcnv2_profile_trains_the_builtin_recipe():
+    """The profile's train block is dlrm/configs/mlperf-dcnv2.yaml (plus its checkpoint_dir): one recipe."""
+    from dlrm.config import TrainConfig, load_config, to_dict
+    from dlrm.train import BUILTIN_CONFIGS
+
+    job = load_job_config("mlperf-dcnv2")
+    builtin = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "mlperf-dcnv2.yaml"])
+    ours = to_dict(job.train)
+    assert ours.pop("checkpoint_dir") == "s3://dlrm-checkpoints/mlperf-dcnv2"
+    theirs = to_dict(builtin)
+    theirs.pop("checkpoint_dir")
+    assert ours == theirs
+    t = job.train
+    assert (t.model.interaction, t.model.dcn_num_layers, t.model.dcn_low_rank_dim) == ("dcn", 3, 512)
+    assert (t.optim.optimizer, t.optim.lr, t.optim.warmup_steps, t.optim.decay_steps) == ("adagrad", 0.005, 0, 0)
+    assert (t.data.batch_size, t.evals_per_epoch, t.target_auc) == (65536, 20, 0.80275)
+    assert table_sizes(job) == TABLE_PRESETS["mlperf-dcnv2"] and max(table_sizes(job)) == 40_000_000
+
+
+def test_mlperf_dcnv2_plan_counts_multi_hot_and_dcn():
+    """8 H100s hold MLPerf's tables; 1 GPU is refused with the dense arches in the numbers."""
+    plan_job(load_job_config("mlperf-dcnv2"))
+    with pytest.raises(ConfigError, match="replicated dense arches"):
+        plan_job(load_job_config("mlperf-dcnv2", overrides={"gpus_per_node": 1}))

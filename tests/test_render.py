@@ -40,6 +40,7 @@ CASES = {
                     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
                     "image_pull_secrets": ["regcred"], "service_account": "trainer", "active_deadline_seconds": 86400}}),
     "stage-hostpath": ("criteo-fl15", {"storage": {"mode": "stage", "stage_host_path": "/mnt/nvme/dlrm"}}),
+    "mlperf-dcnv2": ("mlperf-dcnv2", {}),
 }
 
 

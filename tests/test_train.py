@@ -147,3 +147,12 @@ def test_dcn_trains_and_resumes(tmp_path, dataset):
     wb, db, _ = model_state(b / "run")
     assert any(k.startswith("interaction_arch.crossnet.U") for k in da)
     assert torch.equal(wa, wb) and all(torch.equal(da[k], db[k]) for k in da)
+
+
+def test_evals_per_epoch_is_mlperfs_every_fraction_of_an_epoch(tmp_path, dataset):
+    # 8192 rows / 256 = 32 batches: 4 evaluations per epoch at steps 8, 16, 24, 32
+    train(tiny(tmp_path, dataset, evals_per_epoch=4, max_steps=32))
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r["kind"] == "eval"] == [8, 16, 24, 32]
+    with pytest.raises(Exception, match="both set"):
+        tiny(tmp_path, dataset, evals_per_epoch=4, eval_every=3).validate()
