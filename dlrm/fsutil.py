@@ -27,15 +27,18 @@ from dlrm.errors import ConfigError, UserError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, fsync: bool = True, tag: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside `path`; on a clean exit it is fsynced and renamed onto `path`.
+
+    The temp file is `.<name>.<random><tag>`: a caller that must recognise (and clean up) the
+    leftovers of a killed writer gives its own tag.
 
     On any error the temp file is removed and `path` is untouched; an OSError (a full disk)
     is re-raised naming `path`, not the temp file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=tag)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -54,9 +57,9 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, fsync: bool = True) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str, fsync: bool = True, tag: str = ".tmp") -> Path:
     """Write `data` (bytes, or str as UTF-8) to `path` all or nothing."""
-    with atomic_path(path, fsync=fsync) as tmp:
+    with atomic_path(path, fsync=fsync, tag=tag) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
 

@@ -4,14 +4,15 @@
     store.put_bytes("ckpt-100/metadata.json", b"...")
 
 Keys are '/'-separated and relative to the store's root. Writes are atomic per key (a reader
-never sees half a file): local writes go to a temp file then rename; S3 PUTs are atomic.
+never sees half a file): local writes go through dlrm.fsutil.atomic_path; S3 PUTs are atomic.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from dlrm.fsutil import atomic_path, atomic_write, is_s3_uri
 
 
 class LocalStore:
@@ -23,33 +24,11 @@ class LocalStore:
         return self.root / key
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:  # a full disk: name the object, not the temp file (or nothing)
-            Path(tmp).unlink(missing_ok=True)
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self._path(key), data)  # a full disk names the object, not the temp file
 
     def put_file(self, key: str, local_path: str | os.PathLike) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(self._path(key), fsync=False) as tmp:
             shutil.copyfile(local_path, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -88,7 +67,7 @@ class LocalStore:
 def open_store(uri: str | os.PathLike):
     """A LocalStore for a path, an S3Store for s3://bucket/prefix."""
     uri = str(uri)
-    if uri.startswith("s3://"):
+    if is_s3_uri(uri):
         from dlrm.storage_s3 import S3Store  # boto3 only where S3 is used
 
         return S3Store(uri)

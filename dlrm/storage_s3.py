@@ -21,18 +21,9 @@ import botocore.exceptions as bex
 from boto3.s3.transfer import TransferConfig
 
 from dlrm.errors import UserError
+from dlrm.fsutil import is_s3_uri, parse_s3_uri  # noqa: F401 (the one parser; imported from here too)
 
 MiB = 1024 * 1024
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """'s3://bucket/a/b/' -> ('bucket', 'a/b'): the prefix has no leading/trailing slash."""
-    if not uri.startswith("s3://"):
-        raise UserError(f"not an S3 URI: {uri!r}; expected s3://bucket/prefix")
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    if not bucket:
-        raise UserError(f"no bucket in {uri!r}; expected s3://bucket/prefix")
-    return bucket, prefix.strip("/")
 
 
 def make_client(endpoint_url: str | None = None, region: str | None = None,
@@ -83,7 +74,7 @@ def translate(exc: BaseException, uri: str) -> UserError | None:
     meta = exc.response.get("ResponseMetadata", {})
     status = meta.get("HTTPStatusCode")
     headers = meta.get("HTTPHeaders", {}) or {}
-    bucket = where[5:].split("/")[0] if where.startswith("s3://") else "the bucket"
+    bucket = where[len("s3://"):].split("/")[0] if is_s3_uri(where) else "the bucket"
     if code in ("NoSuchBucket",) or (code == "404" and exc.operation_name == "HeadBucket"):
         return UserError(f"no such bucket {bucket!r} ({where}): create it or fix the URI/endpoint")
     if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",

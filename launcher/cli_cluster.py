@@ -18,7 +18,6 @@ import argparse
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from dlrm.errors import UserError
 from launcher.plan import CONTAINER

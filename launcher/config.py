@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from dlrm import __version__
 from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
+from dlrm.fsutil import is_s3_uri, parse_s3_uri
 from dlrm.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
 from launcher.command import OUTPUT_MOUNT
@@ -226,10 +227,13 @@ def _check_storage(c: JobConfig) -> None:
         _fail_unless(s.mode != "pvc" or bool(s.claim), f"{where} needs storage.claim (an existing PersistentVolumeClaim)")
         return
     _fail_unless(bool(c.dataset), f"dataset is empty: set the dataset location ({where})")
-    is_s3 = c.dataset.startswith("s3://")
+    is_s3 = is_s3_uri(c.dataset)
     if s.mode in ("mount", "stage"):
-        bucket = c.dataset[5:].split("/", 1)[0] if is_s3 else ""
-        _fail_unless(is_s3 and bool(bucket), f"{where} needs dataset=s3://bucket/prefix, got {c.dataset!r}")
+        _fail_unless(is_s3, f"{where} needs dataset=s3://bucket/prefix, got {c.dataset!r}")
+        try:
+            parse_s3_uri(c.dataset)
+        except UserError as e:
+            raise ConfigError(f"{where}: dataset: {e}") from None
     else:
         _fail_unless(not is_s3, f"{where} reads a folder, got dataset={c.dataset!r}: use storage.mode=mount or stage for S3")
     if s.mode == "pvc":

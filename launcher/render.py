@@ -100,7 +100,7 @@ def _preprocess_context(cfg: JobConfig) -> dict:
     io = [{"volume": "input", "location": pp.input, "mount": cmd.PREPROCESS_INPUT, "read_only": True},
           {"volume": "output", "location": pp.output, "mount": cmd.PREPROCESS_OUTPUT, "read_only": False}]
     for entry in io:
-        entry["s3"] = entry["location"].startswith("s3://")
+        entry["s3"] = is_s3_uri(entry["location"])
         entry["path"] = entry["location"] if entry["s3"] else entry["mount"]
     inp, out = io[0]["path"], io[1]["path"]
     return {

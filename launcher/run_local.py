@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dlrm.errors import UserError
+from dlrm.fsutil import atomic_write
 from launcher.plan import Container, JobPlan, Replica, load_plan_file, plan_from_objects
 from launcher.procs import exit_code as _exit_code, free_port, kill_tree, process_tree  # noqa: F401 (API)
 
@@ -78,8 +79,7 @@ def volume_folders(plan: JobPlan, replica: Replica, workdir: Path, mapped: dict[
             for item in src.get("items") or [{"key": k, "path": k} for k in data]:
                 if item.get("key") not in data or ".." in Path(str(item.get("path"))).parts or str(item.get("path")).startswith("/"):
                     raise UserError(f"volume {vol.name}: item {item} names no key of ConfigMap {cm_name} or a path outside its folder")
-                (folder / item["path"]).parent.mkdir(parents=True, exist_ok=True)
-                (folder / item["path"]).write_text(data[item["key"]])
+                atomic_write(folder / item["path"], data[item["key"]], fsync=False)
         elif vol.kind == "persistentVolumeClaim":
             folder = workdir / "volumes" / str(src.get("claimName"))
         elif vol.kind == "hostPath":

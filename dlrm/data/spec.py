@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from dlrm.errors import DataError
+from dlrm.fsutil import atomic_write, load_yaml
 
 SPEC_FILE = "feature_spec.yaml"
 NUMERICAL, CATEGORICAL, LABEL = "numerical", "categorical", "label"
@@ -163,7 +164,7 @@ class FeatureSpec:
         if path.is_dir():
             path = path / SPEC_FILE
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = load_yaml(path.read_text(), str(path), DataError)  # aliases bounded, one-line errors
         except FileNotFoundError:
             raise DataError(f"{path}: no feature spec here (a dataset folder holds feature_spec.yaml, written last)") from None
         except yaml.YAMLError as e:  # one line: where and what, as dlrm.config reports YAML errors
@@ -336,11 +337,5 @@ class FeatureSpec:
     def save(self) -> Path:
         """Write feature_spec.yaml atomically. Call it last: its presence marks the dataset complete."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".yaml.tmp")
-        try:
-            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        except OSError as e:  # a full disk: no half-written yaml left to look like a spec
-            tmp.unlink(missing_ok=True)
-            raise OSError(e.errno, e.strerror, str(tmp)) from None
-        os.replace(tmp, self.path)
+        atomic_write(self.path, yaml.safe_dump(self.to_dict(), sort_keys=False))  # a full disk leaves no half spec
         return self.path

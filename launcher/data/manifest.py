@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlrm.errors import UserError
+from dlrm.fsutil import atomic_write
 
 MANIFEST_NAME = "_manifest.json"
 MARKER_NAME = ".verified"
@@ -120,12 +121,7 @@ def is_verified(directory: str | os.PathLike) -> bool:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file then rename, so a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}{PARTIAL_TAG}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data, tag=PARTIAL_TAG)  # a killed writer's leftover carries the tag: pull cleans it up
 
 
 @dataclass
