@@ -72,9 +72,16 @@ def feature_spec_tables(location: str) -> list[int]:
     parent, _, key = location.rstrip("/").rpartition("/")
     if key != SPEC_FILE:  # a dataset prefix: its spec
         parent, key = location.rstrip("/"), SPEC_FILE
+    try:
+        data = open_store(parent).get_bytes(key)
+    except FileNotFoundError:
+        raise UserError(f"--feature-spec {location}: no {SPEC_FILE} at {parent}/{key}") from None
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / SPEC_FILE).write_bytes(open_store(parent).get_bytes(key))
-        return FeatureSpec.load(Path(tmp) / SPEC_FILE).table_sizes
+        (Path(tmp) / SPEC_FILE).write_bytes(data)
+        try:
+            return FeatureSpec.load(Path(tmp) / SPEC_FILE).table_sizes
+        except UserError as e:  # name the object, not the temp copy
+            raise type(e)(str(e).replace(str(Path(tmp) / SPEC_FILE), f"{parent}/{key}")) from None
 
 
 def plan_from_args(args: argparse.Namespace) -> JobPlan:

@@ -120,3 +120,42 @@ def test_run_local_file_with_a_list_of_non_objects_is_one_error_line(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2, 3]))
     r = subprocess.run([sys.executable, "-m", "launcher", "run-local", str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def _render(capsys, *args) -> tuple[int, str, str]:
+    from launcher.__main__ import main
+
+    rc = main(["render", "--profile", "synthetic-smoke", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_feature_spec_is_read_only_when_named(tmp_path, capsys):
+    """Table sizes come from the profile's train_tables, or a feature spec named with --feature-spec."""
+    from dlrm.data.spec import FeatureSpec
+
+    FeatureSpec.default(tmp_path / "ds", [10**9] * 4).save()  # far beyond one 16 GiB GPU
+    rc, _, err = _render(capsys, "--set", f"dataset={tmp_path / 'ds'}")
+    assert rc == 0, err  # the folder at the dataset path is not read
+    rc, _, err = _render(capsys, "--set", f"dataset={tmp_path / 'ds'}", "--feature-spec", str(tmp_path / "ds" / "feature_spec.yaml"))
+    assert rc == 2 and "do not fit" in err
+    FeatureSpec.default(tmp_path / "small", [7, 8]).save()
+    rc, _, err = _render(capsys, "--set", "train_tables=", "--feature-spec", str(tmp_path / "small"))
+    assert rc == 0, err
+    rc, _, err = _render(capsys, "--feature-spec", str(tmp_path / "nowhere.yaml"))
+    assert rc == 2 and "nowhere.yaml" in err
+
+
+def test_feature_spec_from_s3(s3_bucket, tmp_path, capsys):
+    import boto3
+
+    from dlrm.data.spec import FeatureSpec
+
+    spec = FeatureSpec.default(tmp_path / "ds", [10**9] * 4)
+    spec.save()
+    boto3.client("s3").upload_file(str(spec.path), s3_bucket, "criteo/feature_spec.yaml")
+    for location in (f"s3://{s3_bucket}/criteo/feature_spec.yaml", f"s3://{s3_bucket}/criteo/"):
+        rc, _, err = _render(capsys, "--feature-spec", location)
+        assert rc == 2 and "do not fit" in err, err
+    rc, _, err = _render(capsys, "--feature-spec", f"s3://{s3_bucket}/missing/")
+    assert rc == 2 and err.count("\n") == 1 and "missing" in err, err
