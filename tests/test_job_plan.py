@@ -159,3 +159,17 @@ def test_feature_spec_from_s3(s3_bucket, tmp_path, capsys):
         assert rc == 2 and "do not fit" in err, err
     rc, _, err = _render(capsys, "--feature-spec", f"s3://{s3_bucket}/missing/")
     assert rc == 2 and err.count("\n") == 1 and "missing" in err, err
+
+
+def test_only_launcher_k8s_imports_kubernetes():
+    """render, validate, run-local and the plan never need the client (docs/architecture.md)."""
+    import ast
+
+    importers = []
+    for path in sorted([*ROOT.glob("launcher/**/*.py"), *ROOT.glob("dlrm/**/*.py"), *ROOT.glob("images/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "kubernetes" or n.startswith("kubernetes.") for n in names):
+                importers.append(str(path.relative_to(ROOT)))
+    assert sorted(set(importers)) == ["launcher/k8s.py"]
