@@ -58,13 +58,14 @@ def git_revision(cwd: str | Path = ".") -> str:
     return rev + ("-dirty" if dirty else "")
 
 
-def feature_spec_tables(location: str) -> list[int]:
-    """Table sizes from a feature_spec.yaml named explicitly: a local file, or s3://bucket/.../feature_spec.yaml."""
+def feature_spec_tables(location: str) -> tuple[list[int], list[int]]:
+    """(table sizes, ids per row) from a feature_spec.yaml named explicitly: a local file, or s3://bucket/.../feature_spec.yaml."""
     from dlrm.data.spec import SPEC_FILE, FeatureSpec
     from dlrm.fsutil import is_s3_uri
 
     if not is_s3_uri(location):
-        return FeatureSpec.load(location).table_sizes
+        spec = FeatureSpec.load(location)
+        return spec.table_sizes, spec.table_hotness
     import tempfile
 
     from dlrm.storage import open_store
@@ -79,7 +80,8 @@ def feature_spec_tables(location: str) -> list[int]:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / SPEC_FILE).write_bytes(data)
         try:
-            return FeatureSpec.load(Path(tmp) / SPEC_FILE).table_sizes
+            spec = FeatureSpec.load(Path(tmp) / SPEC_FILE)
+            return spec.table_sizes, spec.table_hotness
         except UserError as e:  # name the object, not the temp copy
             raise type(e)(str(e).replace(str(Path(tmp) / SPEC_FILE), f"{parent}/{key}")) from None
 
@@ -88,8 +90,8 @@ def plan_from_args(args: argparse.Namespace) -> JobPlan:
     """Flags -> config -> plan, refused unless its objects validate: render, submit, run-local and
     images/docker_job.py all get their job here, and report a bad one the same way."""
     cfg = job_from_args(args)
-    tables = feature_spec_tables(args.feature_spec) if getattr(args, "feature_spec", None) else None
-    plan = plan_job(cfg, git_revision=git_revision(Path(__file__).resolve().parent), tables=tables)
+    tables, hotness = feature_spec_tables(args.feature_spec) if getattr(args, "feature_spec", None) else (None, None)
+    plan = plan_job(cfg, git_revision=git_revision(Path(__file__).resolve().parent), tables=tables, hotness=hotness)
     errors = validate_objects(plan.objects, crd=getattr(args, "crd", None))
     if errors:  # a rendering bug or a value no schema accepts: never hand it to the cluster
         raise UserError(f"rendered objects are invalid ({len(errors)} errors; nothing was written or submitted): " + "; ".join(errors))

@@ -274,8 +274,9 @@ def table_sizes(c: JobConfig) -> list[int] | None:
     return None
 
 
-def check_plan(c: JobConfig, tables: list[int] | None = None) -> None:
-    """The embedding tables (`tables`, else train_tables) must fit nodes x gpus_per_node GPUs, or the job dies after scheduling."""
+def check_plan(c: JobConfig, tables: list[int] | None = None, hotness: list[int] | None = None) -> None:
+    """The embedding tables (`tables` with their `hotness`, from a declared feature spec; else
+    train_tables) must fit nodes x gpus_per_node GPUs, or the job dies after scheduling."""
     sizes = tables if tables is not None else table_sizes(c)
     _fail_unless(sizes is not None,
                  f"cannot check the embedding plan for dataset {c.dataset!r}: set train_tables to one of "
@@ -289,7 +290,7 @@ def check_plan(c: JobConfig, tables: list[int] | None = None) -> None:
         return
     t = c.train
     try:
-        plan_for_config(t, sizes, None, c.world_size, hotness=table_hotness(c) if tables is None else None)
+        plan_for_config(t, sizes, None, c.world_size, hotness=table_hotness(c) if tables is None else hotness)
     except UserError as e:
         raise ConfigError(f"nodes={c.nodes} x gpus_per_node={c.gpus_per_node} ({c.world_size} ranks, "
                           f"train.dist.device_memory={t.dist.device_memory}): {e}") from None

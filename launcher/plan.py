@@ -190,11 +190,13 @@ class JobPlan:
 # config -> plan
 
 
-def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None) -> JobPlan:
+def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None,
+             hotness: list[int] | None = None) -> JobPlan:
     """The plan for a validated JobConfig: replicas, pod, run policy, and the objects encoding them.
 
-    `tables` are the embedding table sizes when the caller read them from a declared feature
-    spec (--feature-spec); else the config's `train_tables` are used for the embedding plan check.
+    `tables` (and their `hotness`, ids per row) are the embedding tables when the caller read them
+    from a declared feature spec (--feature-spec); else the config's `train_tables` are used for
+    the embedding plan check.
     """
     from launcher import pods
     from launcher.config import check_plan
@@ -202,7 +204,7 @@ def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None
 
     cfg.validate()
     if cfg.kind == "train":
-        check_plan(cfg, tables)
+        check_plan(cfg, tables, hotness)
     plan = JobPlan(name=cfg.name, namespace=cfg.namespace, kind=cfg.kind, nproc_per_node=cfg.gpus_per_node,
                    run_policy=RunPolicy(cfg.cluster.backoff_limit, cfg.cluster.active_deadline_seconds or None))
     if cfg.kind == "train":
