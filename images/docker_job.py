@@ -89,8 +89,9 @@ def main() -> int:
             run += ["--read-only"]
         if sc.get("allowPrivilegeEscalation") is False:
             run += ["--security-opt", "no-new-privileges"]
-        for cap in sc.get("capabilities", {}).get("drop", []):
-            run += ["--cap-drop", cap]
+        caps = sc.get("capabilities") or {}
+        for cap in (caps.get("drop") or []) if isinstance(caps, dict) else fail(f"{replica.name}: securityContext.capabilities {caps!r}"):
+            run += ["--cap-drop", str(cap)]
 
         volumes = {v.name: v for v in pod.volumes}
         for m in c.mounts:

@@ -221,12 +221,17 @@ def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None
 # rendered objects -> plan (`run-local FILE`): every malformed field a one-line UserError
 
 
-def _typed(value, tp, where: str, default=None):
-    if value is None:
+_REQUIRED = object()
+_NOUNS = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _typed(value, tp, where: str, default=_REQUIRED):
+    """`value` if it is a `tp`; `default` if it is absent (None) and a default is given; else a UserError."""
+    if value is None and default is not _REQUIRED:
         return default
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        names = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", bool: "true or false"}
-        raise UserError(f"{where}: expected {names.get(tp, tp.__name__)}, got {value!r}"[:300])
+        noun = " or ".join(_NOUNS.get(t, t.__name__) for t in (tp if isinstance(tp, tuple) else (tp,)))
+        raise UserError(f"{where}: expected {noun}, got {value!r}"[:300])
     return value
 
 
@@ -241,8 +246,6 @@ def _container(raw, where: str) -> Container:
     for i, e in enumerate(_typed(c.get("env"), list, f"{where}.env", [])):
         e = _typed(e, dict, f"{where}.env[{i}]")
         name = _typed(e.get("name"), str, f"{where}.env[{i}].name")
-        if name is None:
-            raise UserError(f"{where}.env[{i}]: no name")
         if "value" in e:
             env.append(EnvVar(name, str(e["value"])))
         else:
@@ -334,12 +337,12 @@ def plan_from_objects(objects: list, where: str = "objects") -> JobPlan:
     config_maps = {}
     for o in objects:
         if o.get("kind") == "ConfigMap":
-            cm_name = _typed((o.get("metadata") or {}).get("name"), str, "ConfigMap.metadata.name", "")
+            cm_name = _typed(_typed(o.get("metadata"), dict, "ConfigMap.metadata", {}).get("name"), str, "ConfigMap.metadata.name", "")
             config_maps[cm_name] = {str(k): str(v) for k, v in _typed(o.get("data"), dict, f"ConfigMap {cm_name}: data", {}).items()}
     return JobPlan(name=name, namespace=str(meta.get("namespace", "default")), groups=groups,
                    nproc_per_node=_nproc(spec.get("nprocPerNode"), groups[0].pod), master_port=port,
-                   run_policy=RunPolicy(_typed(policy.get("backoffLimit"), int, f"{label}: runPolicy.backoffLimit"),
-                                        _typed(policy.get("activeDeadlineSeconds"), int, f"{label}: runPolicy.activeDeadlineSeconds")),
+                   run_policy=RunPolicy(_typed(policy.get("backoffLimit"), int, f"{label}: runPolicy.backoffLimit", None),
+                                        _typed(policy.get("activeDeadlineSeconds"), int, f"{label}: runPolicy.activeDeadlineSeconds", None)),
                    config_maps=config_maps, objects=list(objects))
 
 

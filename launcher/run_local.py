@@ -76,7 +76,10 @@ def volume_folders(plan: JobPlan, replica: Replica, workdir: Path, mapped: dict[
             if data is None:
                 raise UserError(f"volume {vol.name}: ConfigMap {cm_name} is not among the rendered objects; map it with --volume {vol.name}=DIR")
             folder = workdir / "configmaps" / cm_name
-            for item in src.get("items") or [{"key": k, "path": k} for k in data]:
+            items = src.get("items") or [{"key": k, "path": k} for k in data]
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise UserError(f"volume {vol.name}: configMap.items must be a list of {{key, path}} mappings, got {items!r}"[:300])
+            for item in items:
                 if item.get("key") not in data or ".." in Path(str(item.get("path"))).parts or str(item.get("path")).startswith("/"):
                     raise UserError(f"volume {vol.name}: item {item} names no key of ConfigMap {cm_name} or a path outside its folder")
                 atomic_write(folder / item["path"], data[item["key"]], fsync=False)
@@ -126,7 +129,8 @@ def container_env(container: Container, pod: str, say) -> dict[str, str]:
     for src in container.env_from:
         say(f"envFrom {src}: not available locally; variables come from your shell instead")
     for e in container.env:
-        field_path = ((e.value_from or {}).get("fieldRef") or {}).get("fieldPath")
+        ref = (e.value_from or {}).get("fieldRef")
+        field_path = ref.get("fieldPath") if isinstance(ref, dict) else None
         if e.value is not None:
             env[e.name] = expand_vars(e.value, env)
         elif field_path == "metadata.name":

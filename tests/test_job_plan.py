@@ -173,3 +173,39 @@ def test_only_launcher_k8s_imports_kubernetes():
             if any(n == "kubernetes" or n.startswith("kubernetes.") for n in names):
                 importers.append(str(path.relative_to(ROOT)))
     assert sorted(set(importers)) == ["launcher/k8s.py"]
+
+
+def test_mutated_rendered_jobs_are_user_errors_or_run(tmp_path):
+    """Any field of a rendered job replaced by a value of another type: run-local's planning either
+    accepts it or refuses it with a UserError, never a traceback (seeded; the run itself is not started)."""
+    import copy
+    import io
+    import random
+
+    from launcher.run_local import LocalJob, plan_steps, volume_folders
+
+    base = smoke(nodes=2, storage={"mode": "stage"}, dataset="s3://b/p").objects
+
+    def paths(node, prefix=()):
+        yield prefix
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            yield from paths(v, prefix + (k,))
+
+    values = [None, 1, -1, "x", "", [], {}, ["a"], {"a": 1}, True, 1.5, [1, 2], {"name": 3}]
+    rng = random.Random(12)
+    for i in range(300):
+        objs = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            *parent, last = rng.choice([p for p in paths(objs) if p])
+            node = objs
+            for k in parent:
+                node = node[k]
+            node[last] = copy.deepcopy(rng.choice(values))
+        try:
+            job = LocalJob(objs, tmp_path / str(i), out=io.StringIO())
+            for r in job.replicas:
+                folders = volume_folders(job.plan, r, tmp_path / str(i), {}, lambda s: None)
+                plan_steps(job.plan, r, job.world_env(r, 1), folders, lambda s: None)
+        except UserError as e:
+            assert "\n" not in str(e)
