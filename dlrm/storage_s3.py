@@ -22,13 +22,15 @@ from boto3.s3.transfer import TransferConfig
 
 from dlrm.errors import UserError
 from dlrm.fsutil import is_s3_uri, parse_s3_uri  # noqa: F401 (the one parser; imported from here too)
+from dlrm.s3_settings import ATTEMPTS_ENV, READ_TIMEOUT_ENV, Timeouts
 
 MiB = 1024 * 1024
 
 
 def make_client(endpoint_url: str | None = None, region: str | None = None,
-                profile: str | None = None, workers: int = 8):
+                profile: str | None = None, workers: int = 8, timeouts: Timeouts | None = None):
     """An S3 client from the standard AWS sources; None settings fall through to env/config."""
+    timeouts = timeouts or Timeouts.resolve()
     try:
         session = boto3.Session(profile_name=profile, region_name=region)
     except bex.ProfileNotFound:
@@ -37,9 +39,8 @@ def make_client(endpoint_url: str | None = None, region: str | None = None,
     config = botocore.config.Config(
         # One pooled connection per transfer thread, or threads queue on the pool.
         max_pool_connections=max(10, 2 * workers),
-        # Fail fast on a dead endpoint (a wrong MinIO URL) instead of a minute per try.
-        connect_timeout=10, read_timeout=120,
-        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+        retries={"mode": "standard", "total_max_attempts": timeouts.attempts},
     )
     return session.client("s3", endpoint_url=endpoint_url or None, config=config)
 
@@ -61,10 +62,17 @@ def translate(exc: BaseException, uri: str) -> UserError | None:
     if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
         return UserError(f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                          "AWS_PROFILE or a pod/instance role")
+    url = getattr(exc, "kwargs", {}).get("endpoint_url") or "the S3 endpoint"
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError)):
-        url = getattr(exc, "kwargs", {}).get("endpoint_url", "the S3 endpoint")
         return UserError(f"cannot reach {url} for {where}: check --endpoint-url/AWS_ENDPOINT_URL "
                          "and the network")
+    if isinstance(exc, bex.ReadTimeoutError):
+        return UserError(f"{url} accepted the connection but sent no answer for {where} within the read timeout "
+                         f"(each try): check --endpoint-url/AWS_ENDPOINT_URL, or allow longer with "
+                         f"--read-timeout/{READ_TIMEOUT_ENV} and --max-attempts/{ATTEMPTS_ENV}")
+    if isinstance(exc, (bex.ConnectionClosedError, bex.HTTPClientError)):
+        return UserError(f"the connection to {url} failed for {where} ({exc.__class__.__name__}): "
+                         "check --endpoint-url/AWS_ENDPOINT_URL and the network")
     if isinstance(exc, bex.ProfileNotFound):
         return UserError(f"{exc}; fix --profile/AWS_PROFILE")
     if not isinstance(exc, bex.ClientError):

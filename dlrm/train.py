@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from dlrm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dlrm.config import TrainConfig, dump_yaml, load_config, to_dict
+from dlrm.data.manifest import require_verified
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import SPLITS, FeatureSpec
 from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize, plan_for_config
@@ -170,6 +171,7 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
+    require_verified(cfg.data.dataset)  # a pulled/staged copy (it holds _manifest.json) must match it
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(SPLITS)  # 0 train rows would 'train' 0 steps; 0 test rows fail after training
     out = Path(cfg.out)

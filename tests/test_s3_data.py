@@ -8,7 +8,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from dlrm.errors import UserError
+from dlrm.data.manifest import require_verified
+from dlrm.errors import DataError, UserError
 from launcher.__main__ import main as launcher_main
 from launcher.data import MANIFEST_NAME, MARKER_NAME, is_verified
 from launcher.data.transfer import S3Options, pull, push, stage, verify
@@ -223,7 +224,9 @@ def test_stage_fails_on_a_corrupt_object_with_its_name(dataset, s3_bucket, tmp_p
     with pytest.raises(UserError, match=f"corrupt object.*{uri}/big.bin; push the dataset again"):
         stage(uri, dest, OPTS)
     assert not is_verified(dest) and not (dest / "big.bin").exists()
-    assert not (dest / MANIFEST_NAME).exists()
+    # The new manifest went in before any file: the trainer refuses the incomplete copy.
+    with pytest.raises(DataError, match=r"does not match its _manifest\.json .*big\.bin missing"):
+        require_verified(dest)
 
 
 def test_endpoint_from_option_or_env(dataset, s3_bucket, s3_endpoint, monkeypatch, tmp_path, capsys):

@@ -1,8 +1,8 @@
 """Datasets and checkpoints on S3: `python -m launcher data push|pull|verify|stage`.
 
-Only the boto3-free pieces are imported here, so the trainer's `is_verified` check stays cheap;
-the transfer functions live in launcher.data.transfer.
+The manifest format and the `.verified` record live in dlrm.data.manifest (the trainer checks a
+copy with them and must not import the launcher); the transfer functions in launcher.data.transfer.
 """
-from launcher.data.manifest import MANIFEST_NAME, MARKER_NAME, is_verified
+from dlrm.data.manifest import MANIFEST_NAME, MARKER_NAME, is_verified
 
 __all__ = ["MANIFEST_NAME", "MARKER_NAME", "is_verified"]

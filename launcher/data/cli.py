@@ -7,6 +7,8 @@
 
 Connection settings: --endpoint-url/--region/--profile, else the standard AWS sources
 (AWS_ENDPOINT_URL(_S3), AWS_REGION, AWS_PROFILE, shared config, pod/instance identity).
+Timeouts for a tool someone waits on: --connect-timeout (DLRM_S3_CONNECT_TIMEOUT, default 5 s),
+--read-timeout (DLRM_S3_READ_TIMEOUT, 20 s without a byte), --max-attempts (AWS_MAX_ATTEMPTS, 3).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import argparse
 import sys
 
 from dlrm.errors import UserError
+from dlrm.s3_settings import (ATTEMPTS_ENV, CONNECT_TIMEOUT_ENV, DEFAULT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
+                              DEFAULT_READ_TIMEOUT, READ_TIMEOUT_ENV, Timeouts)
 
 MiB = 1024 * 1024
 
@@ -25,6 +29,13 @@ def _s3_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=8, help="parallel transfers (default 8)")
     p.add_argument("--part-size-mb", type=int, default=16, help="multipart part size in MiB (default 16, min 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--connect-timeout", type=float, metavar="S",
+                   help=f"seconds to open a connection (default: {CONNECT_TIMEOUT_ENV} or {DEFAULT_CONNECT_TIMEOUT:g})")
+    p.add_argument("--read-timeout", type=float, metavar="S",
+                   help=f"seconds to wait for a byte of an answer (default: {READ_TIMEOUT_ENV} or "
+                        f"{DEFAULT_READ_TIMEOUT:g})")
+    p.add_argument("--max-attempts", type=int, metavar="N",
+                   help=f"tries per request, the first included (default: {ATTEMPTS_ENV} or {DEFAULT_ATTEMPTS})")
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -33,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("src", metavar="DIR")
     p.add_argument("uri", metavar="S3_URI")
     p.add_argument("--dry-run", action="store_true", help="report what would be sent; change nothing")
+    p.add_argument("--verify-remote", action="store_true",
+                   help="hash the content of every object already there (a full read) instead of trusting its "
+                        "metadata; use after `verify` reported corrupt objects")
     _s3_options(p)
     p = sub.add_parser("pull", help="download s3://bucket/prefix into a folder (resumable)")
     p.add_argument("uri", metavar="S3_URI")
@@ -56,12 +70,13 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.part_size_mb < 5:
         raise UserError(f"--part-size-mb must be at least 5 (the S3 minimum part size), got {args.part_size_mb}")
+    timeouts = Timeouts.resolve(args.connect_timeout, args.read_timeout, args.max_attempts)
     opts = transfer.S3Options(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile,
                               workers=args.workers, part_size=args.part_size_mb * MiB,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, timeouts=timeouts)
     action = args.data_command
     if action == "push":
-        transfer.push(args.src, args.uri, opts, dry_run=args.dry_run)
+        transfer.push(args.src, args.uri, opts, dry_run=args.dry_run, verify_remote=args.verify_remote)
     elif action == "pull":
         transfer.pull(args.uri, args.dest, opts, dry_run=args.dry_run)
     elif action == "stage":

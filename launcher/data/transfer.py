@@ -5,9 +5,17 @@ MinIO and moto all store unchanged (S3's own "additional checksums" are per-part
 multipart uploads, so they cannot be compared with a plain file hash). `_manifest.json` is written
 last; until it exists the prefix is an incomplete dataset and pull/verify/stage refuse it.
 
-Resume: push skips an object whose size matches and whose metadata hash equals the local file's;
-pull skips a local file whose size and hash match the manifest, and downloads into a temp name
-that is renamed only after its hash checks out.
+Metadata can be copied onto other bytes, so push also records each object's ETag in the manifest:
+an object whose ETag changed since (replaced behind our back) is sent again, and `--verify-remote`
+hashes the remote content itself instead of trusting either.
+
+Resume: push skips an object whose size matches and whose metadata hash equals the local file's
+(and whose ETag is the one the manifest recorded), and aborts the multipart uploads a killed push
+left open under the prefix; pull skips a local file whose size and hash match the manifest, and
+downloads into a temp name that is renamed only after its hash checks out.
+
+A local copy: pull writes the new manifest before any file changes and the `.verified` record
+last (see dlrm.data.manifest), so a pull that fails half-way leaves a folder the trainer refuses.
 """
 from __future__ import annotations
 
@@ -26,10 +34,13 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 from tqdm import tqdm
 
+from dlrm.data.manifest import (MANIFEST_NAME, MARKER_NAME, PARTIAL_TAG, Entry, Manifest, Report, check_spec_files,
+                                is_content, is_verified, key_problem, local_file_ok, scan_dir, sha256_file,
+                                write_record)
 from dlrm.errors import UserError
-from dlrm.storage_s3 import MiB, check_bucket, make_client, parse_s3_uri, s3_errors, transfer_config
-from launcher.data.manifest import (MANIFEST_NAME, MARKER_NAME, PARTIAL_TAG, Entry, Manifest, Report,
-                                    digest, is_content, local_file_ok, scan_dir, sha256_file, write_atomic)
+from dlrm.fsutil import atomic_write, parse_s3_uri
+from dlrm.s3_settings import Timeouts
+from dlrm.storage_s3 import MiB, check_bucket, make_client, s3_errors, transfer_config
 
 META_KEY = "sha256"  # user metadata name: sent as the x-amz-meta-sha256 header
 
@@ -42,6 +53,7 @@ class S3Options:
     workers: int = 8
     part_size: int = 16 * MiB
     progress: bool = True
+    timeouts: Timeouts | None = None  # None: Timeouts.resolve() (DLRM_S3_*/AWS_MAX_ATTEMPTS, else defaults)
     log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
 
 
@@ -77,17 +89,46 @@ def _uri(bucket: str, prefix: str, rel: str = "") -> str:
 
 
 def _client(opts: S3Options, client):
-    return client or make_client(opts.endpoint_url, opts.region, opts.profile, opts.workers)
+    return client or make_client(opts.endpoint_url, opts.region, opts.profile, opts.workers, opts.timeouts)
 
 
-def list_sizes(client, bucket: str, prefix: str) -> dict[str, int]:
-    """Relative key -> size of every object under the prefix."""
+def list_objects(client, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """Relative key -> (size, ETag) of every object under the prefix."""
     out = {}
     base = prefix + "/" if prefix else ""
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
         for o in page.get("Contents", []):
-            out[o["Key"][len(base):]] = o["Size"]
+            out[o["Key"][len(base):]] = (o["Size"], o.get("ETag", "").strip('"'))
     return out
+
+
+def list_sizes(client, bucket: str, prefix: str) -> dict[str, int]:
+    """Relative key -> size of every object under the prefix."""
+    return {k: size for k, (size, _) in list_objects(client, bucket, prefix).items()}
+
+
+def _old_manifest(client, bucket: str, prefix: str, remote) -> dict[str, Entry]:
+    """The entries of the manifest already at the prefix (for their ETags), or none."""
+    if MANIFEST_NAME not in remote:
+        return {}
+    try:
+        return Manifest.from_bytes(fetch_manifest(client, bucket, prefix), _uri(bucket, prefix, MANIFEST_NAME)).by_key()
+    except UserError:  # unreadable or gone meanwhile: trust nothing it said
+        return {}
+
+
+def abort_stale_uploads(client, bucket: str, prefix: str, log) -> int:
+    """Abort the multipart uploads a killed push left open under the prefix (their parts are
+    stored, and billed, until aborted); returns how many."""
+    base = prefix + "/" if prefix else ""
+    n = 0
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=base):
+        for u in page.get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+            n += 1
+    if n:
+        log(f"aborted {n} unfinished multipart upload(s) under {_uri(bucket, prefix)} (left by an interrupted push)")
+    return n
 
 
 def fetch_manifest(client, bucket: str, prefix: str) -> bytes:
@@ -101,23 +142,34 @@ def fetch_manifest(client, bucket: str, prefix: str) -> bytes:
 
 
 def push(src: str | os.PathLike, uri: str, opts: S3Options = S3Options(), *, client=None,
-         dry_run: bool = False) -> Result:
-    """Upload every file under `src` to `uri`, skipping objects already there, then the manifest."""
+         dry_run: bool = False, verify_remote: bool = False) -> Result:
+    """Upload every file under `src` to `uri`, skipping objects already there, then the manifest.
+    `verify_remote`: hash each object that would be skipped (a GET of every byte) instead of
+    trusting its metadata and ETag."""
     src, (bucket, prefix) = Path(src), parse_s3_uri(uri)
+    # Every local check before the first request: nothing is sent from a dataset that is refused.
     sizes = scan_dir(src)
     if not sizes:
         raise UserError(f"no files under {src}; nothing to push")
+    check_spec_files(src)
+    for rel in sizes:
+        if problem := key_problem(_join(prefix, rel)):
+            raise UserError(f"{src / rel}: the object key {_uri(bucket, prefix, rel)} is too long ({problem})")
     with s3_errors(uri):
         client = _client(opts, client)
         check_bucket(client, uri)
-        remote = list_sizes(client, bucket, prefix)
-        hashes, todo = _hash_and_upload(client, src, bucket, prefix, sizes, remote, opts, dry_run)
+        if not dry_run:
+            abort_stale_uploads(client, bucket, prefix, opts.log)
+        remote = list_objects(client, bucket, prefix)
+        old = _old_manifest(client, bucket, prefix, remote)
+        hashes, todo = _hash_and_upload(client, src, bucket, prefix, sizes, remote, old, opts, dry_run, verify_remote)
         res = Result(sent=len(todo), skipped=len(sizes) - len(todo), bytes=sum(sizes[r] for r in todo))
         if dry_run:
             opts.log(f"dry run: would send {res.sent} files ({res.bytes / MiB:.1f} MiB), "
                      f"skip {res.skipped} already at {uri}")
             return res
-        manifest = Manifest(tuple(Entry(k, sizes[k], hashes[k]) for k in sizes)).to_bytes()
+        etags = {k: etag for k, (_, etag) in list_objects(client, bucket, prefix).items()}
+        manifest = Manifest(tuple(Entry(k, sizes[k], hashes[k], etags.get(k) or None) for k in sizes)).to_bytes()
         client.put_object(Bucket=bucket, Key=_join(prefix, MANIFEST_NAME), Body=manifest,
                           ContentType="application/json")
     opts.log(f"pushed {src} -> {uri}: sent {res.sent} files ({res.bytes / MiB:.1f} MiB), "
@@ -129,7 +181,7 @@ def push(src: str | os.PathLike, uri: str, opts: S3Options = S3Options(), *, cli
     return res
 
 
-def _hash_and_upload(client, src, bucket, prefix, sizes, remote, opts, dry_run):
+def _hash_and_upload(client, src, bucket, prefix, sizes, remote, old, opts, dry_run, verify_remote):
     """Hash each file and start its upload as soon as its hash is known (the hash goes into the
     upload's metadata), so a big push sends bytes from the first file on instead of reading the
     whole dataset first. Returns every file's hash and the files sent (or to send, on a dry run)."""
@@ -138,8 +190,13 @@ def _hash_and_upload(client, src, bucket, prefix, sizes, remote, opts, dry_run):
 
     def check(rel):  # the hash, and whether the object there already has that size and hash
         h = sha256_file(src / rel)
-        if remote.get(rel) != sizes[rel]:
+        size, etag = remote.get(rel, (None, None))
+        if size != sizes[rel]:
             return rel, h, False
+        if verify_remote:
+            return rel, h, hash_object(client, bucket, _join(prefix, rel)) == h
+        if rel in old and old[rel].etag and old[rel].etag != etag:
+            return rel, h, False  # replaced since our manifest was written, whatever its metadata says
         head = client.head_object(Bucket=bucket, Key=_join(prefix, rel))
         return rel, h, head.get("Metadata", {}).get(META_KEY) == h
 
@@ -198,13 +255,17 @@ def _pull(client, bucket, prefix, manifest_bytes, dest: Path, opts: S3Options, d
     _clear_partials(dest)
     local_manifest = dest / MANIFEST_NAME
     if todo or not local_manifest.is_file() or local_manifest.read_bytes() != manifest_bytes:
-        # Files are about to change under a possibly valid marker: withdraw it first.
+        # Files are about to change: withdraw the record first, then put the NEW manifest in
+        # place, so from here until the record is rewritten the folder holds a manifest its files
+        # do not (yet) match, and the trainer refuses it (dlrm.data.manifest.require_verified).
         (dest / MARKER_NAME).unlink(missing_ok=True)
+        atomic_write(local_manifest, manifest_bytes)
     corrupt = _download(client, bucket, prefix, todo, dest, opts)
     if corrupt:
         names = ", ".join(_uri(bucket, prefix, k) for k in sorted(corrupt))
-        raise UserError(f"corrupt object(s), sha256 differs from the manifest: {names}; push the dataset again")
-    write_atomic(dest / MANIFEST_NAME, manifest_bytes)  # last: the local copy is now complete
+        raise UserError(f"corrupt object(s), sha256 differs from the manifest: {names}; "
+                        "push the dataset again with --verify-remote")
+    write_record(dest, manifest_bytes)  # last: every file was hashed (kept or fetched) just now
     return res
 
 
@@ -238,8 +299,14 @@ def _download(client, bucket, prefix, todo: list[Entry], dest: Path, opts: S3Opt
             (dest / e.key).parent.mkdir(parents=True, exist_ok=True)
             futures.append(tm.download(bucket, _join(prefix, e.key), str(_partial(dest / e.key)),
                                        subscribers=[_Progress(bar, lock), Finish(e)]))
-        for f in futures:
-            f.result()
+        try:
+            for f in futures:
+                f.result()
+        except OSError as e:  # a full disk: name the file being written, not s3transfer's temp name
+            key = next((e.key for e, f in zip(todo, futures) if f.done() and f.exception() is not None), None)
+            where = str(dest / key) if key else (e.filename or str(dest))
+            raise OSError(e.errno, f"{e.strerror or e} (downloading into {dest}; it is not usable until a "
+                          "pull or stage completes)", where) from None
     return corrupt
 
 
@@ -255,6 +322,15 @@ def pull(uri: str, dest: str | os.PathLike, opts: S3Options = S3Options(), *, cl
         opts.log(f"pulled {uri} -> {dest}: fetched {res.sent} files ({res.bytes / MiB:.1f} MiB), "
                  f"kept {res.skipped} already there")
     return res
+
+
+def hash_object(client, bucket: str, key: str) -> str:
+    """The sha256 of an object's content, read in full (its metadata is not trusted)."""
+    h = hashlib.sha256()
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    for chunk in iter(lambda: body.read(MiB), b""):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def _compare(manifest: Manifest, sizes: dict[str, int], hash_of: Callable[[str], str], opts) -> Report:
@@ -286,15 +362,7 @@ def verify(target: str, opts: S3Options = S3Options(), *, client=None) -> Report
             check_bucket(client, target)
             manifest = Manifest.from_bytes(fetch_manifest(client, bucket, prefix), target)
             sizes = {k: s for k, s in list_sizes(client, bucket, prefix).items() if is_content(k)}
-
-            def hash_object(key):
-                h = hashlib.sha256()
-                body = client.get_object(Bucket=bucket, Key=_join(prefix, key))["Body"]
-                for chunk in iter(lambda: body.read(MiB), b""):
-                    h.update(chunk)
-                return h.hexdigest()
-
-            return _compare(manifest, sizes, hash_object, opts)
+            return _compare(manifest, sizes, lambda k: hash_object(client, bucket, _join(prefix, k)), opts)
     root = Path(target)
     if not (root / MANIFEST_NAME).is_file():
         raise UserError(f"no {MANIFEST_NAME} in {root}: pull or stage the dataset first, or verify its s3:// URI")
@@ -302,39 +370,28 @@ def verify(target: str, opts: S3Options = S3Options(), *, client=None) -> Report
     return _compare(manifest, scan_dir(root), lambda k: sha256_file(root / k), opts)
 
 
-def _sizes_match(manifest: Manifest, dest: Path) -> bool:
-    try:
-        return all((dest / e.key).stat().st_size == e.size for e in manifest.entries)
-    except FileNotFoundError:
-        return False
-
-
 def stage(uri: str, dest: str | os.PathLike, opts: S3Options = S3Options(), *, client=None) -> Result:
     """The init container's step: pull `uri` into `dest`, every file checked against the manifest,
-    then write `dest/.verified` (the manifest's hash) last. A matching marker means done already."""
+    the `.verified` record written last. Skipped when the local manifest is the remote one and the
+    record still matches every file's size and mtime (a file changed since is hashed again)."""
     bucket, prefix = parse_s3_uri(uri)
     dest = Path(dest)
     with s3_errors(uri):
         client = _client(opts, client)
         check_bucket(client, uri)
         manifest_bytes = fetch_manifest(client, bucket, prefix)
-        want = digest(manifest_bytes)
         manifest = Manifest.from_bytes(manifest_bytes, _uri(bucket, prefix, MANIFEST_NAME))
-        marker = dest / MARKER_NAME
-        if (marker.is_file() and marker.read_text().strip() == want and (dest / MANIFEST_NAME).is_file()
-                and digest((dest / MANIFEST_NAME).read_bytes()) == want and _sizes_match(manifest, dest)):
+        local = dest / MANIFEST_NAME
+        if local.is_file() and local.read_bytes() == manifest_bytes and is_verified(dest):
             opts.log(f"{dest} already holds verified {uri}; nothing to do")
             return Result(skipped=len(manifest.entries))
-        # _pull withdraws a stale marker before changing any file and hashes every file it keeps
+        # _pull withdraws a stale record before changing any file and hashes every file it keeps
         # or fetches against the manifest: that is the verification, and a second full read of
         # the dataset here would only double the init container's time.
         res = _pull(client, bucket, prefix, manifest_bytes, dest, opts)
-    if not _sizes_match(manifest, dest):  # something deleted files while we ran
-        raise UserError(f"files vanished from {dest} while staging; run stage again")
     extra = sorted(k for k in scan_dir(dest) if k not in manifest.by_key())
     if extra:
         opts.log(f"note: {len(extra)} files in {dest} are not in the manifest (e.g. {extra[0]}); left as is")
-    write_atomic(marker, (want + "\n").encode())
     opts.log(f"staged {uri} -> {dest}: fetched {res.sent} files ({res.bytes / MiB:.1f} MiB), "
-             f"kept {res.skipped}; marker {MARKER_NAME} written")
+             f"kept {res.skipped}; record {MARKER_NAME} written")
     return res
