@@ -28,6 +28,7 @@ ALL = ("train", "test", "validation")
 
 
 def settings(inp, out, days=(0, 1, 2), fl=3, **kw) -> Settings:
+    kw.setdefault("max_bad_line_share", 0.05)  # the `days` fixture damages 13 lines a day: 1.1% to 1.9%
     return Settings(input=Path(inp), out=Path(out), days=list(days), frequency_threshold=fl, progress=False, **kw)
 
 
@@ -259,7 +260,8 @@ def test_real_sample_matches_the_reference(shared_dir, tmp_path):
 def test_cli_prints_the_report_and_user_errors_exit_2(days, tmp_path, capsys):
     out = tmp_path / "ds"
     rc = dlrm_main(["preprocess", "--input", str(days[0]), "--out", str(out), "--days", "0-2",
-                    "--frequency-threshold", "3", "--feature-threshold", "cat_3=1", "--workers", "1", "--no-progress"])
+                    "--frequency-threshold", "3", "--feature-threshold", "cat_3=1", "--workers", "1", "--no-progress",
+                    "--max-bad-line-share", "0.05"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((out / "preprocess_report.json").read_text())

@@ -2,7 +2,7 @@
 
     python -m dlrm preprocess --input /data/criteo --out /data/criteo-fl15 --frequency-threshold 15 \\
         [--feature-threshold cat_3=2 ...] [--engine local|spark] [--days 0-23] [--strict] \\
-        [--workers N] [--chunk-rows N] [--overwrite]
+        [--max-bad-line-share F | --allow-bad-lines] [--workers N] [--chunk-rows N] [--overwrite]
 
 Prints the report (JSON, also written as preprocess_report.json in --out). Rerunning the same
 command resumes an interrupted local run at the day it stopped; on a finished dataset it only
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dlrm.errors import UserError
 from dlrm.preprocess.inputs import parse_days
-from dlrm.preprocess.output import Settings
+from dlrm.preprocess.output import DEFAULT_MAX_BAD_LINE_SHARE, Settings
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("local", "spark"), default="local")
     p.add_argument("--days", default="0-23", help="days in order, e.g. 0-23 or 0,1,2; the last is test/validation")
     p.add_argument("--strict", action="store_true", help="a bad line is an error (default: skip it and count it)")
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument("--max-bad-line-share", type=float, default=DEFAULT_MAX_BAD_LINE_SHARE, metavar="F",
+                     help=f"fail if more than this fraction of a day's lines are bad (default "
+                          f"{DEFAULT_MAX_BAD_LINE_SHARE:g} = {DEFAULT_MAX_BAD_LINE_SHARE:.0%}); they are skipped below it")
+    bad.add_argument("--allow-bad-lines", action="store_const", const=1.0, dest="max_bad_line_share",
+                     help="skip and count bad lines however many there are (= --max-bad-line-share 1)")
     p.add_argument("--workers", type=int, default=None, help="processes (local) or local[N] cores (spark); default all")
     p.add_argument("--chunk-rows", type=int, default=100_000, help="about this many lines per block (local engine)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset or unfinished run already in --out")
@@ -58,7 +64,8 @@ def settings_from_args(args) -> Settings:
         raise UserError("--chunk-rows and --workers must be >= 1")
     s = Settings(input=Path(args.input), out=Path(args.out), days=parse_days(args.days),
                  frequency_threshold=args.frequency_threshold, feature_thresholds=thresholds, strict=args.strict,
-                 overwrite=args.overwrite, progress=not args.no_progress, max_examples=args.max_examples)
+                 overwrite=args.overwrite, progress=not args.no_progress, max_examples=args.max_examples,
+                 max_bad_line_share=args.max_bad_line_share)
     s.thresholds()  # validate names and values before any work
     return s
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from dlrm.data.writer import SplitBinaryWriter
 from dlrm.errors import DataError
 from dlrm.preprocess.inputs import DayFile, first_half, read_blocks
-from dlrm.preprocess.output import SPLITS, BadLineTally, Output, Settings, make_report, open_output, strict_error
+from dlrm.preprocess.output import (SPLITS, BadLineTally, Output, Settings, check_bad_lines, check_splits, make_report,
+                                    open_output, strict_error)
 from dlrm.preprocess.parse import KINDS, parse_block, transform_numerical
 from dlrm.preprocess.vocab import Vocab, build_vocab, count_values, merge_counts
 
@@ -44,6 +45,7 @@ def _pass1_block(task):
     p = parse_block(block, first_line, max_examples)
     keys, counts = count_values(p.categorical, p.cat_present) if count else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
     return {"lines": p.lines, "rows": p.rows, "bad": p.bad_counts, "examples": p.examples,
+            "first_bad": int(p.bad_lines[0]) if p.bad_lines.shape[0] else None,
             "keys": keys, "counts": counts, "pos": pos}
 
 
@@ -101,7 +103,7 @@ def _bar(f: DayFile, what: str, show: bool):
 
 
 def _pass1_day(f: DayFile, count: bool, pool, s: Settings, block_bytes: int, window: int):
-    acc, lines, rows = [], 0, 0
+    acc, lines, rows, first_bad = [], 0, 0, None
     bad = dict.fromkeys(KINDS, 0)
     examples = []
     tasks = ((b, line, pos, count, s.max_examples) for b, line, pos in read_blocks(f, block_bytes))
@@ -114,6 +116,7 @@ def _pass1_day(f: DayFile, count: bool, pool, s: Settings, block_bytes: int, win
             if len(acc) >= 16:  # keep the day's counts compact as blocks arrive
                 acc = [merge_counts(acc)]
             lines, rows = lines + r["lines"], rows + r["rows"]
+            first_bad = first_bad or r["first_bad"]  # blocks arrive in order: the first one that has any
             for k in KINDS:
                 bad[k] += r["bad"][k]
             examples += [(e.kind, e.line, e.detail()) for e in r["examples"]]
@@ -122,7 +125,7 @@ def _pass1_day(f: DayFile, count: bool, pool, s: Settings, block_bytes: int, win
     for k in KINDS:
         kept += [e for e in examples if e[0] == k][: s.max_examples]
     keys, counts = merge_counts(acc)
-    return {"lines": lines, "rows": rows, "bad": bad, "examples": kept}, keys, counts
+    return {"lines": lines, "rows": rows, "bad": bad, "examples": kept, "first_bad": first_bad}, keys, counts
 
 
 def _pass2_day(f: DayFile, last: bool, lines: int, pool, out: Output, cards: list[int], block_bytes: int,
@@ -181,6 +184,11 @@ def run(s: Settings, workers: int | None = None, chunk_rows: int = 100_000) -> d
                 os.replace(pass1 / f"day_{f.day}.tmp.npz", pass1 / f"day_{f.day}.npz")
                 done.write_text(json.dumps(stats))
             day_stats[f.day] = json.loads(done.read_text())
+    # Before any id is counted or row written: a day of mostly bad lines, or no training rows, stops here.
+    check_bad_lines(s, files, {d: st["lines"] for d, st in day_stats.items()},
+                    {d: sum(st["bad"].values()) for d, st in day_stats.items()},
+                    {d: st.get("first_bad") for d, st in day_stats.items()})
+    check_splits(s, files, {"train": sum(day_stats[f.day]["rows"] for f in files[:-1])})
     t1 = time.time()
 
     merged = (np.zeros(0, np.uint64), np.zeros(0, np.int64))
@@ -213,6 +221,7 @@ def run(s: Settings, workers: int | None = None, chunk_rows: int = 100_000) -> d
             raise DataError(f"{f.path}: bad lines differ between pass 1 and pass 2; the file changed during preprocessing")
         for kind, line, detail in d1["examples"]:
             tally.add_example(kind, (i, line), f"{f.path}:{line}: {detail}")
+    check_splits(s, files, rows)
     parts = {"train": [out.work / "pass2" / f"day_{f.day}" for f in files[:-1]],
              "test": [out.work / "pass2" / f"day_{files[-1].day}"],
              "validation": [out.work / "pass2" / f"day_{files[-1].day}"]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ WORK = ".preprocess"
 REPORT = "preprocess_report.json"
 FORMAT = 1  # bump when the transform changes, so old work is not resumed
 OURS = {*SPLITS, SPEC_FILE, REPORT, WORK}
+# Real Criteo days hold (next to) no bad lines; a day with more is a wrong or damaged file
+# (another format, a shifted column), whose "good" lines would be a skewed sample of it.
+DEFAULT_MAX_BAD_LINE_SHARE = 0.01
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Settings:
     overwrite: bool = False
     progress: bool = True
     max_examples: int = 10  # bad lines listed per kind
+    max_bad_line_share: float = DEFAULT_MAX_BAD_LINE_SHARE  # above it in any day: an error (1.0 allows all)
 
     def thresholds(self) -> list[int]:
         """The frequency threshold of each categorical feature, in order."""
@@ -46,6 +51,9 @@ class Settings:
                 raise UserError(f"--feature-threshold {name}={value}: no feature {name!r}; expected cat_0 ... cat_25")
             if value < 0:
                 raise UserError(f"--feature-threshold {name}={value}: expected a count >= 0")
+        if not 0.0 <= self.max_bad_line_share <= 1.0:  # NaN fails too
+            raise UserError(f"--max-bad-line-share {self.max_bad_line_share}: expected a fraction from 0 to 1 "
+                            "(0.01 = 1%)")
         if self.frequency_threshold < 0:
             raise UserError(f"--frequency-threshold {self.frequency_threshold}: expected a count >= 0")
         return [self.feature_thresholds.get(n, self.frequency_threshold) for n in names]
@@ -196,6 +204,29 @@ class BadLineTally:
                 for k in KINDS
             },
         }
+
+
+def check_bad_lines(s: Settings, files: list[DayFile], lines: dict, bad: dict, first_bad: dict) -> None:
+    """Print each day's bad-line share on stderr; a day above s.max_bad_line_share is a DataError
+    naming the file, its share and its first bad line. `lines`, `bad`, `first_bad`: by day."""
+    for f in files:
+        n, k = int(lines[f.day]), int(bad[f.day])
+        print(f"{f.path.name}: {k} of {n} lines bad ({k / max(n, 1):.2%})", file=sys.stderr, flush=True)
+    for f in files:
+        n, k = int(lines[f.day]), int(bad[f.day])
+        if k and k > s.max_bad_line_share * n:
+            raise DataError(f"{f.path}: {k} of {n} lines are bad ({k / n:.2%}, the first at line {first_bad[f.day]}), "
+                            f"more than --max-bad-line-share {s.max_bad_line_share:g}; fix the file, or pass "
+                            "--allow-bad-lines (or a higher --max-bad-line-share) to skip them")
+
+
+def check_splits(s: Settings, files: list[DayFile], rows: dict) -> None:
+    """Every split must get rows: an empty one would train 0 steps or evaluate nothing."""
+    for split, n in rows.items():
+        if n == 0:
+            days = [f.path.name for f in (files[:-1] if split == "train" else files[-1:])]
+            raise DataError(f"{s.input}: the {split} split would be empty (0 good lines in {', '.join(days)}); "
+                            "check the day files and --days")
 
 
 def strict_error(path: Path, line: int, detail: str) -> DataError:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from dlrm.errors import DataError
 from dlrm.preprocess.inputs import first_half
-from dlrm.preprocess.output import SPLITS, BadLineTally, Settings, make_report, open_output, strict_error
+from dlrm.preprocess.output import (SPLITS, BadLineTally, Settings, check_bad_lines, check_splits, make_report,
+                                    open_output, strict_error)
 from dlrm.preprocess.parse import KINDS, MAX_DIGITS, NUM_CATEGORICAL, NUM_FIELDS, NUM_NUMERICAL, describe
 
 NUM_RE = rf"^-?[0-9]{{1,{MAX_DIGITS}}}\z"  # \z: Java's $ would also match before a final '\r'
@@ -172,12 +173,17 @@ def run(s: Settings, spark=None, rows_per_part: int = ROWS_PER_PART) -> dict:
     clamp = sum((F.coalesce(F.col(f"x{i}"), F.lit(0)) < -2).cast("long") for i in range(NUM_NUMERICAL))
     tally = BadLineTally(s.max_examples)
     row_counts, clamped = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
-    stats = parsed.groupBy("split", "kind").agg(F.count("*").alias("n"), F.sum(clamp).alias("c"))
+    day_bad, first_bad = dict.fromkeys(range(n), 0), dict.fromkeys(range(n))
+    stats = parsed.groupBy("d", "split", "kind").agg(F.count("*").alias("n"), F.sum(clamp).alias("c"),
+                                                     F.min("line").alias("l0"))
     for r in guard(stats.collect)():
         if r["kind"] == "ok":
-            row_counts[SPLITS[r["split"]]], clamped[SPLITS[r["split"]]] = r["n"], r["c"] or 0
+            row_counts[SPLITS[r["split"]]] += r["n"]
+            clamped[SPLITS[r["split"]]] += r["c"] or 0
         else:
             tally.add_counts(SPLITS[r["split"]], r["kind"], r["n"])
+            day_bad[r["d"]] += r["n"]
+            first_bad[r["d"]] = min(r["l0"], first_bad[r["d"]] or r["l0"])
     if tally.total:
         w = Window.partitionBy("kind").orderBy("d", "line")
         first = (bad.withColumn("k", F.row_number().over(w)).filter(F.col("k") <= s.max_examples)
@@ -187,6 +193,10 @@ def run(s: Settings, spark=None, rows_per_part: int = ROWS_PER_PART) -> dict:
             if s.strict:
                 raise strict_error(files[r["d"]].path, r["line"], detail)
             tally.add_example(r["kind"], (r["d"], r["line"]), f"{files[r['d']].path}:{r['line']}: {detail}")
+    # Before any id is counted or row written, as the local engine does (--strict failed above).
+    check_bad_lines(s, files, {f.day: lines[i] for i, f in enumerate(files)},
+                    {f.day: day_bad[i] for i, f in enumerate(files)}, {f.day: first_bad[i] for i, f in enumerate(files)})
+    check_splits(s, files, row_counts)
     t1 = time.time()
 
     # -- vocabulary from the training days -------------------------------------------------------------
