@@ -61,3 +61,50 @@ def s3_bucket(s3_env) -> str:
     name = f"test-bucket-{next(_names)}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+class HungEndpoint:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a stuck proxy or
+    a wrong port of something else). It stops by itself after `lifetime` seconds at the latest.
+
+        with HungEndpoint() as url:   # "http://127.0.0.1:PORT"
+            ...
+    """
+
+    def __init__(self, lifetime: float = 120.0):
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        self._held, self._stop = [], threading.Event()
+        self._deadline = lifetime
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        import time
+
+        end = time.monotonic() + self._deadline
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # the 0.2 s poll, or the socket closed by stop()
+                continue
+            self.accepted += 1
+            self._held.append(conn)  # held open, never read from or written to
+        self._close()
+
+    def _close(self) -> None:
+        for c in self._held:
+            c.close()
+        self._held.clear()
+        self.sock.close()
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

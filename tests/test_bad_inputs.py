@@ -65,9 +65,14 @@ def setup_none(ctx: Ctx, args: dict) -> None:
 
 def setup_dataset(ctx: Ctx, args: dict) -> None:
     """A small valid dataset at {dataset}, then at most one kind of damage from `args`."""
+    _damage(_dataset(ctx), args)
+
+
+def _damage(root: Path, args: dict) -> None:
+    """Apply `args` (ops, in order) to the dataset at `root`."""
+    from dlrm.data.manifest import Manifest, Entry, sha256_file, write_record
     from dlrm.data.spec import FeatureSpec
 
-    root = _dataset(ctx)
     spec_file = root / "feature_spec.yaml"
     for op, a in args.items():
         if op == "truncate":
@@ -120,6 +125,27 @@ def setup_dataset(ctx: Ctx, args: dict) -> None:
             spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
         elif op == "spec_text":
             spec_file.write_text(a)
+        elif op == "manifest":  # a copy as pull leaves it: _manifest.json, and the .verified record if a == "verified"
+            files = sorted(p for p in root.rglob("*") if p.is_file())
+            data = Manifest(tuple(Entry(p.relative_to(root).as_posix(), p.stat().st_size, sha256_file(p))
+                                  for p in files)).to_bytes()
+            (root / "_manifest.json").write_bytes(data)
+            if a == "verified":
+                write_record(root, data)
+        elif op == "flip_byte":  # same size, other content (and a newer mtime, as any write gives)
+            path = root / a["file"]
+            blob = bytearray(path.read_bytes())
+            blob[a["offset"]] ^= 0xFF
+            path.write_bytes(bytes(blob))
+        elif op == "symlink":  # {name: path in the dataset, target: where it points (relative to the dataset)}
+            (root / a["name"]).symlink_to(a["target"])
+        elif op == "outside_file":  # a file beside the dataset folder, for specs and links to point at
+            (root.parent / a).write_bytes(b"\0" * 64)
+        elif op == "fifo":
+            os.mkfifo(root / a)
+        elif op == "raw_name":  # a file whose name is these bytes (hex): not UTF-8, control characters...
+            with open(os.path.join(os.fsencode(root), bytes.fromhex(a)), "wb") as fh:
+                fh.write(b"x")
         else:
             raise ValueError(f"setup dataset: unknown op {op!r}")
 
@@ -145,6 +171,9 @@ def setup_criteo_days(ctx: Ctx, args: dict) -> None:
             fields[args.pop("field")] = args.pop("value")
             lines[i] = "\t".join(fields)
         path.write_text("\n".join(lines))
+    if "extra_tab_day" in args:  # every line of the day ends in an extra tab: 41 fields
+        path = days / f"day_{args.pop('extra_tab_day')}"
+        path.write_text("\n".join(line + "\t" if line else line for line in path.read_text().split("\n")))
     if "empty_day" in args:
         (days / f"day_{args.pop('empty_day')}").write_bytes(b"")
     if "gzip_truncated_day" in args:
@@ -189,20 +218,42 @@ def setup_fake_k8s(ctx: Ctx, args: dict) -> None:
 def setup_s3(ctx: Ctx, args: dict) -> None:
     """The moto S3 server at {endpoint}, an empty bucket {bucket}, a dataset at {dataset}, test keys in env.
 
-    Afterwards the bucket must still be empty: a failed push leaves no manifest and no objects.
+    args: `dataset` damage ops for the dataset (as setup dataset takes them); `pushed`: the dataset is
+    pushed to s3://{bucket}/ds first; `replace_object`: that key's content then changes on S3, its
+    metadata kept; `hung`: {hung} is an endpoint that accepts connections and never answers.
+    Afterwards (unless pushed) the bucket must still be empty: a failed push leaves no manifest and no objects.
     """
     import boto3
-    from s3_fixtures import _start
+    from s3_fixtures import HungEndpoint, _start
 
+    args = dict(args)
+    if args.pop("hung", False):
+        ctx.values["hung"] = ctx.stack.enter_context(HungEndpoint(lifetime=TIMEOUT_S))
     endpoint = _start()
     bucket = f"bad-inputs-{os.getpid()}-{next(_buckets)}"
     keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
     client = boto3.client("s3", endpoint_url=endpoint, **keys)
     client.create_bucket(Bucket=bucket)
-    _dataset(ctx)
+    root = _dataset(ctx)
     ctx.values.update(endpoint=endpoint, bucket=bucket)
     ctx.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
                    AWS_DEFAULT_REGION="us-east-1")
+    pushed = args.pop("pushed", False)
+    if pushed:
+        from launcher.data.transfer import S3Options, push
+
+        push(root, f"s3://{bucket}/ds", S3Options(progress=False, log=lambda _: None), client=client)
+    if "replace_object" in args:
+        key = f"ds/{args.pop('replace_object')}"
+        head = client.head_object(Bucket=bucket, Key=key)
+        body = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        body[0] ^= 0xFF
+        client.put_object(Bucket=bucket, Key=key, Body=bytes(body), Metadata=head["Metadata"])
+    _damage(root, args.pop("dataset", {}))
+    if args:
+        raise ValueError(f"setup s3: unknown args {sorted(args)}")
+    if pushed:
+        return
 
     def bucket_empty():
         keys_left = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
@@ -212,6 +263,7 @@ def setup_s3(ctx: Ctx, args: dict) -> None:
 
 
 _buckets = itertools.count()
+
 
 SETUPS = {"none": setup_none, "dataset": setup_dataset, "criteo_days": setup_criteo_days,
           "values": setup_values, "fake_k8s": setup_fake_k8s, "s3": setup_s3}
