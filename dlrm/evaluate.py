@@ -11,6 +11,7 @@ import json
 
 from dlrm.checkpoint import Piece, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict
+from dlrm.data.manifest import require_verified
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
 from dlrm.model import DLRM
@@ -37,6 +38,7 @@ def main(args) -> int:
     if args.dataset:
         cfg.data.dataset = args.dataset
     cfg.eval_max_batches = args.max_batches
+    require_verified(cfg.data.dataset)  # a pulled/staged copy must match its _manifest.json, as in train
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(["test"])
     device = pick_device(cfg)
