@@ -70,7 +70,13 @@ def test_killed_push_and_pull_resume_and_end_verified(s3_bucket, tmp_path):
     done = lambda: [p.name for p in dest.glob("part-*.bin")] if dest.is_dir() else []  # noqa: E731  (renamed into place = verified)
     _kill_when(pull, lambda: len(done()) >= 2, "two files downloaded")
     kept = done()
-    assert not (dest / "_manifest.json").exists() and 2 <= len(kept) < len(files)
+    assert 2 <= len(kept) < len(files)
+    # The new manifest went in first, the .verified record never: the trainer refuses this copy.
+    from dlrm.data.manifest import is_verified
+
+    assert (dest / "_manifest.json").exists() and not is_verified(dest)
+    rc, out = _launcher("verify", str(dest))
+    assert rc != 0 and f"{len(files) - len(kept)} missing" in out, out
     rc, out = _launcher("pull", uri, str(dest))
     assert rc == 0, out
     assert f"fetched {len(files) - len(kept)} files" in out and f"kept {len(kept)} already there" in out, out
