@@ -74,3 +74,28 @@ def test_strict_and_corrupt_gzip_are_errors_in_spark_too(spark, tmp_path):
     (inp / "day_1.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="unreadable gzip"):
         spark_engine.run(settings(inp, tmp_path / "b", days=(0, 1)), spark)
+
+
+def test_bad_line_share_and_empty_split_fail_alike_in_both_engines(spark, tmp_path):
+    """The same checks, in the same words, before anything is written: a day above
+    --max-bad-line-share, and (with --allow-bad-lines) a split left without rows."""
+    from dlrm.preprocess import spark as spark_engine
+
+    inp = tmp_path / "raw"
+    generate_days(inp, days=2, lines=[60, 40], seed=5, bad_lines=3)  # 5% of day_0, 7.5% of day_1
+
+    def errors(**kw) -> list[str]:
+        out = []
+        for name, run in (("local", lambda s: local.run(s, workers=1)), ("spark", lambda s: spark_engine.run(s, spark))):
+            with pytest.raises(DataError) as e:
+                run(settings(inp, tmp_path / f"{name}-{len(out)}", days=(0, 1), **kw))
+            assert not (tmp_path / f"{name}-{len(out)}" / "feature_spec.yaml").exists()
+            out.append(str(e.value))
+        return out
+
+    a, b = errors(max_bad_line_share=0.04)
+    assert a == b and "day_0: 3 of 60 lines are bad (5.00%, the first at line 1), more than --max-bad-line-share 0.04" in a
+    day1 = inp / "day_1"
+    day1.write_text("\n".join(line + "\t" if line else line for line in day1.read_text().split("\n")))
+    a, b = errors(max_bad_line_share=1.0)
+    assert a == b and "the test split would be empty (0 good lines in day_1)" in a
