@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
@@ -62,7 +63,9 @@ def translate(exc: BaseException, uri: str) -> UserError | None:
     if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
         return UserError(f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                          "AWS_PROFILE or a pod/instance role")
-    url = getattr(exc, "kwargs", {}).get("endpoint_url") or "the S3 endpoint"
+    url = getattr(exc, "kwargs", {}).get("endpoint_url") or ""
+    parts = urllib.parse.urlsplit(url)  # the endpoint, not the bucket/key path botocore puts after it
+    url = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the S3 endpoint"
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError)):
         return UserError(f"cannot reach {url} for {where}: check --endpoint-url/AWS_ENDPOINT_URL "
                          "and the network")

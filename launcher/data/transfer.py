@@ -299,14 +299,12 @@ def _download(client, bucket, prefix, todo: list[Entry], dest: Path, opts: S3Opt
             (dest / e.key).parent.mkdir(parents=True, exist_ok=True)
             futures.append(tm.download(bucket, _join(prefix, e.key), str(_partial(dest / e.key)),
                                        subscribers=[_Progress(bar, lock), Finish(e)]))
-        try:
-            for f in futures:
+        for e, f in zip(todo, futures):
+            try:
                 f.result()
-        except OSError as e:  # a full disk: name the file being written, not s3transfer's temp name
-            key = next((e.key for e, f in zip(todo, futures) if f.done() and f.exception() is not None), None)
-            where = str(dest / key) if key else (e.filename or str(dest))
-            raise OSError(e.errno, f"{e.strerror or e} (downloading into {dest}; it is not usable until a "
-                          "pull or stage completes)", where) from None
+            except OSError as err:  # a full disk: name the file, not s3transfer's temp name (or nothing)
+                raise OSError(err.errno, f"{err.strerror or err} (while downloading it; {dest} is not usable "
+                              "until a pull or stage completes)", str(dest / e.key)) from None
     return corrupt
 
 
