@@ -97,7 +97,7 @@ def _damage(root: Path, args: dict) -> None:
             for f in (root / a).iterdir():
                 os.truncate(f, 0)
         elif op == "move_out":  # a file moved outside the dataset folder, reached through the spec
-            src, outside = root / a["file"], ctx.tmp / "outside" / Path(a["file"]).name
+            src, outside = root / a["file"], root.parent / "outside" / Path(a["file"]).name
             outside.parent.mkdir(exist_ok=True)
             src.rename(outside)
             if a["how"] == "symlink":
