@@ -57,12 +57,9 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 4 * 1024 * 1024) -> str:
 
 
 def is_content(rel: str) -> bool:
-    """False for the manifest, the marker, their atomic-write temp files and partial downloads."""
-    name = rel.rsplit("/", 1)[-1]
-    if rel in RESERVED or PARTIAL_TAG in name:
-        return False
-    # fsutil.atomic_path's temp names: ".<name>.<random>.tmp" beside the file (a killed write)
-    return not ("/" not in rel and name.endswith(".tmp") and any(name.startswith(f".{r}.") for r in RESERVED))
+    """False for the manifest, the marker and partial writes (downloads, and the manifest and
+    marker written with atomic_write(tag=PARTIAL_TAG): a killed writer's leftover is cleaned up by pull)."""
+    return rel not in RESERVED and PARTIAL_TAG not in rel.rsplit("/", 1)[-1]
 
 
 def key_problem(rel: str) -> str | None:
@@ -220,7 +217,7 @@ def write_record(directory: str | os.PathLike, manifest_bytes: bytes) -> None:
     if stats is None or any(stats[e.key][0] != e.size for e in manifest.entries):
         raise UserError(f"files of {d} changed while they were checked; run the command again")
     record = {"manifest_sha256": digest(manifest_bytes), "files": stats}
-    atomic_write(d / MARKER_NAME, json.dumps(record, sort_keys=True) + "\n")
+    atomic_write(d / MARKER_NAME, json.dumps(record, sort_keys=True) + "\n", tag=PARTIAL_TAG)
 
 
 def is_verified(directory: str | os.PathLike) -> bool:

@@ -259,7 +259,7 @@ def _pull(client, bucket, prefix, manifest_bytes, dest: Path, opts: S3Options, d
         # place, so from here until the record is rewritten the folder holds a manifest its files
         # do not (yet) match, and the trainer refuses it (dlrm.data.manifest.require_verified).
         (dest / MARKER_NAME).unlink(missing_ok=True)
-        atomic_write(local_manifest, manifest_bytes)
+        atomic_write(local_manifest, manifest_bytes, tag=PARTIAL_TAG)
     corrupt = _download(client, bucket, prefix, todo, dest, opts)
     if corrupt:
         names = ", ".join(_uri(bucket, prefix, k) for k in sorted(corrupt))
