@@ -16,7 +16,7 @@ COMMANDS = {
     "status": ("launcher.cli_cluster", "show a job's conditions and replica states"),
     "logs": ("launcher.cli_cluster", "print (or follow) a replica's logs"),
     "cancel": ("launcher.cli_cluster", "delete a job"),
-    "list": ("launcher.cli_cluster", "list the PyTorchJobs in a namespace"),
+    "list": ("launcher.cli_cluster", "list the PyTorchJobs and TrainJobs in a namespace"),
     "run-local": ("launcher.run_local", "run a rendered PyTorchJob as local processes (CPU)"),
     "data": ("launcher.data.cli", "push, pull, verify and stage datasets on S3"),
 }

@@ -9,6 +9,8 @@
 `submit` gets its job from the same function as `render` (launcher.cli_render.plan_from_args:
 flags -> config -> plan -> validated objects), and with --dry-run prints exactly the objects it
 would otherwise create, in the order it creates them.
+The other commands work on PyTorchJobs (training operator v1) and TrainJobs (Kubeflow Trainer v2)
+alike: `--api` names the kind, else the job is looked up as either.
 Kubeconfig, context and namespace are found as kubectl finds them (launcher.k8s), and every API
 failure arrives here already turned into a one-line UserError.
 """
@@ -20,17 +22,21 @@ import time
 from datetime import datetime, timezone
 
 from dlrm.errors import UserError
-from launcher.plan import CONTAINER
+from launcher import plan, trainjob
 
 JOB_LABEL = "training.kubeflow.org/job-name"
+# Each job API's container holding the training processes (the operator's and the Trainer's names).
+CONTAINER = {"pytorchjob": plan.CONTAINER, "trainjob": trainjob.NODE}
 # Everything the launcher renders carries these (manifests/_helpers.j2); cancel deletes by them.
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY = "app.kubernetes.io/managed-by=dlrm-launcher"
 # Cleaned up by cancel along with the job: its config and the mount mode's dataset claim (and volume).
 OWNED_KINDS = (("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"))
+# A TrainJob's own TrainingRuntime (rendered with it, named after it): deleted too, where Trainer is installed.
+OWNED_RUNTIME = ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime")
 # A ServiceAccount may be shared by many jobs (cluster.service_account): finding it is not an error.
 SHARED_KINDS = {"ServiceAccount"}
-FINISHED = {"Succeeded", "Failed"}
+FINISHED = {"Succeeded", "Complete", "Failed"}  # PyTorchJob's and TrainJob's terminal conditions
 
 
 def add_cluster_arguments(p: argparse.ArgumentParser, namespace: bool = True) -> None:
@@ -50,15 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         mode.add_argument("--server-dry-run", action="store_true", help="send everything with dryRun=All: the API server checks, stores nothing")
         return
     add_cluster_arguments(parser)
+    parser.add_argument("--api", choices=("pytorchjob", "trainjob"),
+                        help="the job's kind: PyTorchJob or TrainJob (default: whichever exists; list shows both)")
     if command in ("status", "logs", "cancel"):
-        parser.add_argument("name", help="the PyTorchJob's name")
+        parser.add_argument("name", help="the job's name")
     if command == "status":
         parser.add_argument("-w", "--watch", action="store_true", help="print again on every change until the job finishes")
         parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
     if command == "logs":
         parser.add_argument("-f", "--follow", action="store_true", help="stream until the container exits")
+        parser.add_argument("--node", type=int, help="node rank (0 = the master); instead of --replica/--index")
         parser.add_argument("--replica", choices=("master", "worker"), default="master")
-        parser.add_argument("--index", type=int, default=0, help="which replica of that type (default 0; worker 0 is the second node)")
+        parser.add_argument("--index", type=int, default=0, help="which replica of that type (default 0; worker 0 is node 1)")
         parser.add_argument("--previous", action="store_true", help="the previous (restarted) container's log")
         parser.add_argument("--tail", type=int, help="only the last N lines")
 
@@ -111,7 +120,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def _job_name(objs: list[dict]) -> str:
-    return next((o["metadata"]["name"] for o in objs if o["kind"] in ("PyTorchJob", "Job", "SparkApplication")),
+    return next((o["metadata"]["name"] for o in objs if o["kind"] in ("PyTorchJob", "TrainJob", "Job", "SparkApplication")),
                 objs[-1]["metadata"]["name"])
 
 
@@ -140,11 +149,16 @@ def _age(timestamp: str | None) -> str:
 
 
 def job_state(job: dict) -> str:
-    """The operator's state: the type of the latest condition that is True (Created, Running, Restarting, Succeeded, Failed)."""
+    """The controller's state: the type of the latest True condition (PyTorchJob: Created, Running,
+    Restarting, Succeeded, Failed; TrainJob: Suspended, Complete, Failed). A TrainJob has no
+    Running condition: its child Jobs' counts say whether it runs."""
     conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
     if job.get("metadata", {}).get("deletionTimestamp"):
         return "Deleting"
-    return conditions[-1]["type"] if conditions else "Pending"
+    if conditions:
+        return conditions[-1]["type"]
+    jobs = (job.get("status") or {}).get("jobsStatus") or []
+    return "Running" if any(j.get("active") or j.get("ready") for j in jobs) else "Pending"
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -153,10 +167,11 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def describe(job: dict, pods: list[dict], ages: bool = True) -> str:
-    """Job state, conditions, replica counts and pods as text; ages=False for change detection."""
+    """Job state, conditions, replica (or child Job) counts and pods as text; ages=False for change detection."""
     age = _age if ages else (lambda t: "")
     meta, st = job["metadata"], job.get("status") or {}
-    out = [f"PyTorchJob {meta['name']} (namespace {meta.get('namespace', '?')}, age {age(meta.get('creationTimestamp'))}): {job_state(job)}"]
+    out = [f"{job.get('kind', 'PyTorchJob')} {meta['name']} (namespace {meta.get('namespace', '?')}, "
+           f"age {age(meta.get('creationTimestamp'))}): {job_state(job)}"]
     conditions = st.get("conditions") or []
     if conditions:
         rows = [["TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"]]
@@ -168,6 +183,12 @@ def describe(job: dict, pods: list[dict], ages: bool = True) -> str:
     if replicas:
         rows = [["REPLICA", "ACTIVE", "SUCCEEDED", "FAILED"]]
         rows += [[r, s.get("active", 0), s.get("succeeded", 0), s.get("failed", 0)] for r, s in sorted(replicas.items())]
+        out += ["", _table(rows)]
+    jobs = st.get("jobsStatus") or []
+    if jobs:
+        keys = ("ready", "active", "succeeded", "failed", "suspended")
+        rows = [["JOB", *(k.upper() for k in keys)]]
+        rows += [[j.get("name", "?"), *(j.get(k, 0) for k in keys)] for j in jobs]
         out += ["", _table(rows)]
     if pods:
         rows = [["POD", "PHASE", "RESTARTS", "NODE", "AGE"]]
@@ -182,14 +203,46 @@ def describe(job: dict, pods: list[dict], ages: bool = True) -> str:
     return "\n".join(out)
 
 
+def _apis(args: argparse.Namespace) -> list[str]:
+    from launcher import k8s
+
+    return [args.api] if args.api else list(k8s.JOB_KINDS)
+
+
+def find_job(cluster, name: str, apis: list[str]) -> tuple[str, dict]:
+    """(api, job) for the named job, trying each API in turn; a cluster serving only one of them is fine."""
+    from launcher import k8s
+
+    errors: dict[str, k8s.UserError] = {}
+    for api in apis:
+        try:
+            return api, cluster.get_job(name, api)
+        except (k8s.NotFound, k8s.NotServed) as e:
+            errors[api] = e
+    if len(errors) == 1:
+        raise next(iter(errors.values()))
+    missing = [a for a, e in errors.items() if isinstance(e, k8s.NotFound)]
+    if not missing:  # neither operator is installed
+        raise k8s.NotServed("; ".join(str(e) for e in errors.values()))
+    what = " or ".join(f"{k8s.plural(k8s.JOB_KINDS[a][1])}.{k8s.JOB_KINDS[a][0].rpartition('/')[0]}" for a in missing)
+    raise k8s.NotFound(f"no {what} {name!r} in namespace {cluster.namespace!r}")
+
+
+def pod_selector(api: str, name: str) -> str:
+    from launcher import trainjob
+
+    return f"{JOB_LABEL}={name}" if api == "pytorchjob" else f"{trainjob.JOBSET_NAME_LABEL}={name}"
+
+
 def status(args: argparse.Namespace) -> int:
     from launcher import k8s
 
     cluster = k8s.connect(args.context, args.namespace)
+    api, _ = find_job(cluster, args.name, _apis(args))
     last = None
     while True:
-        job = cluster.get_job(args.name)
-        pods = cluster.list_pods(f"{JOB_LABEL}={args.name}")
+        job = cluster.get_job(args.name, api)
+        pods = cluster.list_pods(pod_selector(api, args.name))
         key = describe(job, pods, ages=False)  # ages tick every second: not a change worth printing
         if key != last:
             text = describe(job, pods)
@@ -205,12 +258,19 @@ def list_jobs(args: argparse.Namespace) -> int:
     from launcher import k8s
 
     cluster = k8s.connect(args.context, args.namespace)
-    jobs = cluster.list_jobs()
+    jobs, unserved = [], []
+    for api in _apis(args):
+        try:
+            jobs += cluster.list_jobs(api)
+        except k8s.NotServed as e:
+            unserved.append(e)
+    if len(unserved) == len(_apis(args)):
+        raise UserError("; ".join(str(e) for e in unserved))
     if not jobs:
-        print(f"no PyTorchJobs in namespace {cluster.namespace}")
+        print(f"no {' or '.join(k8s.JOB_KINDS[a][1] + 's' for a in _apis(args))} in namespace {cluster.namespace}")
         return 0
-    rows = [["NAME", "STATE", "AGE"]]
-    rows += [[j["metadata"]["name"], job_state(j), _age(j["metadata"].get("creationTimestamp"))]
+    rows = [["NAME", "KIND", "STATE", "AGE"]]
+    rows += [[j["metadata"]["name"], j.get("kind", "?"), job_state(j), _age(j["metadata"].get("creationTimestamp"))]
              for j in sorted(jobs, key=lambda j: j["metadata"].get("creationTimestamp", ""))]
     print(_table(rows))
     return 0
@@ -221,16 +281,25 @@ def list_jobs(args: argparse.Namespace) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
-    from launcher import k8s
+    from launcher import k8s, trainjob
 
     cluster = k8s.connect(args.context, args.namespace)
-    selector = f"{JOB_LABEL}={args.name},training.kubeflow.org/replica-type={args.replica},training.kubeflow.org/replica-index={args.index}"
+    api = args.api or find_job(cluster, args.name, _apis(args))[0]
+    rank = args.node if args.node is not None else (0 if args.replica == "master" else args.index + 1)
+    if rank < 0:
+        raise UserError(f"--node {rank}: a node rank is >= 0")
+    if api == "pytorchjob":
+        rtype, index = ("master", 0) if rank == 0 else ("worker", rank - 1)
+        selector = f"{JOB_LABEL}={args.name},training.kubeflow.org/replica-type={rtype},training.kubeflow.org/replica-index={index}"
+        which = f"{rtype} {index}"
+    else:
+        selector, which = trainjob.pod_selector(args.name, rank), f"node {rank}"
     pods = cluster.list_pods(selector)
     if not pods:
-        raise UserError(f"no pod for {args.replica} {args.index} of job {args.name} in namespace {cluster.namespace} "
+        raise UserError(f"no pod for {which} of job {args.name} in namespace {cluster.namespace} "
                         f"(yet?): `python -m launcher status {args.name} -n {cluster.namespace}` says why")
     pod = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))[-1]["metadata"]["name"]
-    for chunk in cluster.pod_log(pod, CONTAINER, follow=args.follow, previous=args.previous, tail_lines=args.tail):
+    for chunk in cluster.pod_log(pod, CONTAINER[api], follow=args.follow, previous=args.previous, tail_lines=args.tail):
         sys.stdout.write(chunk)
         sys.stdout.flush()
     return 0
@@ -243,13 +312,18 @@ def cancel(args: argparse.Namespace) -> int:
     cluster = k8s.connect(args.context, args.namespace)
     found = False
     try:
-        cluster.delete({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": args.name}})
-        print(f"PyTorchJob/{args.name} deleted (its pods terminate first)")
+        _, job = find_job(cluster, args.name, _apis(args))
+        cluster.delete(job)
+        print(f"{job['kind']}/{args.name} deleted (its pods terminate first)")
         found = True
-    except k8s.NotFound:
-        print(f"PyTorchJob/{args.name} not found in namespace {cluster.namespace}; removing what is left of it")
+    except (k8s.NotFound, k8s.NotServed):
+        print(f"job {args.name} not found in namespace {cluster.namespace}; removing what is left of it")
     selector = f"{INSTANCE_LABEL}={args.name},{MANAGED_BY}"
     deleted = {kind: _delete_all(cluster, api_version, kind, selector) for api_version, kind in OWNED_KINDS[:2]}
+    try:  # a cluster without Trainer has no TrainingRuntimes to leave behind
+        deleted["TrainingRuntime"] = _delete_all(cluster, *OWNED_RUNTIME, selector)
+    except k8s.NotServed:
+        pass
     if deleted["PersistentVolumeClaim"]:
         # The mount mode's static PV is cluster-scoped: listing it may need more than the minimal Role.
         try:
@@ -266,6 +340,8 @@ def _delete_all(cluster, api_version: str, kind: str, selector: str) -> int:
 
     count = 0
     for obj in cluster.list(api_version, kind, selector):
+        obj.setdefault("apiVersion", api_version)  # list items may come without it
+        obj.setdefault("kind", kind)
         try:
             cluster.delete(obj, propagation="Background")
             print(f"{kind}/{obj['metadata']['name']} deleted")

@@ -27,6 +27,10 @@ from dlrm.errors import UserError
 
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
 OPERATOR_HINT = "install the Kubeflow training operator (v1.9): kubectl apply --server-side -k \"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\""
+TRAINER_HINT = ("install Kubeflow Trainer v2.3 (with JobSet): helm install kubeflow-trainer oci://ghcr.io/kubeflow/charts/kubeflow-trainer "
+                "--namespace kubeflow-system --create-namespace --version 2.3.0")
+# The job kinds the launcher submits, by `api`: (apiVersion, kind).
+JOB_KINDS = {"pytorchjob": ("kubeflow.org/v1", "PyTorchJob"), "trainjob": ("trainer.kubeflow.org/v1alpha1", "TrainJob")}
 RBAC_HINT = "ask a cluster admin to bind the minimal Role from docs/security.md"
 FIELD_MANAGER = "dlrm-launcher"
 # Short connect timeout and no urllib3 retries: an unreachable cluster should fail in seconds,
@@ -37,7 +41,7 @@ SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespac
 
 # Kinds without a namespace; everything else is created in the job's namespace.
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "PriorityClass", "ClusterRole",
-                  "ClusterRoleBinding", "CustomResourceDefinition"}
+                  "ClusterRoleBinding", "CustomResourceDefinition", "ClusterTrainingRuntime"}
 # Plurals that "lowercase + s" gets wrong.
 PLURALS = {"PriorityClass": "priorityclasses", "StorageClass": "storageclasses", "Ingress": "ingresses",
            "NetworkPolicy": "networkpolicies", "Endpoints": "endpoints"}
@@ -198,6 +202,9 @@ class Cluster:
         if group == "":
             fn = getattr(self.core, f"read_{'namespaced_' if ns else ''}{_snake(kind)}")
             return self._call(fn, *((name, ns) if ns else (name,)), verb="get", what=what, name=name)
+        if ns is None:
+            return self._call(self.custom.get_cluster_custom_object, group, version, res, name,
+                              verb="get", what=what, name=name)
         return self._call(self.custom.get_namespaced_custom_object, group, version, ns, res, name,
                           verb="get", what=what, name=name)
 
@@ -216,11 +223,11 @@ class Cluster:
                              label_selector=selector or None, verb="list", what=what)
         return out.get("items", [])
 
-    def get_job(self, name: str) -> dict:
-        return self.get("kubeflow.org/v1", "PyTorchJob", name)
+    def get_job(self, name: str, api: str = "pytorchjob") -> dict:
+        return self.get(*JOB_KINDS[api], name)
 
-    def list_jobs(self) -> list[dict]:
-        return self.list("kubeflow.org/v1", "PyTorchJob")
+    def list_jobs(self, api: str = "pytorchjob") -> list[dict]:
+        return self.list(*JOB_KINDS[api])
 
     def list_pods(self, selector: str) -> list[dict]:
         return self.list("v1", "Pod", selector)
@@ -262,6 +269,10 @@ class NotFound(UserError):
     """The named object does not exist (callers that tolerate that catch it)."""
 
 
+class NotServed(UserError):
+    """404 without a Status: the API server does not serve the resource (its CRD is not installed)."""
+
+
 class AlreadyExists(UserError):
     """409 on create: the name is taken."""
 
@@ -275,9 +286,11 @@ def api_error(e: ApiException, verb: str, what: str, name: str, namespace: str) 
     if e.status == 404:
         if not status:
             # No Status body: the API server does not serve this resource at all, i.e. the CRD is missing.
+            if what.endswith(".trainer.kubeflow.org"):
+                return NotServed(f"this cluster has no Kubeflow Trainer v2 resource ({what}): {TRAINER_HINT}")
             if what.endswith("kubeflow.org"):
-                return UserError(f"this cluster has no PyTorchJob resource (kubeflow.org/v1 pytorchjobs): {OPERATOR_HINT}")
-            return UserError(f"this cluster does not serve {what}: {message or 'not found'}")
+                return NotServed(f"this cluster has no PyTorchJob resource (kubeflow.org/v1 pytorchjobs): {OPERATOR_HINT}")
+            return NotServed(f"this cluster does not serve {what}: {message or 'not found'}")
         if details.get("kind") == "namespaces":
             return UserError(f"namespace {namespace!r} does not exist: create it (kubectl create namespace {namespace}) or pass --namespace")
         return NotFound(f"no {obj} in namespace {namespace!r}")

@@ -8,7 +8,8 @@ Three layers, because each catches what the others cannot:
      (vendored from kubernetes-validate), ours for PyTorchJob and SparkApplication. Strict means an
      unknown field is an error; the API server would silently prune it and the job would run
      without, say, its toleration.
-  2. the training operator's validating webhook rules, which no schema expresses.
+  2. the training operator's validating webhook rules, which no schema expresses (for Trainer v2
+     objects: launcher/trainjob.py's, across the TrainJob and the runtime rendered with it).
   3. the upstream CRD's openAPIV3Schema, made strict the same way: the one vendored in
      launcher/schemas (see its README for source, version and licence), or --crd FILE, the
      operator version actually installed, which catches drift between the two.
@@ -26,6 +27,7 @@ import yaml
 
 from dlrm.errors import UserError
 from dlrm.fsutil import load_yaml_file_all
+from launcher import trainjob
 from launcher.names import DNS1035_LABEL
 from launcher.plan import CONTAINER
 
@@ -42,6 +44,10 @@ SCHEMA_OF = {
     ("v1", "PersistentVolume"): K8S + "io.k8s.api.core.v1.PersistentVolume",
     ("v1", "PersistentVolumeClaim"): K8S + "io.k8s.api.core.v1.PersistentVolumeClaim",
     ("v1", "ServiceAccount"): K8S + "io.k8s.api.core.v1.ServiceAccount",
+    # Kubeflow Trainer v2.3, from its own API models (schemas/vendor_trainer.py).
+    (trainjob.API_VERSION, "TrainJob"): "trainer.json#/$defs/TrainJob",
+    (trainjob.API_VERSION, "TrainingRuntime"): "trainer.json#/$defs/TrainingRuntime",
+    (trainjob.API_VERSION, "ClusterTrainingRuntime"): "trainer.json#/$defs/ClusterTrainingRuntime",
 }
 REPLICA_TYPES = ("Master", "Worker")
 
@@ -49,7 +55,7 @@ REPLICA_TYPES = ("Master", "Worker")
 @functools.lru_cache(maxsize=None)
 def _registry() -> referencing.Registry:
     resources = []
-    for name in ("k8s.json", "pytorchjob.json", "sparkapplication.json"):
+    for name in ("k8s.json", "pytorchjob.json", "sparkapplication.json", "trainer.json"):
         contents = json.loads((SCHEMAS_DIR / name).read_text())
         resources.append((BASE_URI + name, referencing.Resource.from_contents(contents)))
     return referencing.Registry().with_resources(resources)
@@ -150,6 +156,7 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[st
     PyTorchJobs are checked against `crd` (a CRD file), by default the vendored upstream one."""
     crd = Path(crd) if crd else VENDORED_CRD
     errors: list[str] = []
+    clean: list[tuple[dict, str]] = []  # objects that match their schema: the cross-object rules may read them
     for i, obj in enumerate(objs):
         if not isinstance(obj, dict):
             errors.append(f"#{i}: (document): expected a Kubernetes object, got {type(obj).__name__}")
@@ -160,11 +167,14 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[st
             known = ", ".join(f"{a} {k}" for a, k in SCHEMA_OF)
             errors.append(f"{label}: apiVersion/kind: no schema for {key[0]!r} {key[1]!r} (known: {known})")
             continue
-        errors += _schema_errors(_validator(SCHEMA_OF[key]), obj, label)
+        schema_errors = _schema_errors(_validator(SCHEMA_OF[key]), obj, label)
+        errors += schema_errors
+        if not schema_errors:
+            clean.append((obj, label))
         if key[1] == "PyTorchJob":
             errors += webhook_errors(obj, label)
             errors += [f"{e} (CRD {crd.name})" for e in _schema_errors(crd_validator(str(crd)), obj, label)]
-    return errors
+    return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean])
 
 
 def load_objects(paths: list[str | Path]) -> list[tuple[str, list]]:

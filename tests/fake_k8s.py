@@ -50,6 +50,7 @@ class Rule:
 @dataclass
 class FakeK8s:
     crd_installed: bool = True  # False: /apis/kubeflow.org/... answers a bare 404, as with no CRD
+    trainer_installed: bool = True  # False: the same for Kubeflow Trainer v2's /apis/trainer.kubeflow.org/...
     requests: list[Request] = field(default_factory=list)
     objects: dict[tuple[str, str], dict] = field(default_factory=dict)  # (collection path, name) -> object
     logs: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (ns, pod, container) -> text
@@ -125,7 +126,8 @@ class FakeK8s:
                 rule.times -= 1
                 name = (m and m["name"]) or (body or {}).get("metadata", {}).get("name", "")
                 return _status(h, rule.status, _reason(rule.status), name, (m and m["plural"]) or "")
-        if m is None or (not self.crd_installed and url.path.startswith("/apis/kubeflow.org/")):
+        if m is None or (not self.crd_installed and url.path.startswith("/apis/kubeflow.org/")) \
+                or (not self.trainer_installed and url.path.startswith("/apis/trainer.kubeflow.org/")):
             return _send(h, 404, b"404 page not found", "text/plain")
         collection = url.path if m["name"] is None else url.path.rsplit("/" + m["name"], 1)[0]
         name, plural, ns = m["name"], m["plural"], m["ns"] or ""

@@ -193,7 +193,9 @@ def test_status_shows_conditions_replicas_and_pods(api, capsys):
 
 def test_status_of_a_missing_job(api, capsys):
     rc, _, err = run(capsys, "status", "nope")
-    assert rc == 2 and "no pytorchjobs.kubeflow.org 'nope' in namespace 'ml'" in err
+    assert rc == 2 and "no pytorchjobs.kubeflow.org or trainjobs.trainer.kubeflow.org 'nope' in namespace 'ml'" in err
+    rc, _, err = run(capsys, "status", "nope", "--api", "pytorchjob")
+    assert rc == 2 and err == "error: no pytorchjobs.kubeflow.org 'nope' in namespace 'ml'\n"
 
 
 def test_status_watch_reprints_until_the_job_finishes(api, capsys):
@@ -217,10 +219,12 @@ def test_list_shows_state_and_age(api, capsys):
     rc, out, _ = run(capsys, "list")
     assert rc == 0
     rows = [line.split() for line in out.splitlines()]
-    assert rows[0] == ["NAME", "STATE", "AGE"] and rows[1][:2] == ["a-job", "Succeeded"] and rows[2][:2] == ["b-job", "Pending"]
+    assert rows[0] == ["NAME", "KIND", "STATE", "AGE"]
+    assert rows[1][:3] == ["a-job", "PyTorchJob", "Succeeded"] and rows[2][:3] == ["b-job", "PyTorchJob", "Pending"]
 
 
 def test_logs_picks_the_replica_by_labels(api, capsys):
+    _job(api)
     _pod(api, "dlrm-smoke", "master", 0)
     worker = _pod(api, "dlrm-smoke", "worker", 1)
     api.set_log("ml", worker, "pytorch", "step 10 loss 0.5\nstep 20 loss 0.4\n")
@@ -253,3 +257,116 @@ def test_cancel_cleans_a_leftover_config_without_a_job(api, capsys):
     rc, out, _ = run(capsys, "cancel", "dlrm-smoke")
     assert rc == 0 and "not found" in out and "ConfigMap/dlrm-smoke-config deleted" in out
     assert run(capsys, "submit", *JOB)[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# TrainJobs (Kubeflow Trainer v2): the same commands, found by the JobSet's labels
+
+
+TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs"
+RUNTIMES = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainingruntimes"
+
+
+def _trainjob(api, name="dlrm-tj", conditions=(), jobs=None):
+    status = {"conditions": [{"type": t, "status": s, "reason": r, "message": f"TrainJob is {t.lower()}",
+                              "lastTransitionTime": "2024-05-01T10:00:00Z"} for t, s, r in conditions]}
+    if jobs:
+        status["jobsStatus"] = jobs
+    return api.add(TRAINJOBS, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                               "metadata": {"name": name, "namespace": "ml"}, "spec": {}, "status": status})
+
+
+def _jobset_pod(api, job, rank, phase="Running", restarts=0):
+    """A pod as JobSet names and labels it: <jobset>-<replicated job>-<job index>-<completion index>-<suffix>."""
+    labels = {"jobset.sigs.k8s.io/jobset-name": job, "jobset.sigs.k8s.io/replicatedjob-name": "node",
+              "jobset.sigs.k8s.io/job-index": "0", "batch.kubernetes.io/job-completion-index": str(rank)}
+    name = f"{job}-node-0-{rank}-x{rank}z"
+    api.add(PODS, {"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": f"gpu-node-{rank}"},
+                   "status": {"phase": phase, "containerStatuses": [{"name": "node", "restartCount": restarts}]}})
+    return name
+
+
+def test_status_of_a_trainjob_from_its_conditions_child_jobs_and_jobset_pods(api, capsys):
+    _trainjob(api, jobs=[{"name": "node", "ready": 1, "active": 1, "succeeded": 0, "failed": 0, "suspended": 0}])
+    _jobset_pod(api, "dlrm-tj", 0)
+    _jobset_pod(api, "dlrm-tj", 1, phase="Pending", restarts=2)
+    _jobset_pod(api, "other", 0)
+    rc, out, _ = run(capsys, "status", "dlrm-tj")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("TrainJob dlrm-tj (namespace ml") and lines[0].endswith(": Running")
+    assert any(line.split() == ["node", "1", "1", "0", "0", "0"] for line in lines)
+    assert any(line.split()[:4] == ["dlrm-tj-node-0-1-x1z", "Pending", "2", "gpu-node-1"] for line in lines)
+    assert "other" not in out
+    assert api.find("GET", "/pods")[0].query["labelSelector"] == ["jobset.sigs.k8s.io/jobset-name=dlrm-tj"]
+    # looked up as a PyTorchJob first (404), then as a TrainJob
+    assert [r.path for r in api.find("GET")][:2] == ["/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs/dlrm-tj",
+                                                     TRAINJOBS + "/dlrm-tj"]
+
+
+def test_trainjob_watch_ends_on_complete_and_failed(api, capsys):
+    job = _trainjob(api)
+
+    def finish():
+        time.sleep(0.5)
+        job["status"]["conditions"] = [{"type": "Complete", "status": "True", "reason": "JobSetCompleted"}]
+
+    threading.Thread(target=finish).start()
+    rc, out, _ = run(capsys, "status", "dlrm-tj", "--watch", "--interval", "0.05", "--api", "trainjob")
+    assert rc == 0 and out.splitlines()[0].endswith(": Pending") and out.rstrip().split("\n--- ")[-1].splitlines()[1].endswith(": Complete")
+    job["status"]["conditions"].append({"type": "Failed", "status": "True", "reason": "DeadlineExceeded"})
+    rc, out, _ = run(capsys, "status", "dlrm-tj")
+    assert rc == 1 and out.splitlines()[0].endswith(": Failed")
+
+
+def test_trainjob_logs_by_node_rank(api, capsys):
+    _trainjob(api)
+    _jobset_pod(api, "dlrm-tj", 0)
+    pod = _jobset_pod(api, "dlrm-tj", 1)
+    api.set_log("ml", pod, "node", "step 10 loss 0.5\n")
+    for flags in (["--node", "1"], ["--replica", "worker", "--index", "0"]):  # worker 0 is node 1 in both APIs
+        rc, out, err = run(capsys, "logs", "dlrm-tj", *flags)
+        assert rc == 0 and out == "step 10 loss 0.5\n", err
+    selector = [r for r in api.find("GET", "/pods") if "labelSelector" in r.query][-1].query["labelSelector"][0]
+    assert selector == ("jobset.sigs.k8s.io/jobset-name=dlrm-tj,jobset.sigs.k8s.io/replicatedjob-name=node,"
+                        "batch.kubernetes.io/job-completion-index=1")
+    assert api.find("GET", "/log")[-1].query["container"] == ["node"]
+    rc, _, err = run(capsys, "logs", "dlrm-tj", "--node", "7")
+    assert rc == 2 and "no pod for node 7 of job dlrm-tj" in err
+
+
+def test_list_shows_both_kinds_and_tolerates_one_missing_operator(api, capsys):
+    _job(api, "a-job", conditions=[("Created", "True"), ("Running", "True")])
+    _trainjob(api, "b-job", conditions=[("Complete", "True", "JobSetCompleted")])
+    rc, out, _ = run(capsys, "list")
+    rows = [line.split()[:3] for line in out.splitlines()]
+    assert rc == 0 and rows == [["NAME", "KIND", "STATE"], ["a-job", "PyTorchJob", "Running"], ["b-job", "TrainJob", "Complete"]]
+    rc, out, _ = run(capsys, "list", "--api", "trainjob")
+    assert rc == 0 and "a-job" not in out and "b-job" in out
+    api.crd_installed = False  # a Trainer-only cluster
+    rc, out, _ = run(capsys, "list")
+    assert rc == 0 and "b-job" in out
+    rc, _, err = run(capsys, "status", "b-job")
+    assert rc == 0
+    api.trainer_installed = False
+    rc, _, err = run(capsys, "list")
+    assert rc == 2 and "no PyTorchJob resource" in err and "no Kubeflow Trainer v2 resource" in err and "helm install" in err
+    rc, _, err = run(capsys, "status", "b-job", "--api", "trainjob")
+    assert rc == 2 and err.startswith("error: this cluster has no Kubeflow Trainer v2 resource (trainjobs.trainer.kubeflow.org)")
+
+
+def test_cancel_a_trainjob_deletes_it_and_the_runtime_rendered_with_it(api, capsys):
+    _trainjob(api)
+    owned = {"app.kubernetes.io/instance": "dlrm-tj", "app.kubernetes.io/managed-by": "dlrm-launcher"}
+    api.add(RUNTIMES, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainingRuntime",
+                       "metadata": {"name": "dlrm-tj", "labels": owned}, "spec": {}})
+    api.add(RUNTIMES, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainingRuntime",
+                       "metadata": {"name": "shared-runtime", "labels": {}}, "spec": {}})
+    api.add(CONFIGMAPS, {"metadata": {"name": "dlrm-tj-config", "labels": owned}})
+    rc, out, _ = run(capsys, "cancel", "dlrm-tj")
+    assert rc == 0
+    deletes = [(r.path, r.query["propagationPolicy"]) for r in api.find("DELETE")]
+    assert deletes == [(TRAINJOBS + "/dlrm-tj", ["Foreground"]), (CONFIGMAPS + "/dlrm-tj-config", ["Background"]),
+                       (RUNTIMES + "/dlrm-tj", ["Background"])]
+    assert "TrainJob/dlrm-tj deleted" in out and "TrainingRuntime/dlrm-tj deleted" in out
+    assert list(api.objects) == [(RUNTIMES, "shared-runtime")]

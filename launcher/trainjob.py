@@ -1,0 +1,201 @@
+"""Kubeflow Trainer v2 (trainer.kubeflow.org/v1alpha1, on JobSet): the facts the launcher relies on,
+defined once, and the Trainer admission rules that no schema expresses.
+
+    errors = trainer_errors(objects)        # every TrainJob / (Cluster)TrainingRuntime among them
+
+Facts, from Trainer v2.3's sources (pkg/constants, the torch plugin, the JobSet plugin):
+a TrainJob references a runtime; the runtime's replicated job labelled
+`trainer.kubeflow.org/trainjob-ancestor-step: trainer` (ours: `node`) runs `numNodes` pods
+<job>-node-0-<i>, each with a container `node`. For a torch runtime the torch plugin injects
+PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK (the Job completion index), PET_MASTER_ADDR
+(<job>-node-0-0.<job>, the JobSet headless service) and PET_MASTER_PORT (29500), which torchrun reads.
+JobSet labels every pod with `jobset.sigs.k8s.io/jobset-name` (= the TrainJob's name).
+"""
+from __future__ import annotations
+
+import re
+
+API_VERSION = "trainer.kubeflow.org/v1alpha1"
+GROUP = "trainer.kubeflow.org"
+RUNTIME_KINDS = ("TrainingRuntime", "ClusterTrainingRuntime")
+DEFAULT_RUNTIME_KIND = "ClusterTrainingRuntime"  # runtimeRef.kind's CRD default
+ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
+ANCESTOR_TRAINER = "trainer"
+# The ancestors the TrainingRuntime webhook knows, and the container each must have.
+ANCESTOR_CONTAINERS = {"trainer": "node", "dataset-initializer": "dataset-initializer", "model-initializer": "model-initializer"}
+NODE = "node"  # the trainer's replicated job and its container
+MASTER_PORT = 29500  # constants.ContainerTrainerPort
+# Set by the torch plugin; a TrainJob that sets one is refused by the webhook (TorchRunReservedEnvNames).
+PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+COMPLETION_INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# TrainJob.spec.managedBy's allowed values (CRD CEL rule).
+MANAGED_BY = ("trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue")
+# ContainerPatch.env may not target these: their env comes only from spec.trainer / spec.initializer.
+NO_ENV_PATCH = ("node", "dataset-initializer", "model-initializer")
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def master_addr(job: str) -> str:
+    """The address the torch plugin gives every node: pod <job>-node-0-0 in the JobSet's subdomain <job>."""
+    return f"{job}-{NODE}-0-0.{job}"
+
+
+def pod_selector(job: str, node: int | None = None) -> str:
+    """Label selector for a TrainJob's trainer pods (all, or node rank `node`)."""
+    selector = f"{JOBSET_NAME_LABEL}={job},{REPLICATED_JOB_LABEL}={NODE}"
+    return selector if node is None else f"{selector},{COMPLETION_INDEX_LABEL}={node}"
+
+
+def trainer_job(runtime: dict) -> tuple[int, dict] | None:
+    """(index, replicated job) of the runtime's trainer ancestor, or None."""
+    rjobs = (((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
+    for i, rjob in enumerate(rjobs):
+        labels = ((rjob.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if isinstance(rjob, dict) and labels.get(ANCESTOR_LABEL) == ANCESTOR_TRAINER:
+            return i, rjob
+    return None
+
+
+def max_restarts(runtime: dict) -> int:
+    """The JobSet failure policy's maxRestarts (0 when unset: JobSet's default)."""
+    policy = ((((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}).get("failurePolicy")) or {}
+    return int(policy.get("maxRestarts") or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Trainer's admission rules (CRD CEL rules and webhooks) that the vendored schema cannot express.
+
+
+def runtime_errors(rt: dict, label: str) -> list[str]:
+    """TrainingRuntime webhook (validateReplicatedJobs, validatePriorityClassName) and MLPolicy's one-of rules."""
+    errors = []
+    spec = rt.get("spec") or {}
+    ml = spec.get("mlPolicy") or {}
+    sources = [k for k in ("torch", "mpi", "flux", "jax", "xgboost") if k in ml]
+    if len(sources) > 1:
+        errors.append(f"{label}: spec.mlPolicy: only one of the policies can be configured, got {', '.join(sources)}")
+    if "numNodes" in ml and not (isinstance(ml["numNodes"], int) and ml["numNodes"] >= 1):
+        errors.append(f"{label}: spec.mlPolicy.numNodes: must be >= 1, got {ml['numNodes']!r}")
+    groups = [k for k in ("coscheduling", "volcano") if k in (spec.get("podGroupPolicy") or {})]
+    if len(groups) > 1:
+        errors.append(f"{label}: spec.podGroupPolicy: only one of coscheduling, volcano may be specified")
+    rjobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
+    for i, rjob in enumerate(rjobs):
+        where = f"spec.template.spec.replicatedJobs[{i}]"
+        ancestor = (((rjob.get("template") or {}).get("metadata") or {}).get("labels") or {}).get(ANCESTOR_LABEL)
+        pod = ((((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+        if ancestor in ANCESTOR_CONTAINERS:
+            if rjob.get("replicas", 1) != 1:
+                errors.append(f"{label}: {where}.replicas: always must be 1 for the {ancestor} ancestor, got {rjob.get('replicas')!r}")
+            names = [c.get("name") for c in pod.get("containers") or [] if isinstance(c, dict)]
+            if ANCESTOR_CONTAINERS[ancestor] not in names:
+                errors.append(f"{label}: {where}.template.spec.template.spec.containers: must contain the required "
+                              f"container {ANCESTOR_CONTAINERS[ancestor]!r} for the ancestor {ancestor} (got {names})")
+        if pod.get("priorityClassName") and ancestor != ANCESTOR_TRAINER:
+            errors.append(f"{label}: {where}.template.spec.template.spec.priorityClassName: must not be set on this "
+                          f"replicatedJob: only the one labelled with the {ANCESTOR_TRAINER!r} ancestor may set it")
+    if trainer_job(rt) is None:
+        errors.append(f"{label}: spec.template.spec.replicatedJobs: no replicated job labelled "
+                      f"{ANCESTOR_LABEL}: {ANCESTOR_TRAINER}, so a TrainJob's trainer settings would apply to nothing")
+    return errors
+
+
+def trainjob_errors(job: dict, label: str, runtimes: dict[tuple[str, str, str], dict]) -> list[str]:
+    """TrainJob CRD rules, the TrainJob webhook and the torch plugin's checks; `runtimes` maps
+    (kind, namespace or '', name) to the runtimes rendered alongside, for the cross-object checks."""
+    errors = []
+    meta, spec = job.get("metadata") or {}, job.get("spec") or {}
+    name = meta.get("name", "")
+    if not (isinstance(name, str) and len(name) <= 63 and DNS_1035.match(name)):
+        errors.append(f"{label}: metadata.name: {name!r} must be an RFC 1035 DNS label of at most 63 characters")
+    ref = spec.get("runtimeRef") or {}
+    kind, group = ref.get("kind", DEFAULT_RUNTIME_KIND), ref.get("apiGroup", GROUP)
+    if not ref.get("name"):
+        errors.append(f"{label}: spec.runtimeRef.name: must name a TrainingRuntime or ClusterTrainingRuntime")
+    if group != GROUP or kind not in RUNTIME_KINDS:
+        errors.append(f"{label}: spec.runtimeRef: unsupported runtime {kind}.{group}; expected "
+                      f"{' or '.join(RUNTIME_KINDS)} of {GROUP}")
+    trainer = spec.get("trainer") or {}
+    for key in ("numNodes", "numProcPerNode"):
+        if key in trainer and not (isinstance(trainer[key], int) and trainer[key] >= 1):
+            errors.append(f"{label}: spec.trainer.{key}: must be >= 1, got {trainer[key]!r}")
+    reserved = sorted({e.get("name") for e in trainer.get("env") or [] if isinstance(e, dict)} & set(PET_ENV))
+    if reserved:
+        errors.append(f"{label}: spec.trainer.env: must not have reserved envs, invalid envs configured: {reserved} "
+                      f"(the torch plugin sets them)")
+    if "activeDeadlineSeconds" in spec and not (isinstance(spec["activeDeadlineSeconds"], int) and spec["activeDeadlineSeconds"] >= 1):
+        errors.append(f"{label}: spec.activeDeadlineSeconds: must be >= 1, got {spec['activeDeadlineSeconds']!r}")
+    if "managedBy" in spec and spec["managedBy"] not in MANAGED_BY:
+        errors.append(f"{label}: spec.managedBy: must be {' or '.join(MANAGED_BY)}, got {spec['managedBy']!r}")
+    errors += _patch_errors(spec.get("runtimePatches") or [], label)
+    runtime = runtimes.get((kind, "" if kind == "ClusterTrainingRuntime" else meta.get("namespace", ""), ref.get("name")))
+    if runtime is not None:
+        errors += _against_runtime(spec, runtime, label)
+    return errors
+
+
+def _patch_errors(patches: list, label: str) -> list[str]:
+    errors = []
+    if len(patches) > 16:
+        errors.append(f"{label}: spec.runtimePatches: at most 16 entries, got {len(patches)}")
+    managers = [p.get("manager") for p in patches if isinstance(p, dict)]
+    for m in sorted({m for m in managers if managers.count(m) > 1}):
+        errors.append(f"{label}: spec.runtimePatches: manager {m!r} appears more than once (the list is keyed by manager)")
+    for i, p in enumerate(patches):
+        if not isinstance(p, dict):
+            continue
+        if not p.get("manager"):
+            errors.append(f"{label}: spec.runtimePatches[{i}].manager: must not be empty")
+        rjobs = ((((p.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")) or []
+        for j, rjob in enumerate(rjobs):
+            pod = (((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+            for key in ("containers", "initContainers"):
+                for k, c in enumerate(pod.get(key) or []):
+                    if c.get("env") and c.get("name") in NO_ENV_PATCH:
+                        errors.append(f"{label}: spec.runtimePatches[{i}].trainingRuntimeSpec.template.spec.replicatedJobs[{j}]"
+                                      f".template.spec.template.spec.{key}[{k}].env: cannot be set for container "
+                                      f"{c.get('name')!r}; its env comes from spec.trainer or spec.initializer")
+    return errors
+
+
+def _against_runtime(spec: dict, runtime: dict, label: str) -> list[str]:
+    """What a TrainJob needs of the runtime it references, when that runtime is rendered with it."""
+    errors = []
+    where = f"{runtime['kind']}/{runtime['metadata'].get('name')}"
+    ml = (runtime.get("spec") or {}).get("mlPolicy") or {}
+    if "torch" not in ml:
+        errors.append(f"{label}: spec.runtimeRef: {where} has no mlPolicy.torch, so no PET_* environment is injected "
+                      f"and torchrun would start a single-node job on every node")
+    # The TrainJob's numNodes overrides the runtime's mlPolicy.numNodes (the torch plugin's
+    # EnforceMLPolicy); a job relying on the runtime's default must find a valid one there.
+    trainer = spec.get("trainer") or {}
+    if "numNodes" not in trainer and not (isinstance(ml.get("numNodes", 1), int) and ml.get("numNodes", 1) >= 1):
+        errors.append(f"{label}: spec.trainer.numNodes: unset, and {where}'s mlPolicy.numNodes {ml.get('numNodes')!r} is not >= 1")
+    names = {rj.get("name") for rj in (((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs") or []}
+    for i, p in enumerate(spec.get("runtimePatches") or []):
+        rjobs = ((((p.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")) or []
+        for j, rjob in enumerate(rjobs):
+            if rjob.get("name") not in names:
+                errors.append(f"{label}: spec.runtimePatches[{i}].trainingRuntimeSpec.template.spec.replicatedJobs[{j}].name: "
+                              f"{where} has no replicated job {rjob.get('name')!r} (it has {sorted(n for n in names if n)})")
+    return errors
+
+
+def trainer_errors(objs: list[dict], labels: list[str]) -> list[str]:
+    """Every Trainer rule over the objects (labels[i] names objs[i] in messages)."""
+    runtimes = {(o["kind"], "" if o["kind"] == "ClusterTrainingRuntime" else (o.get("metadata") or {}).get("namespace", ""),
+                 (o.get("metadata") or {}).get("name")): o
+                for o in objs if isinstance(o, dict) and o.get("apiVersion") == API_VERSION and o.get("kind") in RUNTIME_KINDS}
+    errors = []
+    for obj, label in zip(objs, labels):
+        if not isinstance(obj, dict) or obj.get("apiVersion") != API_VERSION:
+            continue
+        if obj.get("kind") in RUNTIME_KINDS:
+            errors += runtime_errors(obj, label)
+        elif obj.get("kind") == "TrainJob":
+            errors += trainjob_errors(obj, label, runtimes)
+    return errors
