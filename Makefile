@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
 # Job variables (launcher): make submit NODES=2 GPUS=8 [IMAGE=...] [NAMESPACE=...] [PROFILE=...] [VALUES=...]
-#   [DATASET=...] [DRY_RUN=1] [BACKEND=local]
+#   [DATASET=...] [DRY_RUN=1] [BACKEND=local] [API=pytorchjob|trainjob]
 NODES ?=
 GPUS ?=
 IMAGE ?=
@@ -18,9 +18,10 @@ BACKEND ?= cluster
 NAME ?=
 OUT ?=
 DATASET ?=
+API ?=
 JOB_ARGS = --profile $(PROFILE) $(if $(VALUES),--values $(VALUES)) $(if $(NODES),--nodes $(NODES)) \
   $(if $(GPUS),--gpus $(GPUS)) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),--namespace $(NAMESPACE)) \
-  $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET))
+  $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET)) $(if $(API),--api $(API))
 
 .PHONY: setup test test-fast demo bench bench-gpu render submit status logs images push test-images clean
 
@@ -61,10 +62,10 @@ else
 endif
 
 status: setup
-	$(VPY) -m launcher status $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE))
+	$(VPY) -m launcher status $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(API),--api $(API))
 
 logs: setup
-	$(VPY) -m launcher logs $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(FOLLOW),-f)
+	$(VPY) -m launcher logs $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(FOLLOW),-f) $(if $(API),--api $(API))
 
 images:
 	bash images/build.sh

@@ -96,6 +96,7 @@ def submit(args: argparse.Namespace) -> int:
     job = _job_name(objs)
     namespace = next(o["metadata"]["namespace"] for o in objs if o["kind"] != "PersistentVolume")
     cluster = k8s.connect(args.context, namespace)
+    _check_cluster_runtimes(cluster, objs)
     created: list[dict] = []
     verb = "accepted (server dry run: nothing stored)" if args.server_dry_run else "created"
     for obj in objs:
@@ -117,6 +118,27 @@ def submit(args: argparse.Namespace) -> int:
     if not args.server_dry_run:
         print(f"next: python -m launcher status {job} -n {namespace} --watch; python -m launcher logs {job} -n {namespace} -f")
     return 0
+
+
+def _check_cluster_runtimes(cluster, objs: list[dict]) -> None:
+    """A TrainJob naming a ClusterTrainingRuntime the cluster lacks would be created and then fail
+    in the controller: look it up first (a user whose Role cannot read it is only warned)."""
+    from launcher import k8s, trainjob
+
+    for job in (o for o in objs if o["kind"] == "TrainJob"):
+        ref = job["spec"]["runtimeRef"]
+        if ref.get("kind", trainjob.DEFAULT_RUNTIME_KIND) != "ClusterTrainingRuntime":
+            continue
+        try:
+            cluster.get(trainjob.API_VERSION, "ClusterTrainingRuntime", ref["name"])
+        except k8s.NotFound:
+            raise UserError(f"no ClusterTrainingRuntime {ref['name']!r} on this cluster (trainjob.cluster_runtime): "
+                            f"`kubectl get clustertrainingruntimes` lists them, Trainer's Helm chart installs the stock ones "
+                            f"with --set runtimes.defaultEnabled=true; or leave trainjob.cluster_runtime empty") from None
+        except k8s.NotServed:
+            raise
+        except UserError as e:
+            print(f"warning: could not check ClusterTrainingRuntime {ref['name']}: {e}", file=sys.stderr)
 
 
 def _job_name(objs: list[dict]) -> str:
@@ -210,17 +232,20 @@ def _apis(args: argparse.Namespace) -> list[str]:
 
 
 def find_job(cluster, name: str, apis: list[str]) -> tuple[str, dict]:
-    """(api, job) for the named job, trying each API in turn; a cluster serving only one of them is fine."""
+    """(api, job) for the named job, trying each API in turn. A cluster serving only one of them,
+    or a Role granting only one, is fine: only when no API answers is that the error."""
     from launcher import k8s
 
     errors: dict[str, k8s.UserError] = {}
     for api in apis:
         try:
             return api, cluster.get_job(name, api)
-        except (k8s.NotFound, k8s.NotServed) as e:
+        except (k8s.NotFound, k8s.NotServed, k8s.Forbidden) as e:
             errors[api] = e
     if len(errors) == 1:
         raise next(iter(errors.values()))
+    if any(isinstance(e, k8s.Forbidden) for e in errors.values()):  # it may be the one we cannot read
+        raise k8s.Forbidden("; ".join(str(e) for e in errors.values()))
     missing = [a for a, e in errors.items() if isinstance(e, k8s.NotFound)]
     if not missing:  # neither operator is installed
         raise k8s.NotServed("; ".join(str(e) for e in errors.values()))
@@ -262,10 +287,12 @@ def list_jobs(args: argparse.Namespace) -> int:
     for api in _apis(args):
         try:
             jobs += cluster.list_jobs(api)
-        except k8s.NotServed as e:
+        except (k8s.NotServed, k8s.Forbidden) as e:
+            if args.api:
+                raise
             unserved.append(e)
     if len(unserved) == len(_apis(args)):
-        raise UserError("; ".join(str(e) for e in unserved))
+        raise next((e for e in unserved if isinstance(e, k8s.Forbidden)), None) or UserError("; ".join(str(e) for e in unserved))
     if not jobs:
         print(f"no {' or '.join(k8s.JOB_KINDS[a][1] + 's' for a in _apis(args))} in namespace {cluster.namespace}")
         return 0
@@ -320,9 +347,9 @@ def cancel(args: argparse.Namespace) -> int:
         print(f"job {args.name} not found in namespace {cluster.namespace}; removing what is left of it")
     selector = f"{INSTANCE_LABEL}={args.name},{MANAGED_BY}"
     deleted = {kind: _delete_all(cluster, api_version, kind, selector) for api_version, kind in OWNED_KINDS[:2]}
-    try:  # a cluster without Trainer has no TrainingRuntimes to leave behind
+    try:  # a cluster without Trainer (or a Role without it) has no TrainingRuntimes of ours to leave behind
         deleted["TrainingRuntime"] = _delete_all(cluster, *OWNED_RUNTIME, selector)
-    except k8s.NotServed:
+    except (k8s.NotServed, k8s.Forbidden):
         pass
     if deleted["PersistentVolumeClaim"]:
         # The mount mode's static PV is cluster-scoped: listing it may need more than the minimal Role.

@@ -31,6 +31,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="training image (default dlrm-k8s-train:<version>)")
     p.add_argument("--namespace", help="Kubernetes namespace")
     p.add_argument("--name", help="job name (a DNS-1035 label)")
+    p.add_argument("--api", choices=("pytorchjob", "trainjob"),
+                   help="job API: PyTorchJob (Kubeflow training operator v1, the default) or TrainJob (Kubeflow Trainer v2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. --set train.epochs=2 --set cluster.efa=4; repeatable")
     p.add_argument("--feature-spec", metavar="FILE|s3://...",
@@ -42,7 +44,7 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 def job_from_args(args: argparse.Namespace) -> JobConfig:
     """Profile <- --values <- the named flags <- --set (so --set wins), validated."""
     flags = {"nodes": args.nodes, "gpus_per_node": args.gpus, "image": args.image,
-             "namespace": args.namespace, "name": args.name}
+             "namespace": args.namespace, "name": args.name, "api": args.api}
     # JSON is YAML: each flag's value keeps its type through dlrm.config.parse_override.
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
     return load_job_config(args.profile, values=args.values, overrides=overrides)

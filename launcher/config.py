@@ -118,8 +118,21 @@ class PreprocessConfig:
 
 
 @dataclass
+class TrainJobConfig:
+    """Kubeflow Trainer v2 (`api: trainjob`): which training runtime the TrainJob references."""
+    # "" -> a namespaced TrainingRuntime named after the job, rendered with it and holding our pod
+    # template (security context, volumes, shm, tolerations, staging init container, EFA, gang
+    # policy, restarts). A name -> that existing ClusterTrainingRuntime (e.g. the stock
+    # torch-distributed), our pod settings applied through the TrainJob's runtime patches.
+    cluster_runtime: str = ""
+    schedule_timeout_seconds: NonNegative = 60  # scheduling.gang=scheduler-plugins: the coscheduling PodGroup's timeout
+
+
+@dataclass
 class JobConfig:
     kind: Literal["train", "preprocess"] = "train"
+    # Which job API trains: the training operator v1's PyTorchJob, or Kubeflow Trainer v2's TrainJob.
+    api: Literal["pytorchjob", "trainjob"] = "pytorchjob"
     name: NonEmpty = "dlrm"
     namespace: NonEmpty = "default"
     image: NonEmpty = f"dlrm-k8s-train:{__version__}"
@@ -137,6 +150,7 @@ class JobConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    trainjob: TrainJobConfig = field(default_factory=TrainJobConfig)
 
     @property
     def world_size(self) -> int:
@@ -145,6 +159,8 @@ class JobConfig:
     @property
     def suffixes(self) -> list[str]:
         """Every suffix appended to `name` for this job; the longest bounds the name's length."""
+        if self.api == "trainjob":  # JobSet's pods: <name>-node-0-<node rank>, also their hostnames
+            return list(FIXED_SUFFIXES) + [f"-node-0-{self.nodes - 1}"]
         return list(FIXED_SUFFIXES) + ([f"-worker-{self.nodes - 2}"] if self.nodes > 1 else [])
 
     def validate(self) -> None:
@@ -154,6 +170,8 @@ class JobConfig:
         _check_names(self)
         _check_resources(self)
         _check_storage(self)
+        if self.kind == "train" and self.api == "trainjob":
+            _check_trainjob(self)
 
 
 def _fail_unless(ok: bool, message: str) -> None:
@@ -172,11 +190,43 @@ def _check_choices(c: JobConfig) -> None:
     for section, env in (("cluster.env", c.cluster.env), ("cluster.nccl_env", c.cluster.nccl_env)):
         for key in env:
             names.check_name(f"{section} key", key, names.ENV_NAME)
+            _fail_unless(key not in RESERVED_ENV, f"{section}: {key} is set by the job controller for torchrun; it cannot be overridden")
             _fail_unless(not SECRET_ENV_NAME.search(key),
                          f"{section}: {key} holds a credential, which would be stored in plain text in the job; "
                          f"put it in a Secret and set s3.secret (or use s3.role_arn)")
     for key in c.cluster.extra_resources:
         names.check_key("cluster.extra_resources key", key, need_prefix=True)
+
+
+# Set by the job controllers (the training operator, Trainer's torch plugin) in the training container.
+RESERVED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NNODES", "PET_NPROC_PER_NODE",
+                "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
+
+def _check_trainjob(c: JobConfig) -> None:
+    """What a TrainJob cannot express is refused here, with the reason and the way out."""
+    t, where = c.trainjob, "api=trainjob"
+    names.check_name("trainjob.cluster_runtime", t.cluster_runtime, names.SUBDOMAIN, optional=True)
+    _fail_unless(c.cluster.clean_pod_policy == "None",
+                 f"cluster.clean_pod_policy={c.cluster.clean_pod_policy} has no TrainJob equivalent ({where}): JobSet keeps "
+                 f"finished pods until cluster.ttl_seconds_after_finished removes the JobSet; leave it None")
+    _fail_unless(c.scheduling.min_available in (0, c.nodes),
+                 f"scheduling.min_available={c.scheduling.min_available} cannot be expressed ({where}): Trainer's gang "
+                 f"policies always require every node (PodGroup minMember = numNodes); leave it 0")
+    if not t.cluster_runtime:
+        return
+    # A runtime patch may set volumes, mounts, security contexts, node selector, tolerations, pull
+    # secrets and the service account (trainer.kubeflow.org/v1alpha1 PodSpecPatch), nothing else.
+    runtime = f"trainjob.cluster_runtime={t.cluster_runtime}"
+    _fail_unless(c.storage.mode != "stage",
+                 f"storage.mode=stage needs the stage init container, which a runtime patch cannot add to {runtime}: "
+                 f"use storage.mode=mount, or leave trainjob.cluster_runtime empty (a TrainingRuntime is rendered with the job)")
+    _fail_unless(c.scheduling.gang in ("none", "kueue"),
+                 f"scheduling.gang={c.scheduling.gang} is the runtime's podGroupPolicy, which a TrainJob cannot patch: "
+                 f"pick a ClusterTrainingRuntime that has it and set scheduling.gang=none, or leave trainjob.cluster_runtime empty")
+    _fail_unless(not c.scheduling.priority_class,
+                 f"scheduling.priority_class cannot be set through a runtime patch of {runtime}: "
+                 f"leave trainjob.cluster_runtime empty, or use a runtime whose pod template sets it")
 
 
 def _check_names(c: JobConfig) -> None:

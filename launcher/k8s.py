@@ -273,6 +273,10 @@ class NotServed(UserError):
     """404 without a Status: the API server does not serve the resource (its CRD is not installed)."""
 
 
+class Forbidden(UserError):
+    """403: RBAC denies the verb on the resource."""
+
+
 class AlreadyExists(UserError):
     """409 on create: the name is taken."""
 
@@ -297,7 +301,7 @@ def api_error(e: ApiException, verb: str, what: str, name: str, namespace: str) 
     if e.status == 409:
         return AlreadyExists(f"{obj} already exists in namespace {namespace!r}")
     if e.status == 403:
-        return UserError(f"forbidden: you may not {verb} {what} in namespace {namespace!r} ({message}); {RBAC_HINT}")
+        return Forbidden(f"forbidden: you may not {verb} {what} in namespace {namespace!r} ({message}); {RBAC_HINT}")
     if e.status == 401:
         return UserError(f"the API server rejected your credentials ({message}); refresh them (e.g. your cloud's get-credentials command)")
     if e.status in (400, 422):
