@@ -9,12 +9,15 @@
 Shape (B = replicas, the job's nodes):
 
     JobPlan
-      api            "pytorchjob": the encoding of `objects` (a second job API is another encoder)
+      api            "pytorchjob" | "trainjob": which encoding `objects` are (launcher/render.py's
+                     templates) and which controller's replicas and env the plan describes
       kind           "train" | "preprocess"
       name, namespace
-      groups         [ReplicaGroup(role="Master", replicas=1, restart_policy, pod),
-                      ReplicaGroup(role="Worker", replicas=B-1, ...)]          (train only)
+      groups         pytorchjob: [ReplicaGroup(role="Master", replicas=1, restart_policy, pod),
+                                  ReplicaGroup(role="Worker", replicas=B-1, ...)]  (train only)
+                     trainjob:   [ReplicaGroup(role="Node", replicas=B, ...)]: JobSet's one Job of B pods
       replicas       [Replica("master-0", "Master", index 0, node_rank 0), Replica("worker-0", ...)]
+                     (trainjob: Replica("node-0-0", "Node", 0, 0), ...: JobSet's pod names less the job's)
       nproc_per_node processes per replica (torchrun's --nproc-per-node, the GPUs of a node)
       master_port    the rendezvous port on the master replica
       run_policy     RunPolicy(backoff_limit, active_deadline_seconds)
@@ -27,7 +30,8 @@ Shape (B = replicas, the job's nodes):
       security: the pod's securityContext
 
 A rendered file (`run-local FILE`) is decoded into the same plan by `plan_from_objects`: the
-PyTorchJob codec is this module and `launcher/render.py`, and nothing else interprets a manifest.
+PyTorchJob codec is this module and `launcher/render.py`, the TrainJob decoder is in
+`launcher/trainjob.py`, and nothing else interprets a manifest.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ CONTAINER = "pytorch"
 PORT_NAME = "pytorchjob-port"
 MASTER_PORT = 23456  # the operator's default, and the port the rendered container declares
 ROLES = ("Master", "Worker")  # node rank order: Master is node 0, Worker i is node i+1
+NODE_ROLE = "Node"  # a TrainJob's single group: JobSet's `node` Job, one pod per node rank
 
 
 @dataclass
@@ -102,14 +107,15 @@ class Pod:
     volumes: list[Volume] = field(default_factory=list)
     init_containers: list[Container] = field(default_factory=list)
     security: dict[str, Any] = field(default_factory=dict)
+    main_name: str = CONTAINER  # the job API's name for the training container (TrainJob: `node`)
 
     @property
     def main(self) -> Container:
-        """The container the operator wires up (the others are sidecars)."""
-        found = [c for c in self.containers if c.name == CONTAINER]
+        """The container the controller wires up (the others are sidecars)."""
+        found = [c for c in self.containers if c.name == self.main_name]
         if not found:
-            raise UserError(f"no container named {CONTAINER!r} (got {[c.name for c in self.containers]}): "
-                            f"the training operator requires that name")
+            raise UserError(f"no container named {self.main_name!r} (got {[c.name for c in self.containers]}): "
+                            f"the job controller requires that name")
         return found[0]
 
 
@@ -150,6 +156,8 @@ class JobPlan:
 
     @property
     def replicas(self) -> list[Replica]:
+        if self.api == "trainjob":  # pods <job>-node-0-<i>: replicated job `node`, Job index 0, completion index i
+            return [Replica(f"node-0-{i}", NODE_ROLE, i, i) for g in self.groups for i in range(g.replicas)]
         out: list[Replica] = []
         for role in ROLES:
             for g in (g for g in self.groups if g.role == role):
@@ -173,17 +181,28 @@ class JobPlan:
     def pod_name(self, replica: Replica) -> str:
         return f"{self.name}-{replica.name}"
 
-    def replica_env(self, replica: Replica, master_addr: str, master_port: int | None = None) -> dict[str, str]:
-        """What the training operator injects into the `pytorch` container of `replica`.
+    def master_addr(self) -> str:
+        """The master's address on a cluster: the operator's Service, or the JobSet pod's DNS name."""
+        from launcher import trainjob
 
-        WORLD_SIZE is processes, not pods (the operator's replicas x nprocPerNode); RANK is the
-        node rank; torchrun reads the PET_* ones, so the command carries no --nnodes/--node-rank.
+        return trainjob.master_addr(self.name) if self.api == "trainjob" else f"{self.name}-master-0"
+
+    def replica_env(self, replica: Replica, master_addr: str | None = None, master_port: int | None = None) -> dict[str, str]:
+        """What the job controller injects into the training container of `replica` (master_addr
+        and port: the cluster's, unless given, as run-local does to point them at this machine).
+
+        PyTorchJob: WORLD_SIZE is processes, not pods (the operator's replicas x nprocPerNode); RANK
+        is the node rank. TrainJob: the torch plugin sets only the PET_* ones (PET_NODE_RANK is the
+        Job completion index). torchrun reads PET_*, so the command carries no --nnodes/--node-rank.
         """
+        master_addr = master_addr or self.master_addr()
         port = str(master_port or self.master_port)
+        pet = {"PET_NNODES": str(self.nnodes), "PET_NPROC_PER_NODE": str(self.nproc_per_node),
+               "PET_NODE_RANK": str(replica.node_rank), "PET_MASTER_ADDR": master_addr, "PET_MASTER_PORT": port}
+        if self.api == "trainjob":
+            return pet
         return {"MASTER_ADDR": master_addr, "MASTER_PORT": port, "WORLD_SIZE": str(self.world_size),
-                "RANK": str(replica.node_rank), "PET_NNODES": str(self.nnodes),
-                "PET_NPROC_PER_NODE": str(self.nproc_per_node), "PET_NODE_RANK": str(replica.node_rank),
-                "PET_MASTER_ADDR": master_addr, "PET_MASTER_PORT": port}
+                "RANK": str(replica.node_rank), **pet}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +226,13 @@ def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None
         check_plan(cfg, tables, hotness)
     plan = JobPlan(name=cfg.name, namespace=cfg.namespace, kind=cfg.kind, nproc_per_node=cfg.gpus_per_node,
                    run_policy=RunPolicy(cfg.cluster.backoff_limit, cfg.cluster.active_deadline_seconds or None))
-    if cfg.kind == "train":
+    if cfg.kind == "train" and cfg.api == "trainjob":
+        from launcher import trainjob
+
+        # JobSet restarts the whole job on any failure, up to failurePolicy.maxRestarts (= backoff_limit).
+        plan.api, plan.master_port = "trainjob", trainjob.MASTER_PORT
+        plan.groups = [ReplicaGroup(NODE_ROLE, cfg.nodes, "OnFailure", pods.train_pod(cfg))]
+    elif cfg.kind == "train":
         pod = pods.train_pod(cfg)
         plan.groups = [ReplicaGroup("Master", 1, "OnFailure", pod)]
         if cfg.nodes > 1:
@@ -303,6 +328,10 @@ def plan_from_objects(objects: list, where: str = "objects") -> JobPlan:
     if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
         bad = next((o for o in objects if not isinstance(o, dict)), objects) if isinstance(objects, list) else objects
         raise UserError(f"{where}: expected Kubernetes objects (mappings), got {type(bad).__name__} {str(bad)[:60]!r}")
+    if any(o.get("kind") == "TrainJob" for o in objects):
+        from launcher.trainjob import plan_from_trainjob
+
+        return plan_from_trainjob(objects, where)
     jobs = [o for o in objects if o.get("kind") == "PyTorchJob"]
     if len(jobs) != 1:
         kinds = sorted({str(o.get("kind")) for o in objects})
@@ -334,16 +363,21 @@ def plan_from_objects(objects: list, where: str = "objects") -> JobPlan:
     policy = _typed(spec.get("runPolicy"), dict, f"{label}: spec.runPolicy", {})
     main = groups[0].pod.main
     port = next((p.port for p in main.ports if p.name == PORT_NAME and p.port), MASTER_PORT)
+    return JobPlan(name=name, namespace=str(meta.get("namespace", "default")), groups=groups,
+                   nproc_per_node=_nproc(spec.get("nprocPerNode"), groups[0].pod), master_port=port,
+                   run_policy=RunPolicy(_typed(policy.get("backoffLimit"), int, f"{label}: runPolicy.backoffLimit", None),
+                                        _typed(policy.get("activeDeadlineSeconds"), int, f"{label}: runPolicy.activeDeadlineSeconds", None)),
+                   config_maps=config_maps_of(objects), objects=list(objects))
+
+
+def config_maps_of(objects: list[dict]) -> dict[str, dict[str, str]]:
+    """What each rendered ConfigMap holds: {name: {key: text}}."""
     config_maps = {}
     for o in objects:
         if o.get("kind") == "ConfigMap":
             cm_name = _typed(_typed(o.get("metadata"), dict, "ConfigMap.metadata", {}).get("name"), str, "ConfigMap.metadata.name", "")
             config_maps[cm_name] = {str(k): str(v) for k, v in _typed(o.get("data"), dict, f"ConfigMap {cm_name}: data", {}).items()}
-    return JobPlan(name=name, namespace=str(meta.get("namespace", "default")), groups=groups,
-                   nproc_per_node=_nproc(spec.get("nprocPerNode"), groups[0].pod), master_port=port,
-                   run_policy=RunPolicy(_typed(policy.get("backoffLimit"), int, f"{label}: runPolicy.backoffLimit", None),
-                                        _typed(policy.get("activeDeadlineSeconds"), int, f"{label}: runPolicy.activeDeadlineSeconds", None)),
-                   config_maps=config_maps, objects=list(objects))
+    return config_maps
 
 
 def load_plan_file(path) -> JobPlan:

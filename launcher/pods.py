@@ -47,9 +47,19 @@ def limits(cfg) -> dict:
     return {**({"cpu": cfg.resources.cpu_limit} if cfg.resources.cpu_limit else {}), "memory": cfg.resources.memory_limit}
 
 
+# What the Secret named by s3.secret holds (docs/security.md).
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
 def env_from(cfg) -> list[dict]:
     """S3 credentials by reference only: a Secret's keys become env vars; IRSA needs nothing here."""
     return [{"secretRef": {"name": cfg.s3.secret}}] if cfg.s3.secret else []
+
+
+def secret_key_env(cfg) -> list[EnvVar]:
+    """The same Secret, key by key: for a TrainJob on a ClusterTrainingRuntime, whose `node`
+    container takes env only from spec.trainer.env (a runtime patch cannot add envFrom there)."""
+    return [EnvVar(k, value_from={"secretKeyRef": {"name": cfg.s3.secret, "key": k}}) for k in S3_SECRET_KEYS] if cfg.s3.secret else []
 
 
 def dataset_path(cfg) -> str:
@@ -74,9 +84,17 @@ def train_pod(cfg) -> Pod:
         mounts.append(Mount("dataset", cmd.DATASET_MOUNT, read_only=True, sub_path=cfg.dataset if s.mode == "pvc" else ""))
     mounts += [Mount("output", cmd.OUTPUT_MOUNT, sub_path=(s.output_path or f"runs/{cfg.name}") if s.output_claim else ""),
                Mount("tmp", cmd.TMP_MOUNT), Mount("shm", cmd.SHM_MOUNT)]
-    main = Container(CONTAINER, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.OUTPUT_MOUNT),
-                     ports=[Port(PORT_NAME, MASTER_PORT)], limits={**limits(cfg), **devices}, mounts=mounts, **common)
-    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg))
+    if cfg.api == "trainjob":  # Trainer's `node` container; its torch plugin adds the rendezvous port itself
+        from launcher import trainjob
+
+        name, ports = trainjob.NODE, []
+    else:
+        name, ports = CONTAINER, [Port(PORT_NAME, MASTER_PORT)]
+    main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.OUTPUT_MOUNT),
+                     ports=ports, limits={**limits(cfg), **devices}, mounts=mounts, **common)
+    if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
+        main.env, main.env_from = main.env + secret_key_env(cfg), []
+    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg), main_name=name)
 
 
 def train_volumes(cfg) -> list[Volume]:

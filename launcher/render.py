@@ -23,7 +23,7 @@ from dlrm import __version__
 from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.fsutil import is_s3_uri, parse_s3_uri
-from launcher import command as cmd, pods
+from launcher import command as cmd, pods, trainjob
 from launcher.config import JobConfig
 from launcher.names import DNS1035_LABEL
 
@@ -90,6 +90,7 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "node_selector": dict(sorted({**cfg.cluster.node_selector,
                                        **({"nvidia.com/gpu.product": cfg.cluster.gpu_product} if cfg.cluster.gpu_product else {})}.items())),
         "cmd": cmd,
+        "tj": trainjob,
         **_preprocess_context(cfg),
     }
 
@@ -118,7 +119,10 @@ def _templates(cfg: JobConfig) -> list[str]:
     if cfg.kind == "train":
         if cfg.storage.mode == "mount":
             names += ["persistentvolume", "persistentvolumeclaim"]
-        names += ["configmap", "pytorchjob"]
+        if cfg.api == "trainjob":  # the runtime first: the TrainJob's admission looks it up
+            names += ["configmap", *([] if cfg.trainjob.cluster_runtime else ["trainingruntime"]), "trainjob"]
+        else:
+            names += ["configmap", "pytorchjob"]
     else:
         names.append("sparkapplication" if cfg.preprocess.engine == "spark" else "job")
     return names

@@ -24,6 +24,7 @@ ANCESTOR_TRAINER = "trainer"
 # The ancestors the TrainingRuntime webhook knows, and the container each must have.
 ANCESTOR_CONTAINERS = {"trainer": "node", "dataset-initializer": "dataset-initializer", "model-initializer": "model-initializer"}
 NODE = "node"  # the trainer's replicated job and its container
+PATCH_MANAGER = "dlrm-k8s.io/launcher"  # our entry in a TrainJob's runtimePatches (keyed by manager)
 MASTER_PORT = 29500  # constants.ContainerTrainerPort
 # Set by the torch plugin; a TrainJob that sets one is refused by the webhook (TorchRunReservedEnvNames).
 PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
@@ -58,12 +59,6 @@ def trainer_job(runtime: dict) -> tuple[int, dict] | None:
         if isinstance(rjob, dict) and labels.get(ANCESTOR_LABEL) == ANCESTOR_TRAINER:
             return i, rjob
     return None
-
-
-def max_restarts(runtime: dict) -> int:
-    """The JobSet failure policy's maxRestarts (0 when unset: JobSet's default)."""
-    policy = ((((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}).get("failurePolicy")) or {}
-    return int(policy.get("maxRestarts") or 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,3 +194,74 @@ def trainer_errors(objs: list[dict], labels: list[str]) -> list[str]:
         elif obj.get("kind") == "TrainJob":
             errors += trainjob_errors(obj, label, runtimes)
     return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# A rendered TrainJob (and the runtime rendered with it) -> the job plan, for run-local FILE.
+
+
+def plan_from_trainjob(objects: list[dict], where: str = "objects"):
+    """The plan of a rendered TrainJob: its runtime's trainer pod with spec.trainer applied, as
+    Trainer builds the JobSet (image, command, args and resources replaced, env upserted by name)."""
+    from dlrm.errors import UserError
+    from launcher.plan import NODE_ROLE, JobPlan, ReplicaGroup, RunPolicy, _pod, _typed, config_maps_of
+
+    jobs = [o for o in objects if o.get("kind") == "TrainJob"]
+    if len(jobs) != 1:
+        raise UserError(f"{where}: expected exactly one TrainJob among the objects, found {len(jobs)}")
+    job = jobs[0]
+    meta = _typed(job.get("metadata"), dict, "TrainJob.metadata", {})
+    name = _typed(meta.get("name"), str, "TrainJob.metadata.name", "")
+    if not name:
+        raise UserError(f"{where}: the TrainJob has no metadata.name")
+    label = f"TrainJob {name}"
+    spec = _typed(job.get("spec"), dict, f"{label}: spec", {})
+    ref = _typed(spec.get("runtimeRef"), dict, f"{label}: spec.runtimeRef", {})
+    kind, ref_name = ref.get("kind", DEFAULT_RUNTIME_KIND), ref.get("name")
+    runtime = next((o for o in objects if o.get("kind") == kind and isinstance(o.get("metadata"), dict)
+                    and o["metadata"].get("name") == ref_name), None)
+    if runtime is None:
+        raise UserError(f"{label}: its runtime {kind} {ref_name!r} is not among the objects"
+                        + (": a ClusterTrainingRuntime lives on the cluster; render with trainjob.cluster_runtime empty "
+                           "to run the job locally" if kind == "ClusterTrainingRuntime" else ""))
+    rt = f"{kind} {ref_name}"
+    rt_spec = _typed(runtime.get("spec"), dict, f"{rt}: spec", {})
+    ml = _typed(rt_spec.get("mlPolicy"), dict, f"{rt}: spec.mlPolicy", {})
+    js = _typed(_typed(rt_spec.get("template"), dict, f"{rt}: spec.template", {}).get("spec"), dict, f"{rt}: spec.template.spec", {})
+    restarts = _typed(_typed(js.get("failurePolicy"), dict, f"{rt}: failurePolicy", {}).get("maxRestarts"), int,
+                      f"{rt}: failurePolicy.maxRestarts", 0)
+    template = None
+    for i, rjob in enumerate(_typed(js.get("replicatedJobs"), list, f"{rt}: replicatedJobs", [])):
+        where = f"{rt}: replicatedJobs[{i}].template"
+        job_template = _typed(_typed(rjob, dict, f"{rt}: replicatedJobs[{i}]").get("template"), dict, where, {})
+        labels = _typed(_typed(job_template.get("metadata"), dict, f"{where}.metadata", {}).get("labels"), dict,
+                        f"{where}.metadata.labels", {})
+        if labels.get(ANCESTOR_LABEL) == ANCESTOR_TRAINER:
+            template = _typed(job_template.get("spec"), dict, f"{where}.spec", {}).get("template")
+            pod = _pod(template, f"{where}.spec.template")
+            break
+    if template is None:
+        raise UserError(f"{label}: {rt} has no replicated job labelled {ANCESTOR_LABEL}: {ANCESTOR_TRAINER}")
+    pod.main_name = NODE
+    main = pod.main
+    trainer = _typed(spec.get("trainer"), dict, f"{label}: spec.trainer", {})
+    overlay = _pod({"spec": {"containers": [{"name": NODE, **{k: v for k, v in trainer.items() if k in ("image", "command", "args", "env")},
+                                             "resources": trainer.get("resourcesPerNode") or {}}]}}, f"{label}: spec.trainer")
+    given = overlay.containers[0]
+    main.image = given.image or main.image
+    main.command = given.command or main.command
+    main.args = given.args or main.args
+    main.env = [e for e in main.env if e.name not in {g.name for g in given.env}] + given.env
+    if "resourcesPerNode" in trainer:
+        main.requests, main.limits = given.requests, given.limits
+    nodes = _typed(trainer.get("numNodes", ml.get("numNodes", 1)), int, f"{label}: spec.trainer.numNodes")
+    if nodes < 1:
+        raise UserError(f"{label}: spec.trainer.numNodes must be >= 1, got {nodes}")
+    nproc = _typed(trainer.get("numProcPerNode"), int, f"{label}: spec.trainer.numProcPerNode", None)
+    if nproc is None:  # the torch plugin's "auto": a node's GPUs; off a GPU node every CPU, which locally means 1
+        gpus = main.limits.get("nvidia.com/gpu")
+        nproc = int(gpus) if str(gpus).isdigit() and int(gpus) >= 1 else 1
+    return JobPlan(name=name, namespace=str(meta.get("namespace", "default")), api="trainjob",
+                   groups=[ReplicaGroup(NODE_ROLE, nodes, "OnFailure", pod)], nproc_per_node=nproc, master_port=MASTER_PORT,
+                   run_policy=RunPolicy(restarts, _typed(spec.get("activeDeadlineSeconds"), int, f"{label}: spec.activeDeadlineSeconds", None)),
+                   config_maps=config_maps_of(objects), objects=list(objects))

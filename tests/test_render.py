@@ -42,6 +42,20 @@ CASES = {
     "stage-hostpath": ("criteo-fl15", {"storage": {"mode": "stage", "stage_host_path": "/mnt/nvme/dlrm"}}),
     "mlperf-dcnv2": ("mlperf-dcnv2", {}),
 }
+# The same jobs as TrainJobs (Kubeflow Trainer v2), with a TrainingRuntime rendered beside them...
+CASES.update({f"trainjob-{name}": (CASES[name][0], {**CASES[name][1], "api": "trainjob"})
+              for name in ("criteo-fl15-nodes2", "synthetic-smoke", "stage-irsa-minio-volcano", "pvc-kueue-efa-secret")})
+CASES.update({
+    "trainjob-scheduler-plugins": ("synthetic-smoke", {"api": "trainjob", "nodes": 2, "scheduling": {"gang": "scheduler-plugins"},
+                                                       "trainjob": {"schedule_timeout_seconds": 120}}),
+    # ...and on an admin's ClusterTrainingRuntime, our pod settings as a runtime patch.
+    "trainjob-cluster-runtime-mount-secret": ("criteo-fl15", {
+        "api": "trainjob", "nodes": 2, "trainjob": {"cluster_runtime": "torch-distributed"},
+        "storage": {"mode": "mount", "output_claim": "runs"}, "s3": {"secret": "aws-creds", "role_arn": "arn:aws:iam::123456789012:role/dlrm"},
+        "scheduling": {"gang": "kueue", "queue": "gpu-queue"},
+        "cluster": {"efa": 32, "image_pull_secrets": ["regcred"], "gpu_product": "NVIDIA-H100-80GB-HBM3",
+                    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]}}),
+})
 
 
 def render(name: str) -> list[dict]:
@@ -265,8 +279,10 @@ def test_name_fields_take_a_payload_whole_or_refuse_it(field, payload):
     assert list(yaml.safe_load_all(to_yaml(objs))) == objs
 
 
-# A {{ }} is safe when it ends in `| toyaml`, is a macro call re-indented, or is the name macro (itself filtered).
-SAFE_EXPR = re.compile(r"^(.*\|\s*toyaml|([hp]\.\w+|pod_template|role|mapping)\(.*\)\s*\|\s*indent\(\d+\)|h\.name\(.*\))$")
+# A {{ }} is safe when it ends in `| toyaml`, is a call of a macro (one defined in manifests/, whose
+# values are themselves filtered) re-indented, or is the name macro (itself filtered).
+MACROS = sorted({m for p in MANIFESTS_DIR.glob("*.j2") for m in re.findall(r"\{%-?\s*macro\s+(\w+)\(", p.read_text())})
+SAFE_EXPR = re.compile(rf"^(.*\|\s*toyaml|([hp]\.\w+|{'|'.join(MACROS)})\(.*\)\s*\|\s*indent\(\d+\)|h\.name\(.*\))$")
 
 
 def test_every_template_value_is_filtered():

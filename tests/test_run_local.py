@@ -214,17 +214,19 @@ def _trainer_missing() -> str:
 @pytest.mark.dist
 @pytest.mark.slow
 @pytest.mark.skipif(bool(_trainer_missing()), reason=_trainer_missing() or "-")
-def test_rendered_synthetic_smoke_trains_on_two_nodes(tmp_path, capsys):
-    """The manifest `submit` would send, run as 2 nodes x 2 processes of the real trainer (gloo, CPU)."""
+@pytest.mark.parametrize("api, master, worker", [("pytorchjob", "master-0", "worker-0"), ("trainjob", "node-0-0", "node-0-1")])
+def test_rendered_synthetic_smoke_trains_on_two_nodes(tmp_path, capsys, api, master, worker):
+    """The manifest `submit` would send, run as 2 nodes x 2 processes of the real trainer (gloo, CPU):
+    a PyTorchJob, and a TrainJob with the TrainingRuntime rendered beside it."""
     from dlrm.__main__ import main as dlrm_main
 
     data = tmp_path / "data"
     assert dlrm_main(["synth", "--out", str(data), "--rows", "20000", "--tables", "small", "--seed", "1"]) == 0
     rc = main(["run-local", "--profile", "synthetic-smoke", "--nodes", "2", "--gpus", "2", "--workdir", str(tmp_path / "wd"),
-               "--set", f"dataset={data}", "--set", "train.max_steps=20", "--set", "train.checkpoint_every=10"])
+               "--api", api, "--set", f"dataset={data}", "--set", "train.max_steps=20", "--set", "train.checkpoint_every=10"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
-    assert "2 node(s) x 2 process(es)" in out and "[master-0]" in out and "[worker-0]" in out
-    run_dir = tmp_path / "wd" / "pods" / "master-0" / "output"  # the /output emptyDir of the master pod
+    assert "2 node(s) x 2 process(es)" in out and f"[{master}]" in out and f"[{worker}]" in out
+    run_dir = tmp_path / "wd" / "pods" / master / "output"  # the /output emptyDir of the node-rank-0 pod
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics and "final AUC" in out

@@ -133,4 +133,4 @@ def test_the_facts_other_modules_use():
     assert trainjob.pod_selector("dlrm", 1) == ("jobset.sigs.k8s.io/jobset-name=dlrm,jobset.sigs.k8s.io/replicatedjob-name=node,"
                                                 "batch.kubernetes.io/job-completion-index=1")
     objs = _pair()
-    assert trainjob.max_restarts(_rt(objs)) == 3 and trainjob.trainer_job(_rt(objs))[0] == 0
+    assert trainjob.trainer_job(_rt(objs))[0] == 0
