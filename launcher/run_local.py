@@ -1,4 +1,5 @@
-"""`run-local`: run a job plan as local processes, the way the training operator would run its pods.
+"""`run-local`: run a job plan as local processes, the way its controller (the training operator for a
+PyTorchJob, Kubeflow Trainer and JobSet for a TrainJob) would run its pods.
 
     python -m launcher run-local --profile synthetic-smoke --nodes 2 --gpus 2
     python -m launcher run-local job.yaml --workdir runs/local --volume dataset=data/synthetic
@@ -13,7 +14,8 @@ out, emptyDir is per replica, PVCs and hostPaths are shared folders under the wo
 `--volume NAME=DIR`), and every mountPath in the command, args and env is rewritten to its folder.
 
 A failed replica kills the others; restartPolicy OnFailure (or ExitCode with a retryable code)
-restarts the whole job, up to runPolicy.backoffLimit times, as the operator does.
+restarts the whole job, up to runPolicy.backoffLimit times, as the operator does; a TrainJob's
+failed node restarts the whole job up to its JobSet failurePolicy.maxRestarts times, as JobSet does.
 """
 from __future__ import annotations
 
@@ -169,13 +171,13 @@ def plan_steps(plan: JobPlan, replica: Replica, world: dict[str, str], folders: 
 
 
 class LocalJob:
-    """One PyTorchJob run locally. `run()` blocks; `pids()` and `stop()` may be called from other threads."""
+    """One PyTorchJob or TrainJob run locally. `run()` blocks; `pids()` and `stop()` may be called from other threads."""
 
     def __init__(self, job, workdir: str | Path, *, volumes: dict[str, str | Path] | None = None,
                  max_restarts: int | None = None, out: TextIO | None = None, grace_s: float = 5.0):
         self.plan = as_plan(job)
         if self.plan.kind != "train" or not self.plan.groups:
-            raise UserError(f"job {self.plan.name}: run-local runs training jobs (a PyTorchJob); kind={self.plan.kind} has no replicas to run")
+            raise UserError(f"job {self.plan.name}: run-local runs training jobs (a PyTorchJob or TrainJob); kind={self.plan.kind} has no replicas to run")
         self.name = self.plan.name
         self.workdir = Path(workdir).resolve()
         self.replicas = self.plan.replicas
@@ -186,6 +188,9 @@ class LocalJob:
         # Unset backoffLimit means "retry forever" to the operator; locally that would loop on a bug.
         self.max_restarts = max_restarts if max_restarts is not None else int(self.plan.run_policy.backoff_limit or 0)
         self.deadline_s = self.plan.run_policy.active_deadline_seconds
+        # Where the job says so, for messages: the operator's run policy, or the TrainJob and its JobSet.
+        self.limit_field, self.deadline_field = (("failurePolicy.maxRestarts", "spec.activeDeadlineSeconds") if self.plan.api == "trainjob"
+                                                 else ("runPolicy.backoffLimit", "runPolicy.activeDeadlineSeconds"))
         self.out = out or sys.stdout
         self.grace_s = grace_s
         self.restarts = 0
@@ -241,8 +246,8 @@ class LocalJob:
                 self.say(f"error: job {self.name} failed: {what}; restartPolicy {policy} does not restart it")
                 return code
             if self.restarts >= self.max_restarts:
-                used = (f"all {self.max_restarts} restart(s) allowed (runPolicy.backoffLimit or --max-restarts) are used up"
-                        if self.max_restarts else "no restarts allowed (runPolicy.backoffLimit 0; --max-restarts N allows some)")
+                used = (f"all {self.max_restarts} restart(s) allowed ({self.limit_field} or --max-restarts) are used up"
+                        if self.max_restarts else f"no restarts allowed ({self.limit_field} 0; --max-restarts N allows some)")
                 self.say(f"error: job {self.name} failed: {what}; {used}; logs in {self.workdir / 'logs'}")
                 return code
             self.restarts += 1
@@ -259,7 +264,7 @@ class LocalJob:
                 if self._stop.is_set():
                     return "", "was stopped", 130
                 if deadline and time.monotonic() > deadline:
-                    return "", f"exceeded runPolicy.activeDeadlineSeconds={self.deadline_s}", 1
+                    return "", f"exceeded {self.deadline_field}={self.deadline_s}", 1
                 with self._lock:
                     current = dict(self._current)
                 for name, (step, proc, pump) in current.items():
@@ -330,14 +335,14 @@ def add_arguments(parser, command: str = "run-local") -> None:
     parser.add_argument("file", nargs="?", help="an already rendered YAML file (instead of --profile and the job flags)")
     add_job_arguments(parser)
     parser.add_argument("--workdir", help="folder for volumes and logs (default runs/local/<job name>)")
-    parser.add_argument("--max-restarts", type=int, help="whole-job restarts allowed (default: the job's runPolicy.backoffLimit)")
+    parser.add_argument("--max-restarts", type=int, help="whole-job restarts allowed (default: the job's runPolicy.backoffLimit, a TrainJob's failurePolicy.maxRestarts)")
     parser.add_argument("--volume", action="append", default=[], metavar="NAME=DIR", help="use DIR for the pod volume NAME (repeatable)")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL when stopping replicas")
 
 
 def main(args) -> int:
     if args.file:
-        job_flags = [f for f in ("nodes", "gpus", "image", "namespace", "name") if getattr(args, f) is not None]
+        job_flags = [f for f in ("nodes", "gpus", "image", "namespace", "name", "api") if getattr(args, f) is not None]
         if job_flags or args.values or args.overrides or args.feature_spec:
             raise UserError(f"{args.file} is already rendered: drop --{job_flags[0] if job_flags else 'values/--set/--feature-spec'}, or render with --profile instead")
         plan = load_plan_file(args.file)

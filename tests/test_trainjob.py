@@ -1,0 +1,182 @@
+"""api: trainjob: the job plan encoded as a Kubeflow Trainer v2 TrainJob (and the TrainingRuntime
+rendered with it, or runtime patches of a ClusterTrainingRuntime), decoded back, and run locally
+with the torch plugin's PET_* environment and JobSet's whole-job restarts."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlrm.errors import UserError
+from launcher import trainjob
+from launcher.config import load_job_config
+from launcher.plan import plan_from_objects, plan_job
+from launcher.run_local import LocalJob
+from launcher.validate import validate_objects
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke(nodes=3, gpus=2, **over):
+    return plan_job(load_job_config("synthetic-smoke", overrides={"nodes": nodes, "gpus_per_node": gpus, "api": "trainjob", **over}))
+
+
+def kinds(plan) -> dict[str, dict]:
+    return {o["kind"]: o for o in plan.objects}
+
+
+def test_replicas_are_jobset_pods_and_the_env_is_the_torch_plugins():
+    plan = smoke(nodes=3, gpus=2)
+    assert [(r.name, r.role, r.node_rank) for r in plan.replicas] == [("node-0-0", "Node", 0), ("node-0-1", "Node", 1),
+                                                                       ("node-0-2", "Node", 2)]
+    assert plan.pod_name(plan.replicas[1]) == "dlrm-smoke-node-0-1" and plan.master_port == 29500
+    # Only PET_*: Trainer sets no MASTER_ADDR, WORLD_SIZE or RANK (torchrun derives them for its children).
+    assert plan.replica_env(plan.replicas[2]) == {
+        "PET_NNODES": "3", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "2",
+        "PET_MASTER_ADDR": "dlrm-smoke-node-0-0.dlrm-smoke", "PET_MASTER_PORT": "29500"}
+
+
+def test_the_trainjob_carries_the_trainer_and_the_runtime_the_pod():
+    plan = smoke(nodes=2, gpus=2, cluster={"backoff_limit": 2, "ttl_seconds_after_finished": 600})
+    assert [o["kind"] for o in plan.objects] == ["ConfigMap", "TrainingRuntime", "TrainJob"]
+    main = plan.groups[0].pod.main
+    job, runtime = kinds(plan)["TrainJob"], kinds(plan)["TrainingRuntime"]
+    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": "dlrm-smoke"}
+    t = job["spec"]["trainer"]
+    assert (t["image"], t["command"], t["env"], t["numNodes"], t["numProcPerNode"]) == (main.image, main.command, main.env_k8s(), 2, 2)
+    assert t["resourcesPerNode"] == {"requests": main.requests, "limits": main.limits} and t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 2
+    assert not any(e["name"].startswith("PET_") or e["name"] in ("MASTER_ADDR", "WORLD_SIZE", "RANK") for e in t["env"])
+    assert all("--nnodes" not in a and "--node" not in a for a in t["command"])  # torchrun takes them from PET_*
+    assert job["spec"]["activeDeadlineSeconds"] == 1800
+    spec = runtime["spec"]
+    assert spec["mlPolicy"] == {"numNodes": 2, "torch": {}} and "podGroupPolicy" not in spec
+    js = spec["template"]["spec"]
+    assert js["failurePolicy"] == {"maxRestarts": 2} and js["ttlSecondsAfterFinished"] == 600
+    (rjob,) = js["replicatedJobs"]
+    assert rjob["name"] == "node" and rjob["replicas"] == 1 and rjob["template"]["spec"]["backoffLimit"] == 0
+    assert rjob["template"]["metadata"]["labels"] == {trainjob.ANCESTOR_LABEL: "trainer"}
+    pod = rjob["template"]["spec"]["template"]["spec"]
+    (node,) = pod["containers"]
+    # what spec.trainer sets is not repeated in the runtime: one place says the image and command
+    assert node["name"] == "node" and not {"image", "command", "env", "resources", "ports"} & set(node)
+    assert [m["mountPath"] for m in node["volumeMounts"]] == [m.path for m in main.mounts]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and node["securityContext"]["readOnlyRootFilesystem"] is True
+    assert validate_objects(plan.objects) == []
+
+
+def test_gang_scheduling_maps_to_the_runtimes_pod_group_policy_and_kueue_to_the_label():
+    volcano = smoke(nodes=2, scheduling={"gang": "volcano", "queue": "research", "priority_class": "high"})
+    rt, job = kinds(volcano)["TrainingRuntime"], kinds(volcano)["TrainJob"]
+    assert rt["spec"]["podGroupPolicy"] == {"volcano": {}}
+    assert job["metadata"]["annotations"]["scheduling.volcano.sh/queue-name"] == "research"
+    assert rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["priorityClassName"] == "high"
+    cosched = smoke(nodes=2, scheduling={"gang": "scheduler-plugins"}, trainjob={"schedule_timeout_seconds": 90})
+    assert kinds(cosched)["TrainingRuntime"]["spec"]["podGroupPolicy"] == {"coscheduling": {"scheduleTimeoutSeconds": 90}}
+    kueue = smoke(nodes=2, scheduling={"gang": "kueue", "queue": "gpu"})
+    assert kinds(kueue)["TrainJob"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert "podGroupPolicy" not in kinds(kueue)["TrainingRuntime"]["spec"]
+
+
+def test_a_cluster_runtime_gets_our_pod_settings_as_one_runtime_patch():
+    plan = smoke(nodes=2, trainjob={"cluster_runtime": "torch-distributed"}, s3={"secret": "aws-creds", "role_arn": "arn:aws:iam::1:role/r"},
+                 cluster={"image_pull_secrets": ["regcred"], "node_selector": {"pool": "gpu"}})
+    assert [o["kind"] for o in plan.objects] == ["ServiceAccount", "ConfigMap", "TrainJob"]  # no TrainingRuntime of ours
+    job = kinds(plan)["TrainJob"]
+    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime", "name": "torch-distributed"}
+    # The Secret reaches the `node` container key by key: a patch cannot give it envFrom.
+    env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "aws-creds", "key": "AWS_SECRET_ACCESS_KEY"}}}
+    assert "envFrom" not in json.dumps(job)
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == "dlrm-k8s.io/launcher"
+    (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = rjob["template"]["spec"]["template"]["spec"]
+    assert rjob["name"] == "node" and pod["serviceAccountName"] == "dlrm-smoke" and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert [v["name"] for v in pod["volumes"]] == [v.name for v in plan.groups[0].pod.volumes]
+    (node,) = pod["containers"]
+    assert set(node) == {"name", "securityContext", "volumeMounts"}  # all a ContainerPatch of `node` may hold here
+    assert validate_objects(plan.objects) == []
+    with pytest.raises(UserError, match="ClusterTrainingRuntime 'torch-distributed' is not among the objects: .* lives on the cluster"):
+        plan_from_objects(plan.objects)
+
+
+def test_the_decoder_applies_spec_trainer_over_the_runtime_as_trainer_does():
+    plan = smoke(nodes=2)
+    objs = json.loads(json.dumps(plan.objects))
+    rt, job = objs[1], objs[2]
+    node = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+    node.update(image="runtime-image", env=[{"name": "HOME", "value": "/runtime"}, {"name": "ONLY_RUNTIME", "value": "1"}])
+    decoded = plan_from_objects(objs).groups[0].pod.main
+    assert decoded.image == job["spec"]["trainer"]["image"]  # spec.trainer wins
+    env = {e.name: e.value for e in decoded.env}
+    assert env["HOME"] == "/tmp" and env["ONLY_RUNTIME"] == "1"  # upserted by name
+    del job["spec"]["trainer"]["numNodes"]  # then the runtime's mlPolicy.numNodes
+    rt["spec"]["mlPolicy"]["numNodes"] = 5
+    assert plan_from_objects(objs).nnodes == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# run-local: JobSet's whole-job restarts, up to failurePolicy.maxRestarts
+
+SCRIPT = r"""
+import json, os, pathlib, sys
+out = pathlib.Path(os.environ["OUT"])
+rank = os.environ["PET_NODE_RANK"]
+print("node", rank, "up", flush=True)
+(out / f"node-{rank}.json").write_text(json.dumps(dict(os.environ)))
+if rank == "1" and os.environ.get("FAIL") == "once" and not (out / "failed").exists():
+    (out / "failed").write_text("x"); sys.exit(3)
+if rank == "1" and os.environ.get("FAIL") == "always":
+    sys.exit(3)
+"""
+
+
+def tiny_trainjob(fail: str, max_restarts: int) -> list[dict]:
+    """A hand-made TrainJob + TrainingRuntime whose trainer runs SCRIPT instead of torchrun."""
+    pod = {"restartPolicy": "Never", "containers": [{"name": "node", "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+           "volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "shared"}}]}
+    runtime = {"apiVersion": trainjob.API_VERSION, "kind": "TrainingRuntime", "metadata": {"name": "tiny", "namespace": "ml"},
+               "spec": {"mlPolicy": {"numNodes": 2, "torch": {}}, "template": {"spec": {
+                   "failurePolicy": {"maxRestarts": max_restarts},
+                   "replicatedJobs": [{"name": "node", "replicas": 1, "template": {
+                       "metadata": {"labels": {trainjob.ANCESTOR_LABEL: "trainer"}},
+                       "spec": {"backoffLimit": 0, "template": {"spec": pod}}}}]}}}}
+    job = {"apiVersion": trainjob.API_VERSION, "kind": "TrainJob", "metadata": {"name": "tiny", "namespace": "ml"},
+           "spec": {"runtimeRef": {"apiGroup": trainjob.GROUP, "kind": "TrainingRuntime", "name": "tiny"},
+                    "trainer": {"image": "x", "command": ["python", "-c", SCRIPT], "numNodes": 2, "numProcPerNode": 3,
+                                "env": [{"name": "OUT", "value": "/out"}, {"name": "FAIL", "value": fail}]}}}
+    assert validate_objects([runtime, job]) == []
+    return [runtime, job]
+
+
+def test_run_local_gives_the_pet_env_and_restarts_by_the_failure_policy(tmp_path):
+    out = io.StringIO()
+    job = LocalJob(tiny_trainjob("once", max_restarts=1), tmp_path, out=out)
+    assert job.run() == 0, out.getvalue()
+    assert job.restarts == 1 and job.failures == [("node-0-1", "node", 3)]
+    assert "restarting the whole job (1 of 1)" in out.getvalue() and "[node-0-0]" in out.getvalue()
+    seen = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "volumes" / "shared").glob("node-*.json")}
+    for rank in ("0", "1"):
+        env = seen[f"node-{rank}"]
+        assert (env["PET_NNODES"], env["PET_NPROC_PER_NODE"], env["PET_NODE_RANK"], env["PET_MASTER_ADDR"]) == ("2", "3", rank, "127.0.0.1")
+        assert not {"MASTER_ADDR", "WORLD_SIZE", "RANK"} & set(env)  # the torch plugin sets only PET_*
+    out = io.StringIO()
+    job = LocalJob(tiny_trainjob("always", max_restarts=1), tmp_path / "b", out=out)
+    assert job.run() == 3 and job.restarts == 1 and "1 restart(s) allowed (failurePolicy.maxRestarts" in out.getvalue()
+
+
+def test_docker_job_runs_a_trainjob_with_the_torch_plugins_env(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "images" / "docker_job.py"), "--profile", "synthetic-smoke", "--nodes", "2",
+                          "--gpus", "2", "--api", "trainjob", "--prefix", "t", "--network", "n", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    args = (tmp_path / "node-0-1.args").read_bytes().decode().split("\0")[:-1]
+    env = dict(a.split("=", 1) for a, flag in zip(args[1:], args) if flag == "--env")
+    assert env["PET_MASTER_ADDR"] == "t-node-0-0" and env["PET_NODE_RANK"] == "1" and env["PET_MASTER_PORT"] == "29500"
+    assert "WORLD_SIZE" not in env and "MASTER_ADDR" not in env
