@@ -370,3 +370,48 @@ def test_cancel_a_trainjob_deletes_it_and_the_runtime_rendered_with_it(api, caps
                        (RUNTIMES + "/dlrm-tj", ["Background"])]
     assert "TrainJob/dlrm-tj deleted" in out and "TrainingRuntime/dlrm-tj deleted" in out
     assert list(api.objects) == [(RUNTIMES, "shared-runtime")]
+
+
+def test_submit_a_trainjob_creates_its_runtime_then_the_job_exactly_as_dry_run_prints(api, capsys):
+    rc, dry, _ = run(capsys, "submit", *JOB, "--api", "trainjob", "--dry-run")
+    assert rc == 0 and api.requests == []
+    rc, out, err = run(capsys, "submit", *JOB, "--api", "trainjob")
+    assert rc == 0, err
+    posts = api.find("POST")
+    assert [r.path for r in posts] == [CONFIGMAPS, RUNTIMES, TRAINJOBS]
+    assert [r.body for r in posts] == list(yaml.safe_load_all(dry))
+    assert "TrainJob/dlrm-smoke created" in out and "status dlrm-smoke -n ml" in out
+    rc, out, _ = run(capsys, "cancel", "dlrm-smoke")  # found as a TrainJob; its runtime and config go with it
+    assert rc == 0 and api.objects == {}
+
+
+def test_a_failed_trainjob_create_rolls_back_its_runtime_and_config(api, capsys):
+    api.fail("POST", "/trainjobs", 403)
+    rc, _, err = run(capsys, "submit", *JOB, "--api", "trainjob")
+    assert rc == 2 and "may not create trainjobs.trainer.kubeflow.org" in err
+    assert [r.path for r in api.find("DELETE")] == [RUNTIMES + "/dlrm-smoke", CONFIGMAPS + "/dlrm-smoke-config"]
+    assert api.objects == {}
+
+
+CLUSTER_RUNTIMES = "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes"
+
+
+def test_submit_on_a_cluster_runtime_looks_it_up_first(api, capsys):
+    flags = [*JOB, "--api", "trainjob", "--set", "trainjob.cluster_runtime=torch-distributed"]
+    rc, _, err = run(capsys, "submit", *flags)
+    assert rc == 2 and "no ClusterTrainingRuntime 'torch-distributed' on this cluster" in err and "runtimes.defaultEnabled" in err
+    assert api.find("POST") == [] and api.find("GET")[0].path == CLUSTER_RUNTIMES + "/torch-distributed"
+    api.add(CLUSTER_RUNTIMES, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime",
+                               "metadata": {"name": "torch-distributed"}, "spec": {}})
+    rc, out, err = run(capsys, "submit", *flags)
+    assert rc == 0, err
+    assert [r.path for r in api.find("POST")] == [CONFIGMAPS, TRAINJOBS]  # no TrainingRuntime of ours
+    job = api.find("POST")[1].body
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed" and job["spec"]["runtimePatches"][0]["manager"] == "dlrm-k8s.io/launcher"
+
+
+def test_a_role_that_cannot_read_cluster_runtimes_only_warns(api, capsys):
+    api.fail("GET", "/clustertrainingruntimes/", 403)
+    rc, out, err = run(capsys, "submit", *JOB, "--api", "trainjob", "--set", "trainjob.cluster_runtime=torch-distributed")
+    assert rc == 0 and "warning: could not check ClusterTrainingRuntime torch-distributed: forbidden" in err
+    assert "TrainJob/dlrm-smoke created" in out

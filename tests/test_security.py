@@ -81,7 +81,8 @@ def test_rendered_objects_hold_no_secret(name, secret_env):
     text = to_yaml(objs)
     assert_no_secret(text, f"render of {name}")
     if overrides.get("s3", {}).get("secret"):  # credentials by reference: the Secret's name, in envFrom
-        assert "secretRef" in text and "aws-creds" in text
+        # (or key by key, secretKeyRef, for a TrainJob on a ClusterTrainingRuntime)
+        assert ("secretRef" in text or "secretKeyRef" in text) and "aws-creds" in text
     for key in SECRETS:  # no credential variable is set to a value anywhere
         assert not re.search(rf"name: {key}\s+value:", text), f"{key} set inline in {name}"
 
@@ -169,6 +170,13 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
         return [(f"PyTorchJob {r}", s["template"]["spec"]) for r, s in obj["spec"]["pytorchReplicaSpecs"].items()]
     if kind == "Job":
         return [("Job", obj["spec"]["template"]["spec"])]
+    if kind == "TrainingRuntime":  # a TrainJob's pods, as its runtime templates them
+        return [(f"TrainingRuntime {j['name']}", j["template"]["spec"]["template"]["spec"])
+                for j in obj["spec"]["template"]["spec"]["replicatedJobs"]]
+    if kind == "TrainJob":  # on a ClusterTrainingRuntime: our security settings are its runtime patch
+        return [(f"TrainJob patch {j['name']}", j["template"]["spec"]["template"]["spec"])
+                for p in obj["spec"].get("runtimePatches", [])
+                for j in p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]]
     return []
 
 
@@ -194,7 +202,7 @@ def test_pods_run_non_root_without_privileges(name):
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             for c in spec["containers"]:
                 for m in c.get("volumeMounts", []):
-                    if m["name"] == "dataset" and obj["kind"] == "PyTorchJob":
+                    if m["name"] == "dataset" and obj["kind"] in ("PyTorchJob", "TrainingRuntime", "TrainJob"):
                         assert m.get("readOnly") is True, f"{where}: the dataset is mounted writable"
                     if "hostPath" in volumes.get(m["name"], {}) and m["name"] == "dataset":
                         assert m.get("readOnly") is True, f"{where}: a hostPath dataset mounted writable"
@@ -220,7 +228,8 @@ def test_no_rbac_objects_and_no_extra_identity():
             assert not sa.get("secrets") and not sa.get("imagePullSecrets"), name
 
 
-@pytest.mark.parametrize("name", ["synthetic-smoke", "stage-irsa-minio-volcano", "criteo-preprocess-local"])
+@pytest.mark.parametrize("name", ["synthetic-smoke", "stage-irsa-minio-volcano", "criteo-preprocess-local",
+                                  "trainjob-stage-irsa-minio-volcano"])
 def test_pods_do_not_mount_an_api_token(name):
     profile, overrides = ALL_CASES[name]
     objs = render_objects(load_job_config(profile, overrides=overrides), git_revision="0123abc")
@@ -299,6 +308,17 @@ def test_documented_role_covers_every_request_of_every_command(tmp_path, monkeyp
         assert main(["cancel", "dlrm-smoke"]) == 0
         api.fail("POST", "/pytorchjobs", 403, times=1)  # the ConfigMap is created, then rolled back
         assert main(["submit", *job, "--name", "other"]) == 2
+        # The same job as a TrainJob (Kubeflow Trainer v2): its runtime, its JobSet pods.
+        tj = [*job, "--api", "trainjob", "--name", "tj"]
+        assert main(["submit", *tj, "--server-dry-run"]) == 0
+        assert main(["submit", *tj]) == 0
+        api.add("/api/v1/namespaces/ml/pods", {"metadata": {"name": "tj-node-0-0-abcde", "labels": {
+            "jobset.sigs.k8s.io/jobset-name": "tj", "jobset.sigs.k8s.io/replicatedjob-name": "node",
+            "batch.kubernetes.io/job-completion-index": "0"}}, "status": {"phase": "Running"}})
+        api.set_log("ml", "tj-node-0-0-abcde", "node", "step 1\n")
+        assert main(["status", "tj"]) == 0
+        assert main(["logs", "tj"]) == 0
+        assert main(["cancel", "tj"]) == 0
         seen = set()
         for req in api.requests:
             group, resource, verb, namespaced = rbac_request(req.method, req.path, req.query)
@@ -308,5 +328,6 @@ def test_documented_role_covers_every_request_of_every_command(tmp_path, monkeyp
     capsys.readouterr()
     # The Role grants nothing the launcher never asks for (watch: kept for `kubectl get -w`).
     granted = {(g, res, v) for r in role["rules"] for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
-    unused = granted - seen - {("kubeflow.org", "pytorchjobs", "watch"), ("", "persistentvolumeclaims", "delete")}
+    unused = granted - seen - {("kubeflow.org", "pytorchjobs", "watch"), ("trainer.kubeflow.org", "trainjobs", "watch"),
+                               ("", "persistentvolumeclaims", "delete")}
     assert not unused, f"the Role grants rights no command uses: {sorted(unused)}"
