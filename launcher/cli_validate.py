@@ -13,8 +13,9 @@ from launcher.validate import load_objects, validate_objects
 
 def add_arguments(p: argparse.ArgumentParser, command: str = "validate") -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML files (multi-document allowed), e.g. render --out output")
-    p.add_argument("--crd", metavar="FILE", help="check PyTorchJobs against this CRD's openAPIV3Schema instead of the "
-                                                 "vendored upstream one (e.g. the version installed on your cluster)")
+    p.add_argument("--crd", metavar="FILE", help="check the objects of the kind this CRD defines against its openAPIV3Schema: "
+                                                 "PyTorchJobs instead of the vendored upstream CRD (e.g. the version installed on "
+                                                 "your cluster), or TrainJobs (Trainer's trainer.kubeflow.org_trainjobs.yaml)")
 
 
 def main(args: argparse.Namespace) -> int:

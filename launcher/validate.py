@@ -133,8 +133,8 @@ def _strict(node):
 
 
 @functools.lru_cache(maxsize=4)
-def crd_validator(path: str) -> jsonschema.Draft202012Validator:
-    """A validator from a CustomResourceDefinition file (its v1, else first, version's schema)."""
+def crd_validator(path: str) -> tuple[str, jsonschema.Draft202012Validator]:
+    """(the kind it defines, a validator) from a CustomResourceDefinition file (its v1, else first, version's schema)."""
     if Path(path) == VENDORED_CRD:  # ours, pinned by its git blob id: the fast C loader
         docs = list(yaml.load_all(VENDORED_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     else:  # a user's file: aliases bounded, one-line errors
@@ -148,13 +148,17 @@ def crd_validator(path: str) -> jsonschema.Draft202012Validator:
     schema = (version.get("schema") or {}).get("openAPIV3Schema") if isinstance(version.get("schema"), dict) else None
     if not isinstance(schema, dict):
         raise UserError(f"--crd {path}: version {version.get('name')!r} has no openAPIV3Schema")
-    return jsonschema.Draft202012Validator(_strict(copy.deepcopy(schema)))
+    kind = ((crds[0].get("spec") or {}).get("names") or {}).get("kind", "")
+    return kind, jsonschema.Draft202012Validator(_strict(copy.deepcopy(schema)))
 
 
 def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[str]:
     """Every problem in `objs`, as '<Kind>/<name>: <path>: <message>'; empty means valid.
-    PyTorchJobs are checked against `crd` (a CRD file), by default the vendored upstream one."""
-    crd = Path(crd) if crd else VENDORED_CRD
+    Objects of the kind `crd` (a CRD file) defines are checked against it; PyTorchJobs otherwise
+    against the vendored upstream CRD (Trainer's CRDs are not vendored: trainer.json stands in)."""
+    crds = {"PyTorchJob": VENDORED_CRD}
+    if crd:
+        crds[crd_validator(str(crd))[0]] = Path(crd)
     errors: list[str] = []
     clean: list[tuple[dict, str]] = []  # objects that match their schema: the cross-object rules may read them
     for i, obj in enumerate(objs):
@@ -173,7 +177,8 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[st
             clean.append((obj, label))
         if key[1] == "PyTorchJob":
             errors += webhook_errors(obj, label)
-            errors += [f"{e} (CRD {crd.name})" for e in _schema_errors(crd_validator(str(crd)), obj, label)]
+        if key[1] in crds:  # the upstream CRD of this kind: the vendored PyTorchJob one, or --crd's
+            errors += [f"{e} (CRD {crds[key[1]].name})" for e in _schema_errors(crd_validator(str(crds[key[1]]))[1], obj, label)]
     return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean])
 
 

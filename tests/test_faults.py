@@ -56,11 +56,13 @@ def uninterrupted(data, tmp_path_factory):
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("gpus, victim", [(2, "rank 2"), (2, "node worker-0"), (1, "rank 0")])
-def test_killed_rank_or_node_restarts_and_ends_as_if_uninterrupted(data, uninterrupted, tmp_path, monkeypatch, gpus, victim):
+@pytest.mark.parametrize("gpus, victim, api", [(2, "rank 2", "pytorchjob"), (2, "node worker-0", "pytorchjob"),
+                                               (1, "rank 0", "pytorchjob"), (1, "node node-0-1", "trainjob")])
+def test_killed_rank_or_node_restarts_and_ends_as_if_uninterrupted(data, uninterrupted, tmp_path, monkeypatch, gpus, victim, api):
     """NODES=2 x `gpus`: SIGKILL one trainer process (a rank not the parked one) or every process of
     worker-0, right after the step-5 checkpoint; the job must restart once and end as the
-    uninterrupted run did.
+    uninterrupted run did. As a TrainJob, the restart is JobSet's (failurePolicy.maxRestarts) and
+    the reference is the PyTorchJob's uninterrupted run: the two APIs run the same job.
 
     What "the same" means: at W = 2 bit for bit (every tensor torch.equal, the same losses and
     AUC). At W = 4 the resumed run's first step differs from the uninterrupted run's step 6 by
@@ -74,7 +76,7 @@ def test_killed_rank_or_node_restarts_and_ends_as_if_uninterrupted(data, uninter
     """
     ref = uninterrupted(2, gpus)
     monkeypatch.setenv(HANG, "8")  # rank 1 parks before step 8: checkpoint 5 exists, 10 never can
-    run = Running(render(2, gpus, [f"dataset={data}", *TRAIN]), tmp_path)
+    run = Running(render(2, gpus, [f"dataset={data}", *TRAIN, f"api={api}"]), tmp_path)
     ckpts = tmp_path.joinpath(*RUN, "checkpoints")
     run.wait_for(lambda: "ckpt-000000005" in complete(ckpts) and "rank 1 hangs before step 8" in run.text(),
                  "complete checkpoint at step 5")
@@ -96,10 +98,11 @@ def test_killed_rank_or_node_restarts_and_ends_as_if_uninterrupted(data, uninter
     # its pod with 1 because one of its trainers died (killed, or its peer vanished).
     assert run.job.restarts == 1 and len(run.job.failures) == 1, run.job.failures
     replica, container, code = run.job.failures[0]
-    assert container == "pytorch" and replica in ("master-0", "worker-0")
-    assert (replica, code) in ((which, 137), ("master-0", 1)) if what == "node" else code == 1, run.job.failures
+    first = run.job.replicas[0].name  # node rank 0: master-0, or node-0-0
+    assert container == {"pytorchjob": "pytorch", "trainjob": "node"}[api] and replica in [r.name for r in run.job.replicas]
+    assert (replica, code) in ((which, 137), (first, 1)) if what == "node" else code == 1, run.job.failures
     assert "restarting the whole job (1 of 2)" in text
-    assert re.search(r"\[master-0\] resumed from \S+/ckpt-000000005: step 5, epoch 0, batch 5", text), text[-6000:]
+    assert re.search(rf"\[{first}\] resumed from \S+/ckpt-000000005: step 5, epoch 0, batch 5", text), text[-6000:]
     assert "ckpt-000000007" not in text.split("restarting the whole job")[1]
     assert not (ckpts / "ckpt-000000007" / "metadata.json").exists()  # still incomplete, never used
 

@@ -134,3 +134,23 @@ def test_the_facts_other_modules_use():
                                                 "batch.kubernetes.io/job-completion-index=1")
     objs = _pair()
     assert trainjob.trainer_job(_rt(objs))[0] == 0
+
+
+def test_a_trainer_crd_file_checks_the_kind_it_defines(tmp_path):
+    """`--crd` with Trainer's own CRD (not vendored here) applies to TrainJobs only, made strict."""
+    schema = {"type": "object", "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+        "spec": {"type": "object", "properties": {
+            "runtimeRef": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "trainer": {"type": "object", "properties": {"numNodes": {"type": "integer", "format": "int32", "minimum": 1},
+                                                         "image": {"type": "string", "maxLength": 2}}}}}}}
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "trainjobs.trainer.kubeflow.org"},
+           "spec": {"group": "trainer.kubeflow.org", "names": {"kind": "TrainJob", "plural": "trainjobs"}, "scope": "Namespaced",
+                    "versions": [{"name": "v1alpha1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}]}}
+    path = tmp_path / "trainer.kubeflow.org_trainjobs.yaml"
+    path.write_text(json.dumps(crd))
+    errors = validate_objects(_pair(), crd=path)
+    # image too long (the test CRD's limit) and unknown fields under trainer: strict, like the API server's field validation
+    assert errors and all(e.startswith("TrainJob/tj: spec.trainer") and e.endswith(f"(CRD {path.name})") for e in errors), errors
+    assert any("'img' is too long" in e for e in errors) and any("'command'" in e for e in errors)
