@@ -17,7 +17,7 @@ COMMANDS = {
     "logs": ("launcher.cli_cluster", "print (or follow) a replica's logs"),
     "cancel": ("launcher.cli_cluster", "delete a job"),
     "list": ("launcher.cli_cluster", "list the PyTorchJobs and TrainJobs in a namespace"),
-    "run-local": ("launcher.run_local", "run a rendered PyTorchJob as local processes (CPU)"),
+    "run-local": ("launcher.run_local", "run a rendered PyTorchJob or TrainJob as local processes (CPU)"),
     "data": ("launcher.data.cli", "push, pull, verify and stage datasets on S3"),
 }
 

@@ -180,3 +180,11 @@ def test_docker_job_runs_a_trainjob_with_the_torch_plugins_env(tmp_path):
     env = dict(a.split("=", 1) for a, flag in zip(args[1:], args) if flag == "--env")
     assert env["PET_MASTER_ADDR"] == "t-node-0-0" and env["PET_NODE_RANK"] == "1" and env["PET_MASTER_PORT"] == "29500"
     assert "WORLD_SIZE" not in env and "MASTER_ADDR" not in env
+
+
+def test_preprocessing_is_not_a_training_job_and_ignores_the_api():
+    for profile, over in (("criteo-preprocess", {}), ("criteo-preprocess", {"preprocess": {"engine": "local", "output": "s3://out/fl15"}})):
+        a = plan_job(load_job_config(profile, overrides=over))
+        b = plan_job(load_job_config(profile, overrides={**over, "api": "trainjob"}))
+        assert [o["kind"] for o in a.objects] == [o["kind"] for o in b.objects] and b.groups == []
+        assert [o["spec"] for o in a.objects] == [o["spec"] for o in b.objects]
