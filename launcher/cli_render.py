@@ -37,8 +37,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="override any config field, e.g. --set train.epochs=2 --set cluster.efa=4; repeatable")
     p.add_argument("--feature-spec", metavar="FILE|s3://...",
                    help="the dataset's feature_spec.yaml, read for the embedding table sizes (instead of train_tables)")
-    p.add_argument("--crd", metavar="FILE", help="validate the PyTorchJob against this CRD instead of the vendored one "
-                                                 "(launcher/schemas/kubeflow.org_pytorchjobs.yaml)")
+    p.add_argument("--crd", metavar="FILE", help="validate the job of the kind this CRD defines against it: a PyTorchJob "
+                                                 "instead of the vendored CRD (launcher/schemas/kubeflow.org_pytorchjobs.yaml), "
+                                                 "or a TrainJob (Trainer's trainer.kubeflow.org_trainjobs.yaml)")
 
 
 def job_from_args(args: argparse.Namespace) -> JobConfig:

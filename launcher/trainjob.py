@@ -13,7 +13,7 @@ JobSet labels every pod with `jobset.sigs.k8s.io/jobset-name` (= the TrainJob's 
 """
 from __future__ import annotations
 
-import re
+from launcher.names import DNS1035_LABEL
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 GROUP = "trainer.kubeflow.org"
@@ -36,8 +36,6 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MANAGED_BY = ("trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue")
 # ContainerPatch.env may not target these: their env comes only from spec.trainer / spec.initializer.
 NO_ENV_PATCH = ("node", "dataset-initializer", "model-initializer")
-DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def master_addr(job: str) -> str:
@@ -105,7 +103,7 @@ def trainjob_errors(job: dict, label: str, runtimes: dict[tuple[str, str, str], 
     errors = []
     meta, spec = job.get("metadata") or {}, job.get("spec") or {}
     name = meta.get("name", "")
-    if not (isinstance(name, str) and len(name) <= 63 and DNS_1035.match(name)):
+    if not DNS1035_LABEL.accepts(name):
         errors.append(f"{label}: metadata.name: {name!r} must be an RFC 1035 DNS label of at most 63 characters")
     ref = spec.get("runtimeRef") or {}
     kind, group = ref.get("kind", DEFAULT_RUNTIME_KIND), ref.get("apiGroup", GROUP)
