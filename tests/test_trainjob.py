@@ -188,3 +188,23 @@ def test_preprocessing_is_not_a_training_job_and_ignores_the_api():
         b = plan_job(load_job_config(profile, overrides={**over, "api": "trainjob"}))
         assert [o["kind"] for o in a.objects] == [o["kind"] for o in b.objects] and b.groups == []
         assert [o["spec"] for o in a.objects] == [o["spec"] for o in b.objects]
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda rt, job: rt["spec"]["template"]["spec"].update(replicatedJobs="node"), "TrainingRuntime tiny: replicatedJobs: expected a list"),
+    (lambda rt, job: rt["spec"]["template"]["spec"].update(failurePolicy={"maxRestarts": "two"}),
+     "failurePolicy.maxRestarts: expected an integer, got 'two'"),
+    (lambda rt, job: rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["metadata"].update(labels=[]),
+     "replicatedJobs[0].template.metadata.labels: expected a mapping"),
+    (lambda rt, job: rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["metadata"]["labels"].clear(),
+     "TrainingRuntime tiny has no replicated job labelled trainer.kubeflow.org/trainjob-ancestor-step: trainer"),
+    (lambda rt, job: job["spec"]["runtimeRef"].update(name="other"), "its runtime TrainingRuntime 'other' is not among the objects"),
+    (lambda rt, job: job["spec"]["trainer"].update(numProcPerNode="auto"), "spec.trainer.numProcPerNode: expected an integer, got 'auto'"),
+    (lambda rt, job: job["spec"].update(trainer=["x"]), "TrainJob tiny: spec.trainer: expected a mapping"),
+])
+def test_a_malformed_rendered_trainjob_is_a_one_line_error(mutate, fragment):
+    rt, job = tiny_trainjob("", max_restarts=0)
+    mutate(rt, job)
+    with pytest.raises(UserError) as e:
+        plan_from_objects([rt, job])
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
