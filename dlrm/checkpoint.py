@@ -10,9 +10,17 @@ Layout under a store (a folder or s3://bucket/prefix), one folder per checkpoint
 A checkpoint without metadata.json is incomplete (a kill landed while it was written) and is
 never loaded. Because every file names the table rows it holds, a checkpoint saved with W ranks
 loads under any other plan: each rank copies the overlap of its own pieces with the saved ones.
+
+metadata.json records every file's size and sha256 (hashed as it is written, no second read;
+each rank leaves `rank-<r>.pt.sum` for rank 0 to collect). Loading checks every file's size
+first (a truncated shard, a half-deleted folder) and each file's hash as it is read (a bit
+flip); either is a `CheckpointCorrupt`, which resume answers by falling back to an older
+checkpoint. Rotation deletes an old checkpoint's metadata.json first, so a rotation killed
+half-way never leaves a folder that still counts as complete.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,7 +34,13 @@ from dlrm.errors import UserError
 from dlrm.storage import open_store
 
 METADATA = "metadata.json"
+SUM = ".sum"  # rank-<r>.pt.sum: {"size", "sha256"} of rank-<r>.pt, for rank 0 to collect
 _NAME = re.compile(r"^ckpt-(\d{9})$")
+_HASH_CHUNK = 8 << 20
+
+
+class CheckpointCorrupt(UserError):
+    """A checkpoint that does not verify: resume skips it, `dlrm eval` reports it."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,34 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}"
 
 
-def _save(obj, path: str | Path, name: str) -> None:
+class _Hashing:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        return self.fh.write(b)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _save(obj, path: str | Path, name: str) -> dict:
     """torch.save through a Python file, so a failed write (a full disk) is an OSError naming `name`.
+    Returns {"size", "sha256"} of the bytes written.
 
     Saving to a path, torch reports a failed write as RuntimeError('basic_ios::clear: iostream error').
     """
     try:
         with open(path, "wb") as fh:
-            torch.save(obj, fh)
+            out = _Hashing(fh)
+            torch.save(obj, out)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return {"size": out.size, "sha256": out.sha.hexdigest()}
     except RuntimeError as e:
         if isinstance(e.__context__, OSError):  # the write torch called failed
             raise OSError(e.__context__.errno, e.__context__.strerror, name) from None
@@ -59,30 +93,89 @@ def _save(obj, path: str | Path, name: str) -> None:
         raise OSError(e.errno, e.strerror, name) from None
 
 
-def _put_torch(store, key: str, obj) -> None:
+def _put_torch(store, key: str, obj) -> dict:
+    """Save `obj` under `key`; returns its {"size", "sha256"}."""
     local = store.local_path(key)
     if local is not None:  # save next to the target and rename: no second copy of a 16 GB file
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            _save(obj, tmp, str(local))
+            digest = _save(obj, tmp, str(local))
             os.replace(tmp, local)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return
+        return digest
     with tempfile.TemporaryDirectory() as d:
-        _save(obj, Path(d) / "obj.pt", f"{Path(d) / 'obj.pt'} (staging {key} for upload)")
+        digest = _save(obj, Path(d) / "obj.pt", f"{Path(d) / 'obj.pt'} (staging {key} for upload)")
         store.put_file(key, Path(d) / "obj.pt")
+    return digest
 
 
-def _load_torch(store, key: str, tmpdir: str):
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _load_torch(store, key: str, tmpdir: str, expect: dict | None = None):
+    """torch.load `key` after checking its sha256 against `expect` (when the checkpoint has one)."""
     local = store.local_path(key)
     if local is None:
         local = Path(tmpdir) / key.replace("/", "_")
-        store.get_file(key, local)
-    return torch.load(local, map_location="cpu", mmap=True, weights_only=True)
+        try:
+            store.get_file(key, local)
+        except FileNotFoundError:
+            raise CheckpointCorrupt(f"{store.uri}/{key}: missing") from None
+    if expect and _sha256(local) != expect["sha256"]:
+        raise CheckpointCorrupt(f"{store.uri}/{key}: sha256 does not match metadata.json (the file changed "
+                                f"or was damaged after it was written)")
+    try:
+        return torch.load(local, map_location="cpu", mmap=True, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointCorrupt(f"{store.uri}/{key}: missing") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:  # torch's words for a damaged zip
+        raise CheckpointCorrupt(f"{store.uri}/{key}: not a readable torch file ({str(e).splitlines()[0]})") from None
+
+
+def read_metadata(store, name: str) -> dict:
+    """A checkpoint's metadata.json, checked for the keys loading needs; CheckpointCorrupt otherwise."""
+    where = f"{store.uri}/{name}/{METADATA}"
+    try:
+        meta = json.loads(store.get_bytes(f"{name}/{METADATA}"))
+    except FileNotFoundError:
+        raise CheckpointCorrupt(f"{where}: missing; the checkpoint is incomplete") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointCorrupt(f"{where}: not valid JSON (truncated?): {e}") from None
+    need = {"step": int, "data": dict, "config": dict, "files": dict}
+    for key, tp in need.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get(key), tp):
+            raise CheckpointCorrupt(f"{where}: no valid {key!r} ({tp.__name__}); written by something else, or damaged")
+    position = meta["data"]
+    if not (isinstance(position.get("epoch"), int) and isinstance(position.get("position"), int)):
+        raise CheckpointCorrupt(f"{where}: data.epoch and data.position must be integers, got {position}")
+    for fname, pieces in meta["files"].items():
+        try:
+            [Piece(**p) for p in pieces]
+        except TypeError:
+            raise CheckpointCorrupt(f"{where}: files.{fname} is not a list of pieces (table, start, end, offset)") from None
+    return meta
+
+
+def verify_sizes(store, name: str, meta: dict) -> None:
+    """Every file metadata.json lists is there with its recorded size: cheap (a stat or a HEAD per
+    file) and done by every rank, so all agree on a truncated or half-deleted checkpoint."""
+    for fname, digest in (meta.get("checksums") or {}).items():
+        key = f"{name}/{fname}"
+        try:
+            size = store.size(key)
+        except FileNotFoundError:
+            raise CheckpointCorrupt(f"{store.uri}/{key}: missing (listed in {METADATA})") from None
+        if size != digest.get("size"):
+            raise CheckpointCorrupt(f"{store.uri}/{key}: {size} bytes, {METADATA} says {digest.get('size')} (truncated?)")
 
 
 def complete_checkpoints(store) -> list[str]:
@@ -106,23 +199,39 @@ def save_checkpoint(uri: str, step: int, *, rank: int, weight: torch.Tensor, row
     """Every rank calls this; rank 0 (which must pass `dense`) writes metadata.json after a barrier."""
     store = open_store(uri)
     name = checkpoint_name(step)
-    _put_torch(store, f"{name}/rank-{rank}.pt", {
+    digest = _put_torch(store, f"{name}/rank-{rank}.pt", {
         "weight": weight.detach(),
         "row_state": {k: v.detach() for k, v in row_state.items()},
         "pieces": [asdict(p) for p in pieces_by_rank[rank]],
     })
+    store.put_bytes(f"{name}/rank-{rank}.pt{SUM}", json.dumps(digest).encode())
     if rank == 0:
-        _put_torch(store, f"{name}/dense.pt", dense)
+        dense_digest = _put_torch(store, f"{name}/dense.pt", dense)
     barrier()  # every rank's file is in place before the metadata makes the checkpoint count
     if rank == 0:
-        record = dict(meta, step=step, world_size=len(pieces_by_rank), files={
+        checksums = {f"rank-{r}.pt": json.loads(store.get_bytes(f"{name}/rank-{r}.pt{SUM}")) for r in sorted(pieces_by_rank)}
+        checksums["dense.pt"] = dense_digest
+        record = dict(meta, step=step, world_size=len(pieces_by_rank), checksums=checksums, files={
             f"rank-{r}.pt": [asdict(p) for p in ps] for r, ps in sorted(pieces_by_rank.items())
         })
         store.put_bytes(f"{name}/{METADATA}", json.dumps(record, indent=1).encode())
-        for old in complete_checkpoints(store)[:-keep] if keep > 0 else []:
-            store.delete(old)
+        rotate(store, keep, newest=name)
     barrier()
     return name
+
+
+def rotate(store, keep: int, newest: str) -> None:
+    """Keep the `keep` newest complete checkpoints (0: all); drop older ones and older leftovers of
+    killed saves. metadata.json goes first: a rotation killed half-way leaves an incomplete folder."""
+    complete = [n for n in complete_checkpoints(store) if n <= newest]
+    old = set(complete[:-keep]) if keep > 0 else set()
+    # Leftovers: older folders without metadata (killed saves), and anything newer than what was
+    # just saved: a timeline abandoned when resume skipped a checkpoint that did not verify.
+    names = {key.split("/")[0] for key in store.list("")}
+    old |= {n for n in names if _NAME.match(n) and (n > newest or (n < newest and n not in complete))}
+    for n in sorted(old):
+        store.delete(f"{n}/{METADATA}")
+        store.delete(n)
 
 
 def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dict[str, torch.Tensor],
@@ -132,10 +241,9 @@ def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dic
     Returns (metadata, dense). Raises UserError when a row this rank needs is in no saved file.
     """
     store = open_store(uri)
-    try:
-        meta = json.loads(store.get_bytes(f"{name}/{METADATA}"))
-    except (FileNotFoundError, KeyError):
-        raise UserError(f"{uri}/{name}: no {METADATA}; the checkpoint is incomplete and cannot be loaded") from None
+    meta = read_metadata(store, name)
+    verify_sizes(store, name, meta)
+    sums = meta.get("checksums") or {}  # absent in checkpoints written before checksums
     covered = {p: 0 for p in pieces}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for fname, saved in meta["files"].items():
@@ -144,7 +252,7 @@ def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dic
                         if mine.table == s.table and mine.start < s.end and s.start < mine.end]
             if not overlaps:
                 continue
-            blob = _load_torch(store, f"{name}/{fname}", tmp)
+            blob = _load_torch(store, f"{name}/{fname}", tmp, sums.get(fname))
             for mine, s in overlaps:
                 lo, hi = max(mine.start, s.start), min(mine.end, s.end)
                 dst = slice(mine.offset + lo - mine.start, mine.offset + hi - mine.start)
@@ -158,7 +266,7 @@ def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dic
             del blob
         # cloned: detached from the mmap'd file before tmp goes
         dense = torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t,
-                                             _load_torch(store, f"{name}/dense.pt", tmp))
+                                             _load_torch(store, f"{name}/dense.pt", tmp, sums.get("dense.pt")))
     for p, n in covered.items():
         if n != p.end - p.start:
             raise UserError(f"{uri}/{name}: rows {p.start}..{p.end} of table {p.table} are covered by "
@@ -173,12 +281,14 @@ def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Ten
     name = name or (complete_checkpoints(store) or [None])[-1]
     if name is None:
         raise UserError(f"{uri}: no complete checkpoint")
-    meta = json.loads(store.get_bytes(f"{name}/{METADATA}"))
+    meta = read_metadata(store, name)
+    verify_sizes(store, name, meta)
+    sums = meta.get("checksums") or {}
     parts: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for fname, pieces in meta["files"].items():
-            weight = _load_torch(store, f"{name}/{fname}", tmp)["weight"]
+            weight = _load_torch(store, f"{name}/{fname}", tmp, sums.get(fname))["weight"]
             for p in map(lambda d: Piece(**d), pieces):
                 parts.setdefault(p.table, []).append((p.start, weight[p.offset: p.offset + p.end - p.start].clone()))
-        dense = {k: v.clone() for k, v in _load_torch(store, f"{name}/dense.pt", tmp)["model"].items()}
+        dense = {k: v.clone() for k, v in _load_torch(store, f"{name}/dense.pt", tmp, sums.get("dense.pt"))["model"].items()}
     return {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}, dense

@@ -31,9 +31,10 @@ def main(args) -> int:
     name = args.name or latest_checkpoint(args.checkpoints)
     if not name:
         raise UserError(f"{args.checkpoints}: no complete checkpoint (a checkpoint is complete once its metadata.json exists)")
+    from dlrm.checkpoint import read_metadata
     from dlrm.storage import open_store
 
-    meta = json.loads(open_store(args.checkpoints).get_bytes(f"{name}/metadata.json"))
+    meta = read_metadata(open_store(args.checkpoints), name)
     cfg = from_dict(TrainConfig, meta["config"])
     if args.dataset:
         cfg.data.dataset = args.dataset

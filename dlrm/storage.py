@@ -26,6 +26,21 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         atomic_write(self._path(key), data)  # a full disk names the object, not the temp file
 
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` holding `data` unless it exists; False if it existed. Atomic: the data is
+        written to a temp file first, then hard-linked to its name (link fails if the name exists),
+        so no reader ever sees a half-written object."""
+        path = self._path(key)
+        self.put_bytes(f"{key}.{os.getpid()}.tmp", data)
+        tmp = self._path(f"{key}.{os.getpid()}.tmp")
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def put_file(self, key: str, local_path: str | os.PathLike) -> None:
         with atomic_path(self._path(key), fsync=False) as tmp:
             shutil.copyfile(local_path, tmp)
@@ -42,6 +57,13 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes; FileNotFoundError if there is none."""
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(str(path))
+        return path.stat().st_size
 
     def list(self, prefix: str = "") -> list[str]:
         """Every key under `prefix` (recursively), sorted; temp files excluded."""

@@ -154,6 +154,17 @@ class S3Store:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     @_user_errors
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (If-None-Match: *; AWS S3 since 2024, MinIO): False if `key` exists."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except bex.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+
+    @_user_errors
     def put_file(self, key: str, local_path: str | os.PathLike) -> None:
         # upload_file goes multipart (parallel parts) for big checkpoint shards.
         self.client.upload_file(str(local_path), self.bucket, self._key(key), Config=transfer_config())
@@ -179,6 +190,15 @@ class S3Store:
 
     def local_path(self, key: str) -> Path | None:
         return None  # objects must be fetched (get_file) before reading
+
+    @_user_errors
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except bex.ClientError as e:
+            if _is_missing(e):
+                raise FileNotFoundError(f"{self.uri}/{key}") from None
+            raise
 
     @_user_errors
     def exists(self, key: str) -> bool:

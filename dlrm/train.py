@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dlrm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dlrm.checkpoint import save_checkpoint
 from dlrm.config import TrainConfig, dump_yaml, load_config, to_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.reader import SplitBinaryReader
@@ -29,6 +29,8 @@ from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
 from dlrm.metrics import MetricsLog, roc_auc
 from dlrm.optim import Optimizers
+from dlrm.resume import dataset_identity, resume_latest
+from dlrm.runlock import claim_outputs
 from dlrm.schedule import learning_rate
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
@@ -175,10 +177,11 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(SPLITS)  # 0 train rows would 'train' 0 steps; 0 test rows fail after training
     out = Path(cfg.out)
+    ckpt_uri = cfg.checkpoint_dir or str(out / "checkpoints")
+    claim = claim_outputs(str(out), ckpt_uri, runtime)  # writable, and ours alone, before any write
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_yaml(cfg))
-    ckpt_uri = cfg.checkpoint_dir or str(out / "checkpoints")
 
     plan = plan_for_config(cfg, spec.table_sizes, list(spec.categorical), runtime.world_size,
                            hotness=spec.table_hotness, num_numerical=len(spec.numerical))
@@ -198,9 +201,13 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
 
     step, epoch, position = 0, 0, 0
     metrics = MetricsLog(out / "metrics.jsonl", enabled=runtime.is_main)
-    if cfg.resume and (name := latest_checkpoint(ckpt_uri)):
-        meta, dense = load_checkpoint(ckpt_uri, name, weight=weight.data, row_state=opt.sparse.state_tensors(0),
-                                      pieces=pieces)
+    identity = dataset_identity(spec)
+    found = cfg.resume and resume_latest(
+        ckpt_uri, cfg, identity, weight=weight.data, row_state=opt.sparse.state_tensors(0), pieces=pieces,
+        agree=lambda ok: runtime.all_reduce_sum(torch.tensor(float(ok), device=device)).item() == runtime.world_size,
+        log=lambda line: runtime.is_main and print(line, flush=True))
+    if found:
+        name, meta, dense = found
         model.model.load_state_dict(dense["model"], strict=False)
         opt.dense.load_state_dict(dense["optimizer"])
         step, epoch, position = meta["step"], meta["data"]["epoch"], meta["data"]["position"]
@@ -211,7 +218,8 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
         dense = {"model": model.dense_state_dict(), "optimizer": opt.dense.state_dict()} if runtime.is_main else None
         # the position after an epoch's last batch is the next epoch's start
         at = (epoch + 1, 0) if position >= batches_per_epoch else (epoch, position)
-        meta = {"data": {"epoch": at[0], "position": at[1]}, "config": to_dict(cfg), "plan": plan.to_dict()}
+        meta = {"data": {"epoch": at[0], "position": at[1]}, "config": to_dict(cfg), "plan": plan.to_dict(),
+                "dataset": identity}
         save_checkpoint(ckpt_uri, step, rank=runtime.rank, weight=weight.data, row_state=opt.sparse.state_tensors(0),
                         pieces_by_rank=pieces_by_rank, dense=dense, meta=meta, barrier=runtime.barrier,
                         keep=cfg.checkpoint_keep)
@@ -295,4 +303,5 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     metrics.write(**summary)
     if cfg.plot and runtime.is_main:
         summary["plot"] = str(metrics.plot(out / "metrics.png"))
+    claim.release()
     return summary

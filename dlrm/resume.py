@@ -1,0 +1,112 @@
+"""`--resume`: pick the checkpoint to continue from, and refuse one from another run shape.
+
+    found = resume_latest(uri, cfg, dataset_identity(spec), weight=..., row_state=..., pieces=..., agree=...)
+
+Before anything is loaded, the checkpoint's recorded config and dataset are compared with this
+run's (`compare`): a field the saved state depends on (the model's shape, the tables, the batch
+size and order that give the saved data position its meaning, the optimizer whose state is
+saved) is an error listing every difference; the rest (learning rate, epochs, eval and
+checkpoint cadence...) may change and is printed. Then the newest checkpoint that verifies is
+loaded; each newer one that does not is skipped with the reason printed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from dlrm.checkpoint import CheckpointCorrupt, complete_checkpoints, load_checkpoint, read_metadata
+from dlrm.config import TrainConfig, to_dict
+from dlrm.data.spec import FeatureSpec
+from dlrm.errors import UserError
+from dlrm.storage import open_store
+
+# Config fields (dotted prefixes) whose change makes the saved state mean something else.
+MUST_MATCH = (
+    "model.",  # layer sizes, embedding dim, interaction: the saved tensors' shapes and meaning
+    "optim.optimizer",  # the saved per-row and dense optimizer state
+    "data.batch_size",  # the saved position counts batches: another size means other samples
+    "data.shuffle_batches",  # ... in another order
+    "seed",  # ... the order is drawn from the seed
+)
+# Fields that say where, not what: never reported as changes.
+WHERE = ("resume", "out", "checkpoint_dir", "data.dataset")
+
+
+def dataset_identity(spec: FeatureSpec) -> dict:
+    """What the saved state depends on in the dataset: its tables, numerical features, train rows
+    (the data position), and test rows (reported if changed)."""
+    rows = spec.check()
+    return {"tables": {f: spec.cardinalities[f] for f in spec.categorical}, "numerical": list(spec.numerical),
+            "train_rows": rows.get("train"), "test_rows": rows.get("test")}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def compare(meta: dict, cfg: TrainConfig, identity: dict) -> tuple[list[str], list[str]]:
+    """(differences that forbid resuming, changes that are fine), each 'key: saved -> now'."""
+    saved, now = _flat(meta.get("config") or {}), _flat(to_dict(cfg))
+    errors, changes = [], []
+    for key in sorted(set(saved) | set(now)):
+        if key in WHERE or saved.get(key, now.get(key)) == now.get(key, saved.get(key)):
+            continue  # equal, or a field only one side knows (another version): nothing to compare
+        line = f"{key} {saved[key]!r} -> {now[key]!r}"
+        (errors if key.startswith(MUST_MATCH) else changes).append(line)
+    old = meta.get("dataset")
+    if old:  # checkpoints before this record carry no dataset identity
+        t_old, t_now = old.get("tables") or {}, identity["tables"]
+        if list(t_old) != list(t_now):
+            errors.append(f"dataset tables {list(t_old)} -> {list(t_now)}")
+        else:
+            errors += [f"dataset table {t} rows {t_old[t]} -> {t_now[t]}" for t in t_old if t_old[t] != t_now[t]]
+        if old.get("numerical") != identity["numerical"]:
+            errors.append(f"dataset numerical features {old.get('numerical')} -> {identity['numerical']}")
+        if old.get("train_rows") != identity["train_rows"]:
+            errors.append(f"dataset train rows {old.get('train_rows')} -> {identity['train_rows']} "
+                          f"(the saved data position would point at other samples)")
+        if old.get("test_rows") != identity["test_rows"]:
+            changes.append(f"dataset test rows {old.get('test_rows')} -> {identity['test_rows']}")
+    return errors, changes
+
+
+def resume_latest(uri: str, cfg: TrainConfig, identity: dict, *, weight, row_state, pieces,
+                  agree: Callable[[bool], bool] = lambda ok: ok, log: Callable[[str], None] = print):
+    """Load the newest checkpoint under `uri` that verifies; (name, meta, dense), or None when
+    there is no complete checkpoint. Every rank calls it; `agree(ok)` is True when every rank
+    loaded its part (a damaged file only some ranks read must make all of them fall back)."""
+    store = open_store(uri)
+    skipped = []
+    for name in reversed(complete_checkpoints(store)):
+        try:
+            meta = read_metadata(store, name)
+        except CheckpointCorrupt as e:
+            problem = str(e)
+        else:
+            errors, changes = compare(meta, cfg, identity)
+            if errors:
+                raise UserError(f"cannot resume from {uri}/{name}: this run differs in what the checkpoint "
+                                f"depends on: {'; '.join(errors)} (start a new run folder, or change them back)")
+            try:
+                _, dense = load_checkpoint(uri, name, weight=weight, row_state=row_state, pieces=pieces)
+                problem = None
+            except CheckpointCorrupt as e:
+                problem = str(e)
+        if agree(problem is None):
+            for line in skipped:
+                log(line)
+            if changes:
+                log(f"resume: changed since {name} (allowed): {', '.join(changes)}")
+            return name, meta, dense
+        skipped.append(f"resume: skipped {uri}/{name}: {problem or 'a file another rank reads does not verify'}")
+    for line in skipped:
+        log(line)
+    if skipped:
+        raise UserError(f"{uri}: no checkpoint verifies ({len(skipped)} tried, newest first; see above); "
+                        f"remove them to start over")
+    return None

@@ -1,0 +1,157 @@
+"""One run writes a run folder (and a checkpoint store) at a time, and only where it can write.
+
+    lock = claim_outputs(out, ckpt_uri, runtime)   # before the first write; released by lock.release()
+
+A lock is one small object, `.dlrm-lock.json` = {host, pid, pid_start, started}, created only if
+absent: a hard link for a folder, a conditional PUT (If-None-Match: *) for s3:// (AWS S3 and
+MinIO honour it; a store that ignores it makes the S3 lock best-effort). A second trainer fails
+at once naming the holder. A lock whose holder is a dead process on this host (the same pid
+with another start time is another process) is stale and taken over: a pod restarted in place
+keeps its hostname, so a killed run resumes without anyone deleting locks. Under torchrun rank 0
+takes the locks and every rank learns the outcome. Before that, every rank writes and deletes a
+probe object in each output, so a store that cannot be written fails before the first step,
+not at the first checkpoint hours later.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import time
+
+from dlrm.errors import UserError
+from dlrm.storage import open_store
+
+LOCK = ".dlrm-lock.json"
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None if
+    there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _me() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _holder_is_gone(holder: dict) -> bool:
+    """True only when the holder ran on this host and that process no longer exists."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    if not os.path.isdir("/proc"):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return _process_start(holder["pid"]) != holder.get("pid_start")
+
+
+class Lock:
+    def __init__(self, store, me: dict):
+        self.store, self.me, self.held = store, me, False
+
+    def acquire(self) -> None:
+        data = json.dumps(self.me).encode()
+        for _ in range(3):  # a stale lock is removed, then raced for again
+            try:
+                created = self.store.put_bytes_if_absent(LOCK, data)
+            except OSError as e:  # the lock is the run folder's first write: name the folder
+                raise OSError(e.errno, f"cannot write here ({e.strerror or e}); checked before the first step",
+                              self.store.uri) from None
+            if created:
+                self.held = True
+                atexit.register(self.release)
+                return
+            try:
+                holder = json.loads(self.store.get_bytes(LOCK))
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except ValueError:
+                holder = {}
+            if not isinstance(holder, dict):
+                holder = {}
+            mine = holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"] \
+                and holder.get("pid_start") == self.me["pid_start"]
+            if mine or _holder_is_gone(holder):
+                self.store.delete(LOCK)
+                continue
+            who = (f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started {holder.get('started', '?')}"
+                   if holder else "an unreadable lock")
+            raise UserError(f"{self.store.uri} is in use by another run ({who}); wait for it to finish, or if it is "
+                            f"gone (another host cannot be checked), delete {self.store.uri}/{LOCK}")
+        raise UserError(f"{self.store.uri}: could not take {LOCK} (other runs keep taking it)")
+
+    def release(self) -> None:
+        """Delete the lock if it is still ours."""
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if json.loads(self.store.get_bytes(LOCK)).get("pid_start") == self.me["pid_start"]:
+                self.store.delete(LOCK)
+        except (OSError, ValueError, UserError):
+            pass  # gone or unreachable: a later run treats it as stale or names it
+
+
+def probe_writable(uri: str) -> None:
+    """Write and delete a small object under `uri`; a one-line error naming it if either fails."""
+    store = open_store(uri)
+    key = f".dlrm-write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        store.put_bytes(key, b"probe")
+        store.delete(key)
+    except OSError as e:  # an OS error (exit 1), named as the output, not the probe file
+        raise OSError(e.errno, f"cannot write here ({e.strerror or e}); checked before the first step", uri) from None
+    except UserError as e:
+        raise UserError(f"{uri}: cannot write here: {e}") from None
+
+
+class Claim:
+    def __init__(self, locks: list[Lock]):
+        self.locks = locks
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+
+
+def claim_outputs(out: str, ckpt_uri: str, runtime) -> Claim:
+    """Lock the run folder and, if elsewhere, the checkpoint store (rank 0), then probe the
+    checkpoint store for writes (every rank writes its checkpoint file there); every rank fails
+    if any rank did, before anything else is written."""
+    import torch
+
+    def agree(step) -> None:
+        error = None
+        try:
+            step()
+        except (UserError, OSError) as e:
+            error = e
+        failed = runtime.all_reduce_sum(torch.tensor(float(error is not None), device=runtime.device)).item()
+        if error is not None or failed:
+            Claim(locks).release()
+            raise error or UserError("another rank could not lock or write the run's outputs (see its error)")
+
+    locks: list[Lock] = []
+
+    def lock_all() -> None:
+        if runtime.is_main:
+            me = _me()
+            for uri in [out] + ([ckpt_uri] if ckpt_uri != os.path.join(out, "checkpoints") else []):
+                locks.append(Lock(open_store(uri), me))
+                locks[-1].acquire()
+
+    agree(lock_all)
+    agree(lambda: probe_writable(ckpt_uri))
+    return Claim(locks)
