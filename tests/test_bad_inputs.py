@@ -150,6 +150,40 @@ def _damage(root: Path, args: dict) -> None:
             raise ValueError(f"setup dataset: unknown op {op!r}")
 
 
+def setup_run(ctx: Ctx, args: dict) -> None:
+    """A dataset at {dataset} and a finished tiny run at {tmp}/run (checkpoints at steps 2 and 4),
+    then damage: `flip`/`truncate` {file, which: newest|all} in checkpoints, or a `lock` held by
+    a live process (this one)."""
+    import io
+    import json
+
+    from dlrm.config import TrainConfig, load_config
+    from dlrm.train import BUILTIN_CONFIGS, train
+
+    root, run = _dataset(ctx), ctx.tmp / "run"
+    cfg = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"],
+                      overrides=[f"data.dataset={root}", f"out={run}", "checkpoint_every=2"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(cfg)
+    ckpts = sorted((run / "checkpoints").glob("ckpt-*"))
+    for op, a in args.items():
+        if op == "lock":
+            from dlrm.runlock import LOCK, _me
+
+            (run / LOCK).write_text(json.dumps(_me()))
+            continue
+        for ckpt in (ckpts if a.get("which") == "all" else ckpts[-1:]):
+            path = ckpt / a["file"]
+            if op == "flip":
+                data = bytearray(path.read_bytes())
+                data[-100] ^= 0xFF
+                path.write_bytes(bytes(data))
+            elif op == "truncate":
+                os.truncate(path, a["bytes"])
+            else:
+                raise ValueError(f"setup run: unknown op {op!r}")
+
+
 def setup_criteo_days(ctx: Ctx, args: dict) -> None:
     """Raw Criteo day_0 and day_1 (40 lines each) at {days}, with at most one kind of damage."""
     from dlrm.preprocess.gen import generate_days
@@ -266,7 +300,7 @@ def setup_s3(ctx: Ctx, args: dict) -> None:
 _buckets = itertools.count()
 
 
-SETUPS = {"none": setup_none, "dataset": setup_dataset, "criteo_days": setup_criteo_days,
+SETUPS = {"none": setup_none, "dataset": setup_dataset, "run": setup_run, "criteo_days": setup_criteo_days,
           "values": setup_values, "fake_k8s": setup_fake_k8s, "s3": setup_s3}
 
 
