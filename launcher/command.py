@@ -38,6 +38,8 @@ def stage_args(source: str, dest: str = STAGED_DATASET) -> list[str]:
     return [source, dest]
 
 
-def preprocess_args(input: str, output: str, frequency_threshold: int, engine: str) -> list[str]:
+def preprocess_args(input: str, output: str, frequency_threshold: int, engine: str,
+                    vocabulary_days: str = "all") -> list[str]:
     """Arguments after PREPROCESS_COMMAND (or after SPARK_MAIN_FILE, with `preprocess` first)."""
-    return ["--input", input, "--out", output, "--frequency-threshold", str(frequency_threshold), "--engine", engine]
+    return ["--input", input, "--out", output, "--frequency-threshold", str(frequency_threshold),
+            "--vocabulary-days", vocabulary_days, "--engine", engine]

@@ -113,6 +113,8 @@ class PreprocessConfig:
     input: str = ""  # raw Criteo day files: a folder on the storage, or s3://
     output: str = ""  # dataset folder to write: a folder on the storage, or s3://
     frequency_threshold: Annotated[int, Range(ge=0, le=2**31 - 1)] = 15
+    # all: ids from every day, test day included (NVIDIA's rule and table sizes); train: training days only
+    vocabulary_days: Literal["all", "train"] = "all"
     engine: Literal["local", "spark"] = "local"  # local: a batch/v1 Job; spark: a SparkApplication (Kubeflow Spark operator)
     spark: SparkConfig = field(default_factory=SparkConfig)
 

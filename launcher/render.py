@@ -106,8 +106,10 @@ def _preprocess_context(cfg: JobConfig) -> dict:
     inp, out = io[0]["path"], io[1]["path"]
     return {
         "preprocess_io": io,
-        "preprocess_command": cmd.PREPROCESS_COMMAND + cmd.preprocess_args(inp, out, pp.frequency_threshold, "local"),
-        "spark_arguments": ["preprocess", *cmd.preprocess_args(inp, out, pp.frequency_threshold, "spark")],
+        "preprocess_command": cmd.PREPROCESS_COMMAND + cmd.preprocess_args(inp, out, pp.frequency_threshold, "local",
+                                                                           pp.vocabulary_days),
+        "spark_arguments": ["preprocess", *cmd.preprocess_args(inp, out, pp.frequency_threshold, "spark",
+                                                               pp.vocabulary_days)],
     }
 
 

@@ -40,8 +40,11 @@ def classify(line: str):
     return None
 
 
-def reference(day_paths: list[Path], thresholds: list[int]):
-    """{split: (numerical float16 [R,13], ids [R,26], label [R])}, cardinalities, bad {kind: n}."""
+def reference(day_paths: list[Path], thresholds: list[int], vocabulary_days: str = "all"):
+    """{split: (numerical float16 [R,13], ids [R,26], label [R])}, cardinalities, bad {kind: n}.
+
+    vocabulary_days "all": values are counted on every day (NVIDIA's rule), "train": on the
+    training days only."""
     days = [read_lines(p) for p in day_paths]
     bad = Counter()
     counts = [Counter() for _ in range(26)]
@@ -56,7 +59,7 @@ def reference(day_paths: list[Path], thresholds: list[int]):
                 continue
             f = line.split("\t")
             good.append((split, f))
-            if split == "train":
+            if split == "train" or vocabulary_days == "all":
                 for j in range(26):
                     if f[14 + j]:
                         counts[j][int(f[14 + j], 16)] += 1

@@ -152,6 +152,32 @@ def test_output_matches_the_line_by_line_reference(days, done):
     assert report["clamped_values"]["train"] > 0  # the generator writes -3 ... -5
 
 
+def test_vocabulary_days_all_is_nvidias_and_train_is_leak_free(days, done, tmp_path):
+    """Default: the test/validation day's values count too (NVIDIA's generate_models --days 0-23);
+    vocabulary_days=train: only the training days' (values seen only in the test day get id 0)."""
+    out, report = done
+    assert report["vocabulary_days"] == [0, 1, 2] and report["train_days"] == [0, 1]
+    thresholds = [3] * 26
+    thresholds[3], thresholds[7] = 1, 40
+    paths = [days[0] / "day_0", days[0] / "day_1.gz", days[0] / "day_2"]
+    report_train = local.run(settings(days[0], tmp_path / "ds", vocabulary_days="train",
+                                      feature_thresholds={"cat_3": 1, "cat_7": 40}), workers=1, chunk_rows=200)
+    assert report_train["vocabulary_days"] == [0, 1]
+    ref, cards, _ = reference(paths, thresholds, vocabulary_days="train")
+    got = load(tmp_path / "ds")
+    for split in ALL:
+        for a, b in zip(got[split], ref[split]):
+            np.testing.assert_array_equal(a, b)
+    assert list(report_train["cardinalities"].values()) == cards
+    # counting one more day can only add values over the threshold
+    assert all(a >= b for a, b in zip(report["cardinalities"].values(), cards))
+    assert report["cardinalities"] != report_train["cardinalities"]
+    # a different vocabulary is a different dataset: not resumed into the other's folder
+    with pytest.raises(DataError, match="already holds a different dataset"):
+        local.run(settings(days[0], out, vocabulary_days="train", feature_thresholds={"cat_3": 1, "cat_7": 40}),
+                  workers=1)
+
+
 def test_bad_lines_are_counted_by_kind_and_split_with_file_and_line(days, done):
     inp, bad = days
     by_kind = done[1]["bad_lines"]["by_kind"]
@@ -265,6 +291,8 @@ def test_cli_prints_the_report_and_user_errors_exit_2(days, tmp_path, capsys):
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((out / "preprocess_report.json").read_text())
-    assert printed["feature_thresholds"] == {"cat_3": 1}
+    assert printed["feature_thresholds"] == {"cat_3": 1} and printed["vocabulary_days"] == [0, 1, 2]
+    rc = dlrm_main(["preprocess", "--input", str(days[0]), "--out", str(tmp_path / "x"), "--vocabulary-days", "test"])
+    assert rc == 2 and "--vocabulary-days 'test': expected one of all, train" in capsys.readouterr().err
     rc = dlrm_main(["preprocess", "--input", str(days[0]), "--out", str(tmp_path / "x"), "--feature-threshold", "cat_26=1"])
     assert rc == 2 and "no feature 'cat_26'" in capsys.readouterr().err

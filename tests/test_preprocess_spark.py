@@ -19,7 +19,8 @@ pyspark = pytest.importorskip("pyspark")
 pytestmark = pytest.mark.slow
 
 ALL = ("train", "test", "validation")
-SAME = ("rows", "lines", "cardinalities", "bad_lines", "clamped_values", "train_days", "test_validation_day")
+SAME = ("rows", "lines", "cardinalities", "bad_lines", "clamped_values", "train_days", "test_validation_day",
+        "vocabulary_days")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,11 @@ def test_generated_days_give_byte_identical_datasets(spark, tmp_path):
     assert {k: a[k] for k in SAME} == {k: b[k] for k in SAME}
     assert a["bad_lines"]["total"] == 39 and b["engine"] == "spark"
     assert FeatureSpec.load(tmp_path / "spark").check(ALL) == b["rows"]
+    # the leak-free vocabulary (training days only): the engines agree on it too
+    c, d = both(inp, tmp_path / "train-only", spark, vocabulary_days="train", feature_thresholds={"cat_4": 1, "cat_9": 30})
+    assert same_bytes(tmp_path / "train-only" / "local", tmp_path / "train-only" / "spark")
+    assert {k: c[k] for k in SAME} == {k: d[k] for k in SAME} and c["vocabulary_days"] == [0, 1]
+    assert c["cardinalities"] != a["cardinalities"]
 
 
 def test_real_sample_gives_byte_identical_datasets(spark, shared_dir, tmp_path):

@@ -216,7 +216,8 @@ def test_preprocess_job_and_spark():
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["image"].startswith("dlrm-k8s-preprocess:")
     assert c["command"] == cmd.PREPROCESS_COMMAND + ["--input", cmd.PREPROCESS_INPUT, "--out", "s3://out/fl15",
-                                                     "--frequency-threshold", "15", "--engine", "local"]
+                                                     "--frequency-threshold", "15", "--vocabulary-days", "all",
+                                                     "--engine", "local"]
     assert [m["name"] for m in c["volumeMounts"]] == ["input", "tmp"]  # the s3:// output is not mounted
     (app,) = render("criteo-preprocess-spark")
     assert (app["apiVersion"], app["kind"]) == ("sparkoperator.k8s.io/v1beta2", "SparkApplication")

@@ -1,8 +1,21 @@
-"""Single-GPU DLRM training throughput, Criteo FL=15 shape: 26 tables (33.8M rows), dim 128,
-NVIDIA's MLPs (bottom 512-256-128, top 1024-1024-512-256-1, dot interaction), batch 65536.
+"""Single-GPU DLRM training throughput, two shapes, batch 65536:
+
+  fl15-dot      Criteo FL=15: 26 one-hot tables (33.8M rows), dim 128, NVIDIA's MLPs (bottom
+                512-256-128, top 1024-1024-512-256-1, dot interaction), SGD;
+  mlperf-dcnv2  MLPerf Training's DLRM-DCNv2: MLPerf's multi-hot tables (hotness 3,2,1,...,100,...,
+                214 ids a sample) capped at 40M rows, scaled down uniformly to --max-table-gib so
+                they fit one GPU; 3 cross layers of rank 512 over 27 x 128, same MLPs; the
+                trainer's own sum-pooled lookup (dlrm.model.pooled_lookup, sparse gradient) and
+                its optimizers (row-wise Adagrad for the table, torch Adagrad for the rest).
 
     PYTHONPATH=. python3 benchmarks/gpu/bench_gpu.py                   # on an H100: bf16 AMP and fp32/TF32
-    PYTHONPATH=. python3 benchmarks/gpu/bench_gpu.py --device cpu --smoke   # tiny, for tests
+    PYTHONPATH=. python3 benchmarks/gpu/bench_gpu.py --shape mlperf-dcnv2 --modes amp-bf16
+    PYTHONPATH=. python3 benchmarks/gpu/bench_gpu.py --device cpu --smoke [--shape ...]   # tiny, for tests
+
+mlperf-dcnv2 runs the whole model for the whole batch on one GPU; MLPerf's published figures
+(~1.7-1.9M samples/s per GPU on 8-GPU H100/H200 systems, v4.0 and v5.1 logs) are global
+throughput / 8 with the tables sharded 8 ways and an all-to-all, so the two compare in scale,
+not exactly.
 
 Prints `name: value unit` lines, then one JSON line. Ids are synthetic (uniform per table) and
 generated on the GPU, so the figure is the training step alone, not the input pipeline.
@@ -30,15 +43,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dlrm.config import ModelConfig
-from dlrm.tables import CRITEO_FL15_CARDINALITIES
+from dlrm.config import ModelConfig, OptimConfig
+from dlrm.tables import CRITEO_FL15_CARDINALITIES, MLPERF_DCNV2_CARDINALITIES, MLPERF_HOTNESS
 from dlrm.kernels import row_scatter_add
-from dlrm.model import DLRM
+from dlrm.model import DLRM, pooled_lookup
+from dlrm.optim import Optimizers
+
+SHAPES = ("fl15-dot", "mlperf-dcnv2")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--shape", default="fl15-dot", choices=SHAPES)
+    p.add_argument("--max-table-gib", type=float, default=60.0,
+                   help="mlperf-dcnv2: scale the tables down uniformly to at most this much fp32 (default 60)")
     p.add_argument("--smoke", action="store_true", help="tiny tables, MLPs and batch: checks the code, not the speed")
     p.add_argument("--batch-size", type=int, default=65536)
     p.add_argument("--warmup", type=int, default=15)
@@ -93,9 +112,46 @@ class Step:
         return loss.detach()
 
 
-def make_batches(n, B, table_sizes, device, seed=0):
-    """n distinct synthetic batches, made on the device: numerical [B, 13], ids [B, F], label [B]."""
+class PooledStep:
+    """One DLRM-DCNv2 multi-hot training step as the trainer takes it: sum-pooled lookup with a
+    sparse gradient, row-wise Adagrad on the table, torch Adagrad on the dense arches."""
+
+    def __init__(self, table_sizes, hotness, cfg: ModelConfig, device, amp: bool, lr: float, compile_mode: str):
+        self.device, self.amp = device, amp
+        torch.manual_seed(0)
+        self.model = DLRM(13, [1] * len(table_sizes), cfg).to(device)
+        self.model.sparse_arch = None
+        rows, D = sum(table_sizes), cfg.embedding_dim
+        bound = 1.0 / math.sqrt(max(table_sizes))
+        self.weight = torch.nn.Parameter(torch.rand(rows, D, device=device).mul_(2 * bound).sub_(bound))
+        starts = torch.tensor([0] + list(table_sizes)[:-1], device=device).cumsum(0)
+        self.col_offsets = starts.repeat_interleave(torch.tensor(hotness, device=device))  # [H]
+        self.bag_starts = torch.tensor([0] + list(hotness)[:-1], device=device).cumsum(0)  # [F]
+        self.opt = Optimizers(list(self.model.parameters()), [self.weight], OptimConfig(optimizer="adagrad", lr=lr))
+        self.opt.set_lr(lr)
+        self.update_name = "row-wise adagrad (dlrm.optim)"
+        self.dense_loss, self.compiled = self._dense_loss, False
+        if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda"):
+            self.dense_loss, self.compiled = torch.compile(self._dense_loss), True
+
+    _dense_loss = Step._dense_loss
+
+    def __call__(self, batch):
+        numerical, ids, label = batch
+        emb = pooled_lookup(ids + self.col_offsets, self.weight, self.bag_starts)  # [B, F, D]
+        loss = self.dense_loss(numerical, emb, label)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad()
+        return loss.detach()
+
+
+def make_batches(n, B, table_sizes, device, seed=0, hotness=None):
+    """n distinct synthetic batches, made on the device: numerical [B, 13], ids [B, H] (H = F for
+    one-hot; each table's `hotness` columns side by side), label [B]."""
     g = torch.Generator(device=device).manual_seed(seed)
+    if hotness is not None:
+        table_sizes = [n for n, h in zip(table_sizes, hotness) for _ in range(h)]
     cards = torch.tensor(table_sizes, device=device, dtype=torch.float64)
     out = []
     for _ in range(n):
@@ -107,12 +163,18 @@ def make_batches(n, B, table_sizes, device, seed=0):
     return out
 
 
+def scaled_tables(sizes: list[int], dim: int, max_gib: float) -> list[int]:
+    """`sizes` divided by one factor so the fused fp32 table is at most max_gib (each table >= 2 rows)."""
+    factor = max(1.0, sum(sizes) * dim * 4 / (max_gib * 2**30))
+    return [max(2, int(n / factor)) for n in sizes]
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def run_mode(mode, args, table_sizes, cfg, device) -> dict:
+def run_mode(mode, args, table_sizes, cfg, device, hotness=None) -> dict:
     amp = mode == "amp-bf16"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # both modes: fp32 means fp32 storage, TF32 matmuls
@@ -122,8 +184,11 @@ def run_mode(mode, args, table_sizes, cfg, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     t0 = time.perf_counter()
-    step = Step(table_sizes, cfg, device, amp, args.lr, args.compile)
-    batches = make_batches(4, args.batch_size, table_sizes, device)
+    if hotness is None:
+        step = Step(table_sizes, cfg, device, amp, args.lr, args.compile)
+    else:
+        step = PooledStep(table_sizes, hotness, cfg, device, amp, args.lr, args.compile)
+    batches = make_batches(4, args.batch_size, table_sizes, device, hotness=hotness)
     sync(device)
     init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -135,7 +200,7 @@ def run_mode(mode, args, table_sizes, cfg, device) -> dict:
             raise
         print(f"{mode}: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); eager", flush=True)
         step.dense_loss, step.compiled = step._dense_loss, False
-        step.opt.zero_grad(set_to_none=True)
+        step.opt.zero_grad()
         first = step(batches[0])
     for i in range(args.warmup):
         step(batches[i % len(batches)])
@@ -182,19 +247,30 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device visible: run with --device cpu --smoke to check the code here")
-    if args.smoke:
+    hotness = None
+    if args.shape == "mlperf-dcnv2":
+        hotness = list(MLPERF_HOTNESS)
+        cfg = ModelConfig(interaction="dcn", dcn_num_layers=3, dcn_low_rank_dim=512)
+        table_sizes = scaled_tables(MLPERF_DCNV2_CARDINALITIES, cfg.embedding_dim, args.max_table_gib)
+        if args.smoke:
+            table_sizes = [max(2, n // 100_000) for n in MLPERF_DCNV2_CARDINALITIES]
+            cfg = ModelConfig(embedding_dim=16, bottom_mlp=[32, 16], top_mlp=[32, 16], interaction="dcn",
+                              dcn_num_layers=2, dcn_low_rank_dim=8)
+    elif args.smoke:
         table_sizes = [max(2, n // 10_000) for n in CRITEO_FL15_CARDINALITIES]
         cfg = ModelConfig(embedding_dim=16, bottom_mlp=[32, 16], top_mlp=[32, 16])
-        args.batch_size = min(args.batch_size, 512)
-        args.warmup, args.steps = min(args.warmup, 2), min(args.steps, 3)
     else:
         table_sizes, cfg = list(CRITEO_FL15_CARDINALITIES), ModelConfig()
+    if args.smoke:  # multi-hot: 214 ids a sample, a smaller batch keeps the CPU smoke quick
+        args.batch_size = min(args.batch_size, 128 if hotness else 512)
+        args.warmup, args.steps = min(args.warmup, 2), min(args.steps, 3)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; {len(table_sizes)} tables, {sum(table_sizes):,} rows, "
-          f"dim {cfg.embedding_dim}, batch {args.batch_size}", flush=True)
+    multi = f", multi-hot {sum(hotness)} ids a sample, {cfg.interaction} interaction" if hotness else ""
+    print(f"shape: {args.shape}; device: {name}; torch {torch.__version__}; {len(table_sizes)} tables, "
+          f"{sum(table_sizes):,} rows, dim {cfg.embedding_dim}, batch {args.batch_size}{multi}", flush=True)
     results = []
     for mode in args.modes.split(","):
-        r = run_mode(mode, args, table_sizes, cfg, device)
+        r = run_mode(mode, args, table_sizes, cfg, device, hotness)
         results.append(r)
         print(f"{mode} samples/s: {r['samples_per_s']:,.0f} samples/s (step {r['step_ms']:.2f} ms median, "
               f"{r['step_ms_min']:.2f} ms min; compiled {r['compiled']}; update {r['update']}; init {r['init_s']} s, "
@@ -203,8 +279,10 @@ def main(argv=None) -> int:
     if len(results) == 2 and results[1]["samples_per_s"]:
         print(f"speedup: {results[0]['samples_per_s'] / results[1]['samples_per_s']:.2f} x "
               f"({results[0]['mode']} vs {results[1]['mode']})")
-    print(json.dumps({"bench": "gpu_train_step", "device": name, "torch": torch.__version__, "batch_size": args.batch_size,
-                      "rows": sum(table_sizes), "dim": cfg.embedding_dim, "smoke": args.smoke, "results": results}))
+    print(json.dumps({"bench": "gpu_train_step", "shape": args.shape, "device": name, "torch": torch.__version__,
+                      "batch_size": args.batch_size, "rows": sum(table_sizes), "dim": cfg.embedding_dim,
+                      "ids_per_sample": sum(hotness) if hotness else len(table_sizes), "interaction": cfg.interaction,
+                      "smoke": args.smoke, "results": results}))
     return 0
 
 

@@ -2,7 +2,8 @@
 
     python -m dlrm preprocess --input /data/criteo --out /data/criteo-fl15 --frequency-threshold 15 \\
         [--feature-threshold cat_3=2 ...] [--engine local|spark] [--days 0-23] [--strict] \\
-        [--max-bad-line-share F | --allow-bad-lines] [--workers N] [--chunk-rows N] [--overwrite]
+        [--max-bad-line-share F | --allow-bad-lines] [--vocabulary-days all|train] [--workers N] [--chunk-rows N]
+        [--overwrite]
 
 Prints the report (JSON, also written as preprocess_report.json in --out). Rerunning the same
 command resumes an interrupted local run at the day it stopped; on a finished dataset it only
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from dlrm.errors import UserError
 from dlrm.preprocess.inputs import parse_days
-from dlrm.preprocess.output import DEFAULT_MAX_BAD_LINE_SHARE, Settings
+from dlrm.preprocess.output import DEFAULT_MAX_BAD_LINE_SHARE, VOCABULARY_DAYS, Settings
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -30,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="folder holding day_0 ... day_23 (plain or .gz)")
     p.add_argument("--out", required=True, help="output folder (new or empty, or an earlier output to resume/replace)")
     p.add_argument("--frequency-threshold", type=int, default=15, metavar="FL",
-                   help="values seen fewer than FL times in the training days get id 0 (default 15)")
+                   help="values seen fewer than FL times in the vocabulary days get id 0 (default 15)")
+    p.add_argument("--vocabulary-days", default="all", metavar="|".join(VOCABULARY_DAYS),
+                   help="days counted for the ids: all (default; NVIDIA's rule, test/validation day included, "
+                        "so table sizes match NVIDIA's) or train (training days only: no look-ahead into the test day)")
     p.add_argument("--feature-threshold", type=_pair, action="append", default=[], metavar="cat_N=FL",
                    help="a different threshold for one feature; repeatable")
     p.add_argument("--engine", choices=("local", "spark"), default="local")
@@ -65,8 +69,9 @@ def settings_from_args(args) -> Settings:
     s = Settings(input=Path(args.input), out=Path(args.out), days=parse_days(args.days),
                  frequency_threshold=args.frequency_threshold, feature_thresholds=thresholds, strict=args.strict,
                  overwrite=args.overwrite, progress=not args.no_progress, max_examples=args.max_examples,
-                 max_bad_line_share=args.max_bad_line_share)
+                 max_bad_line_share=args.max_bad_line_share, vocabulary_days=args.vocabulary_days)
     s.thresholds()  # validate names and values before any work
+    s.vocabulary_files([])
     return s
 
 

@@ -4,9 +4,10 @@ The parent process reads each day file (plain or .gz) as blocks of whole lines a
 a pool of worker processes; results come back in input order through a bounded window, so
 memory stays at about (2 x workers) blocks however large a day is.
 
-  pass 1  per day: parse, count categorical values (training days only), tally lines, rows and bad
-          lines. Saved per day under .preprocess/pass1/, so a rerun skips the days already done.
-  vocab   counts of the training days merged, thresholded and ranked (vocab.py).
+  pass 1  per day: parse, count categorical values (every day, or the training days only with
+          vocabulary_days=train), tally lines, rows and bad lines. Saved per day under
+          .preprocess/pass1/, so a rerun skips the days already done.
+  vocab   counts of the vocabulary days merged, thresholded and ranked (vocab.py).
   pass 2  per day: parse again, transform, look up ids, append to that day's part files through
           SplitBinaryWriter; a day counts as done once its writers closed and done.json exists.
   finish  parts concatenated into the final files, report, then feature_spec.yaml (output.py).
@@ -175,11 +176,12 @@ def run(s: Settings, workers: int | None = None, chunk_rows: int = 100_000) -> d
     pass1.mkdir(exist_ok=True)
 
     day_stats = {}
+    counted = s.vocabulary_files(files)
     with _pool(workers) as pool:
         for i, f in enumerate(files):
             done = pass1 / f"day_{f.day}.json"
             if not done.exists():  # counts first, then the json that marks the day done
-                stats, keys, counts = _pass1_day(f, i < n - 1, pool, s, block_bytes, window)
+                stats, keys, counts = _pass1_day(f, f in counted, pool, s, block_bytes, window)
                 np.savez(pass1 / f"day_{f.day}.tmp.npz", keys=keys, counts=counts)
                 os.replace(pass1 / f"day_{f.day}.tmp.npz", pass1 / f"day_{f.day}.npz")
                 done.write_text(json.dumps(stats))
@@ -192,7 +194,7 @@ def run(s: Settings, workers: int | None = None, chunk_rows: int = 100_000) -> d
     t1 = time.time()
 
     merged = (np.zeros(0, np.uint64), np.zeros(0, np.int64))
-    for f in files[:-1]:  # ids come from the training days only
+    for f in counted:  # ids come from the vocabulary days (all, or the training days only)
         with np.load(pass1 / f"day_{f.day}.npz") as z:
             merged = merge_counts([merged, (z["keys"], z["counts"])])
     _VOCAB = vocab = build_vocab(*merged, thresholds)

@@ -30,6 +30,9 @@ OURS = {*SPLITS, SPEC_FILE, REPORT, WORK}
 DEFAULT_MAX_BAD_LINE_SHARE = 0.01
 
 
+VOCABULARY_DAYS = ("all", "train")  # see Settings.vocabulary_days
+
+
 @dataclass
 class Settings:
     input: Path
@@ -42,6 +45,17 @@ class Settings:
     progress: bool = True
     max_examples: int = 10  # bad lines listed per kind
     max_bad_line_share: float = DEFAULT_MAX_BAD_LINE_SHARE  # above it in any day: an error (1.0 allows all)
+    # Which days the vocabulary (value counts, hence ids and cardinalities) is built from:
+    # "all": every day given, the test/validation day included, as NVIDIA's Spark scripts do
+    #        (spark_data_utils.py --mode generate_models --days 0-23): NVIDIA's table sizes and ids;
+    # "train": the training days only, so the test day never shapes the ids (no look-ahead).
+    vocabulary_days: str = "all"
+
+    def vocabulary_files(self, files: list) -> list:
+        """The day files whose values are counted for the vocabulary (files in --days order)."""
+        if self.vocabulary_days not in VOCABULARY_DAYS:
+            raise UserError(f"--vocabulary-days {self.vocabulary_days!r}: expected one of {', '.join(VOCABULARY_DAYS)}")
+        return list(files) if self.vocabulary_days == "all" else list(files[:-1])
 
     def thresholds(self) -> list[int]:
         """The frequency threshold of each categorical feature, in order."""
@@ -78,6 +92,7 @@ def identity(files: list[DayFile], s: Settings) -> dict:
         "days": list(s.days),
         "frequency_threshold": s.frequency_threshold,
         "feature_thresholds": dict(sorted(s.feature_thresholds.items())),
+        "vocabulary_days": s.vocabulary_days,
     }
 
 
@@ -242,6 +257,7 @@ def make_report(engine: str, s: Settings, files: list[DayFile], lines: dict, row
         "out": str(Path(s.out).resolve()),
         "train_days": [f.day for f in files[:-1]],
         "test_validation_day": files[-1].day,
+        "vocabulary_days": [f.day for f in s.vocabulary_files(files)],
         "frequency_threshold": s.frequency_threshold,
         "feature_thresholds": dict(s.feature_thresholds),
         "lines": {f.path.name: int(lines[f.day]) for f in files},

@@ -8,7 +8,7 @@ the input and output folders must be visible to the driver and every executor (a
            collected in a first small job, so numbering needs no sort and no single-task pass;
   rules    the bad-line rules of parse.py as SQL expressions (regexes anchored with \\z);
   stats    bad lines by kind and split (first few with file and line), rows, clamped values;
-  vocab    counts per (feature, value) over the training days, threshold, row_number by
+  vocab    counts per (feature, value) over the vocabulary days (all, or the training days), threshold, row_number by
            (count desc, value asc) - the ids of vocab.py;
   output   26 left joins give the ids (small vocabularies broadcast); rows are range-partitioned
            and sorted by (day, line) and written as Parquet, one file per partition; Spark tasks
@@ -199,8 +199,9 @@ def run(s: Settings, spark=None, rows_per_part: int = ROWS_PER_PART) -> dict:
     check_splits(s, files, row_counts)
     t1 = time.time()
 
-    # -- vocabulary from the training days -------------------------------------------------------------
-    pairs = rows.filter(F.col("split") == 0).select(
+    # -- vocabulary from every day (NVIDIA's), or the training days only (split 0) ---------------------
+    counted = rows if s.vocabulary_days == "all" else rows.filter(F.col("split") == 0)
+    pairs = counted.select(
         F.posexplode(F.array(*[F.col(f"c{j}") for j in range(NUM_CATEGORICAL)])).alias("feat", "value"))
     counts = pairs.filter(F.col("value").isNotNull()).groupBy("feat", "value").count()
     limit = F.element_at(F.array(*[F.lit(t) for t in thresholds]), F.col("feat") + 1)

@@ -2,10 +2,15 @@
 
 Counts are kept as one sorted array of keys `feature << 32 | hash` (uint64) with a count each,
 so all 26 features merge, save and look up as one table. Ids, per feature: values seen at least
-`threshold` times in the TRAINING days (as NVIDIA does; the test/validation day never influences
-the ids, so evaluation sees unseen values exactly as production would) get 1, 2, ... by
-descending count, ties broken by ascending hash value; rare and missing values get 0;
-cardinality = largest id + 1.
+`threshold` times in the vocabulary days get 1, 2, ... by descending count, ties broken by
+ascending hash value; rare and missing values get 0; cardinality = largest id + 1.
+
+The vocabulary days (Settings.vocabulary_days): by default every day given, the test/validation
+day included - what NVIDIA's Spark scripts do (spark_data_utils.py --mode generate_models
+--days 0-23, then the transform of days 0-22 and day 23), so the FL=15 cardinalities are NVIDIA's
+published table sizes and checkpoints are interchangeable with theirs. `train` counts the
+training days only: the test day never shapes the ids, so evaluation meets unseen values as
+production would, at the price of table sizes (and ids) that differ from NVIDIA's.
 """
 from __future__ import annotations
 
