@@ -90,18 +90,18 @@ def test_bad_line_share_and_empty_split_fail_alike_in_both_engines(spark, tmp_pa
     inp = tmp_path / "raw"
     generate_days(inp, days=2, lines=[60, 40], seed=5, bad_lines=3)  # 5% of day_0, 7.5% of day_1
 
-    def errors(**kw) -> list[str]:
+    def errors(tag: str, **kw) -> list[str]:
         out = []
         for name, run in (("local", lambda s: local.run(s, workers=1)), ("spark", lambda s: spark_engine.run(s, spark))):
             with pytest.raises(DataError) as e:
-                run(settings(inp, tmp_path / f"{name}-{len(out)}", days=(0, 1), **kw))
-            assert not (tmp_path / f"{name}-{len(out)}" / "feature_spec.yaml").exists()
+                run(settings(inp, tmp_path / f"{tag}-{name}", days=(0, 1), **kw))
+            assert not (tmp_path / f"{tag}-{name}" / "feature_spec.yaml").exists()
             out.append(str(e.value))
         return out
 
-    a, b = errors(max_bad_line_share=0.04)
+    a, b = errors("share", max_bad_line_share=0.04)
     assert a == b and "day_0: 3 of 60 lines are bad (5.00%, the first at line 1), more than --max-bad-line-share 0.04" in a
     day1 = inp / "day_1"
     day1.write_text("\n".join(line + "\t" if line else line for line in day1.read_text().split("\n")))
-    a, b = errors(max_bad_line_share=1.0)
+    a, b = errors("empty", max_bad_line_share=1.0)
     assert a == b and "the test split would be empty (0 good lines in day_1)" in a
