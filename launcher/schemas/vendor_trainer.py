@@ -37,20 +37,18 @@ def _k8s_names() -> dict[str, str]:
     return {name.replace(".", "").replace("-", "").lower(): name for name in defs}
 
 
-def _clean(node, k8s: dict[str, str], missing: set[str]):
+def _clean(node, k8s: dict[str, str]):
     """Strict JSON Schema: no docs/defaults/titles, no `null` alternatives, refs into k8s.json."""
     if isinstance(node, list):
-        return [_clean(n, k8s, missing) for n in node]
+        return [_clean(n, k8s) for n in node]
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
         if name.lower() in k8s:
             return {"$ref": "k8s.json#/$defs/" + k8s[name.lower()]}
-        if name.startswith("IoK8s"):
-            missing.add(name)
         return {"$ref": "#/$defs/" + name}
-    out = {k: _clean(v, k8s, missing) for k, v in node.items() if k not in ("description", "title", "default")}
+    out = {k: _clean(v, k8s) for k, v in node.items() if k not in ("description", "title", "default")}
     if "anyOf" in out:  # Optional[X] -> X: a field we render is never null
         alts = [a for a in out["anyOf"] if a != {"type": "null"}]
         if len(alts) == 1:
@@ -67,14 +65,14 @@ def main(wheel: str) -> None:
             z.extractall(tmp)
         version = next(Path(tmp).glob("kubeflow_trainer_api-*.dist-info")).name.split("-")[1]
         sys.path.insert(0, tmp)
-        k8s, missing, defs, roots = _k8s_names(), set(), {}, {}  # missing: refs to k8s types not in k8s.json
+        k8s, defs, roots = _k8s_names(), {}, {}
         for kind, dotted in ROOTS.items():
             module, cls = dotted.rsplit(".", 1)
             model = getattr(importlib.import_module(f"kubeflow_trainer_api.models.{module}"), cls)
             schema = model.model_json_schema(by_alias=True)
             for name, d in schema.pop("$defs", {}).items():
-                defs[name] = _clean(d, k8s, missing)
-            root = _clean(schema, k8s, missing)
+                defs[name] = _clean(d, k8s)
+            root = _clean(schema, k8s)
             # The top level as the API server sees a create request: apiVersion and kind fixed, spec required.
             root["properties"].update(apiVersion={"const": API_VERSION}, kind={"const": kind})
             root["required"] = ["apiVersion", "kind", "metadata", "spec"]
