@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
 # Job variables (launcher): make submit NODES=2 GPUS=8 [IMAGE=...] [NAMESPACE=...] [PROFILE=...] [VALUES=...]
-#   [DATASET=...] [DRY_RUN=1] [BACKEND=local] [API=pytorchjob|trainjob]
+#   [DATASET=...] [FEATURE_SPEC=file|s3://...] [DRY_RUN=1] [BACKEND=local] [API=pytorchjob|trainjob]
 NODES ?=
 GPUS ?=
 IMAGE ?=
@@ -19,9 +19,11 @@ NAME ?=
 OUT ?=
 DATASET ?=
 API ?=
+FEATURE_SPEC ?=
 JOB_ARGS = --profile $(PROFILE) $(if $(VALUES),--values $(VALUES)) $(if $(NODES),--nodes $(NODES)) \
   $(if $(GPUS),--gpus $(GPUS)) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),--namespace $(NAMESPACE)) \
-  $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET)) $(if $(API),--api $(API))
+  $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET)) $(if $(API),--api $(API)) \
+  $(if $(FEATURE_SPEC),--feature-spec $(FEATURE_SPEC))
 
 .PHONY: setup test test-fast demo bench bench-gpu render submit status logs images push test-images clean
 
