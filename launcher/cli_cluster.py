@@ -33,7 +33,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by=dlrm-launcher"
 # Cleaned up by cancel along with the job: its config and the mount mode's dataset claim (and volume).
 OWNED_KINDS = (("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"))
 # A TrainJob's own TrainingRuntime (rendered with it, named after it): deleted too, where Trainer is installed.
-OWNED_RUNTIME = ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime")
+OWNED_RUNTIME = (trainjob.API_VERSION, "TrainingRuntime")
 # A ServiceAccount may be shared by many jobs (cluster.service_account): finding it is not an error.
 SHARED_KINDS = {"ServiceAccount"}
 FINISHED = {"Succeeded", "Complete", "Failed"}  # PyTorchJob's and TrainJob's terminal conditions

@@ -24,13 +24,14 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from dlrm.errors import UserError
+from launcher import trainjob
 
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
 OPERATOR_HINT = "install the Kubeflow training operator (v1.9): kubectl apply --server-side -k \"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\""
 TRAINER_HINT = ("install Kubeflow Trainer v2.3 (with JobSet): helm install kubeflow-trainer oci://ghcr.io/kubeflow/charts/kubeflow-trainer "
                 "--namespace kubeflow-system --create-namespace --version 2.3.0")
 # The job kinds the launcher submits, by `api`: (apiVersion, kind).
-JOB_KINDS = {"pytorchjob": ("kubeflow.org/v1", "PyTorchJob"), "trainjob": ("trainer.kubeflow.org/v1alpha1", "TrainJob")}
+JOB_KINDS = {"pytorchjob": ("kubeflow.org/v1", "PyTorchJob"), "trainjob": (trainjob.API_VERSION, "TrainJob")}
 RBAC_HINT = "ask a cluster admin to bind the minimal Role from docs/security.md"
 FIELD_MANAGER = "dlrm-launcher"
 # Short connect timeout and no urllib3 retries: an unreachable cluster should fail in seconds,
@@ -290,7 +291,7 @@ def api_error(e: ApiException, verb: str, what: str, name: str, namespace: str) 
     if e.status == 404:
         if not status:
             # No Status body: the API server does not serve this resource at all, i.e. the CRD is missing.
-            if what.endswith(".trainer.kubeflow.org"):
+            if what.endswith("." + trainjob.GROUP):
                 return NotServed(f"this cluster has no Kubeflow Trainer v2 resource ({what}): {TRAINER_HINT}")
             if what.endswith("kubeflow.org"):
                 return NotServed(f"this cluster has no PyTorchJob resource (kubeflow.org/v1 pytorchjobs): {OPERATOR_HINT}")
