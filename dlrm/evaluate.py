@@ -42,6 +42,11 @@ def main(args) -> int:
     require_verified(cfg.data.dataset)  # a pulled/staged copy must match its _manifest.json, as in train
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(["test"])
+    from dlrm.resume import dataset_identity, feature_differences
+
+    differences = feature_differences(meta, dataset_identity(spec, rows=False))
+    if differences:  # the model's shapes would not fit (a traceback from load_state_dict)
+        raise UserError(f"{spec.root} does not fit checkpoint {args.checkpoints}/{name}: {'; '.join(differences)}")
     device = pick_device(cfg)
     model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed)
     opt = Optimizers(model.dense_parameters(), [model.sparse_arch.embedding.weight], cfg.optim)

@@ -31,12 +31,14 @@ MUST_MATCH = (
 WHERE = ("resume", "out", "checkpoint_dir", "data.dataset")
 
 
-def dataset_identity(spec: FeatureSpec) -> dict:
+def dataset_identity(spec: FeatureSpec, rows: bool = True) -> dict:
     """What the saved state depends on in the dataset: its tables, numerical features, train rows
     (the data position), and test rows (reported if changed)."""
-    rows = spec.check()
-    return {"tables": {f: spec.cardinalities[f] for f in spec.categorical}, "numerical": list(spec.numerical),
-            "train_rows": rows.get("train"), "test_rows": rows.get("test")}
+    identity = {"tables": {f: spec.cardinalities[f] for f in spec.categorical}, "numerical": list(spec.numerical)}
+    if rows:
+        counts = spec.check()
+        identity.update(train_rows=counts.get("train"), test_rows=counts.get("test"))
+    return identity
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -58,21 +60,32 @@ def compare(meta: dict, cfg: TrainConfig, identity: dict) -> tuple[list[str], li
             continue  # equal, or a field only one side knows (another version): nothing to compare
         line = f"{key} {saved[key]!r} -> {now[key]!r}"
         (errors if key.startswith(MUST_MATCH) else changes).append(line)
+    errors += feature_differences(meta, identity)
     old = meta.get("dataset")
     if old:  # checkpoints before this record carry no dataset identity
-        t_old, t_now = old.get("tables") or {}, identity["tables"]
-        if list(t_old) != list(t_now):
-            errors.append(f"dataset tables {list(t_old)} -> {list(t_now)}")
-        else:
-            errors += [f"dataset table {t} rows {t_old[t]} -> {t_now[t]}" for t in t_old if t_old[t] != t_now[t]]
-        if old.get("numerical") != identity["numerical"]:
-            errors.append(f"dataset numerical features {old.get('numerical')} -> {identity['numerical']}")
         if old.get("train_rows") != identity["train_rows"]:
             errors.append(f"dataset train rows {old.get('train_rows')} -> {identity['train_rows']} "
                           f"(the saved data position would point at other samples)")
         if old.get("test_rows") != identity["test_rows"]:
             changes.append(f"dataset test rows {old.get('test_rows')} -> {identity['test_rows']}")
     return errors, changes
+
+
+def feature_differences(meta: dict, identity: dict) -> list[str]:
+    """Differences in what the saved model's shapes depend on: the tables and the numerical
+    features (also what `dlrm eval --dataset OTHER` must share with the checkpoint)."""
+    old = meta.get("dataset")
+    if not old:
+        return []
+    errors = []
+    t_old, t_now = old.get("tables") or {}, identity["tables"]
+    if list(t_old) != list(t_now):
+        errors.append(f"dataset tables {list(t_old)} -> {list(t_now)}")
+    else:
+        errors += [f"dataset table {t} rows {t_old[t]} -> {t_now[t]}" for t in t_old if t_old[t] != t_now[t]]
+    if old.get("numerical") != identity["numerical"]:
+        errors.append(f"dataset numerical features {old.get('numerical')} -> {identity['numerical']}")
+    return errors
 
 
 def resume_latest(uri: str, cfg: TrainConfig, identity: dict, *, weight, row_state, pieces,

@@ -152,8 +152,8 @@ def _damage(root: Path, args: dict) -> None:
 
 def setup_run(ctx: Ctx, args: dict) -> None:
     """A dataset at {dataset} and a finished tiny run at {tmp}/run (checkpoints at steps 2 and 4),
-    then damage: `flip`/`truncate` {file, which: newest|all} in checkpoints, or a `lock` held by
-    a live process (this one)."""
+    then damage: `flip`/`truncate` {file, which: newest|all} in checkpoints, a `lock` held by a
+    live process (this one), or `other_dataset` (make_dataset's arguments) at {other}."""
     import io
     import json
 
@@ -167,6 +167,12 @@ def setup_run(ctx: Ctx, args: dict) -> None:
         train(cfg)
     ckpts = sorted((run / "checkpoints").glob("ckpt-*"))
     for op, a in args.items():
+        if op == "other_dataset":  # a second dataset at {other}, of another shape
+            from datasets import make_dataset
+
+            make_dataset(ctx.tmp / "other", rows=512, test_rows=256, **a)
+            ctx.values["other"] = str(ctx.tmp / "other")
+            continue
         if op == "lock":
             from dlrm.runlock import LOCK, _me
 

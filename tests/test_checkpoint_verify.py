@@ -156,6 +156,18 @@ def test_resume_on_another_dataset_shape(tmp_path, dataset, run3):
     assert "dataset train rows 2048 -> 1024" in str(e.value)
 
 
+def test_eval_on_a_dataset_of_another_shape(tmp_path, run3, capsys):
+    from dlrm.__main__ import main
+
+    other = tmp_path / "other"
+    make_dataset(other, rows=256, test_rows=256, sizes=(7, 50, 300, 3))
+    assert main(["eval", "--checkpoints", str(run3), "--dataset", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit checkpoint" in err and "dataset tables ['cat_0.bin'" in err and "Traceback" not in err
+    make_dataset(tmp_path / "same", rows=256, test_rows=256, seed=3)  # same shape, other rows: fine
+    assert main(["eval", "--checkpoints", str(run3), "--dataset", str(tmp_path / "same")]) == 0
+
+
 def test_resume_prints_fields_that_may_change(tmp_path, dataset, run3, capsys):
     train(tiny(tmp_path, dataset, max_steps=8, resume="true", **{"optim.lr": 0.25, "eval_every": 4}))
     out = capsys.readouterr().out
