@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from dlrm.errors import DataError
-from dlrm.fsutil import atomic_write, load_yaml
+from dlrm.fsutil import atomic_write, load_yaml, read_text
 
 SPEC_FILE = "feature_spec.yaml"
 NUMERICAL, CATEGORICAL, LABEL = "numerical", "categorical", "label"
@@ -163,14 +163,12 @@ class FeatureSpec:
         path = Path(path)
         if path.is_dir():
             path = path / SPEC_FILE
-        try:
-            raw = load_yaml(path.read_text(), str(path), DataError)  # aliases bounded, one-line errors
+        if not path.exists():
+            raise DataError(f"{path}: no feature spec here (a dataset folder holds feature_spec.yaml, written last)")
+        try:  # read_text: a binary file, a folder, no permission are one-line errors too
+            raw = load_yaml(read_text(path, "feature spec", DataError), str(path), DataError)  # aliases bounded
         except FileNotFoundError:
             raise DataError(f"{path}: no feature spec here (a dataset folder holds feature_spec.yaml, written last)") from None
-        except yaml.YAMLError as e:  # one line: where and what, as dlrm.config reports YAML errors
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise DataError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
         return cls.from_dict(raw, path.parent.resolve(), where=str(path))
 
     @classmethod
