@@ -278,7 +278,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--test-rows", type=int, default=None, help="test rows (default rows // 8)")
     p.add_argument("--tables", choices=sorted(TABLE_PRESETS), default="small",
-                   help="cardinalities: small (26 tables, 4 to 50000 ids) or criteo-fl15 (Criteo 1TB, frequency limit 15)")
+                   help="cardinalities: small (26 tables, 4 to 50000 ids), criteo-fl15 (Criteo 1TB, frequency limit 15) "
+                        "or mlperf-dcnv2 (MLPerf DLRM-DCNv2: Criteo 1TB capped at 40M rows a table)")
     p.add_argument("--scale", type=float, default=1.0, help="divide every cardinality by this (each stays >= 2)")
     p.add_argument("--click-rate", type=float, default=0.25, help="target fraction of positive labels (default 0.25)")
     p.add_argument("--num-numerical", type=int, default=13, help="numerical features (default 13, as Criteo)")
