@@ -48,7 +48,8 @@ def main(args) -> int:
     if differences:  # the model's shapes would not fit (a traceback from load_state_dict)
         raise UserError(f"{spec.root} does not fit checkpoint {args.checkpoints}/{name}: {'; '.join(differences)}")
     device = pick_device(cfg)
-    model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed)
+    model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed, hotness=spec.table_hotness,
+                 padded=bool(spec.padded))
     opt = Optimizers(model.dense_parameters(), [model.sparse_arch.embedding.weight], cfg.optim)
     pieces = [Piece(n, 0, rows, int(off)) for n, rows, off in
               zip(spec.categorical, spec.table_sizes, model.sparse_arch.offsets.tolist())]
