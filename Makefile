@@ -25,7 +25,7 @@ JOB_ARGS = --profile $(PROFILE) $(if $(VALUES),--values $(VALUES)) $(if $(NODES)
   $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET)) $(if $(API),--api $(API)) \
   $(if $(FEATURE_SPEC),--feature-spec $(FEATURE_SPEC))
 
-.PHONY: setup test test-fast demo bench bench-gpu render submit status logs images push test-images clean
+.PHONY: setup test test-fast demo bench bench-gpu render submit status logs results images push test-images clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -63,11 +63,17 @@ else
 	$(VPY) -m launcher submit $(JOB_ARGS) $(if $(DRY_RUN),--dry-run)
 endif
 
+# BACKEND=local: a job started with `make submit BACKEND=local` (run-local), found by its workdir
+LOCAL_FLAG = $(if $(filter local,$(BACKEND)),--local)
+
 status: setup
-	$(VPY) -m launcher status $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(API),--api $(API))
+	$(VPY) -m launcher status $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(API),--api $(API)) $(LOCAL_FLAG)
 
 logs: setup
-	$(VPY) -m launcher logs $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(FOLLOW),-f) $(if $(API),--api $(API))
+	$(VPY) -m launcher logs $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(FOLLOW),-f) $(if $(API),--api $(API)) $(LOCAL_FLAG)
+
+results: setup
+	$(VPY) -m launcher results $(NAME) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(OUT),--out $(OUT)) $(if $(API),--api $(API)) $(LOCAL_FLAG)
 
 images:
 	bash images/build.sh

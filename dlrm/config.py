@@ -325,6 +325,9 @@ class OptimConfig:
     decay_end_lr: Annotated[float, Range(ge=0)] = 0.0
     adagrad_eps: Positive = 1e-8
     adagrad_initial_accumulator: Annotated[float, Range(ge=0)] = 0.0
+    # A schedule that does not fit the run's step count (a run shorter than half its warmup):
+    # refuse to start (error), or say so and train anyway (warn). See dlrm.schedule.check_schedule.
+    schedule_check: Literal["error", "warn"] = "error"
 
 
 @dataclass
@@ -348,7 +351,7 @@ class DistConfig:
 @dataclass
 class TrainConfig:
     seed: Annotated[int, Range(ge=0, le=2**63 - 1)] = 12345  # torch and numpy take any value in this range
-    out: NonEmpty = "runs/default"
+    out: NonEmpty = "runs/default"  # the run's output: a folder or s3://bucket/prefix/run (dlrm.runlog)
     epochs: AtLeast1 = 1
     max_steps: NonNegative = 0  # 0: run the epochs out
     log_every: AtLeast1 = 100
@@ -360,6 +363,7 @@ class TrainConfig:
     checkpoint_every: NonNegative = 0  # 0: only at the end
     checkpoint_keep: NonNegative = 2  # 0: keep every checkpoint
     checkpoint_dir: str = ""  # "" -> <out>/checkpoints; s3://bucket/prefix also works
+    sync_every_s: Annotated[float, Range(ge=0)] = 300.0  # out=s3://...: upload metrics and events at least this often (and at each eval)
     resume: bool = False
     target_auc: Annotated[float, Range(ge=0, le=1)] = 0.0  # stop once eval AUC reaches it; 0 disables
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -3,8 +3,9 @@
 One process, or under torchrun hybrid-parallel (see dlrm.dist): the planner places the tables,
 each rank reads the ids of the tables it holds for the whole batch and the numerical features and
 labels of its own slice, MLPs are data parallel. One process is the same code with W = 1.
-Writes into the run folder (rank 0): config.yaml (resolved), metrics.jsonl, metrics.png; every
-rank writes its rows into checkpoints/.
+Rank 0 prints progress lines and writes the run's output (a folder or s3://, see dlrm.runlog):
+config.yaml, run.json, metrics.jsonl, metrics.png, tensorboard/; every rank writes its rows into
+checkpoints/.
 """
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from dlrm.checkpoint import save_checkpoint
-from dlrm.config import TrainConfig, dump_yaml, load_config, to_dict
+from dlrm.checkpoint import checkpoint_name, save_checkpoint
+from dlrm.config import TrainConfig, load_config, to_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import SPLITS, FeatureSpec
@@ -27,11 +29,12 @@ from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize
 from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
-from dlrm.metrics import MetricsLog, roc_auc
+from dlrm.metrics import roc_auc
 from dlrm.optim import Optimizers
 from dlrm.resume import dataset_identity, resume_latest
 from dlrm.runlock import claim_outputs
-from dlrm.schedule import learning_rate
+from dlrm.runlog import RunLog, join_uri
+from dlrm.schedule import check_schedule, learning_rate
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
@@ -176,12 +179,15 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     require_verified(cfg.data.dataset)  # a pulled/staged copy (it holds _manifest.json) must match it
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(SPLITS)  # 0 train rows would 'train' 0 steps; 0 test rows fail after training
-    out = Path(cfg.out)
-    ckpt_uri = cfg.checkpoint_dir or str(out / "checkpoints")
-    claim = claim_outputs(str(out), ckpt_uri, runtime)  # writable, and ours alone, before any write
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(cfg))
+    batches_per_epoch = len(SplitBinaryReader(spec, "train", cfg.data.batch_size, prefetch=0))
+    total_steps = min(cfg.max_steps or math.inf, cfg.epochs * batches_per_epoch)
+    steps_from = (f"max_steps={cfg.max_steps:,}" if total_steps == cfg.max_steps else
+                  f"epochs={cfg.epochs} x {batches_per_epoch:,} batches of data.batch_size={cfg.data.batch_size:,}")
+    for warning in check_schedule(cfg.optim, total_steps, steps_from):  # raises when the run cannot learn
+        if runtime.is_main:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    ckpt_uri = cfg.checkpoint_dir or join_uri(cfg.out, "checkpoints")
+    claim = claim_outputs(cfg.out, ckpt_uri, runtime)  # writable, and ours alone, before any write
 
     plan = plan_for_config(cfg, spec.table_sizes, list(spec.categorical), runtime.world_size,
                            hotness=spec.table_hotness, num_numerical=len(spec.numerical))
@@ -200,7 +206,6 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     scaler = LossScaler(dtype == torch.float16)
 
     step, epoch, position = 0, 0, 0
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=runtime.is_main)
     identity = dataset_identity(spec)
     found = cfg.resume and resume_latest(
         ckpt_uri, cfg, identity, weight=weight.data, row_state=opt.sparse.state_tensors(0), pieces=pieces,
@@ -213,8 +218,12 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
         step, epoch, position = meta["step"], meta["data"]["epoch"], meta["data"]["position"]
         if runtime.is_main:
             print(f"resumed from {ckpt_uri}/{name}: step {step}, epoch {epoch}, batch {position}")
+    log = RunLog(cfg.out, enabled=runtime.is_main, total_steps=total_steps, epochs=-(-total_steps // batches_per_epoch),
+                 first_step=step, sync_every_s=cfg.sync_every_s)
+    log.start(cfg, plan, runtime.world_size, str(device))
 
     def checkpoint():
+        t0 = time.perf_counter()
         dense = {"model": model.dense_state_dict(), "optimizer": opt.dense.state_dict()} if runtime.is_main else None
         # the position after an epoch's last batch is the next epoch's start
         at = (epoch + 1, 0) if position >= batches_per_epoch else (epoch, position)
@@ -223,9 +232,8 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
         save_checkpoint(ckpt_uri, step, rank=runtime.rank, weight=weight.data, row_state=opt.sparse.state_tensors(0),
                         pieces_by_rank=pieces_by_rank, dense=dense, meta=meta, barrier=runtime.barrier,
                         keep=cfg.checkpoint_keep)
+        log.checkpoint(checkpoint_name(step), ckpt_uri, time.perf_counter() - t0)
 
-    batches_per_epoch = len(SplitBinaryReader(spec, "train", cfg.data.batch_size, prefetch=0))
-    total_steps = cfg.max_steps or cfg.epochs * batches_per_epoch
     # MLPerf's "every 1/20 epoch" is whole steps: (samples / (batch x 20)) rounded down, at least 1
     eval_every = cfg.eval_every or (max(1, batches_per_epoch // cfg.evals_per_epoch) if cfg.evals_per_epoch else 0)
     model.train()
@@ -274,15 +282,16 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = now - window_t0
                 window_loss = runtime.all_reduce_sum(window_loss)  # the ranks' shares add up to the mean
-                metrics.write(kind="train", step=step, epoch=epoch, loss=(window_loss / window_n).item(), lr=lr,
-                              samples_per_s=window_samples / max(elapsed, 1e-9))
+                log.train(step=step, epoch=epoch, loss=(window_loss / window_n).item(), lr=lr,
+                          samples_per_s=window_samples / max(elapsed, 1e-9))
                 window_loss.zero_()
                 window_n, window_samples, window_t0 = 0, 0, time.perf_counter()
             done = step >= total_steps
             evaluating = done or (eval_every and step % eval_every == 0)
             if evaluating:
+                t_eval = time.perf_counter()
                 auc, eval_loss = evaluate(model, spec, cfg, runtime, dtype)
-                metrics.write(kind="eval", step=step, auc=auc, loss=eval_loss)
+                log.eval(step, auc, eval_loss, time.perf_counter() - t_eval)
                 if cfg.target_auc and auc >= cfg.target_auc:
                     if runtime.is_main:
                         print(f"target AUC {cfg.target_auc} reached at step {step}: {auc:.4f}")
@@ -298,10 +307,7 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
         auc, eval_loss = evaluate(model, spec, cfg, runtime, dtype)
     oracle = (spec.metadata.get("synthetic") or {}).get("oracle_auc")
     summary = {"kind": "summary", "step": step, "auc": auc, "loss": eval_loss,
-               "samples_per_s": train_samples / train_time if train_time else 0.0,
-               "oracle_auc": oracle, "metrics": str(metrics.path)}
-    metrics.write(**summary)
-    if cfg.plot and runtime.is_main:
-        summary["plot"] = str(metrics.plot(out / "metrics.png"))
+               "samples_per_s": train_samples / train_time if train_time else 0.0, "oracle_auc": oracle}
+    summary = log.finish(summary, plot=cfg.plot)
     claim.release()
     return summary

@@ -17,6 +17,7 @@ COMMANDS = {
     "logs": ("launcher.cli_cluster", "print (or follow) a replica's logs"),
     "cancel": ("launcher.cli_cluster", "delete a job"),
     "list": ("launcher.cli_cluster", "list the PyTorchJobs and TrainJobs in a namespace"),
+    "results": ("launcher.results", "download a run's config, metrics, plot, TensorBoard events and run record"),
     "run-local": ("launcher.run_local", "run a rendered PyTorchJob or TrainJob as local processes (CPU)"),
     "data": ("launcher.data.cli", "push, pull, verify and stage datasets on S3"),
 }

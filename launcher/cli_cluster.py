@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="the job's kind: PyTorchJob or TrainJob (default: whichever exists; list shows both)")
     if command in ("status", "logs", "cancel"):
         parser.add_argument("name", help="the job's name")
+    if command in ("status", "logs"):
+        from launcher.results import add_local_arguments
+
+        add_local_arguments(parser)
     if command == "status":
         parser.add_argument("-w", "--watch", action="store_true", help="print again on every change until the job finishes")
         parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
@@ -261,16 +265,20 @@ def pod_selector(api: str, name: str) -> str:
 
 def status(args: argparse.Namespace) -> int:
     from launcher import k8s
+    from launcher.results import local_status, output_of_job, status_lines
 
+    if args.local:
+        return local_status(args)
     cluster = k8s.connect(args.context, args.namespace)
     api, _ = find_job(cluster, args.name, _apis(args))
     last = None
     while True:
         job = cluster.get_job(args.name, api)
         pods = cluster.list_pods(pod_selector(api, args.name))
-        key = describe(job, pods, ages=False)  # ages tick every second: not a change worth printing
+        run = lambda ages: "\n\n" + "\n".join(status_lines(output_of_job(job), ages))  # noqa: E731 - step, loss, AUC
+        key = describe(job, pods, ages=False) + run(False)  # ages tick every second: not a change worth printing
         if key != last:
-            text = describe(job, pods)
+            text = describe(job, pods) + run(True)
             print(text if last is None else f"\n--- {datetime.now().strftime('%H:%M:%S')}\n{text}", flush=True)
             last = key
         state = job_state(job)
@@ -310,6 +318,10 @@ def list_jobs(args: argparse.Namespace) -> int:
 def logs(args: argparse.Namespace) -> int:
     from launcher import k8s, trainjob
 
+    if args.local:
+        from launcher.results import local_logs
+
+        return local_logs(args)
     cluster = k8s.connect(args.context, args.namespace)
     api = args.api or find_job(cluster, args.name, _apis(args))[0]
     rank = args.node if args.node is not None else (0 if args.replica == "master" else args.index + 1)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from dlrm.errors import UserError
 from dlrm.fsutil import atomic_write
+from dlrm.runlog import git_revision  # one definition: the trainer records it too (run.json)
 from launcher.config import JobConfig, load_job_config
 from launcher.plan import JobPlan, plan_job
 from launcher.render import file_name, to_yaml
@@ -49,16 +49,6 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
     # JSON is YAML: each flag's value keeps its type through dlrm.config.parse_override.
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
     return load_job_config(args.profile, values=args.values, overrides=overrides)
-
-
-def git_revision(cwd: str | Path = ".") -> str:
-    """HEAD's commit, '-dirty' if the work tree differs; 'unknown' outside a git checkout."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=cwd, capture_output=True).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("-dirty" if dirty else "")
 
 
 def feature_spec_tables(location: str) -> tuple[list[int], list[int]]:

@@ -18,6 +18,13 @@ TMP_MOUNT = "/tmp"  # writable emptyDir: the root filesystem is read-only
 SHM_MOUNT = "/dev/shm"
 PREPROCESS_INPUT = "/data/input"
 PREPROCESS_OUTPUT = "/data/output"
+# On a training job whose run output is s3:// (train.out): where `launcher status/results` find it.
+OUTPUT_ANNOTATION = "dlrm-k8s.io/output"
+
+
+def train_out(out: str) -> str:
+    """The trainer's `out` in the pods: an s3:// run output as given, else the output mount."""
+    return out if out.startswith("s3://") else OUTPUT_MOUNT
 
 # torchrun without --nnodes/--node-rank/--master-*: the training operator sets PET_NNODES,
 # PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT, which torchrun reads.

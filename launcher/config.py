@@ -297,6 +297,10 @@ def _check_storage(c: JobConfig) -> None:
     if s.stage_host_path:
         _fail_unless(s.stage_host_path.startswith("/"), f"storage.stage_host_path {s.stage_host_path!r} must be absolute")
     _fail_unless(not s.output_path or bool(s.output_claim), f"storage.output_path={s.output_path!r} needs storage.output_claim")
+    out = c.train.out  # the pods write to s3:// or to their /output mount; any other path would be ignored
+    _fail_unless(out.startswith("s3://") or out in (TrainConfig.out, OUTPUT_MOUNT),
+                 f"train.out {out!r}: a job's run output is s3://bucket/prefix/run, or the pods' {OUTPUT_MOUNT} "
+                 f"(leave train.out unset; storage.output_claim keeps it on a claim)")
     ckpt = c.train.checkpoint_dir  # a path on this machine means nothing in the pod: S3, or under the output mount
     _fail_unless(not ckpt or ckpt.startswith(("s3://", OUTPUT_MOUNT + "/")),
                  f"train.checkpoint_dir {ckpt!r} must be empty (<out>/checkpoints), s3://bucket/prefix, or under {OUTPUT_MOUNT}/")

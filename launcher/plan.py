@@ -231,9 +231,9 @@ def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None
 
         # JobSet restarts the whole job on any failure, up to failurePolicy.maxRestarts (= backoff_limit).
         plan.api, plan.master_port = "trainjob", trainjob.MASTER_PORT
-        plan.groups = [ReplicaGroup(NODE_ROLE, cfg.nodes, "OnFailure", pods.train_pod(cfg))]
+        plan.groups = [ReplicaGroup(NODE_ROLE, cfg.nodes, "OnFailure", pods.train_pod(cfg, git_revision))]
     elif cfg.kind == "train":
-        pod = pods.train_pod(cfg)
+        pod = pods.train_pod(cfg, git_revision)
         plan.groups = [ReplicaGroup("Master", 1, "OnFailure", pod)]
         if cfg.nodes > 1:
             plan.groups.append(ReplicaGroup("Worker", cfg.nodes - 1, "OnFailure", pod))

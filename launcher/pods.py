@@ -8,6 +8,7 @@ the local interpreters (run-local, images/docker_job.py) alike. Paths come from 
 from __future__ import annotations
 
 from dlrm.errors import ConfigError
+from dlrm.runlog import JOB_ENV
 from launcher import command as cmd
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
@@ -28,10 +29,19 @@ def s3_env(cfg) -> list[EnvVar]:
     return env
 
 
-def container_env(cfg) -> list[EnvVar]:
-    """Container env, sorted per source so the output is deterministic."""
+def job_env(cfg, git_revision: str) -> list[EnvVar]:
+    """The job's identity, which the trainer writes into its run record (run.json, dlrm.runlog.JOB_ENV)."""
+    from launcher.render import config_hash
+
+    values = {"name": cfg.name, "config_sha256": config_hash(cfg), "git_revision": git_revision, "image": cfg.image}
+    return [EnvVar(JOB_ENV[k], v) for k, v in values.items()]
+
+
+def container_env(cfg, git_revision: str | None = None) -> list[EnvVar]:
+    """Container env, sorted per source so the output is deterministic; a training pod's
+    (`git_revision` given) also carries the job's identity."""
     base = [EnvVar("HOME", cmd.TMP_MOUNT),  # read-only root: caches (matplotlib, triton) go to /tmp
-            EnvVar("PYTHONUNBUFFERED", "1")]
+            EnvVar("PYTHONUNBUFFERED", "1"), *(job_env(cfg, git_revision) if git_revision is not None else [])]
     user = [EnvVar(k, v) for k, v in sorted({**cfg.cluster.nccl_env, **cfg.cluster.env}.items())]
     clash = sorted({e.name for e in base + s3_env(cfg)} & {e.name for e in user})
     if clash:
@@ -67,9 +77,9 @@ def dataset_path(cfg) -> str:
     return cmd.STAGED_DATASET if cfg.storage.mode == "stage" else cmd.DATASET_MOUNT
 
 
-def train_pod(cfg) -> Pod:
+def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     s, c = cfg.storage, cfg.cluster
-    common = dict(image=cfg.image, env=container_env(cfg), env_from=env_from(cfg), requests=requests(cfg),
+    common = dict(image=cfg.image, env=container_env(cfg, git_revision), env_from=env_from(cfg), requests=requests(cfg),
                   security=dict(CONTAINER_SECURITY), pull_policy=c.image_pull_policy)
     init = []
     if s.mode == "stage":  # copies and verifies the dataset before training starts; a failed copy fails the pod
@@ -90,7 +100,7 @@ def train_pod(cfg) -> Pod:
         name, ports = trainjob.NODE, []
     else:
         name, ports = CONTAINER, [Port(PORT_NAME, MASTER_PORT)]
-    main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.OUTPUT_MOUNT),
+    main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.train_out(cfg.train.out)),
                      ports=ports, limits={**limits(cfg), **devices}, mounts=mounts, **common)
     if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
         main.env, main.env_from = main.env + secret_key_env(cfg), []

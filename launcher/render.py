@@ -63,10 +63,10 @@ def config_hash(cfg: JobConfig) -> str:
 
 
 def _train_yaml(cfg: JobConfig, dataset: str) -> str:
-    """The resolved TrainConfig as the pods see it: dataset and out point at the mounts."""
+    """The resolved TrainConfig as the pods see it: dataset (and a local out) point at the mounts."""
     train = to_dict(cfg.train)
     train["data"]["dataset"] = dataset
-    train["out"] = cmd.OUTPUT_MOUNT
+    train["out"] = cmd.train_out(cfg.train.out)
     return yaml.safe_dump(train, sort_keys=False, default_flow_style=False)
 
 
@@ -85,6 +85,7 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "pv_name": f"{cfg.namespace}-{cfg.name}-dataset",
         "service_account": service_account,
         "env": [e.to_k8s() for e in pods.container_env(cfg)],
+        "train_out": cmd.train_out(cfg.train.out),
         "pod_security_context": pods.pod_security(cfg),
         "container_security_context": pods.CONTAINER_SECURITY,
         "node_selector": dict(sorted({**cfg.cluster.node_selector,

@@ -26,12 +26,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from dlrm.errors import UserError
 from dlrm.fsutil import atomic_write
 from launcher.plan import Container, JobPlan, Replica, load_plan_file, plan_from_objects
+from launcher.results import LocalJobRecord, local_workdir, output_of_argv
 from launcher.procs import exit_code as _exit_code, free_port, kill_tree, process_tree  # noqa: F401 (API)
 
 RETRYABLE_EXIT_CODES = {130, 137, 138, 143}  # the operator's ExitCode policy: SIGINT, SIGKILL, SIGUSR1, SIGTERM
@@ -221,6 +223,17 @@ class LocalJob:
         return {**self.plan.replica_env(replica, "127.0.0.1", port), "CUDA_VISIBLE_DEVICES": ""}
 
     def run(self) -> int:
+        """Run the job; <workdir>/job.json says how it goes (launcher status/logs/results --local read it)."""
+        record = LocalJobRecord(self.workdir, self.name)
+        record.update(state="Running", pid=os.getpid(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        rc = 1
+        try:
+            rc = self._run(record)
+        finally:
+            record.update(state="Succeeded" if rc == 0 else "Failed", exit_code=rc, restarts=self.restarts)
+        return rc
+
+    def _run(self, record: LocalJobRecord) -> int:
         start = time.monotonic()
         deadline = start + self.deadline_s if self.deadline_s else None
         folders = {r.name: volume_folders(self.plan, r, self.workdir, self.volumes, self.say) for r in self.replicas}
@@ -230,6 +243,8 @@ class LocalJob:
             port = free_port()
             plans = {r.name: plan_steps(self.plan, r, self.world_env(r, port), folders[r.name],
                                         self.say if attempt == 0 else quiet) for r in self.replicas}
+            main = plans[self.replicas[0].name][-1]
+            record.update(out=output_of_argv(main.argv, main.cwd), restarts=self.restarts)
             failure = self._attempt(plans, deadline)
             if failure is None:
                 self.say(f"job {self.name} succeeded in {time.monotonic() - start:.0f}s ({self.restarts} restart(s))")
@@ -315,6 +330,7 @@ class LocalJob:
             for raw in proc.stdout:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 log.write(line + "\n")
+                log.flush()  # `launcher logs -f --local` reads this file as it grows
                 with self._lock:
                     self.out.write(f"{prefix} {line}\n")
                     self.out.flush()
@@ -358,5 +374,5 @@ def main(args) -> int:
         if not Path(folder).is_dir():
             raise UserError(f"--volume {item}: {folder} is not a folder")
         volumes[name] = folder
-    workdir = args.workdir or f"runs/local/{plan.name}"
+    workdir = local_workdir(plan.name, args.workdir)
     return run_job(plan, workdir, volumes=volumes, max_restarts=args.max_restarts, grace_s=args.grace)

@@ -415,3 +415,36 @@ def test_a_role_that_cannot_read_cluster_runtimes_only_warns(api, capsys):
     rc, out, err = run(capsys, "submit", *JOB, "--api", "trainjob", "--set", "trainjob.cluster_runtime=torch-distributed")
     assert rc == 0 and "warning: could not check ClusterTrainingRuntime torch-distributed: forbidden" in err
     assert "TrainJob/dlrm-smoke created" in out
+
+def test_status_and_results_read_the_runs_s3_output(api, capsys, s3_bucket, tmp_path):
+    """A job rendered with train.out=s3://... carries it in an annotation: status shows the run's latest
+    step, loss, AUC and samples/s from there, results fetches its files."""
+    import json
+
+    import boto3
+
+    out = f"s3://{s3_bucket}/runs/x"
+    job = _job(api, conditions=[("Created", "True"), ("Running", "True")])
+    job["metadata"]["annotations"] = {"dlrm-k8s.io/output": out}
+    rc, text, _ = run(capsys, "status", "dlrm-smoke")
+    assert rc == 0 and text.rstrip().endswith(f"run output {out}:\n  no metrics logged yet")
+    records = [{"kind": "train", "step": 200, "total_steps": 1000, "epoch": 0, "loss": 0.45678, "lr": 0.5, "samples_per_s": 12345.0},
+               {"kind": "eval", "step": 200, "auc": 0.71234, "loss": 0.46}]
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=s3_bucket, Key="runs/x/metrics.jsonl", Body="".join(json.dumps(r) + "\n" for r in records))
+    s3.put_object(Bucket=s3_bucket, Key="runs/x/config.yaml", Body=b"seed: 1\n")
+    s3.put_object(Bucket=s3_bucket, Key="runs/x/checkpoints/ckpt-000000200/metadata.json", Body=b"{}")
+    rc, text, _ = run(capsys, "status", "dlrm-smoke")
+    assert rc == 0
+    assert "\n  step 200/1,000 (20.0%) | epoch 1 | loss 0.45678 | lr 0.5 | 12,345 samples/s" in text
+    assert "\n  eval at step 200: AUC 0.7123 | loss 0.46000" in text
+    rc, text, err = run(capsys, "results", "dlrm-smoke", "--out", str(tmp_path / "r"))
+    assert rc == 0 and (tmp_path / "r" / "metrics.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "r" / "config.yaml").is_file() and not (tmp_path / "r" / "checkpoints").exists()
+    assert "not there (yet): run.json, metrics.png, tensorboard" in err
+
+    del job["metadata"]["annotations"]
+    rc, text, _ = run(capsys, "status", "dlrm-smoke")
+    assert "run output: /output inside the pods" in text and "train.out to s3://" in text
+    rc, _, err = run(capsys, "results", "dlrm-smoke")
+    assert rc == 2 and "its output is /output inside the pods" in err

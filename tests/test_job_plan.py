@@ -110,8 +110,11 @@ def test_docker_job_runs_the_plan_with_the_same_env_as_run_local(tmp_path):
         assert env["WORLD_SIZE"] == "4"
         assert args[r.name][args[r.name].index("--entrypoint") + 1:] == [*plan.pod(r).main.command[:1], "local/dlrm:test",
                                                                           *plan.pod(r).main.command[1:]]
-    rendered = tmp_path / "job.yaml"
-    rendered.write_text(to_yaml(plan.objects))
+    rendered = tmp_path / "job.yaml"  # rendered at the revision the CLI saw: it is in the pods' env (run.json)
+    from dlrm.runlog import git_revision
+
+    rendered.write_text(to_yaml(plan_job(load_job_config("synthetic-smoke", overrides={"nodes": 2, "gpus_per_node": 2, "image": "local/dlrm:test"}),
+                                         git_revision=git_revision(ROOT / "launcher")).objects))
     from_file = _docker_args(tmp_path / "b", str(rendered))
     assert [a.replace(str(tmp_path / "b"), "") for a in from_file["worker-0"]] == \
            [a.replace(str(tmp_path / "a"), "") for a in args["worker-0"]]

@@ -117,6 +117,7 @@ CROSS_FIELD = [
     ({"kind": "serve"}, ["kind", "'serve'"]),
     ({"train": {"epochs": 0}}, ["train.epochs: expected an integer >= 1, got 0"]),
     ({"train": {"checkpoint_dir": "runs/ckpt"}}, ["train.checkpoint_dir 'runs/ckpt'", "s3://"]),
+    ({"train": {"out": "/mnt/runs/x"}}, ["train.out '/mnt/runs/x'", "s3://bucket/prefix/run", "storage.output_claim"]),
     ({"train_tables": [10**9] * 4}, ["nodes=1 x gpus_per_node=1", "train.dist.device_memory=16Gi", "do not fit"]),
 ]
 
@@ -262,16 +263,16 @@ def test_the_other_size_grammar_gets_a_hint(text, hint):
 
 
 def test_mlperf_dcnv2_profile_trains_the_builtin_recipe():
-    """The profile's train block is dlrm/configs/mlperf-dcnv2.yaml (plus its checkpoint_dir): one recipe."""
+    """The profile's train block is dlrm/configs/mlperf-dcnv2.yaml (plus its run output on S3): one recipe."""
     from dlrm.config import TrainConfig, load_config, to_dict
     from dlrm.train import BUILTIN_CONFIGS
 
     job = load_job_config("mlperf-dcnv2")
     builtin = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "mlperf-dcnv2.yaml"])
     ours = to_dict(job.train)
-    assert ours.pop("checkpoint_dir") == "s3://dlrm-checkpoints/mlperf-dcnv2"
+    assert ours.pop("out") == "s3://dlrm-runs/mlperf-dcnv2"
     theirs = to_dict(builtin)
-    theirs.pop("checkpoint_dir")
+    theirs.pop("out")
     assert ours == theirs
     t = job.train
     assert (t.model.interaction, t.model.dcn_num_layers, t.model.dcn_low_rank_dim) == ("dcn", 3, 512)

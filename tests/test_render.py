@@ -127,7 +127,13 @@ def test_training_container():
     assert c["command"][: len(cmd.TRAIN_COMMAND)] == cmd.TRAIN_COMMAND
     args = c["command"]
     assert not [a for a in args if a.startswith(("--nnodes", "--node-rank", "--node_rank", "--master", "--nproc"))]
-    assert "--resume" in args and f"data.dataset={cmd.DATASET_MOUNT}" in args and f"out={cmd.OUTPUT_MOUNT}" in args
+    # the profile's run output is on S3: the pods write there, and status/results find it by the annotation
+    assert "--resume" in args and f"data.dataset={cmd.DATASET_MOUNT}" in args and "out=s3://dlrm-runs/criteo-fl15" in args
+    assert meta["annotations"][cmd.OUTPUT_ANNOTATION] == "s3://dlrm-runs/criteo-fl15"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["DLRM_JOB_NAME"] == "dlrm-criteo-fl15" and env["DLRM_GIT_REVISION"] == REV
+    assert env["DLRM_JOB_CONFIG_SHA256"] == meta["annotations"]["dlrm-k8s.io/config-sha256"]
+    assert env["DLRM_IMAGE"] == c["image"]
     assert c["resources"]["limits"]["memory"] == "800Gi" and c["resources"]["requests"]["cpu"] == "64"
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -143,7 +149,7 @@ def test_training_container():
     config = by_kind(objs, "ConfigMap")
     assert volumes["config"]["configMap"]["name"] == config["metadata"]["name"] == "dlrm-criteo-fl15-config"
     train = yaml.safe_load(config["data"][cmd.CONFIG_FILE])
-    assert train["data"]["dataset"] == cmd.DATASET_MOUNT and train["out"] == cmd.OUTPUT_MOUNT
+    assert train["data"]["dataset"] == cmd.DATASET_MOUNT and train["out"] == "s3://dlrm-runs/criteo-fl15"
     assert train["model"]["embedding_dim"] == 128 and train["optim"]["lr"] == 24.0
 
 

@@ -3,6 +3,7 @@ the injected env, volume folders, mountPath rewriting, init containers, restarts
 the last test runs a rendered synthetic-smoke job (2 nodes x 2 processes) with the real trainer."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -230,3 +231,104 @@ def test_rendered_synthetic_smoke_trains_on_two_nodes(tmp_path, capsys, api, mas
     run_dir = tmp_path / "wd" / "pods" / master / "output"  # the /output emptyDir of the node-rank-0 pod
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics and "final AUC" in out
+
+
+def _s3_json_lines(bucket: str, key: str) -> list[dict]:
+    import boto3
+
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    except boto3.client("s3").exceptions.NoSuchKey:
+        return []
+    return [json.loads(line) for line in body.splitlines()]  # strict: every line whole, no bare NaN
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_trainer_missing()), reason=_trainer_missing() or "-")
+def test_s3_run_output_logs_follow_kill_status_and_results(tmp_path, capsys, s3_bucket, s3_endpoint):
+    """A 2 x 2 run-local job with train.out=s3://... (moto): `logs -f` shows its progress lines while it
+    trains; killed mid-run, the metrics it logged are on S3; a job that finishes leaves config,
+    metrics, plot, TensorBoard events and run record there, which `status` shows and `results` fetches."""
+    import subprocess
+
+    from dlrm.__main__ import main as dlrm_main
+    from launcher.config import load_job_config
+    from launcher.render import render_objects
+
+    data = tmp_path / "data"
+    assert dlrm_main(["synth", "--out", str(data), "--rows", "20000", "--tables", "small", "--seed", "1"]) == 0
+    sets = [f"dataset={data}", f"s3.endpoint_url={s3_endpoint}", "nodes=2", "gpus_per_node=2", "cluster.backoff_limit=0"]
+
+    # 1) a long job, uploading at every progress line, followed with `logs -f`, then killed
+    killed = f"s3://{s3_bucket}/runs/killed"
+    objs = render_objects(load_job_config("synthetic-smoke", overrides=[*sets, f"train.out={killed}", "train.epochs=1000",
+                                                                        "train.max_steps=0", "train.sync_every_s=0"]))
+    wd = tmp_path / "wd-killed"
+    job = LocalJob(objs, wd, out=io.StringIO(), grace_s=1)
+    runner = threading.Thread(target=job.run)
+    runner.start()
+    follow, seen = None, []
+    try:
+        deadline = time.monotonic() + 120
+        while not (wd / "logs" / "master-0.log").exists():
+            assert time.monotonic() < deadline and runner.is_alive(), job.out.getvalue()[-3000:]
+            time.sleep(0.1)
+        follow = subprocess.Popen([sys.executable, "-m", "launcher", "logs", "dlrm-smoke", "--local", "--workdir", str(wd), "-f"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def read():
+            for line in follow.stdout:
+                seen.append((line.rstrip("\n"), runner.is_alive()))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        while len([r for r in _s3_json_lines(s3_bucket, "runs/killed/metrics.jsonl") if r["kind"] == "train"]) < 2:
+            assert time.monotonic() < deadline and runner.is_alive(), job.out.getvalue()[-3000:]
+            time.sleep(0.2)
+        logged = _s3_json_lines(s3_bucket, "runs/killed/metrics.jsonl")
+        for pid in [p for tree in job.pids().values() for p in tree]:  # the pods die: no chance to upload anything
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        runner.join(60)
+        assert not runner.is_alive()
+        assert follow.wait(30) == 0  # -f ends with the job
+        reader.join(10)
+    finally:
+        job.stop()
+        runner.join(60)
+        if follow and follow.poll() is None:
+            follow.kill()
+    progress = [line for line, alive in seen if line.startswith("step ") and alive]
+    assert progress and "/" in progress[0] and "samples/s" in progress[0] and "ETA" in progress[0], seen[-20:]
+    kept = _s3_json_lines(s3_bucket, "runs/killed/metrics.jsonl")
+    assert kept[:len(logged)] == logged and not [r for r in kept if r["kind"] == "summary"]
+    assert json.loads((wd / "job.json").read_text())["state"] == "Failed"
+
+    # 2) a job that finishes
+    done = f"s3://{s3_bucket}/runs/done"
+    wd = tmp_path / "wd-done"
+    rc = main(["run-local", "--profile", "synthetic-smoke", "--workdir", str(wd), *[a for s in sets for a in ("--set", s)],
+               "--set", f"train.out={done}", "--set", "train.max_steps=30", "--set", "train.eval_every=10",
+               "--set", "train.checkpoint_every=10", "--set", "train.plot=true"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert "[master-0] step 10/30" in out and "[master-0] eval at step 30/30 | AUC" in out
+    import boto3
+
+    keys = {o["Key"][len("runs/done/"):] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="runs/done/")["Contents"]}
+    assert {"config.yaml", "run.json", "metrics.jsonl", "metrics.png", "checkpoints/ckpt-000000030/metadata.json"} <= keys
+    assert any(k.startswith("tensorboard/events.out.tfevents.") for k in keys)
+    record = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key="runs/done/run.json")["Body"].read())
+    assert record["job"]["name"] == "dlrm-smoke" and len(record["job"]["config_sha256"]) == 64 and record["world_size"] == 4
+    assert record["job"]["image"].startswith("dlrm-k8s-train:") and record["plan"]["world_size"] == 4
+
+    assert main(["status", "dlrm-smoke", "--local", "--workdir", str(wd)]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith("run-local job dlrm-smoke: Succeeded") and f"run output {done}:" in status
+    assert "  step 30/30 (100.0%) | epoch 1 |" in status and "  eval at step 30: AUC 0." in status
+    assert "  finished at step 30: AUC 0." in status
+    assert main(["results", "dlrm-smoke", "--local", "--workdir", str(wd), "--out", str(tmp_path / "results")]) == 0
+    fetched = tmp_path / "results"
+    assert all((fetched / f).is_file() for f in ("config.yaml", "run.json", "metrics.jsonl", "metrics.png"))
+    assert list((fetched / "tensorboard").glob("events.out.tfevents.*")) and not (fetched / "checkpoints").exists()
