@@ -86,7 +86,7 @@ def run_record(cfg, plan, config_text: str, world_size: int, device: str, first_
     """Everything needed to reproduce the run or tell two runs apart."""
     import torch
 
-    from launcher.data.manifest import MANIFEST_NAME  # no boto3 there
+    from dlrm.data.manifest import MANIFEST_NAME
 
     job = {k: os.environ.get(v) for k, v in JOB_ENV.items()}
     job["git_revision"] = job["git_revision"] or git_revision(Path(__file__).resolve().parent)
