@@ -338,6 +338,9 @@ class DataConfig:
     shuffle_batches: bool = True  # shuffle batch order each epoch, seeded
     prefetch: Annotated[int, Range(ge=0, le=64)] = 2  # batches read ahead in a background thread (each in memory)
     check_ids: bool = True  # verify every id < cardinality as batches are read
+    # How a folder holding _manifest.json is checked before training (dlrm.data.manifest.require_verified):
+    # auto: its .verified record, else every file's sha256; full: every sha256; sizes: file sizes only; off.
+    verify: Literal["auto", "full", "sizes", "off"] = "auto"
 
 
 @dataclass

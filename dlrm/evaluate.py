@@ -39,7 +39,7 @@ def main(args) -> int:
     if args.dataset:
         cfg.data.dataset = args.dataset
     cfg.eval_max_batches = args.max_batches
-    require_verified(cfg.data.dataset)  # a pulled/staged copy must match its _manifest.json, as in train
+    require_verified(cfg.data.dataset, cfg.data.verify)  # a pulled/staged copy must match its _manifest.json, as in train
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(["test"])
     from dlrm.resume import dataset_identity, feature_differences

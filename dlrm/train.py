@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
-    require_verified(cfg.data.dataset)  # a pulled/staged copy (it holds _manifest.json) must match it
+    runtime.once_per_node("the dataset check", lambda: require_verified(cfg.data.dataset, cfg.data.verify))  # a pulled/staged/mounted copy (it holds _manifest.json) must match it
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(SPLITS)  # 0 train rows would 'train' 0 steps; 0 test rows fail after training
     batches_per_epoch = len(SplitBinaryReader(spec, "train", cfg.data.batch_size, prefetch=0))

@@ -77,6 +77,17 @@ def dataset_path(cfg) -> str:
     return cmd.STAGED_DATASET if cfg.storage.mode == "stage" else cmd.DATASET_MOUNT
 
 
+def dataset_verify(cfg) -> str:
+    """The trainer's `data.verify` for where its dataset copy comes from (the user's choice wins
+    unless it is `auto`). A mount (Mountpoint S3) of the pushed prefix holds `_manifest.json` but can
+    hold no `.verified` record, so `auto` would hash the whole dataset on every node at every start
+    (hours for Criteo 1TB). Sizes suffice there: S3 objects are written whole and `data push` writes
+    the manifest last, so a prefix with a manifest is complete when every size matches; content was
+    checked when it was pushed (ETags) and is checked remotely by `launcher data verify s3://...`."""
+    verify = cfg.train.data.verify
+    return "sizes" if verify == "auto" and cfg.storage.mode == "mount" else verify
+
+
 def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     s, c = cfg.storage, cfg.cluster
     common = dict(image=cfg.image, env=container_env(cfg, git_revision), env_from=env_from(cfg), requests=requests(cfg),

@@ -66,6 +66,7 @@ def _train_yaml(cfg: JobConfig, dataset: str) -> str:
     """The resolved TrainConfig as the pods see it: dataset (and a local out) point at the mounts."""
     train = to_dict(cfg.train)
     train["data"]["dataset"] = dataset
+    train["data"]["verify"] = pods.dataset_verify(cfg)
     train["out"] = cmd.train_out(cfg.train.out)
     return yaml.safe_dump(train, sort_keys=False, default_flow_style=False)
 

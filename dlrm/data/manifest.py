@@ -10,7 +10,8 @@ In a local copy (`launcher data pull|stage`), the manifest is written BEFORE any
 `.verified` last: `.verified` records the manifest's hash and every file's size and mtime as they
 were when each file's hash was checked. A folder holding `_manifest.json` is trained on only when
 `require_verified` passes: the record matches every file exactly, or every file's hash is
-recomputed. So a pull killed half-way (a full disk) leaves a folder the trainer refuses.
+recomputed. So a pull killed half-way (a full disk) leaves a folder the trainer refuses. A
+read-only mount of a pushed prefix has no record: the launcher sets `data.verify: sizes` there.
 
 No boto3 and no launcher imports here: the trainer calls `require_verified` at every start.
 """
@@ -235,27 +236,34 @@ def is_verified(directory: str | os.PathLike) -> bool:
     return _stats(d, manifest) == record.get("files")
 
 
-def require_verified(directory: str | os.PathLike, workers: int = 8) -> None:
-    """The trainer's check of a dataset folder: nothing to do without `_manifest.json` (a folder
-    written here by synth or preprocess); with one, train only on a copy that matches it: the
-    `.verified` record, else every file's size and sha256 (slow: the whole dataset is read)."""
+def require_verified(directory: str | os.PathLike, mode: str = "auto", workers: int = 8) -> None:
+    """The trainer's check of a dataset folder (`data.verify` is `mode`). Nothing to do without
+    `_manifest.json` (a folder written here by synth or preprocess). With one, train only on a copy
+    that matches it:
+      auto:  the `.verified` record, else every file's size and sha256 (the whole dataset is read)
+      full:  every file's size and sha256, whatever the record says
+      sizes: every file's size only (a read-only mount of a pushed prefix: see launcher/pods.py)
+      off:   nothing
+    """
     d = Path(directory)
     mpath = d / MANIFEST_NAME
-    if not mpath.is_file() or is_verified(d):
+    if mode == "off" or not mpath.is_file() or (mode == "auto" and is_verified(d)):
         return
     try:
         manifest = Manifest.from_bytes(mpath.read_bytes(), str(mpath))
     except UserError as e:
         raise DataError(str(e)) from None
-    print(f"{d}: no up-to-date {MARKER_NAME} record; checking {len(manifest.entries)} files "
-          f"({manifest.total_bytes / 2**30:.2f} GiB) against {MANIFEST_NAME}", file=sys.stderr, flush=True)
+    what = "sizes of" if mode == "sizes" else "sizes and sha256 of"
+    why = f"data.verify={mode}" if mode != "auto" else f"no up-to-date {MARKER_NAME} record"
+    print(f"{d}: {why}; checking {what} {len(manifest.entries)} files ({manifest.total_bytes / 2**30:.2f} GiB) "
+          f"against {MANIFEST_NAME}", file=sys.stderr, flush=True)
 
     def problem(e: Entry) -> str | None:
         return _size_problem(d, e) or (None if sha256_file(d / e.key) == e.sha256 else f"{e.key}: sha256 differs")
 
     # Sizes first: an incomplete copy (the usual case) is refused without reading any data.
     bad = [p for p in (_size_problem(d, e) for e in manifest.entries) if p]
-    if not bad:
+    if not bad and mode != "sizes":
         with ThreadPoolExecutor(workers) as pool:
             bad = [p for p in pool.map(problem, manifest.entries) if p]
     if bad:

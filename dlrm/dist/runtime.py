@@ -88,6 +88,38 @@ class Runtime:
             dist.all_gather(parts, padded.contiguous())
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
+    def once_per_node(self, what: str, fn, poll_s: float = 5.0) -> None:
+        """Run `fn` on LOCAL_RANK 0 of every node while the node's other ranks wait; every rank
+        raises if it failed anywhere. For a per-node check of node-local files (the dataset copy)
+        that may take longer than the collective timeout (hashing a large dataset): the waiting is
+        a round of all_reduce every `poll_s` seconds, not one long collective."""
+        if not self.distributed:
+            fn()
+            return
+        import concurrent.futures
+
+        checker = self.local_rank == 0
+        pool = concurrent.futures.ThreadPoolExecutor(1) if checker else None
+        job = pool.submit(fn) if checker else None
+        try:
+            while True:
+                if job is not None:
+                    concurrent.futures.wait([job], timeout=poll_s)
+                # [checkers, checkers done, checkers failed]; a waiting rank paces itself on the checker
+                done = job is not None and job.done()
+                failed = done and job.exception() is not None
+                state = self.all_reduce_sum(torch.tensor([int(checker), int(done), int(failed)], device=self.device))
+                checkers, finished, failures = (int(x) for x in state.tolist())
+                if finished == checkers:
+                    break
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False)
+        if job is not None:
+            job.result()  # this node's own error, with its details
+        if failures:
+            raise UserError(f"rank {self.rank}: {what} failed on {failures} node(s) (their error is printed above)")
+
     def close(self, barrier: bool = True) -> None:
         """Tear the process groups down. After a success, first wait for every rank: a rank that
         destroys its groups while a peer still talks to it aborts the peer ("terminate called
