@@ -39,9 +39,11 @@ def categorical_dtype(cardinality: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def _inside(root: Path, name, where: str) -> Path:
-    """`name` resolved under the dataset folder `root`, or a DataError: a file outside it (../x.bin,
-    /abs/x.bin, a symlink leading out) would be read by the trainer but not shipped by `data push`."""
+def file_inside(root: Path, name, where: str) -> Path:
+    """`name` (a `files:` entry of the spec) resolved under the dataset folder `root`, or a DataError:
+    a file outside it (../x.bin, /abs/x.bin, a symlink leading out) would be read by the trainer but
+    not shipped by `data push`. The one copy of this rule: the trainer (FeatureSpec.from_dict) and
+    push (dlrm.data.manifest.check_spec_files) both call it."""
     if not isinstance(name, str) or not name or Path(name).is_absolute():
         raise DataError(f"{where}: {name!r} must be a path relative to the dataset folder {root}")
     path = (root / name).resolve()
@@ -264,7 +266,7 @@ class FeatureSpec:
                 if len(kinds) != 1:
                     raise DataError(f"{where}: {ctx} mixes dtypes {sorted(k.name for k in kinds)} in one file")
                 widths = [hotness.get(f, 1) for f in feats]
-                out.append(Chunk(feats, _inside(root, files[0], f"{where}: {ctx}.files"), kinds.pop(),
+                out.append(Chunk(feats, file_inside(root, files[0], f"{where}: {ctx}.files"), kinds.pop(),
                                  widths if max(widths) > 1 else None))
             covered = [f for c in out for f in c.features]
             missing = [f for f in numerical + categorical + labels if f not in covered]
