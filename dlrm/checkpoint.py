@@ -12,7 +12,8 @@ never loaded. Because every file names the table rows it holds, a checkpoint sav
 loads under any other plan: each rank copies the overlap of its own pieces with the saved ones.
 
 metadata.json records every file's size and sha256 (hashed as it is written, no second read;
-each rank leaves `rank-<r>.pt.sum` for rank 0 to collect). Loading checks every file's size
+each rank's digest reaches rank 0 through a collective: with one output folder per pod, rank 0
+cannot read the other pods' files). Loading checks every file's size
 first (a truncated shard, a half-deleted folder) and each file's hash as it is read (a bit
 flip); either is a `CheckpointCorrupt`, which resume answers by falling back to an older
 checkpoint. Rotation deletes an old checkpoint's metadata.json first, so a rotation killed
@@ -34,7 +35,6 @@ from dlrm.errors import UserError
 from dlrm.storage import open_store
 
 METADATA = "metadata.json"
-SUM = ".sum"  # rank-<r>.pt.sum: {"size", "sha256"} of rank-<r>.pt, for rank 0 to collect
 _NAME = re.compile(r"^ckpt-(\d{9})$")
 _HASH_CHUNK = 8 << 20
 
@@ -195,8 +195,9 @@ def latest_checkpoint(uri: str) -> str | None:
 
 def save_checkpoint(uri: str, step: int, *, rank: int, weight: torch.Tensor, row_state: dict[str, torch.Tensor],
                     pieces_by_rank: dict[int, list[Piece]], dense: dict | None, meta: dict,
-                    barrier=lambda: None, keep: int = 2) -> str:
-    """Every rank calls this; rank 0 (which must pass `dense`) writes metadata.json after a barrier."""
+                    barrier=lambda: None, gather=lambda obj: [obj], keep: int = 2) -> str:
+    """Every rank calls this; rank 0 (which must pass `dense`) writes metadata.json once every rank's
+    file is written. `gather(obj)` returns every rank's `obj` in rank order (Runtime.all_gather_object)."""
     store = open_store(uri)
     name = checkpoint_name(step)
     digest = _put_torch(store, f"{name}/rank-{rank}.pt", {
@@ -204,12 +205,13 @@ def save_checkpoint(uri: str, step: int, *, rank: int, weight: torch.Tensor, row
         "row_state": {k: v.detach() for k, v in row_state.items()},
         "pieces": [asdict(p) for p in pieces_by_rank[rank]],
     })
-    store.put_bytes(f"{name}/rank-{rank}.pt{SUM}", json.dumps(digest).encode())
     if rank == 0:
         dense_digest = _put_torch(store, f"{name}/dense.pt", dense)
-    barrier()  # every rank's file is in place before the metadata makes the checkpoint count
+    # Every rank's file is in place before the metadata makes the checkpoint count; the digests
+    # travel by collective, not through the store (a PyTorchJob's pods may each have their own /output).
+    digests = gather(digest)
     if rank == 0:
-        checksums = {f"rank-{r}.pt": json.loads(store.get_bytes(f"{name}/rank-{r}.pt{SUM}")) for r in sorted(pieces_by_rank)}
+        checksums = {f"rank-{r}.pt": digests[r] for r in sorted(pieces_by_rank)}
         checksums["dense.pt"] = dense_digest
         record = dict(meta, step=step, world_size=len(pieces_by_rank), checksums=checksums, files={
             f"rank-{r}.pt": [asdict(p) for p in ps] for r, ps in sorted(pieces_by_rank.items())

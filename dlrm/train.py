@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
                 "dataset": identity}
         save_checkpoint(ckpt_uri, step, rank=runtime.rank, weight=weight.data, row_state=opt.sparse.state_tensors(0),
                         pieces_by_rank=pieces_by_rank, dense=dense, meta=meta, barrier=runtime.barrier,
-                        keep=cfg.checkpoint_keep)
+                        gather=runtime.all_gather_object, keep=cfg.checkpoint_keep)
         log.checkpoint(checkpoint_name(step), ckpt_uri, time.perf_counter() - t0)
 
     # MLPerf's "every 1/20 epoch" is whole steps: (samples / (batch x 20)) rounded down, at least 1

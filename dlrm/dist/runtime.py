@@ -120,6 +120,15 @@ class Runtime:
         if failures:
             raise UserError(f"rank {self.rank}: {what} failed on {failures} node(s) (their error is printed above)")
 
+    def all_gather_object(self, obj) -> list:
+        """Every rank's picklable `obj` in rank order, on every rank (small objects: digests)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        with collective("all_gather_object"):
+            dist.all_gather_object(out, obj)
+        return out
+
     def close(self, barrier: bool = True) -> None:
         """Tear the process groups down. After a success, first wait for every rank: a rank that
         destroys its groups while a peer still talks to it aborts the peer ("terminate called
