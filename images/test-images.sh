@@ -299,7 +299,9 @@ EOF
   local failed=0 code
   for name in "${names[@]}"; do
     code="$(timeout 600 "$DOCKER" wait "$name" || echo timeout)"
-    log "$name exited $code; last lines:"
+    log "$name exited $code; its error lines and last lines:"
+    # torchrun's failure summary hides the trainer's one-line `error:`: show those first
+    "$DOCKER" logs "$name" 2>&1 | grep -E '^(\[[^]]*\]:)?error:' | tail -4 | sed 's/^/    /' >&2 || true
     "$DOCKER" logs --tail 8 "$name" 2>&1 | sed 's/^/    /' >&2
     [[ "$code" == 0 ]] || failed=1
   done
