@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from dlrm.errors import UserError
+from dlrm.fsutil import atomic_path
 from dlrm.storage import open_store
 
 METADATA = "metadata.json"
@@ -97,15 +98,8 @@ def _put_torch(store, key: str, obj) -> dict:
     """Save `obj` under `key`; returns its {"size", "sha256"}."""
     local = store.local_path(key)
     if local is not None:  # save next to the target and rename: no second copy of a 16 GB file
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(local, fsync=False) as tmp:  # _save fsyncs as it closes the file
             digest = _save(obj, tmp, str(local))
-            os.replace(tmp, local)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return digest
     with tempfile.TemporaryDirectory() as d:
         digest = _save(obj, Path(d) / "obj.pt", f"{Path(d) / 'obj.pt'} (staging {key} for upload)")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from dlrm.data.writer import SplitBinaryWriter
 from dlrm.errors import DataError
+from dlrm.fsutil import atomic_path
 from dlrm.preprocess.inputs import DayFile, first_half, read_blocks
 from dlrm.preprocess.output import (SPLITS, BadLineTally, Output, Settings, check_bad_lines, check_splits, make_report,
                                     open_output, strict_error)
@@ -182,8 +183,8 @@ def run(s: Settings, workers: int | None = None, chunk_rows: int = 100_000) -> d
             done = pass1 / f"day_{f.day}.json"
             if not done.exists():  # counts first, then the json that marks the day done
                 stats, keys, counts = _pass1_day(f, f in counted, pool, s, block_bytes, window)
-                np.savez(pass1 / f"day_{f.day}.tmp.npz", keys=keys, counts=counts)
-                os.replace(pass1 / f"day_{f.day}.tmp.npz", pass1 / f"day_{f.day}.npz")
+                with atomic_path(pass1 / f"day_{f.day}.npz", fsync=False, tag=".tmp.npz") as tmp:  # savez adds .npz otherwise
+                    np.savez(tmp, keys=keys, counts=counts)
                 done.write_text(json.dumps(stats))
             day_stats[f.day] = json.loads(done.read_text())
     # Before any id is counted or row written: a day of mostly bad lines, or no training rows, stops here.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dlrm.data.spec import SPEC_FILE, FeatureSpec
 from dlrm.errors import DataError, UserError
+from dlrm.fsutil import atomic_path
 from dlrm.preprocess.inputs import find_days, DayFile
 from dlrm.preprocess.parse import KINDS, NUM_CATEGORICAL, NUM_NUMERICAL
 
@@ -177,14 +178,11 @@ class Output:
 
 
 def _concatenate(sources: list[Path], dest: Path) -> None:
-    """dest = the sources back to back, written under .partial and renamed when complete."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".partial")
-    with open(tmp, "wb") as out:
+    """dest = the sources back to back, written under a temp name and renamed when complete."""
+    with atomic_path(dest, fsync=False) as tmp, open(tmp, "wb") as out:
         for src in sources:
             with open(src, "rb") as f:
                 shutil.copyfileobj(f, out, 16 << 20)
-    os.replace(tmp, dest)
 
 
 class BadLineTally:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrm.fsutil import atomic_path
 from dlrm.preprocess.parse import NUM_CATEGORICAL
 
 _FEATURE = np.arange(NUM_CATEGORICAL, dtype=np.uint64) << np.uint64(32)
@@ -63,9 +64,8 @@ class Vocab:
         return np.where(hit, self.ids[pos], 0).astype(np.int32)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, keys=self.keys, ids=self.ids, cardinalities=np.asarray(self.cardinalities, np.int64))
-        tmp.replace(path)
+        with atomic_path(path, fsync=False, tag=".tmp.npz") as tmp:  # savez adds .npz to any other name
+            np.savez(tmp, keys=self.keys, ids=self.ids, cardinalities=np.asarray(self.cardinalities, np.int64))
 
     @classmethod
     def load(cls, path: Path) -> "Vocab":
