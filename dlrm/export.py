@@ -1,0 +1,285 @@
+"""`python -m dlrm export`: a checkpoint saved by any number of ranks -> one servable model folder.
+
+    python -m dlrm export --checkpoints RUN/checkpoints [--name ckpt-...] --out DIR
+                          [--table-dtype fp32|fp16|bf16] [--triton] [--dataset DIR] [--max-batch N]
+
+Every rank's table rows are put back together into whole tables (dlrm.checkpoint.whole_tables),
+the dense arches take rank 0's weights, and the model is captured once with torch.export (batch
+dimension dynamic) and lowered with AOTInductor for the CPU (and CUDA when this machine has a GPU).
+The folder layout and the signature are in dlrm.serving. Before anything is published the CPU
+package is loaded and checked against the eager model on a batch; the folder is built beside --out
+and renamed into place, so a failed export leaves nothing that looks finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from dlrm import serving
+from dlrm.checkpoint import METADATA, complete_checkpoints, whole_tables
+from dlrm.config import TrainConfig, dump_yaml, from_dict
+from dlrm.data.spec import FeatureSpec
+from dlrm.errors import UserError
+from dlrm.model import DLRM
+from dlrm.storage import open_store
+
+TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_MAX_BATCH = 65536
+SELF_CHECK_ATOL = 1e-5  # package vs the eager module it was compiled from (same table dtype)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoints", required=True, help="checkpoint folder (a run's checkpoints/ or s3://...)")
+    p.add_argument("--name", help="checkpoint name (ckpt-000001000); default: the latest complete one")
+    p.add_argument("--out", required=True, help="export folder to write (replaced if it holds an earlier export)")
+    p.add_argument("--dataset", help="dataset whose feature_spec.yaml the model was trained on; "
+                                     "default: the one in the checkpoint's config")
+    p.add_argument("--table-dtype", choices=sorted(TABLE_DTYPES), default="fp32",
+                   help="embedding table storage in the package (fp16/bf16 halve its size)")
+    p.add_argument("--triton", action="store_true", help="also write a Triton Inference Server model repository")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"largest batch the packages accept (default {DEFAULT_MAX_BATCH})")
+
+
+class ServingDLRM(nn.Module):
+    """numerical float32 [B, N], categorical int32 [B, F] -> probability float32 [B].
+
+    The ids are checked against each table's cardinality inside the program: tables share one
+    fused weight, so an id past its own table would otherwise read the next table's rows.
+    """
+
+    def __init__(self, model: DLRM, table_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.model = model
+        model.sparse_arch.embedding.to(table_dtype)  # DLRM.predict casts the looked-up rows back
+        self.register_buffer("cardinalities", torch.tensor(model.sparse_arch.table_sizes, dtype=torch.int32))
+
+    def forward(self, numerical: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        ok = ((categorical >= 0) & (categorical < self.cardinalities)).all()
+        torch._assert_async(ok, "categorical id outside [0, cardinality) of its table")
+        return torch.sigmoid(self.model(numerical, categorical).float())
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: checkpoint, config, feature spec
+
+
+def resolve_checkpoint(uri: str, name: str | None) -> tuple[str, dict]:
+    """(name, metadata) of the checkpoint to export; one-line errors for every way it is not there."""
+    store = open_store(uri)
+    names = complete_checkpoints(store)
+    if name is None:
+        if not names:
+            raise UserError(f"{uri}: no complete checkpoint (a checkpoint is a ckpt-NNNNNNNNN folder with "
+                            f"{METADATA}); pass a run's checkpoints/ folder")
+        name = names[-1]
+    elif name not in names:
+        have = ", ".join(names) if names else "none"
+        raise UserError(f"{uri}: no complete checkpoint {name!r} (complete ones: {have})")
+    try:
+        meta = json.loads(store.get_bytes(f"{name}/{METADATA}"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{uri}/{name}/{METADATA}: not valid JSON ({e}); the checkpoint is corrupt") from None
+    missing = [k for k in ("config", "plan", "files") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise UserError(f"{uri}/{name}/{METADATA}: no {', '.join(missing)}; not a checkpoint this trainer wrote")
+    return name, meta
+
+
+def checked_spec(meta: dict, dataset: str | None, where: str) -> FeatureSpec:
+    """The dataset's feature spec, after checking it names the checkpoint's tables with their sizes."""
+    dataset = dataset or meta["config"].get("data", {}).get("dataset")
+    if not dataset:
+        raise UserError(f"{where}: the checkpoint's config names no dataset; pass --dataset DIR")
+    spec = FeatureSpec.load(dataset)
+    plan = meta["plan"]
+    saved = dict(zip(plan.get("table_names") or [], plan.get("table_sizes") or []))
+    have = dict(zip(spec.categorical, spec.table_sizes))
+    if saved != have:
+        diff = sorted(set(saved.items()) ^ set(have.items()))[:3]
+        raise UserError(f"{spec.path}: tables {diff} differ from checkpoint {where} (trained on "
+                        f"{len(saved)} tables); pass the --dataset it was trained on")
+    return spec
+
+
+def gather_model(uri: str, name: str, spec: FeatureSpec, cfg: TrainConfig) -> DLRM:
+    """One whole DLRM from every rank's files: tables in spec order, dense arches from dense.pt."""
+    where = f"{uri}/{name}"
+    try:
+        tables, dense = whole_tables(uri, name)
+    except UserError:
+        raise
+    except FileNotFoundError as e:
+        raise UserError(f"{where}: {Path(e.filename or str(e)).name} is missing; the checkpoint is incomplete") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, TypeError, pickle.UnpicklingError) as e:
+        raise UserError(f"{where}: cannot read the checkpoint files ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); the checkpoint is corrupt") from None
+    for t, rows in zip(spec.categorical, spec.table_sizes):
+        got = tables.get(t)
+        if got is None or got.shape != (rows, cfg.model.embedding_dim):
+            shape = None if got is None else tuple(got.shape)
+            raise UserError(f"{where}: table {t} has shape {shape} in the checkpoint, expected "
+                            f"({rows}, {cfg.model.embedding_dim}); some rank's rows are missing")
+    model = DLRM(len(spec.numerical), [1] * len(spec.table_sizes), cfg.model)  # tables replaced below
+    sparse = model.sparse_arch
+    weight = torch.cat([tables[t].float() for t in spec.categorical])
+    sparse.table_sizes = list(spec.table_sizes)
+    sparse.offsets = torch.tensor([0] + spec.table_sizes[:-1], dtype=torch.int64).cumsum(0)
+    sparse.embedding = nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight)
+    result = model.load_state_dict(dense, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("sparse_arch.")]
+    if missing or result.unexpected_keys:
+        raise UserError(f"{where}/dense.pt: weights do not match the checkpoint's model config "
+                        f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folder
+
+
+def check_out(out: Path) -> None:
+    """--out may be new, an empty folder or an earlier export (replaced); nothing else is overwritten."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"{out}: exists and is not a folder; --out must be a new folder or an earlier export")
+    if out.is_dir() and any(out.iterdir()) and not serving.is_export(out):
+        raise UserError(f"{out}: exists, is not empty and holds no {serving.MANIFEST} (not an export); "
+                        f"refusing to replace it")
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder onto `out`; an earlier export there is moved aside, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def example_inputs(spec: FeatureSpec, batch: int, device: str = "cpu", seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    numerical = torch.rand(batch, len(spec.numerical), generator=gen) * 4
+    categorical = torch.stack([torch.randint(0, n, (batch,), generator=gen, dtype=torch.int32)
+                               for n in spec.table_sizes], 1)
+    return numerical.to(device), categorical.to(device)
+
+
+def export_program(module: nn.Module, spec: FeatureSpec, max_batch: int, device: str):
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    return torch.export.export(module, example_inputs(spec, 8, device), dynamic_shapes=({0: batch}, {0: batch}),
+                               strict=False)
+
+
+def compile_package(program, path: Path) -> Path:
+    import torch._inductor
+
+    return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
+
+
+def self_check(package: Path, module: nn.Module, spec: FeatureSpec, atol: float) -> float:
+    """Load the package as predict will and compare it with the eager module; returns the max |diff|."""
+    import torch._inductor
+
+    runner = torch._inductor.aoti_load_package(str(package))
+    worst = 0.0
+    for b in (1, 37):
+        x = example_inputs(spec, b, seed=b)
+        with torch.no_grad():
+            worst = max(worst, (runner(*x) - module(*x)).abs().max().item())
+    if not worst <= atol:
+        raise RuntimeError(f"{package}: the compiled package differs from the eager model by {worst:.3g} "
+                           f"(> {atol}); not publishing it")
+    return worst
+
+
+def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: str | None = None,
+           table_dtype: str = "fp32", triton: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
+           log=print) -> dict:
+    """Write the export folder `out` (see dlrm.serving); returns its manifest."""
+    out = Path(out)
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be >= 1, got {max_batch}")
+    check_out(out)
+    name, meta = resolve_checkpoint(checkpoints, name)
+    where = f"{checkpoints}/{name}"
+    cfg = from_dict(TrainConfig, meta["config"], where=f"{where}/{METADATA}: config: ")
+    spec = checked_spec(meta, dataset, where)
+    t0 = time.perf_counter()
+    model = gather_model(checkpoints, name, spec, cfg)
+    module = ServingDLRM(model, TABLE_DTYPES[table_dtype]).eval()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with torch.no_grad():
+            program = export_program(module, spec, max_batch, "cpu")
+        torch.export.save(program, str(tmp / serving.PROGRAM))
+        packages = {}
+        for device in devices:
+            log(f"export: compiling the AOTInductor package for {device} ...")
+            if device == "cpu":
+                prog = program
+            else:
+                with torch.no_grad():
+                    prog = export_program(module.to(device), spec, max_batch, device)
+            packages[device] = compile_package(prog, tmp / serving.PACKAGES[device]).name
+        module.to("cpu")
+        worst = self_check(tmp / packages["cpu"], module, spec, SELF_CHECK_ATOL)
+        serving_spec = spec.to_dict()
+        serving_spec["source_spec"] = {}  # the features, not the data files
+        (tmp / serving.FEATURE_SPEC).write_text(yaml.safe_dump(serving_spec, sort_keys=False))
+        (tmp / serving.MODEL_CONFIG).write_text(dump_yaml(cfg))
+        triton_max = min(max_batch, 4096)
+        if triton:
+            device = "cuda" if "cuda" in packages else "cpu"
+            serving.write_triton_repository(tmp / serving.TRITON_DIR, tmp / packages[device], device,
+                                            len(spec.numerical), len(spec.categorical), triton_max)
+        manifest = {
+            "format": serving.FORMAT,
+            "checkpoint": {"uri": str(checkpoints), "name": name, "step": meta.get("step"),
+                           "world_size": meta.get("world_size")},
+            "model": {"num_numerical": len(spec.numerical), "tables": dict(zip(spec.categorical, spec.table_sizes)),
+                      "embedding_dim": cfg.model.embedding_dim, "interaction": cfg.model.interaction,
+                      "table_dtype": table_dtype},
+            "inputs": [{"name": "numerical", "dtype": "float32", "shape": [-1, len(spec.numerical)]},
+                       {"name": "categorical", "dtype": "int32", "shape": [-1, len(spec.categorical)]}],
+            "outputs": [{"name": serving.OUTPUT, "dtype": "float32", "shape": [-1]}],
+            "max_batch": max_batch,
+            "packages": packages,
+            "program": serving.PROGRAM,
+            "triton": {"repository": serving.TRITON_DIR, "model": serving.TRITON_MODEL,
+                       "device": "cuda" if "cuda" in packages else "cpu", "max_batch_size": triton_max}
+            if triton else None,
+            "self_check_max_abs_diff": worst,
+            "torch": torch.__version__,
+            "files": serving.file_records(tmp),
+        }
+        (tmp / serving.MANIFEST).write_text(json.dumps(manifest, indent=1))  # last: marks the folder complete
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"export: {where} (step {meta.get('step')}, saved by {meta.get('world_size')} ranks) -> {out} "
+        f"[{', '.join(packages)}{', triton' if triton else ''}; tables {table_dtype}] in "
+        f"{time.perf_counter() - t0:.0f}s")
+    return manifest
+
+
+def main(args) -> int:
+    export(args.checkpoints, args.out, name=args.name, dataset=args.dataset, table_dtype=args.table_dtype,
+           triton=args.triton, max_batch=args.max_batch, log=lambda m: print(m, flush=True))
+    return 0

@@ -1,0 +1,109 @@
+"""`python -m dlrm predict`: score a dataset split with an exported model alone.
+
+    python -m dlrm predict --model EXPORT_DIR --dataset DIR [--split test] [--out scores.npy]
+
+Only the export folder is used (its manifest, feature spec and AOTInductor package): no training
+code is imported (not dlrm.model, not dlrm.train), as on a serving host. Batches come from the
+split-binary reader with its id checks; the package is verified against the manifest's sha256
+records before it is loaded. Prints one JSON line: rows, AUC when the split has labels, samples/s.
+`--out` gets the probabilities as float32 [rows] in file order (numpy .npy), written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlrm import serving
+from dlrm.data.reader import SplitBinaryReader
+from dlrm.data.spec import FeatureSpec
+from dlrm.errors import UserError
+from dlrm.fsutil import atomic_path
+from dlrm.metrics import roc_auc
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="an export folder (`dlrm export --out`)")
+    p.add_argument("--dataset", required=True, help="dataset folder (holds feature_spec.yaml)")
+    p.add_argument("--split", default="test", help="split to score (default: test)")
+    p.add_argument("--out", help="write the probabilities here as .npy, float32 [rows]")
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per package call (default 4096)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="which package to run (default cpu)")
+
+
+def check_compatible(model_dir: Path, exported: FeatureSpec, spec: FeatureSpec) -> None:
+    """The dataset must hold the features the model was exported with: same tables and sizes."""
+    want = dict(zip(exported.categorical, exported.table_sizes))
+    have = {f: spec.cardinalities[f] for f in spec.categorical}
+    missing = [f for f in want if f not in have]
+    if missing:
+        raise UserError(f"{spec.path}: no categorical features {missing[:3]} that the model in {model_dir} reads")
+    sizes = [(f, want[f], have[f]) for f in want if want[f] != have[f]]
+    if sizes:
+        f, w, h = sizes[0]
+        raise UserError(f"{spec.path}: feature {f} has cardinality {h}, the model in {model_dir} was exported with {w}")
+    if len(spec.numerical) != len(exported.numerical):
+        raise UserError(f"{spec.path}: {len(spec.numerical)} numerical features, the model in {model_dir} "
+                        f"reads {len(exported.numerical)}")
+
+
+def predict(model_dir: str | Path, dataset: str | Path, split: str = "test", batch_size: int = 4096,
+            device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(probabilities float32 [rows], labels bool [rows] or None, seconds in the package)."""
+    import torch._inductor
+
+    model_dir = Path(model_dir)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    manifest = serving.load_manifest(model_dir)
+    if batch_size > manifest["max_batch"]:
+        raise UserError(f"--batch-size {batch_size} exceeds the package's max batch {manifest['max_batch']} "
+                        f"(export --max-batch)")
+    package = serving.package_path(model_dir, manifest, device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here")
+    exported = FeatureSpec.load(model_dir / serving.FEATURE_SPEC)
+    spec = FeatureSpec.load(dataset)
+    check_compatible(model_dir, exported, spec)
+    if split not in spec.sources:
+        raise UserError(f"{spec.path}: no split {split!r} (have {', '.join(sorted(spec.sources))})")
+    has_label = any(spec.label in c.features for c in spec.sources[split])
+    reader = SplitBinaryReader(spec, split, batch_size, categorical=list(exported.categorical), label=has_label,
+                               prefetch=2)
+    runner = torch._inductor.aoti_load_package(str(package))
+    scores, labels, busy = [], [], 0.0
+    with torch.inference_mode():
+        for batch in reader:
+            numerical = batch.numerical.to(device).float()
+            categorical = batch.categorical.contiguous().to(device)
+            t0 = time.perf_counter()
+            out = runner(numerical, categorical)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            busy += time.perf_counter() - t0
+            scores.append(out.float().cpu())
+            if has_label:
+                labels.append(batch.label)
+    probs = torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+    return probs, (torch.cat(labels).numpy() if labels else None), busy
+
+
+def main(args) -> int:
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a folder; expected a file name such as scores.npy")
+    t0 = time.perf_counter()
+    probs, labels, busy = predict(args.model, args.dataset, args.split, args.batch_size, args.device)
+    result = {"model": str(args.model), "split": args.split, "rows": int(probs.shape[0]),
+              "auc": roc_auc(torch.from_numpy(probs), torch.from_numpy(labels)) if labels is not None else None,
+              "samples_per_s": round(probs.shape[0] / busy, 1) if busy else None,
+              "seconds": round(time.perf_counter() - t0, 3)}
+    if args.out:
+        with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, probs)
+        result["out"] = str(args.out)
+    print(json.dumps(result))
+    return 0
