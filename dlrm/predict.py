@@ -5,8 +5,9 @@
 Only the export folder is used (its manifest, feature spec and AOTInductor package): no training
 code is imported (not dlrm.model, not dlrm.train), as on a serving host. Batches come from the
 split-binary reader with its id checks; the package is verified against the manifest's sha256
-records before it is loaded. Prints one JSON line: rows, AUC when the split has labels, samples/s.
-`--out` gets the probabilities as float32 [rows] in file order (numpy .npy), written atomically.
+records before it is loaded. Prints one JSON line: rows, AUC (of the logits, as `dlrm eval`) when
+the split has labels, samples/s. `--out` gets the click probabilities as float32 [rows] in file
+order (numpy .npy, written atomically); `--logits` writes the logits there instead.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor
 
 from dlrm import serving
 from dlrm.data.reader import SplitBinaryReader
@@ -31,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder (holds feature_spec.yaml)")
     p.add_argument("--split", default="test", help="split to score (default: test)")
     p.add_argument("--out", help="write the probabilities here as .npy, float32 [rows]")
+    p.add_argument("--logits", action="store_true", help="write logits to --out instead of probabilities")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per package call (default 4096)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="which package to run (default cpu)")
 
@@ -52,10 +55,8 @@ def check_compatible(model_dir: Path, exported: FeatureSpec, spec: FeatureSpec) 
 
 
 def predict(model_dir: str | Path, dataset: str | Path, split: str = "test", batch_size: int = 4096,
-            device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None, float]:
-    """(probabilities float32 [rows], labels bool [rows] or None, seconds in the package)."""
-    import torch._inductor
-
+            device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+    """(logits, probabilities: float32 [rows]; labels bool [rows] or None; seconds spent in the package)."""
     model_dir = Path(model_dir)
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
@@ -75,35 +76,39 @@ def predict(model_dir: str | Path, dataset: str | Path, split: str = "test", bat
     reader = SplitBinaryReader(spec, split, batch_size, categorical=list(exported.categorical), label=has_label,
                                prefetch=2)
     runner = torch._inductor.aoti_load_package(str(package))
-    scores, labels, busy = [], [], 0.0
+    logits, probs, labels, busy = [], [], [], 0.0
     with torch.inference_mode():
         for batch in reader:
             numerical = batch.numerical.to(device).float()
             categorical = batch.categorical.contiguous().to(device)
             t0 = time.perf_counter()
-            out = runner(numerical, categorical)
+            logit, prob = runner(numerical, categorical)
             if device == "cuda":
                 torch.cuda.synchronize()
             busy += time.perf_counter() - t0
-            scores.append(out.float().cpu())
+            logits.append(logit.cpu())
+            probs.append(prob.cpu())
             if has_label:
                 labels.append(batch.label)
-    probs = torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
-    return probs, (torch.cat(labels).numpy() if labels else None), busy
+    def cat(parts):
+        return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+
+    return cat(logits), cat(probs), (torch.cat(labels).numpy() if labels else None), busy
 
 
 def main(args) -> int:
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out}: is a folder; expected a file name such as scores.npy")
     t0 = time.perf_counter()
-    probs, labels, busy = predict(args.model, args.dataset, args.split, args.batch_size, args.device)
+    logits, probs, labels, busy = predict(args.model, args.dataset, args.split, args.batch_size, args.device)
     result = {"model": str(args.model), "split": args.split, "rows": int(probs.shape[0]),
-              "auc": roc_auc(torch.from_numpy(probs), torch.from_numpy(labels)) if labels is not None else None,
+              "auc": roc_auc(torch.from_numpy(logits), torch.from_numpy(labels)) if labels is not None else None,
               "samples_per_s": round(probs.shape[0] / busy, 1) if busy else None,
               "seconds": round(time.perf_counter() - t0, 3)}
     if args.out:
         with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, probs)
+            np.save(fh, logits if args.logits else probs)
         result["out"] = str(args.out)
+        result["written"] = "logits" if args.logits else "probabilities"
     print(json.dumps(result))
     return 0

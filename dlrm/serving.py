@@ -12,7 +12,9 @@
 Signature of every package and of the program (B is dynamic, 1..max_batch):
     numerical   float32 [B, N]  the dense features, as the trainer feeds them (float16 on disk, cast)
     categorical int32   [B, F]  one id per table, columns in feature_spec's channel_spec.categorical order
-    -> probability float32 [B]  sigmoid of the logit: the click probability
+    -> (logit float32 [B], probability float32 [B] = sigmoid(logit), the click probability)
+The logit is there because ranking metrics need it: float32 sigmoid maps nearby logits onto one
+probability, turning distinct scores into ties that move the AUC by ~1e-6 on 1000 rows.
 An id outside [0, cardinality) is refused by the package (a runtime error), never looked up.
 
 A folder is an export only once manifest.json exists, and export builds it in a temp folder renamed
@@ -36,7 +38,7 @@ MODEL_CONFIG = "model.yaml"
 TRITON_DIR = "triton"
 TRITON_MODEL = "dlrm"
 INPUTS = ("numerical", "categorical")
-OUTPUT = "probability"
+OUTPUTS = ("logit", "probability")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -116,7 +118,7 @@ def triton_config(num_numerical: int, num_features: int, kind: str, max_batch_si
     output is declared. Inputs are bound by position with the INPUT__<i> / OUTPUT__<i> names it
     accepts for any model. The package is device-baked: a CPU package serves KIND_CPU, a CUDA one
     KIND_GPU. The model's [B] output is declared as dims [1] reshaped to [] (Triton's way for a
-    batched rank-1 tensor).
+    batched rank-1 tensor); OUTPUT__0 is the logit, OUTPUT__1 the probability.
     """
     return f"""name: "{name}"
 backend: "pytorch"
@@ -136,7 +138,13 @@ input [
 ]
 output [
   {{
-    name: "OUTPUT__0"  # click probability: float32 [B]
+    name: "OUTPUT__0"  # logit: float32 [B]
+    data_type: TYPE_FP32
+    dims: [ 1 ]
+    reshape: {{ shape: [ ] }}
+  }},
+  {{
+    name: "OUTPUT__1"  # click probability, sigmoid(logit): float32 [B]
     data_type: TYPE_FP32
     dims: [ 1 ]
     reshape: {{ shape: [ ] }}
