@@ -252,3 +252,16 @@ def test_predict_refuses_a_changed_package(export1, dataset, tmp_path):
     (copy / "model.pt2").write_bytes(bytes(blob))
     with pytest.raises(UserError, match=r"model\.pt2: sha256 differs"):
         predict(copy, dataset)
+
+
+def test_dcn_checkpoint_parity(dataset, tmp_path):
+    """DLRM-DCNv2 (interaction=dcn: low-rank cross layers) exports and scores like the trainer."""
+    run = tmp_path / "run"
+    train(load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=overrides(
+        dataset, run, **{"model.interaction": "dcn", "model.dcn_num_layers": 2, "model.dcn_low_rank_dim": 4})))
+    out = tmp_path / "model"
+    manifest = export(str(run / "checkpoints"), out, log=lambda m: None)
+    assert manifest["model"]["interaction"] == "dcn"
+    program = torch.export.load(str(out / "program.pt2"))
+    assert any("crossnet" in k for k in program.state_dict)
+    assert_parity(run / "checkpoints", out, dataset, tmp_path)
