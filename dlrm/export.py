@@ -81,8 +81,10 @@ def resolve_checkpoint(uri: str, name: str | None) -> tuple[str, dict]:
     names = complete_checkpoints(store)
     if name is None:
         if not names:
+            hint = (f"; did you mean {uri.rstrip('/')}/checkpoints?" if store.local_path("checkpoints") is not None
+                    and store.local_path("checkpoints").is_dir() else "; pass a run's checkpoints/ folder")
             raise UserError(f"{uri}: no complete checkpoint (a checkpoint is a ckpt-NNNNNNNNN folder with "
-                            f"{METADATA}); pass a run's checkpoints/ folder")
+                            f"{METADATA}){hint}")
         name = names[-1]
     elif name not in names:
         have = ", ".join(names) if names else "none"
@@ -122,6 +124,12 @@ def gather_model(uri: str, name: str, spec: FeatureSpec, cfg: TrainConfig) -> DL
         raise
     except FileNotFoundError as e:
         raise UserError(f"{where}: {Path(e.filename or str(e)).name} is missing; the checkpoint is incomplete") from None
+    except OSError as e:
+        if e.filename:  # the environment (permissions, I/O): the CLI reports it as such
+            raise
+        # torch.load(mmap=True) of a truncated file: mmap fails with EINVAL and names no file
+        raise UserError(f"{where}: cannot map the checkpoint files ({e.strerror or e}); a file is truncated "
+                        f"or corrupt") from None
     except (RuntimeError, EOFError, KeyError, ValueError, TypeError, pickle.UnpicklingError) as e:
         raise UserError(f"{where}: cannot read the checkpoint files ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); the checkpoint is corrupt") from None

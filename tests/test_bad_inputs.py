@@ -306,8 +306,63 @@ def setup_s3(ctx: Ctx, args: dict) -> None:
 _buckets = itertools.count()
 
 
+def setup_checkpoint(ctx: Ctx, args: dict) -> None:
+    """A tiny 2-step run at {tmp}/run (checkpoint ckpt-000000002), {dataset}; then at most one damage:
+    `truncate: {file, bytes}` or `write: {file, text}` or `remove: file`, paths under the checkpoint."""
+    from dlrm.config import TrainConfig, load_config
+    from dlrm.train import BUILTIN_CONFIGS, train
+
+    root = _dataset(ctx)
+    run = ctx.tmp / "run"
+    with contextlib.redirect_stdout(None):
+        train(load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"],
+                          overrides=[f"data.dataset={root}", f"out={run}", "max_steps=2", "data.batch_size=64"]))
+    ckpt = run / "checkpoints" / "ckpt-000000002"
+    for op, a in args.items():
+        if op == "truncate":
+            os.truncate(ckpt / a["file"], (ckpt / a["file"]).stat().st_size - a["bytes"])
+        elif op == "write":
+            (ckpt / a["file"]).write_text(a["text"])
+        elif op == "remove":
+            (ckpt / a).unlink()
+        else:
+            raise ValueError(f"setup checkpoint: unknown op {op!r}")
+
+
+def setup_export_folder(ctx: Ctx, args: dict) -> None:
+    """{dataset} and an export folder at {model} recorded in its manifest (a placeholder package: these
+    rows fail before any package is loaded); then `flip_byte: file`, `remove: file` or
+    `cardinality: {feature, value}` (the exported feature spec, manifest re-recorded: a consistent
+    export of another model)."""
+    import json
+
+    from dlrm import serving
+    from dlrm.data.spec import FeatureSpec
+
+    root = _dataset(ctx)
+    model = ctx.tmp / "model"
+    model.mkdir()
+    spec = FeatureSpec.load(root).to_dict()
+    spec["source_spec"] = {}
+    if "cardinality" in args:
+        spec["feature_spec"][args["cardinality"]["feature"]]["cardinality"] = args["cardinality"]["value"]
+    (model / serving.FEATURE_SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
+    (model / serving.PACKAGES["cpu"]).write_bytes(b"placeholder package " * 100)
+    manifest = {"format": serving.FORMAT, "max_batch": 65536, "packages": {"cpu": serving.PACKAGES["cpu"]},
+                "files": serving.file_records(model)}
+    (model / serving.MANIFEST).write_text(json.dumps(manifest))
+    if "flip_byte" in args:
+        path = model / args["flip_byte"]
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        path.write_bytes(bytes(blob))
+    if "remove" in args:
+        (model / args["remove"]).unlink()
+    ctx.values["model"] = str(model)
+
 SETUPS = {"none": setup_none, "dataset": setup_dataset, "run": setup_run, "criteo_days": setup_criteo_days,
-          "values": setup_values, "fake_k8s": setup_fake_k8s, "s3": setup_s3}
+          "values": setup_values, "fake_k8s": setup_fake_k8s, "s3": setup_s3, "checkpoint": setup_checkpoint,
+          "export_folder": setup_export_folder}
 
 
 # -- running a row ------------------------------------------------------------------------------------
