@@ -54,7 +54,7 @@ def describe(b: int, t: np.ndarray) -> tuple[float, float, float]:
 def main():
     torch.manual_seed(0)
     spec = FeatureSpec.default("/nonexistent", SIZES, num_numerical=13)
-    module = ServingDLRM(DLRM(13, SIZES, ModelConfig(), seed=0)).eval()
+    module = ServingDLRM(DLRM(13, SIZES, ModelConfig(), seed=0), spec).eval()
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         with torch.no_grad():

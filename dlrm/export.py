@@ -52,20 +52,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class ServingDLRM(nn.Module):
-    """numerical float32 [B, N], categorical int32 [B, F] -> (logit [B], probability [B]), float32.
+    """numerical float32 [B, N], categorical int32 [B, H] -> (logit [B], probability [B]), float32.
 
-    The ids are checked against each table's cardinality inside the program: tables share one
-    fused weight, so an id past its own table would otherwise read the next table's rows.
+    H: each feature's `hotness` ids side by side (H = F for one-hot data), -1 where a padded
+    multi-hot row has fewer ids. The ids are checked against their table's cardinality inside the
+    program: tables share one fused weight, so an id past its own table would read the next one's rows.
     """
 
-    def __init__(self, model: DLRM, table_dtype: torch.dtype = torch.float32):
+    def __init__(self, model: DLRM, spec: FeatureSpec, table_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model = model
         model.sparse_arch.embedding.to(table_dtype)  # DLRM.predict casts the looked-up rows back
-        self.register_buffer("cardinalities", torch.tensor(model.sparse_arch.table_sizes, dtype=torch.int32))
+        columns = [f for f in spec.categorical for _ in range(spec.hotness.get(f, 1))]
+        self.register_buffer("id_max", torch.tensor([spec.cardinalities[f] for f in columns], dtype=torch.int32))
+        self.register_buffer("id_min", torch.tensor([-1 if f in spec.padded else 0 for f in columns], dtype=torch.int32))
 
     def forward(self, numerical: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        ok = ((categorical >= 0) & (categorical < self.cardinalities)).all()
+        ok = ((categorical >= self.id_min) & (categorical < self.id_max)).all()
         torch._assert_async(ok, "categorical id outside [0, cardinality) of its table")
         logit = self.model(numerical, categorical).float()
         return logit, torch.sigmoid(logit)
@@ -139,12 +142,9 @@ def gather_model(uri: str, name: str, spec: FeatureSpec, cfg: TrainConfig) -> DL
             shape = None if got is None else tuple(got.shape)
             raise UserError(f"{where}: table {t} has shape {shape} in the checkpoint, expected "
                             f"({rows}, {cfg.model.embedding_dim}); some rank's rows are missing")
-    model = DLRM(len(spec.numerical), [1] * len(spec.table_sizes), cfg.model)  # tables replaced below
-    sparse = model.sparse_arch
-    weight = torch.cat([tables[t].float() for t in spec.categorical])
-    sparse.table_sizes = list(spec.table_sizes)
-    sparse.offsets = torch.tensor([0] + spec.table_sizes[:-1], dtype=torch.int64).cumsum(0)
-    sparse.embedding = nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight)
+    weight = torch.cat([tables.pop(t).float() for t in spec.categorical])
+    model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, hotness=spec.table_hotness,
+                 padded=bool(spec.padded), table_weight=weight)
     result = model.load_state_dict(dense, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("sparse_arch.")]
     if missing or result.unexpected_keys:
@@ -178,11 +178,15 @@ def publish(tmp: Path, out: Path) -> None:
 
 
 def example_inputs(spec: FeatureSpec, batch: int, device: str = "cpu", seed: int = 0):
+    """Random valid inputs: numerical [batch, N], categorical [batch, H] (padded features: some -1)."""
     gen = torch.Generator().manual_seed(seed)
     numerical = torch.rand(batch, len(spec.numerical), generator=gen) * 4
-    categorical = torch.stack([torch.randint(0, n, (batch,), generator=gen, dtype=torch.int32)
-                               for n in spec.table_sizes], 1)
-    return numerical.to(device), categorical.to(device)
+    columns = []
+    for f in spec.categorical:
+        for _ in range(spec.hotness.get(f, 1)):
+            low = -1 if f in spec.padded else 0
+            columns.append(torch.randint(low, spec.cardinalities[f], (batch,), generator=gen, dtype=torch.int32))
+    return numerical.to(device), torch.stack(columns, 1).to(device)
 
 
 def export_program(module: nn.Module, spec: FeatureSpec, max_batch: int, device: str):
@@ -223,7 +227,7 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
     spec = checked_spec(meta, dataset, where)
     t0 = time.perf_counter()
     model = gather_model(checkpoints, name, spec, cfg)
-    module = ServingDLRM(model, TABLE_DTYPES[table_dtype]).eval()
+    module = ServingDLRM(model, spec, TABLE_DTYPES[table_dtype]).eval()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,16 +257,17 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
         if triton:
             device = "cuda" if "cuda" in packages else "cpu"
             serving.write_triton_repository(tmp / serving.TRITON_DIR, tmp / packages[device], device,
-                                            len(spec.numerical), len(spec.categorical), triton_max)
+                                            len(spec.numerical), sum(spec.table_hotness), triton_max)
         manifest = {
             "format": serving.FORMAT,
             "checkpoint": {"uri": str(checkpoints), "name": name, "step": meta.get("step"),
                            "world_size": meta.get("world_size")},
             "model": {"num_numerical": len(spec.numerical), "tables": dict(zip(spec.categorical, spec.table_sizes)),
+                      "hotness": dict(zip(spec.categorical, spec.table_hotness)), "padded": sorted(spec.padded),
                       "embedding_dim": cfg.model.embedding_dim, "interaction": cfg.model.interaction,
                       "table_dtype": table_dtype},
             "inputs": [{"name": "numerical", "dtype": "float32", "shape": [-1, len(spec.numerical)]},
-                       {"name": "categorical", "dtype": "int32", "shape": [-1, len(spec.categorical)]}],
+                       {"name": "categorical", "dtype": "int32", "shape": [-1, sum(spec.table_hotness)]}],
             "outputs": [{"name": o, "dtype": "float32", "shape": [-1]} for o in serving.OUTPUTS],
             "max_batch": max_batch,
             "packages": packages,

@@ -97,7 +97,8 @@ class SparseArch(nn.Module):
     """
 
     def __init__(self, table_sizes: list[int], dim: int, seed: int = 0, hotness: list[int] | None = None,
-                 padded: bool = False):
+                 padded: bool = False, weight: torch.Tensor | None = None):
+        """weight: the fused tables [sum(rows), D] to use (a gathered checkpoint) instead of seeded init."""
         super().__init__()
         self.table_sizes = list(table_sizes)
         self.dim = dim
@@ -110,7 +111,10 @@ class SparseArch(nn.Module):
         self.register_buffer("column_offsets", offsets[columns].clone(), persistent=False)
         bag_starts = torch.tensor([0] + self.hotness, dtype=torch.int64).cumsum(0)[:-1]
         self.register_buffer("bag_starts", bag_starts, persistent=False)
-        weight = torch.cat([init_table_rows(seed, t, n, 0, n, dim) for t, n in enumerate(self.table_sizes)])
+        if weight is None:
+            weight = torch.cat([init_table_rows(seed, t, n, 0, n, dim) for t, n in enumerate(self.table_sizes)])
+        elif tuple(weight.shape) != (int(offsets[-1]), dim):
+            raise ValueError(f"weight {tuple(weight.shape)} != tables ({int(offsets[-1])}, {dim})")
         self.embedding = nn.Embedding(int(offsets[-1]), dim, sparse=True, _weight=weight)
 
     def forward(self, categorical: torch.Tensor) -> torch.Tensor:
@@ -216,11 +220,11 @@ class OverArch(nn.Module):
 
 class DLRM(nn.Module):
     def __init__(self, num_numerical: int, table_sizes: list[int], cfg: ModelConfig, seed: int = 0,
-                 hotness: list[int] | None = None, padded: bool = False):
+                 hotness: list[int] | None = None, padded: bool = False, table_weight: torch.Tensor | None = None):
         super().__init__()
         D = cfg.embedding_dim
         self.dense_arch = DenseArch(num_numerical, cfg.bottom_mlp)
-        self.sparse_arch = SparseArch(table_sizes, D, seed=seed, hotness=hotness, padded=padded)
+        self.sparse_arch = SparseArch(table_sizes, D, seed=seed, hotness=hotness, padded=padded, weight=table_weight)
         self.interaction_arch = InteractionArch(len(table_sizes), D, cfg.interaction, dense_dim=cfg.bottom_mlp[-1],
                                                 dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
         self.over_arch = OverArch(self.interaction_arch.out_features, cfg.top_mlp, self.interaction_arch.padding)

@@ -49,6 +49,11 @@ def check_compatible(model_dir: Path, exported: FeatureSpec, spec: FeatureSpec) 
     if sizes:
         f, w, h = sizes[0]
         raise UserError(f"{spec.path}: feature {f} has cardinality {h}, the model in {model_dir} was exported with {w}")
+    for f in want:
+        if spec.hotness.get(f, 1) != exported.hotness.get(f, 1) or (f in spec.padded) != (f in exported.padded):
+            raise UserError(f"{spec.path}: feature {f} has hotness {spec.hotness.get(f, 1)}"
+                            f"{' (padded)' if f in spec.padded else ''}, the model in {model_dir} was exported with "
+                            f"{exported.hotness.get(f, 1)}{' (padded)' if f in exported.padded else ''}")
     if len(spec.numerical) != len(exported.numerical):
         raise UserError(f"{spec.path}: {len(spec.numerical)} numerical features, the model in {model_dir} "
                         f"reads {len(exported.numerical)}")

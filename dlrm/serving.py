@@ -11,7 +11,8 @@
 
 Signature of every package and of the program (B is dynamic, 1..max_batch):
     numerical   float32 [B, N]  the dense features, as the trainer feeds them (float16 on disk, cast)
-    categorical int32   [B, F]  one id per table, columns in feature_spec's channel_spec.categorical order
+    categorical int32   [B, H]  each table's `hotness` ids (1 for one-hot), tables in feature_spec's
+                                channel_spec.categorical order; -1 pads a short row of a padded feature
     -> (logit float32 [B], probability float32 [B] = sigmoid(logit), the click probability)
 The logit is there because ranking metrics need it: float32 sigmoid maps nearby logits onto one
 probability, turning distinct scores into ties that move the AUC by ~1e-6 on 1000 rows.
@@ -109,7 +110,7 @@ def package_path(folder: str | os.PathLike, manifest: dict, device: str) -> Path
 # Triton Inference Server
 
 
-def triton_config(num_numerical: int, num_features: int, kind: str, max_batch_size: int,
+def triton_config(num_numerical: int, num_ids: int, kind: str, max_batch_size: int,
                   name: str = TRITON_MODEL) -> str:
     """config.pbtxt for Triton's PyTorch backend, AOTInductor flavour (platform "torch_aoti").
 
@@ -131,9 +132,9 @@ input [
     dims: [ {num_numerical} ]
   }},
   {{
-    name: "INPUT__1"  # categorical ids: int32 [B, {num_features}], feature_spec.yaml channel order
+    name: "INPUT__1"  # categorical ids: int32 [B, {num_ids}], feature_spec.yaml channel order and hotness
     data_type: TYPE_INT32
-    dims: [ {num_features} ]
+    dims: [ {num_ids} ]
   }}
 ]
 output [
@@ -166,7 +167,7 @@ parameters: {{
 """
 
 
-def write_triton_repository(root: Path, package: Path, device: str, num_numerical: int, num_features: int,
+def write_triton_repository(root: Path, package: Path, device: str, num_numerical: int, num_ids: int,
                             max_batch_size: int) -> Path:
     """root/dlrm/config.pbtxt and root/dlrm/1/model.pt2 (a hard link to `package` where possible)."""
     model = root / TRITON_MODEL
@@ -179,5 +180,5 @@ def write_triton_repository(root: Path, package: Path, device: str, num_numerica
 
         shutil.copyfile(package, target)
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
-    (model / "config.pbtxt").write_text(triton_config(num_numerical, num_features, kind, max_batch_size))
+    (model / "config.pbtxt").write_text(triton_config(num_numerical, num_ids, kind, max_batch_size))
     return model

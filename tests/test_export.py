@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 AUC_TOL, SCORE_TOL, SCORE_TOL_FP16 = 1e-6, 1e-5, 2e-3
 COMMON = {"data.batch_size": 101, "data.eval_batch_size": 333, "max_steps": 20, "log_every": 5,
-          "dist.device_memory": "1GiB", "dist.memory_reserve": "0"}
+          "dist.device_memory": "1Gi", "dist.memory_reserve": "0"}
 
 
 def overrides(dataset, out, **extra) -> list[str]:
@@ -82,7 +82,8 @@ def trainer_logits(checkpoints: Path) -> np.ndarray:
     meta = json.loads(open_store(uri).get_bytes(f"{name}/metadata.json"))
     cfg = from_dict(TrainConfig, meta["config"])
     spec = FeatureSpec.load(cfg.data.dataset)
-    model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed)
+    model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed, hotness=spec.table_hotness,
+                 padded=bool(spec.padded))
     opt = Optimizers(model.dense_parameters(), [model.sparse_arch.embedding.weight], cfg.optim)
     pieces = [Piece(n, 0, rows, int(off)) for n, rows, off in
               zip(spec.categorical, spec.table_sizes, model.sparse_arch.offsets.tolist())]
@@ -265,3 +266,19 @@ def test_dcn_checkpoint_parity(dataset, tmp_path):
     program = torch.export.load(str(out / "program.pt2"))
     assert any("crossnet" in k for k in program.state_dict)
     assert_parity(run / "checkpoints", out, dataset, tmp_path)
+
+
+def test_multi_hot_dcn_checkpoint_parity(tmp_path):
+    """Multi-hot features (sum-pooled, one padded with -1) under DCNv2: MLPerf's model shape, tiny."""
+    data = tmp_path / "ds"
+    make_dataset(data, rows=2100, test_rows=1000, hotness=[3, 1, 4, 2, 5], padded=[False, False, True, False, False])
+    run = tmp_path / "run"
+    train(load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=overrides(
+        data, run, **{"model.interaction": "dcn", "model.dcn_num_layers": 2, "model.dcn_low_rank_dim": 4})))
+    out = tmp_path / "model"
+    manifest = export(str(run / "checkpoints"), out, triton=True, log=lambda m: None)
+    assert manifest["inputs"][1]["shape"] == [-1, 15] and manifest["model"]["padded"] == ["cat_2.bin"]
+    assert "dims: [ 15 ]" in (out / "triton/dlrm/config.pbtxt").read_text()
+    assert FeatureSpec.load(out / "feature_spec.yaml").hotness == {"cat_0.bin": 3, "cat_2.bin": 4, "cat_3.bin": 2,
+                                                                    "cat_4.bin": 5}
+    assert_parity(run / "checkpoints", out, data, tmp_path)
