@@ -49,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton", action="store_true", help="also write a Triton Inference Server model repository")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help=f"largest batch the packages accept (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--wait-for-run", metavar="RUN",
+                   help="first wait until the trainer of run folder RUN has finished (its metrics.jsonl ends in "
+                        "the summary record): how the launcher's export Job follows the training job")
+    p.add_argument("--wait-timeout-s", type=float, default=0, help="give up waiting after this long (0: never)")
+    p.add_argument("--poll-s", type=float, default=30, help="seconds between looks at the run (default 30)")
 
 
 class ServingDLRM(nn.Module):
@@ -153,6 +158,33 @@ def gather_model(uri: str, name: str, spec: FeatureSpec, cfg: TrainConfig) -> DL
     return model.eval()
 
 
+def run_finished(run: Path) -> bool:
+    """True when the trainer's last record in run/metrics.jsonl is its summary: training ended, and no
+    restarted trainer has appended to it since (a resumed run writes train records after it)."""
+    try:
+        lines = [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        return bool(lines) and json.loads(lines[-1]).get("kind") == "summary"
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):  # not started, or a line being written
+        return False
+
+
+def wait_for_run(run: str | Path, timeout_s: float = 0, poll_s: float = 30, log=print, sleep=time.sleep) -> None:
+    run, start = Path(run), time.monotonic()
+    log(f"export: waiting for the trainer of {run} to finish (its metrics.jsonl ends in a summary)")
+    while not run_finished(run):
+        if timeout_s and time.monotonic() - start >= timeout_s:
+            raise UserError(f"{run}: training did not finish within {timeout_s:g}s (no summary record at the end "
+                            f"of {run / 'metrics.jsonl'})")
+        sleep(poll_s)
+
+
+def check_compiler() -> None:
+    """AOTInductor builds a shared library: a C++ compiler must be on PATH (CXX, g++, clang++ or c++)."""
+    if not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c):
+        raise UserError("no C++ compiler on PATH (CXX, g++, clang++ or c++): AOTInductor compiles the package "
+                        "with one; install g++ (a *-devel PyTorch image has it)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Output folder
 
@@ -221,6 +253,7 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
     if max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {max_batch}")
     check_out(out)
+    check_compiler()
     name, meta = resolve_checkpoint(checkpoints, name)
     where = f"{checkpoints}/{name}"
     cfg = from_dict(TrainConfig, meta["config"], where=f"{where}/{METADATA}: config: ")
@@ -291,6 +324,9 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
 
 
 def main(args) -> int:
+    if args.wait_for_run:
+        check_out(Path(args.out))  # a wrong --out fails now, not after hours of waiting
+        wait_for_run(args.wait_for_run, args.wait_timeout_s, args.poll_s, log=lambda m: print(m, flush=True))
     export(args.checkpoints, args.out, name=args.name, dataset=args.dataset, table_dtype=args.table_dtype,
            triton=args.triton, max_batch=args.max_batch, log=lambda m: print(m, flush=True))
     return 0

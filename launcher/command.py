@@ -31,6 +31,8 @@ def train_out(out: str) -> str:
 TRAIN_COMMAND = ["torchrun", "--module", "dlrm", "train"]
 STAGE_COMMAND = ["python", "-m", "launcher", "data", "stage"]
 PREPROCESS_COMMAND = ["python", "-m", "dlrm", "preprocess"]
+EXPORT_COMMAND = ["python", "-m", "dlrm", "export"]
+EXPORT_DIR = f"{OUTPUT_MOUNT}/export"  # where the export Job writes the served model
 # spark-submit needs a file, not a module: the preprocess image ships this one, holding
 #   import runpy; runpy.run_module("dlrm", run_name="__main__", alter_sys=True)
 SPARK_MAIN_FILE = "local:///opt/dlrm/dlrm_main.py"
@@ -50,3 +52,9 @@ def preprocess_args(input: str, output: str, frequency_threshold: int, engine: s
     """Arguments after PREPROCESS_COMMAND (or after SPARK_MAIN_FILE, with `preprocess` first)."""
     return ["--input", input, "--out", output, "--frequency-threshold", str(frequency_threshold),
             "--vocabulary-days", vocabulary_days, "--engine", engine]
+
+
+def export_args(checkpoints: str, table_dtype: str, triton: bool, run: str = OUTPUT_MOUNT, out: str = EXPORT_DIR) -> list[str]:
+    """Arguments after EXPORT_COMMAND: wait until the run's trainer wrote its summary, then export its latest checkpoint."""
+    return ["--wait-for-run", run, "--checkpoints", checkpoints, "--out", out, "--table-dtype", table_dtype,
+            *(["--triton"] if triton else [])]

@@ -28,7 +28,7 @@ PROFILES_DIR = Path(__file__).with_name("profiles")
 
 # Suffixes appended to `name` (the operator's pods and services are <name>-master-0 and
 # <name>-worker-<i>; Spark's driver is <name>-driver). All must stay DNS-1035 labels.
-FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc")
+FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc", "-export")
 # Kubernetes int32 fields (backoffLimit, ttlSecondsAfterFinished, uids...): the API refuses more.
 Int32 = Annotated[int, Range(ge=0, le=2**31 - 1)]
 # Variables whose value is a credential: rendered into a pod spec, anyone who can read the job reads it.
@@ -153,6 +153,11 @@ class JobConfig:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     trainjob: TrainJobConfig = field(default_factory=TrainJobConfig)
+    # After training, a batch/v1 Job runs `dlrm export` of the final checkpoint into <output>/export
+    # (needs storage.output_claim: it reads the run from the same claim). See manifests/exportjob.yaml.j2.
+    export: bool = False
+    export_table_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    export_triton: bool = True  # also write <output>/export/triton, a Triton model repository
 
     @property
     def world_size(self) -> int:
@@ -271,6 +276,7 @@ def _check_resources(c: JobConfig) -> None:
 def _check_storage(c: JobConfig) -> None:
     s, where = c.storage, f"storage.mode={c.storage.mode}"
     if c.kind == "preprocess":
+        _fail_unless(not c.export, "export=true is for kind=train (it exports the run's final checkpoint)")
         _fail_unless(bool(c.preprocess.input and c.preprocess.output), "kind=preprocess needs preprocess.input and preprocess.output")
         _fail_unless(c.preprocess.frequency_threshold >= 0,
                      f"preprocess.frequency_threshold must be >= 0, got {c.preprocess.frequency_threshold}")
@@ -304,6 +310,11 @@ def _check_storage(c: JobConfig) -> None:
     ckpt = c.train.checkpoint_dir  # a path on this machine means nothing in the pod: S3, or under the output mount
     _fail_unless(not ckpt or ckpt.startswith(("s3://", OUTPUT_MOUNT + "/")),
                  f"train.checkpoint_dir {ckpt!r} must be empty (<out>/checkpoints), s3://bucket/prefix, or under {OUTPUT_MOUNT}/")
+    if c.export:
+        _fail_unless(bool(s.output_claim), "export=true needs storage.output_claim: the export Job reads the run's "
+                     "metrics and checkpoints from the claim the training pods write (an emptyDir output dies with them)")
+        _fail_unless(s.mode != "stage", "export=true with storage.mode=stage: the staged dataset lives in the training "
+                     "pods only, and export reads its feature_spec.yaml; use storage.mode=pvc, hostPath or mount")
 
 
 def table_hotness(c: JobConfig) -> list[int] | None:

@@ -23,6 +23,7 @@ Shape (B = replicas, the job's nodes):
       run_policy     RunPolicy(backoff_limit, active_deadline_seconds)
       config_maps    {name: {key: text}}: what ConfigMap volumes hold
       objects        [dict]: the Kubernetes objects, apply order
+      export         Pod | None: export=true, the batch/v1 Job that runs `dlrm export` after training
     Pod
       init_containers, containers: [Container(name, image, command, args, env: [EnvVar], env_from,
                                     mounts: [Mount], requests, limits, security, working_dir, ports)]
@@ -153,6 +154,7 @@ class JobPlan:
     run_policy: RunPolicy = field(default_factory=RunPolicy)
     config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
     objects: list[dict] = field(default_factory=list)
+    export: Pod | None = None  # export=true: the pod of the Job that exports the run's final checkpoint
 
     @property
     def replicas(self) -> list[Replica]:
@@ -237,6 +239,8 @@ def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None
         plan.groups = [ReplicaGroup("Master", 1, "OnFailure", pod)]
         if cfg.nodes > 1:
             plan.groups.append(ReplicaGroup("Worker", cfg.nodes - 1, "OnFailure", pod))
+        if cfg.export:
+            plan.export = pods.export_pod(cfg)
     plan.objects = encode_objects(cfg, plan, git_revision)
     plan.config_maps = {o["metadata"]["name"]: dict(o.get("data") or {}) for o in plan.objects if o.get("kind") == "ConfigMap"}
     return plan

@@ -118,6 +118,21 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg), main_name=name)
 
 
+def export_pod(cfg) -> Pod:
+    """The export Job's pod: the training image, the dataset and the run's output mounted as in training
+    (the checkpoint records the dataset path it was trained on), no GPU: AOTInductor compiles for the CPU."""
+    c = cfg.cluster
+    train = train_pod(cfg)
+    keep = {"dataset", "output", "tmp"}
+    mounts = [m for m in train.main.mounts if m.volume in keep]
+    checkpoints = cfg.train.checkpoint_dir or f"{cmd.OUTPUT_MOUNT}/checkpoints"
+    main = Container("export", image=cfg.image, command=cmd.EXPORT_COMMAND + cmd.export_args(
+        checkpoints, cfg.export_table_dtype, cfg.export_triton), env=container_env(cfg), env_from=env_from(cfg),
+        requests=requests(cfg), limits=limits(cfg), mounts=mounts, security=dict(CONTAINER_SECURITY),
+        pull_policy=c.image_pull_policy)
+    return Pod(containers=[main], volumes=[v for v in train.volumes if v.name in keep], security=pod_security(cfg))
+
+
 def train_volumes(cfg) -> list[Volume]:
     s = cfg.storage
     vols = [Volume("config", "configMap", {"name": f"{cfg.name}-config"})]

@@ -127,6 +127,7 @@ def _templates(cfg: JobConfig) -> list[str]:
             names += ["configmap", *([] if cfg.trainjob.cluster_runtime else ["trainingruntime"]), "trainjob"]
         else:
             names += ["configmap", "pytorchjob"]
+        names += ["exportjob"] if cfg.export else []
     else:
         names.append("sparkapplication" if cfg.preprocess.engine == "spark" else "job")
     return names

@@ -308,7 +308,8 @@ _buckets = itertools.count()
 
 def setup_checkpoint(ctx: Ctx, args: dict) -> None:
     """A tiny 2-step run at {tmp}/run (checkpoint ckpt-000000002), {dataset}; then at most one damage:
-    `truncate: {file, bytes}` or `write: {file, text}` or `remove: file`, paths under the checkpoint."""
+    `truncate: {file, bytes}` or `write: {file, text}` or `remove: file` (paths under the checkpoint),
+    or `append_train_record: true` (metrics.jsonl as a restarted, unfinished run leaves it)."""
     from dlrm.config import TrainConfig, load_config
     from dlrm.train import BUILTIN_CONFIGS, train
 
@@ -325,6 +326,9 @@ def setup_checkpoint(ctx: Ctx, args: dict) -> None:
             (ckpt / a["file"]).write_text(a["text"])
         elif op == "remove":
             (ckpt / a).unlink()
+        elif op == "append_train_record":  # a restarted trainer, still running: the summary is no longer last
+            with open(run / "metrics.jsonl", "a") as fh:
+                fh.write('{"kind": "train", "step": 3, "loss": 0.6}\n')
         else:
             raise ValueError(f"setup checkpoint: unknown op {op!r}")
 

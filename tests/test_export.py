@@ -34,7 +34,6 @@ from dlrm.optim import Optimizers
 from dlrm.storage import open_store
 from dlrm.train import BUILTIN_CONFIGS, train
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 AUC_TOL, SCORE_TOL, SCORE_TOL_FP16 = 1e-6, 1e-5, 2e-3
 COMMON = {"data.batch_size": 101, "data.eval_batch_size": 333, "max_steps": 20, "log_every": 5,
@@ -131,10 +130,12 @@ def assert_parity(checkpoints: Path, exported: Path, dataset: Path, tmp_path: Pa
     assert ev["auc"] > 0.6  # the model learned something: parity between two constant models would prove little
 
 
+@pytest.mark.slow
 def test_single_rank_checkpoint_parity(run1, export1, dataset, tmp_path):
     assert_parity(run1 / "checkpoints", export1, dataset, tmp_path)
 
 
+@pytest.mark.slow
 def test_export_folder_is_self_describing(run1, export1, dataset):
     m = serving.load_manifest(export1)  # verifies every file's sha256
     assert m["packages"] == {"cpu": "model.pt2"} or set(m["packages"]) == {"cpu", "cuda"}
@@ -162,6 +163,7 @@ def test_export_folder_is_self_describing(run1, export1, dataset):
         runner(torch.rand(3, 4), bad)
 
 
+@pytest.mark.slow
 def test_triton_repository(export1):
     config = (export1 / "triton/dlrm/config.pbtxt").read_text()
     for line in ['backend: "pytorch"', 'platform: "torch_aoti"', "max_batch_size: 4096", "dynamic_batching {",
@@ -172,6 +174,7 @@ def test_triton_repository(export1):
     assert m["files"]["triton/dlrm/1/model.pt2"]["sha256"] == m["files"][m["packages"][m["triton"]["device"]]]["sha256"]
 
 
+@pytest.mark.slow
 def test_fp16_tables(run1, dataset, tmp_path):
     out = tmp_path / "fp16"
     export(str(run1 / "checkpoints"), out, table_dtype="fp16", log=lambda m: None)
@@ -182,6 +185,7 @@ def test_fp16_tables(run1, dataset, tmp_path):
     assert_parity(run1 / "checkpoints", out, dataset, tmp_path, score_tol=SCORE_TOL_FP16, auc_tol=2e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.dist
 def test_four_rank_checkpoint_parity(dataset, tmp_path):
     from test_dist_train import torchrun
@@ -206,6 +210,7 @@ def test_four_rank_checkpoint_parity(dataset, tmp_path):
 # -- the output folder: all or nothing -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_failed_export_leaves_nothing(run1, tmp_path, monkeypatch):
     import dlrm.export as ex
 
@@ -219,6 +224,7 @@ def test_failed_export_leaves_nothing(run1, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_reexport_replaces_an_export_but_nothing_else(run1, export1, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
@@ -243,6 +249,7 @@ def _fresh_copy(src: Path, tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_changed_package(export1, dataset, tmp_path):
     from dlrm.predict import predict
 
@@ -255,6 +262,7 @@ def test_predict_refuses_a_changed_package(export1, dataset, tmp_path):
         predict(copy, dataset)
 
 
+@pytest.mark.slow
 def test_dcn_checkpoint_parity(dataset, tmp_path):
     """DLRM-DCNv2 (interaction=dcn: low-rank cross layers) exports and scores like the trainer."""
     run = tmp_path / "run"
@@ -268,6 +276,7 @@ def test_dcn_checkpoint_parity(dataset, tmp_path):
     assert_parity(run / "checkpoints", out, dataset, tmp_path)
 
 
+@pytest.mark.slow
 def test_multi_hot_dcn_checkpoint_parity(tmp_path):
     """Multi-hot features (sum-pooled, one padded with -1) under DCNv2: MLPerf's model shape, tiny."""
     data = tmp_path / "ds"
@@ -282,3 +291,33 @@ def test_multi_hot_dcn_checkpoint_parity(tmp_path):
     assert FeatureSpec.load(out / "feature_spec.yaml").hotness == {"cat_0.bin": 3, "cat_2.bin": 4, "cat_3.bin": 2,
                                                                     "cat_4.bin": 5}
     assert_parity(run / "checkpoints", out, data, tmp_path)
+
+
+# -- waiting for the trainer (the launcher's export Job) ------------------------------------------------
+
+
+def test_wait_for_run_follows_the_metrics_log(tmp_path):
+    from dlrm.export import run_finished, wait_for_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not run_finished(run)  # not started
+    log = run / "metrics.jsonl"
+    log.write_text('{"kind": "train", "step": 5}\n{"kind": "summary", "step": 5}\n')
+    assert run_finished(run)
+    log.write_text(log.read_text() + '{"kind": "train", "step": 6}\n')  # restarted: running again
+    assert not run_finished(run)
+    log.write_text(log.read_text() + '{"kind": "summ')  # a record being written
+    assert not run_finished(run)
+    looks = []
+
+    def sleep(s):  # the trainer finishes while export waits
+        looks.append(s)
+        if len(looks) == 3:
+            log.write_text('{"kind": "summary", "step": 9}\n')
+
+    wait_for_run(run, poll_s=7, log=lambda m: None, sleep=sleep)
+    assert looks == [7, 7, 7]
+    log.write_text('{"kind": "train", "step": 10}\n')
+    with pytest.raises(UserError, match="did not finish within"):
+        wait_for_run(run, timeout_s=0.05, poll_s=0.01, log=lambda m: None)

@@ -41,6 +41,9 @@ CASES = {
                     "image_pull_secrets": ["regcred"], "service_account": "trainer", "active_deadline_seconds": 86400}}),
     "stage-hostpath": ("criteo-fl15", {"storage": {"mode": "stage", "stage_host_path": "/mnt/nvme/dlrm"}}),
     "mlperf-dcnv2": ("mlperf-dcnv2", {}),
+    "export-job": ("criteo-fl15", {"nodes": 2, "dataset": "criteo/fl15", "export": True, "export_table_dtype": "fp16",
+                                   "storage": {"mode": "pvc", "claim": "datasets", "output_claim": "runs"},
+                                   "s3": {"secret": "aws-creds"}}),
 }
 # The same jobs as TrainJobs (Kubeflow Trainer v2), with a TrainingRuntime rendered beside them...
 CASES.update({f"trainjob-{name}": (CASES[name][0], {**CASES[name][1], "api": "trainjob"})
@@ -306,3 +309,32 @@ def test_every_template_value_is_filtered():
                                        ("mapping(c.limits) | indent(6)", True), ("c.limits.items()", False)])
 def test_safe_expr_pattern(expr, safe):
     assert bool(SAFE_EXPR.match(expr)) is safe
+
+
+def test_export_job():
+    """export=true: a batch/v1 Job beside the PyTorchJob runs `dlrm export` on the run's claim once training ended."""
+    objs = render("export-job")
+    assert [o["kind"] for o in objs] == ["ConfigMap", "PyTorchJob", "Job"]
+    job = by_kind(objs, "Job")
+    assert job["metadata"]["name"] == "dlrm-criteo-fl15-export"
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "export"
+    spec = job["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["command"] == cmd.EXPORT_COMMAND + ["--wait-for-run", "/output", "--checkpoints", "s3://dlrm-checkpoints/criteo-fl15",
+                                                 "--out", "/output/export", "--table-dtype", "fp16", "--triton"]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"] and "tolerations" not in spec
+    train = pod(by_kind(objs, "PyTorchJob"))["containers"][0]
+    # the dataset and output exactly as training mounts them: the checkpoint names the dataset path it read
+    assert [m for m in train["volumeMounts"] if m["name"] in ("dataset", "output")] == \
+        [m for m in c["volumeMounts"] if m["name"] in ("dataset", "output")]
+    assert c["envFrom"] == [{"secretRef": {"name": "aws-creds"}}] and spec["automountServiceAccountToken"] is False
+    assert {v["name"] for v in spec["volumes"]} == {"dataset", "output", "tmp"}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_export_job_reads_the_checkpoints_where_training_writes_them():
+    profile, overrides = CASES["export-job"]  # criteo-fl15 checkpoints to s3://; without checkpoint_dir: the claim
+    cfg = load_job_config(profile, overrides={**overrides, "train": {"checkpoint_dir": ""}})
+    job = by_kind(render_objects(cfg, git_revision=REV), "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert args[args.index("--checkpoints") + 1] == "/output/checkpoints"
