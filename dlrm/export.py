@@ -26,7 +26,7 @@ import yaml
 from torch import nn
 
 from dlrm import serving
-from dlrm.checkpoint import METADATA, complete_checkpoints, whole_tables
+from dlrm.checkpoint import METADATA, complete_checkpoints, read_metadata, whole_tables
 from dlrm.config import TrainConfig, dump_yaml, from_dict
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
@@ -97,13 +97,9 @@ def resolve_checkpoint(uri: str, name: str | None) -> tuple[str, dict]:
     elif name not in names:
         have = ", ".join(names) if names else "none"
         raise UserError(f"{uri}: no complete checkpoint {name!r} (complete ones: {have})")
-    try:
-        meta = json.loads(store.get_bytes(f"{name}/{METADATA}"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{uri}/{name}/{METADATA}: not valid JSON ({e}); the checkpoint is corrupt") from None
-    missing = [k for k in ("config", "plan", "files") if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise UserError(f"{uri}/{name}/{METADATA}: no {', '.join(missing)}; not a checkpoint this trainer wrote")
+    meta = read_metadata(store, name)  # checked for what loading needs; whole_tables verifies the files
+    if not isinstance(meta.get("plan"), dict):
+        raise UserError(f"{uri}/{name}/{METADATA}: no 'plan'; not a checkpoint this trainer wrote")
     return name, meta
 
 
