@@ -239,8 +239,8 @@ def plan_job(cfg, git_revision: str = "unknown", tables: list[int] | None = None
         plan.groups = [ReplicaGroup("Master", 1, "OnFailure", pod)]
         if cfg.nodes > 1:
             plan.groups.append(ReplicaGroup("Worker", cfg.nodes - 1, "OnFailure", pod))
-        if cfg.export:
-            plan.export = pods.export_pod(cfg)
+    if cfg.kind == "train" and cfg.export:  # either job API: the export Job only follows the run's files
+        plan.export = pods.export_pod(cfg)
     plan.objects = encode_objects(cfg, plan, git_revision)
     plan.config_maps = {o["metadata"]["name"]: dict(o.get("data") or {}) for o in plan.objects if o.get("kind") == "ConfigMap"}
     return plan

@@ -338,3 +338,10 @@ def test_export_job_reads_the_checkpoints_where_training_writes_them():
     job = by_kind(render_objects(cfg, git_revision=REV), "Job")
     args = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert args[args.index("--checkpoints") + 1] == "/output/checkpoints"
+
+
+def test_export_job_follows_a_trainjob_too():
+    profile, overrides = CASES["export-job"]
+    objs = render_objects(load_job_config(profile, overrides={**overrides, "api": "trainjob"}), git_revision=REV)
+    assert [o["kind"] for o in objs][-1] == "Job" and "TrainJob" in [o["kind"] for o in objs]
+    assert by_kind(objs, "Job")["spec"]["template"]["spec"]["containers"][0]["command"][:4] == cmd.EXPORT_COMMAND
