@@ -7,6 +7,8 @@ only inside the mounted config file.
 """
 from __future__ import annotations
 
+from dlrm.runlog import MODEL_DIR
+
 # Mount points inside the pods.
 CONFIG_DIR = "/etc/dlrm"  # the ConfigMap <name>-config
 CONFIG_FILE = "train.yaml"  # its key: the resolved dlrm.config.TrainConfig
@@ -32,7 +34,7 @@ TRAIN_COMMAND = ["torchrun", "--module", "dlrm", "train"]
 STAGE_COMMAND = ["python", "-m", "launcher", "data", "stage"]
 PREPROCESS_COMMAND = ["python", "-m", "dlrm", "preprocess"]
 EXPORT_COMMAND = ["python", "-m", "dlrm", "export"]
-EXPORT_DIR = f"{OUTPUT_MOUNT}/export"  # where the export Job writes the served model
+EXPORT_DIR = f"{OUTPUT_MOUNT}/{MODEL_DIR}"  # the export Job's model, in the run output `launcher results` fetches
 # spark-submit needs a file, not a module: the preprocess image ships this one, holding
 #   import runpy; runpy.run_module("dlrm", run_name="__main__", alter_sys=True)
 SPARK_MAIN_FILE = "local:///opt/dlrm/dlrm_main.py"

@@ -153,11 +153,11 @@ class JobConfig:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     trainjob: TrainJobConfig = field(default_factory=TrainJobConfig)
-    # After training, a batch/v1 Job runs `dlrm export` of the final checkpoint into <output>/export
+    # After training, a batch/v1 Job runs `dlrm export` of the final checkpoint into <output>/model
     # (needs storage.output_claim: it reads the run from the same claim). See manifests/exportjob.yaml.j2.
     export: bool = False
     export_table_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    export_triton: bool = True  # also write <output>/export/triton, a Triton model repository
+    export_triton: bool = True  # also write <output>/model/triton, a Triton model repository
 
     @property
     def world_size(self) -> int:
@@ -313,6 +313,8 @@ def _check_storage(c: JobConfig) -> None:
     if c.export:
         _fail_unless(bool(s.output_claim), "export=true needs storage.output_claim: the export Job reads the run's "
                      "metrics and checkpoints from the claim the training pods write (an emptyDir output dies with them)")
+        _fail_unless(not c.train.out.startswith("s3://"), f"export=true with train.out={c.train.out!r}: the export "
+                     "Job follows the run in its folder on storage.output_claim; leave train.out unset")
         _fail_unless(s.mode != "stage", "export=true with storage.mode=stage: the staged dataset lives in the training "
                      "pods only, and export reads its feature_spec.yaml; use storage.mode=pvc, hostPath or mount")
 

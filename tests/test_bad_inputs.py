@@ -317,7 +317,8 @@ def setup_checkpoint(ctx: Ctx, args: dict) -> None:
     run = ctx.tmp / "run"
     with contextlib.redirect_stdout(None):
         train(load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"],
-                          overrides=[f"data.dataset={root}", f"out={run}", "max_steps=2", "data.batch_size=64"]))
+                          overrides=[f"data.dataset={root}", f"out={run}", "max_steps=2", "data.batch_size=64",
+                                     "optim.schedule_check=warn"]))
     ckpt = run / "checkpoints" / "ckpt-000000002"
     for op, a in args.items():
         if op == "truncate":

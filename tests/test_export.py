@@ -37,7 +37,7 @@ from dlrm.train import BUILTIN_CONFIGS, train
 ROOT = Path(__file__).resolve().parents[1]
 AUC_TOL, SCORE_TOL, SCORE_TOL_FP16 = 1e-6, 1e-5, 2e-3
 COMMON = {"data.batch_size": 101, "data.eval_batch_size": 333, "max_steps": 20, "log_every": 5,
-          "dist.device_memory": "1Gi", "dist.memory_reserve": "0"}
+          "dist.device_memory": "1Gi", "dist.memory_reserve": "0", "optim.schedule_check": "warn"}
 
 
 def overrides(dataset, out, **extra) -> list[str]:

@@ -43,7 +43,7 @@ CASES = {
     "mlperf-dcnv2": ("mlperf-dcnv2", {}),
     "export-job": ("criteo-fl15", {"nodes": 2, "dataset": "criteo/fl15", "export": True, "export_table_dtype": "fp16",
                                    "storage": {"mode": "pvc", "claim": "datasets", "output_claim": "runs"},
-                                   "s3": {"secret": "aws-creds"}}),
+                                   "s3": {"secret": "aws-creds"}, "train": {"out": "/output"}}),
 }
 # The same jobs as TrainJobs (Kubeflow Trainer v2), with a TrainingRuntime rendered beside them...
 CASES.update({f"trainjob-{name}": (CASES[name][0], {**CASES[name][1], "api": "trainjob"})
@@ -320,8 +320,8 @@ def test_export_job():
     assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "export"
     spec = job["spec"]["template"]["spec"]
     (c,) = spec["containers"]
-    assert c["command"] == cmd.EXPORT_COMMAND + ["--wait-for-run", "/output", "--checkpoints", "s3://dlrm-checkpoints/criteo-fl15",
-                                                 "--out", "/output/export", "--table-dtype", "fp16", "--triton"]
+    assert c["command"] == cmd.EXPORT_COMMAND + ["--wait-for-run", "/output", "--checkpoints", "/output/checkpoints",
+                                                 "--out", "/output/model", "--table-dtype", "fp16", "--triton"]
     assert "nvidia.com/gpu" not in c["resources"]["limits"] and "tolerations" not in spec
     train = pod(by_kind(objs, "PyTorchJob"))["containers"][0]
     # the dataset and output exactly as training mounts them: the checkpoint names the dataset path it read
@@ -333,11 +333,11 @@ def test_export_job():
 
 
 def test_export_job_reads_the_checkpoints_where_training_writes_them():
-    profile, overrides = CASES["export-job"]  # criteo-fl15 checkpoints to s3://; without checkpoint_dir: the claim
-    cfg = load_job_config(profile, overrides={**overrides, "train": {"checkpoint_dir": ""}})
+    profile, overrides = CASES["export-job"]
+    cfg = load_job_config(profile, overrides={**overrides, "train": {"out": "/output", "checkpoint_dir": "s3://ckpt/run1"}})
     job = by_kind(render_objects(cfg, git_revision=REV), "Job")
     args = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert args[args.index("--checkpoints") + 1] == "/output/checkpoints"
+    assert args[args.index("--checkpoints") + 1] == "s3://ckpt/run1"
 
 
 def test_export_job_follows_a_trainjob_too():
