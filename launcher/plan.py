@@ -254,6 +254,22 @@ _REQUIRED = object()
 _NOUNS = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", bool: "true or false"}
 
 
+def the_job(objects: list[dict], kind: str, where: str) -> tuple[dict, str, str, dict]:
+    """The one object of `kind` among `objects`: (its metadata, name, "<kind> <name>" for messages, spec)."""
+    jobs = [o for o in objects if o.get("kind") == kind]
+    if len(jobs) != 1:
+        kinds = sorted({str(o.get("kind")) for o in objects})
+        raise UserError(f"{where}: expected exactly one {kind} among the objects, found {len(jobs)} "
+                        f"(kinds: {', '.join(kinds) or 'none'})")
+    job = jobs[0]
+    meta = _typed(job.get("metadata"), dict, f"{kind}.metadata", {})
+    name = _typed(meta.get("name"), str, f"{kind}.metadata.name", "")
+    if not name:
+        raise UserError(f"{where}: the {kind} has no metadata.name")
+    label = f"{kind} {name}"
+    return meta, name, label, _typed(job.get("spec"), dict, f"{label}: spec", {})
+
+
 def _typed(value, tp, where: str, default=_REQUIRED):
     """`value` if it is a `tp`; `default` if it is absent (None) and a default is given; else a UserError."""
     if value is None and default is not _REQUIRED:
@@ -336,17 +352,7 @@ def plan_from_objects(objects: list, where: str = "objects") -> JobPlan:
         from launcher.trainjob import plan_from_trainjob
 
         return plan_from_trainjob(objects, where)
-    jobs = [o for o in objects if o.get("kind") == "PyTorchJob"]
-    if len(jobs) != 1:
-        kinds = sorted({str(o.get("kind")) for o in objects})
-        raise UserError(f"{where}: expected exactly one PyTorchJob among the objects, found {len(jobs)} (kinds: {', '.join(kinds) or 'none'})")
-    job = jobs[0]
-    meta = _typed(job.get("metadata"), dict, "PyTorchJob.metadata", {})
-    name = _typed(meta.get("name"), str, "PyTorchJob.metadata.name", "")
-    if not name:
-        raise UserError(f"{where}: the PyTorchJob has no metadata.name")
-    label = f"PyTorchJob {name}"
-    spec = _typed(job.get("spec"), dict, f"{label}: spec", {})
+    meta, name, label, spec = the_job(objects, "PyTorchJob", where)
     specs = _typed(spec.get("pytorchReplicaSpecs"), dict, f"{label}: spec.pytorchReplicaSpecs", {})
     unknown = sorted(set(map(str, specs)) - set(ROLES))
     if unknown or "Master" not in specs:

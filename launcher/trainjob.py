@@ -202,18 +202,9 @@ def plan_from_trainjob(objects: list[dict], where: str = "objects"):
     """The plan of a rendered TrainJob: its runtime's trainer pod with spec.trainer applied, as
     Trainer builds the JobSet (image, command, args and resources replaced, env upserted by name)."""
     from dlrm.errors import UserError
-    from launcher.plan import NODE_ROLE, JobPlan, ReplicaGroup, RunPolicy, _pod, _typed, config_maps_of
+    from launcher.plan import NODE_ROLE, JobPlan, ReplicaGroup, RunPolicy, _pod, _typed, config_maps_of, the_job
 
-    jobs = [o for o in objects if o.get("kind") == "TrainJob"]
-    if len(jobs) != 1:
-        raise UserError(f"{where}: expected exactly one TrainJob among the objects, found {len(jobs)}")
-    job = jobs[0]
-    meta = _typed(job.get("metadata"), dict, "TrainJob.metadata", {})
-    name = _typed(meta.get("name"), str, "TrainJob.metadata.name", "")
-    if not name:
-        raise UserError(f"{where}: the TrainJob has no metadata.name")
-    label = f"TrainJob {name}"
-    spec = _typed(job.get("spec"), dict, f"{label}: spec", {})
+    meta, name, label, spec = the_job(objects, "TrainJob", where)
     ref = _typed(spec.get("runtimeRef"), dict, f"{label}: spec.runtimeRef", {})
     kind, ref_name = ref.get("kind", DEFAULT_RUNTIME_KIND), ref.get("name")
     runtime = next((o for o in objects if o.get("kind") == kind and isinstance(o.get("metadata"), dict)

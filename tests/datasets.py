@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlrm.config import TrainConfig, load_config
 from dlrm.data.spec import FeatureSpec
 from dlrm.data.writer import write_dataset
 
@@ -36,3 +37,11 @@ def make_dataset(root, rows: int = 4096, test_rows: int = 2048, sizes=(7, 50, 30
     spec = FeatureSpec.default(root, list(sizes), num_numerical=num_numerical, hotness=hotness, padded=padded)
     write_dataset(spec, {"train": split(rows), "test": split(test_rows)})
     return FeatureSpec.load(root)
+
+
+def tiny_config(tmp_path, dataset, **overrides) -> TrainConfig:
+    """The built-in `tiny` training config on `dataset`, run folder tmp_path/run, plus KEY=VALUE overrides."""
+    from dlrm.train import BUILTIN_CONFIGS
+
+    ov = [f"data.dataset={dataset}", f"out={tmp_path / 'run'}"] + [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=ov)

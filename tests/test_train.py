@@ -5,15 +5,12 @@ import pytest
 import torch
 
 from dlrm.checkpoint import complete_checkpoints, latest_checkpoint
-from dlrm.config import TrainConfig, load_config
 from dlrm.storage import open_store
-from dlrm.train import BUILTIN_CONFIGS, train
-from datasets import make_dataset
+from dlrm.train import train
+from datasets import make_dataset, tiny_config
 
 
-def tiny(tmp_path, dataset, **overrides) -> TrainConfig:
-    ov = [f"data.dataset={dataset}", f"out={tmp_path / 'run'}"] + [f"{k}={v}" for k, v in overrides.items()]
-    return load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=ov)
+tiny = tiny_config
 
 
 @pytest.fixture(scope="module")
