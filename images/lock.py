@@ -23,7 +23,9 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "images" / "requirements.lock"
 EXTRAS = ("spark",)  # the preprocess image installs pyspark; the train image ignores unused pins
-SKIP = {"torch"}  # never pinned, never walked into (see the docstring)
+# never pinned, never walked into (see the docstring). setuptools: torch requires its own range of it
+# (>= 77 for 2.13) and the base image provides it; a pin reached through tensorboard fought the base.
+SKIP = {"torch", "setuptools"}
 
 
 def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> tuple[str, list[Requirement]]:
