@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +25,9 @@ from dlrm.errors import ConfigError, UserError
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
+
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then restored
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -39,7 +43,12 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True, tag: str = ".tmp") 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=tag)
-    os.close(fd)
+    # mkstemp creates 0600; the result must have the mode a plain open() would give (or the mode of
+    # the file it replaces): a container's other uid reads a mounted config, a team reads a run folder
+    try:
+        os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp

@@ -65,3 +65,19 @@ def test_parse_s3_uri(uri, parsed):
 def test_parse_s3_uri_refuses(uri):
     with pytest.raises(UserError):
         parse_s3_uri(uri)
+
+
+def test_atomic_write_gives_a_plain_files_mode(tmp_path):
+    """mkstemp's 0600 must not leak: a container's uid 1000 reads a config that root wrote."""
+    import os
+    import stat
+
+    from dlrm.fsutil import _UMASK
+
+    new = atomic_write(tmp_path / "new.yaml", "a: 1\n")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~_UMASK
+    old = tmp_path / "old.sh"
+    old.write_text("x")
+    os.chmod(old, 0o750)
+    atomic_write(old, "y")
+    assert stat.S_IMODE(old.stat().st_mode) == 0o750
