@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dlrm.errors import UserError
 from dlrm.fsutil import atomic_path, atomic_write, is_s3_uri
-from dlrm.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, join_uri, read_metrics
+from dlrm.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, read_metrics
 from dlrm.storage import open_store
 from launcher.command import OUTPUT_ANNOTATION, OUTPUT_MOUNT
 

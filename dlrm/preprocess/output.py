@@ -8,7 +8,6 @@ then feature_spec.yaml - last, so a folder without it is never mistaken for a da
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
