@@ -27,7 +27,7 @@ def worker(sharding: str) -> dict:
     from dlrm.dist.parallel import build_model, local_loss, parallelize
     from dlrm.dist.plan import plan_tables
     from dlrm.dist.runtime import init_runtime
-    from dlrm.optim import Optimizers
+    from dlrm.training.optim import Optimizers
 
     torch.set_num_threads(1)
     runtime = init_runtime("cpu")

@@ -3,7 +3,7 @@
 Shape: NVIDIA's DLRM (26 tables, dim 128, bottom 13-512-256-128, top 1024-1024-512-256-1, dot
 interaction), the FL=15 cardinalities shrunk 256x (a lookup costs the same whatever the row
 count; the package embeds the tables, so smaller tables keep the compile short), fp32 tables.
-Both sides run the very module `dlrm export` captures (dlrm.export.ServingDLRM: id check, logit,
+Both sides run the very module `dlrm export` captures (dlrm.serving.export.ServingDLRM: id check, logit,
 sigmoid): the baseline calls it eagerly under torch.inference_mode, the package is what `export`
 writes (torch.export with a dynamic batch, then AOTInductor), loaded as `dlrm predict` loads it.
 Per batch size: p50 and p99 latency of one call and samples/s (batch / mean latency), inputs ready
@@ -22,9 +22,9 @@ import torch._inductor
 
 from dlrm.config import ModelConfig
 from dlrm.data.spec import FeatureSpec
-from dlrm.export import ServingDLRM, compile_package, example_inputs, export_program
-from dlrm.model import DLRM
-from dlrm.tables import CRITEO_FL15_CARDINALITIES
+from dlrm.serving.export import ServingDLRM, compile_package, example_inputs, export_program
+from dlrm.modules.model import DLRM
+from dlrm.modules.tables import CRITEO_FL15_CARDINALITIES
 
 SCALE = 256
 SIZES = [max(2, n // SCALE) for n in CRITEO_FL15_CARDINALITIES]

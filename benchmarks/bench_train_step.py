@@ -5,7 +5,7 @@ the step cost depends on the lookups, not on the rows), dim 128, bottom 13-512-2
 1024-1024-512-256-1, dot interaction, batch 4096, fp32, sparse SGD.
 Baseline, same run: the reference implementation's structure (one nn.EmbeddingBag per table,
 torch.optim.SGD over sparse gradients, which coalesces every table's gradient each step).
-Ours: one fused table, one gather, one multi-threaded sparse add (dlrm.optim), in fp32 and with
+Ours: one fused table, one gather, one multi-threaded sparse add (dlrm.training.optim), in fp32 and with
 bf16 autocast (the MLPs on AMX / AVX512-BF16 where the CPU has them). Data reading is timed apart.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from dlrm.config import ModelConfig, OptimConfig
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.synth import generate
-from dlrm.model import DLRM
-from dlrm.optim import Optimizers
-from dlrm.tables import CRITEO_FL15_CARDINALITIES
+from dlrm.modules.model import DLRM
+from dlrm.training.optim import Optimizers
+from dlrm.modules.tables import CRITEO_FL15_CARDINALITIES
 
 B, STEPS, WARMUP, SCALE = 4096, 12, 3, 64
 SIZES = [max(2, n // SCALE) for n in CRITEO_FL15_CARDINALITIES]

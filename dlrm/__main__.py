@@ -12,10 +12,10 @@ from dlrm.cli import run
 
 COMMANDS = {
     "synth": ("dlrm.data.synth", "write a learnable synthetic dataset in the split-binary format"),
-    "train": ("dlrm.train", "train (and evaluate, checkpoint) a DLRM; one process or under torchrun"),
-    "eval": ("dlrm.evaluate", "evaluate a checkpoint on a dataset's test split"),
-    "export": ("dlrm.export", "export a checkpoint as a torch.export program and AOTInductor packages for serving"),
-    "predict": ("dlrm.predict", "score a dataset split with an exported model alone (no training code)"),
+    "train": ("dlrm.training.train", "train (and evaluate, checkpoint) a DLRM; one process or under torchrun"),
+    "eval": ("dlrm.training.evaluate", "evaluate a checkpoint on a dataset's test split"),
+    "export": ("dlrm.serving.export", "export a checkpoint as a torch.export program and AOTInductor packages for serving"),
+    "predict": ("dlrm.serving.predict", "score a dataset split with an exported model alone (no training code)"),
     "plan": ("dlrm.dist.plan_cli", "print the embedding sharding plan for a world size"),
     "preprocess": ("dlrm.preprocess.cli", "turn raw Criteo day files into the split-binary dataset"),
 }

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 
 from dlrm.errors import ConfigError
-from dlrm.fsutil import load_yaml_file
+from dlrm.io.fsutil import load_yaml_file
 
 T = TypeVar("T")
 
@@ -326,7 +326,7 @@ class OptimConfig:
     adagrad_eps: Positive = 1e-8
     adagrad_initial_accumulator: Annotated[float, Range(ge=0)] = 0.0
     # A schedule that does not fit the run's step count (a run shorter than half its warmup):
-    # refuse to start (error), or say so and train anyway (warn). See dlrm.schedule.check_schedule.
+    # refuse to start (error), or say so and train anyway (warn). See dlrm.training.schedule.check_schedule.
     schedule_check: Literal["error", "warn"] = "error"
 
 
@@ -354,7 +354,7 @@ class DistConfig:
 @dataclass
 class TrainConfig:
     seed: Annotated[int, Range(ge=0, le=2**63 - 1)] = 12345  # torch and numpy take any value in this range
-    out: NonEmpty = "runs/default"  # the run's output: a folder or s3://bucket/prefix/run (dlrm.runlog)
+    out: NonEmpty = "runs/default"  # the run's output: a folder or s3://bucket/prefix/run (dlrm.training.runlog)
     epochs: AtLeast1 = 1
     max_steps: NonNegative = 0  # 0: run the epochs out
     log_every: AtLeast1 = 100

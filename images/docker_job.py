@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.fsutil import atomic_write
+from dlrm.io.fsutil import atomic_write
 from launcher.plan import JobPlan, load_plan_file
 
 

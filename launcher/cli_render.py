@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.fsutil import atomic_write
-from dlrm.runlog import git_revision  # one definition: the trainer records it too (run.json)
+from dlrm.io.fsutil import atomic_write
+from dlrm.training.runlog import git_revision  # one definition: the trainer records it too (run.json)
 from launcher.config import JobConfig, load_job_config
 from launcher.plan import JobPlan, plan_job
 from launcher.render import file_name, to_yaml
@@ -54,14 +54,14 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
 def feature_spec_tables(location: str) -> tuple[list[int], list[int]]:
     """(table sizes, ids per row) from a feature_spec.yaml named explicitly: a local file, or s3://bucket/.../feature_spec.yaml."""
     from dlrm.data.spec import SPEC_FILE, FeatureSpec
-    from dlrm.fsutil import is_s3_uri
+    from dlrm.io.fsutil import is_s3_uri
 
     if not is_s3_uri(location):
         spec = FeatureSpec.load(location)
         return spec.table_sizes, spec.table_hotness
     import tempfile
 
-    from dlrm.storage import open_store
+    from dlrm.io.storage import open_store
 
     parent, _, key = location.rstrip("/").rpartition("/")
     if key != SPEC_FILE:  # a dataset prefix: its spec

@@ -7,7 +7,7 @@ only inside the mounted config file.
 """
 from __future__ import annotations
 
-from dlrm.runlog import MODEL_DIR
+from dlrm.training.runlog import MODEL_DIR
 
 # Mount points inside the pods.
 CONFIG_DIR = "/etc/dlrm"  # the ConfigMap <name>-config

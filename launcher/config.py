@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal
 from dlrm import __version__
 from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
-from dlrm.fsutil import is_s3_uri, parse_s3_uri
-from dlrm.tables import TABLE_HOTNESS, TABLE_PRESETS
+from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
+from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
 from launcher.command import OUTPUT_MOUNT
 

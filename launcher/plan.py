@@ -392,7 +392,7 @@ def config_maps_of(objects: list[dict]) -> dict[str, dict[str, str]]:
 
 def load_plan_file(path) -> JobPlan:
     """A rendered YAML file (one or many documents, or a `kind: List`) as a plan."""
-    from dlrm.fsutil import load_yaml_file_all
+    from dlrm.io.fsutil import load_yaml_file_all
 
     docs = load_yaml_file_all(path, "rendered YAML file (from `python -m launcher render`)", UserError)
     objs = []

@@ -8,7 +8,7 @@ the local interpreters (run-local, images/docker_job.py) alike. Paths come from 
 from __future__ import annotations
 
 from dlrm.errors import ConfigError
-from dlrm.runlog import JOB_ENV
+from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
@@ -30,7 +30,7 @@ def s3_env(cfg) -> list[EnvVar]:
 
 
 def job_env(cfg, git_revision: str) -> list[EnvVar]:
-    """The job's identity, which the trainer writes into its run record (run.json, dlrm.runlog.JOB_ENV)."""
+    """The job's identity, which the trainer writes into its run record (run.json, dlrm.training.runlog.JOB_ENV)."""
     from launcher.render import config_hash
 
     values = {"name": cfg.name, "config_sha256": config_hash(cfg), "git_revision": git_revision, "image": cfg.image}

@@ -22,7 +22,7 @@ import yaml
 from dlrm import __version__
 from dlrm.config import to_dict
 from dlrm.errors import ConfigError
-from dlrm.fsutil import is_s3_uri, parse_s3_uri
+from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from launcher import command as cmd, pods, trainjob
 from launcher.config import JobConfig
 from launcher.names import DNS1035_LABEL

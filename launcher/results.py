@@ -4,7 +4,7 @@
     python -m launcher results NAME --local [--workdir DIR]  # a run-local job
     python -m launcher results s3://bucket/runs/x | RUN_DIR  # a run output, named directly
 
-A training job's output (dlrm.runlog: config.yaml, run.json, metrics.jsonl, metrics.png,
+A training job's output (dlrm.training.runlog: config.yaml, run.json, metrics.jsonl, metrics.png,
 tensorboard/, model/) is found from the job itself: a cluster job carries it in its
 `dlrm-k8s.io/output` annotation (rendered when train.out is s3://), a run-local job in the
 record run-local keeps in its workdir (job.json: state, pid, the run's output folder).
@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.fsutil import atomic_path, atomic_write, is_s3_uri
-from dlrm.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, read_metrics
-from dlrm.storage import open_store
+from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri
+from dlrm.training.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, read_metrics
+from dlrm.io.storage import open_store
 from launcher.command import OUTPUT_ANNOTATION, OUTPUT_MOUNT
 
 LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>

@@ -26,7 +26,7 @@ import referencing
 import yaml
 
 from dlrm.errors import UserError
-from dlrm.fsutil import load_yaml_file_all
+from dlrm.io.fsutil import load_yaml_file_all
 from launcher import trainjob
 from launcher.names import DNS1035_LABEL
 from launcher.plan import CONTAINER

@@ -140,7 +140,7 @@ def setup_run(ctx: Ctx, args: dict) -> None:
     import json
 
     from dlrm.config import TrainConfig, load_config
-    from dlrm.train import BUILTIN_CONFIGS, train
+    from dlrm.training.train import BUILTIN_CONFIGS, train
 
     root, run = _dataset(ctx), ctx.tmp / "run"
     cfg = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"],
@@ -156,7 +156,7 @@ def setup_run(ctx: Ctx, args: dict) -> None:
             ctx.values["other"] = str(ctx.tmp / "other")
             continue
         if op == "lock":
-            from dlrm.runlock import LOCK, _me
+            from dlrm.training.runlock import LOCK, _me
 
             (run / LOCK).write_text(json.dumps(_me()))
             continue
@@ -293,7 +293,7 @@ def setup_checkpoint(ctx: Ctx, args: dict) -> None:
     `truncate: {file, bytes}` or `write: {file, text}` or `remove: file` (paths under the checkpoint),
     or `append_train_record: true` (metrics.jsonl as a restarted, unfinished run leaves it)."""
     from dlrm.config import TrainConfig, load_config
-    from dlrm.train import BUILTIN_CONFIGS, train
+    from dlrm.training.train import BUILTIN_CONFIGS, train
 
     root = _dataset(ctx)
     run = ctx.tmp / "run"
@@ -323,7 +323,7 @@ def setup_export_folder(ctx: Ctx, args: dict) -> None:
     export of another model)."""
     import json
 
-    from dlrm import serving
+    from dlrm.serving import folder as serving
     from dlrm.data.spec import FeatureSpec
 
     root = _dataset(ctx)

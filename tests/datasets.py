@@ -41,7 +41,7 @@ def make_dataset(root, rows: int = 4096, test_rows: int = 2048, sizes=(7, 50, 30
 
 def tiny_config(tmp_path, dataset, **overrides) -> TrainConfig:
     """The built-in `tiny` training config on `dataset`, run folder tmp_path/run, plus KEY=VALUE overrides."""
-    from dlrm.train import BUILTIN_CONFIGS
+    from dlrm.training.train import BUILTIN_CONFIGS
 
     ov = [f"data.dataset={dataset}", f"out={tmp_path / 'run'}"] + [f"{k}={v}" for k, v in overrides.items()]
     return load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=ov)

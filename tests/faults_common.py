@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from datasets import make_dataset
-from dlrm.checkpoint import whole_tables
+from dlrm.training.checkpoint import whole_tables
 from launcher.run_local import LocalJob
 
 ROOT = Path(__file__).resolve().parents[1]

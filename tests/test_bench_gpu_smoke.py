@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
 import bench_gpu  # noqa: E402
 
-from dlrm.model import InteractionArch  # noqa: E402
+from dlrm.modules.model import InteractionArch  # noqa: E402
 
 
 def test_padded_interaction_equals_the_unpadded():
@@ -87,7 +87,7 @@ def test_dcnv2_multi_hot_smoke_run_prints_figures_and_json():
 
 
 def test_mlperf_tables_are_scaled_to_fit_one_gpu():
-    from dlrm.tables import MLPERF_DCNV2_CARDINALITIES
+    from dlrm.modules.tables import MLPERF_DCNV2_CARDINALITIES
 
     full = sum(MLPERF_DCNV2_CARDINALITIES) * 128 * 4
     sizes = bench_gpu.scaled_tables(MLPERF_DCNV2_CARDINALITIES, 128, 60)

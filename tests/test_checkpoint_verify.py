@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlrm.checkpoint import CheckpointCorrupt, complete_checkpoints, latest_checkpoint, whole_tables
+from dlrm.training.checkpoint import CheckpointCorrupt, complete_checkpoints, latest_checkpoint, whole_tables
 from dlrm.errors import UserError
-from dlrm.runlock import LOCK, Lock, _me, probe_writable
-from dlrm.storage import open_store
-from dlrm.train import train
+from dlrm.training.runlock import LOCK, Lock, _me, probe_writable
+from dlrm.io.storage import open_store
+from dlrm.training.train import train
 from datasets import make_dataset, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_eval_of_a_damaged_checkpoint_is_one_line(run3, capsys):
 
 def test_rotation_deletes_metadata_first(tmp_path, dataset, monkeypatch):
     """A rotation killed after its first delete leaves a folder that no longer counts as complete."""
-    from dlrm import storage
+    from dlrm.io import storage
 
     deleted = []
     real = storage.LocalStore.delete
@@ -175,8 +175,8 @@ def test_resume_prints_fields_that_may_change(tmp_path, dataset, run3, capsys):
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from dlrm.runlock import Lock, _me
-    from dlrm.storage import open_store
+    from dlrm.training.runlock import Lock, _me
+    from dlrm.io.storage import open_store
     Lock(open_store(sys.argv[1]), _me()).acquire()
     print("held", flush=True)
     time.sleep(120)

@@ -184,7 +184,7 @@ def test_memory_reserve_below_device_memory():
 
 
 def test_mlperf_dcnv2_builtin_is_the_reference_recipe():
-    from dlrm.train import BUILTIN_CONFIGS
+    from dlrm.training.train import BUILTIN_CONFIGS
 
     cfg = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "mlperf-dcnv2.yaml"])
     m, o = cfg.model, cfg.optim

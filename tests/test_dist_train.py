@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlrm.checkpoint import whole_tables
+from dlrm.training.checkpoint import whole_tables
 from dlrm.config import TrainConfig, load_config
-from dlrm.train import BUILTIN_CONFIGS, train
+from dlrm.training.train import BUILTIN_CONFIGS, train
 from datasets import make_dataset
 from launcher.procs import free_port
 

@@ -9,7 +9,7 @@ from dlrm.dist.plan import plan_tables
 from dlrm.dist.runtime import Runtime, init_runtime
 from dlrm.dist.sharded import ShardedEmbedding
 from dlrm.errors import UserError
-from dlrm.model import DLRM
+from dlrm.modules.model import DLRM
 
 CFG = ModelConfig(embedding_dim=4, bottom_mlp=[8, 4], top_mlp=[8])
 

@@ -22,17 +22,17 @@ import torch
 import torch._inductor
 
 from datasets import make_dataset
-from dlrm import serving
-from dlrm.checkpoint import Piece, latest_checkpoint, load_checkpoint
+from dlrm.serving import folder as serving
+from dlrm.training.checkpoint import Piece, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict, load_config
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
-from dlrm.export import export
-from dlrm.model import DLRM
-from dlrm.optim import Optimizers
-from dlrm.storage import open_store
-from dlrm.train import BUILTIN_CONFIGS, train
+from dlrm.serving.export import export
+from dlrm.modules.model import DLRM
+from dlrm.training.optim import Optimizers
+from dlrm.io.storage import open_store
+from dlrm.training.train import BUILTIN_CONFIGS, train
 
 ROOT = Path(__file__).resolve().parents[1]
 AUC_TOL, SCORE_TOL, SCORE_TOL_FP16 = 1e-6, 1e-5, 2e-3
@@ -67,7 +67,7 @@ def export1(run1, tmp_path_factory):
 
 def trainer_eval(checkpoints: Path) -> dict:
     """`dlrm eval` of the checkpoint: the trainer's own exact AUC."""
-    from dlrm import evaluate
+    from dlrm.training import evaluate
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -100,8 +100,8 @@ def predict_cli(model: Path, dataset: Path, scores: Path, *extra: str) -> dict:
     code = ("import json, sys\n"
             "from dlrm.__main__ import main\n"
             "rc = main(sys.argv[1:])\n"
-            "loaded = sorted(m for m in sys.modules if m in ('dlrm.model', 'dlrm.train', 'dlrm.export', "
-            "'dlrm.checkpoint', 'dlrm.optim') or m.startswith('dlrm.dist'))\n"
+            "loaded = sorted(m for m in sys.modules if m in ('dlrm.modules.model', 'dlrm.training.train', 'dlrm.serving.export', "
+            "'dlrm.training.checkpoint', 'dlrm.training.optim') or m.startswith('dlrm.dist'))\n"
             "assert not loaded, f'predict imported training code: {loaded}'\n"
             "sys.exit(rc)\n")
     proc = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(model), "--dataset", str(dataset),
@@ -122,7 +122,7 @@ def assert_parity(checkpoints: Path, exported: Path, dataset: Path, tmp_path: Pa
     got = np.load(tmp_path / "scores.npy")
     assert got.dtype == np.float32 and got.shape == want.shape == (1000,)
     assert np.abs(got - 1 / (1 + np.exp(-want.astype(np.float64)))).max() <= score_tol
-    from dlrm.predict import predict
+    from dlrm.serving.predict import predict
 
     logits, probs, labels, _ = predict(exported, dataset, batch_size=1000)
     assert np.array_equal(probs, got) or np.abs(probs - got).max() <= 1e-6  # batch size does not matter
@@ -212,7 +212,7 @@ def test_four_rank_checkpoint_parity(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_failed_export_leaves_nothing(run1, tmp_path, monkeypatch):
-    import dlrm.export as ex
+    import dlrm.serving.export as ex
 
     def boom(program, path):
         path.write_bytes(b"half a package")
@@ -236,7 +236,7 @@ def test_reexport_replaces_an_export_but_nothing_else(run1, export1, tmp_path):
     target = tmp_path / "model"
     shutil.copytree(export1, target)
     (target / "stale.txt").write_text("old")
-    import dlrm.export as ex
+    import dlrm.serving.export as ex
 
     ex.publish(_fresh_copy(export1, tmp_path), target)
     assert not (target / "stale.txt").exists() and serving.is_export(target)
@@ -251,7 +251,7 @@ def _fresh_copy(src: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_predict_refuses_a_changed_package(export1, dataset, tmp_path):
-    from dlrm.predict import predict
+    from dlrm.serving.predict import predict
 
     copy = tmp_path / "model"
     shutil.copytree(export1, copy)
@@ -297,7 +297,7 @@ def test_multi_hot_dcn_checkpoint_parity(tmp_path):
 
 
 def test_wait_for_run_follows_the_metrics_log(tmp_path):
-    from dlrm.export import run_finished, wait_for_run
+    from dlrm.serving.export import run_finished, wait_for_run
 
     run = tmp_path / "run"
     run.mkdir()

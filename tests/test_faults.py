@@ -12,7 +12,7 @@
   and the collective instead of hanging the job forever.
 - Object storage faults: tests/test_faults_storage.py.
 
-Kill timing is deterministic: the trainer's test hook DLRM_TEST_HANG_AT_STEP (dlrm/train.py)
+Kill timing is deterministic: the trainer's test hook DLRM_TEST_HANG_AT_STEP (dlrm/training/train.py)
 parks rank 1 before a step past the first checkpoint, so the kill always lands mid-run, with every
 other rank blocked inside a collective, never after the job has finished. The hook's variable is
 removed from this process's environment before the kill, so the restarted attempt runs freely.
@@ -143,7 +143,7 @@ def test_a_node_lost_for_good_resumes_on_fewer_ranks(data, uninterrupted, tmp_pa
     ones tests/test_dist_train.py holds W = 1, 2, 4 to: per-step losses within 1e-5 relative,
     final weights within rtol 1e-4 / atol 1e-6, final AUC within 1e-4.
     """
-    from dlrm.checkpoint import load_checkpoint
+    from dlrm.training.checkpoint import load_checkpoint
     from dlrm.config import TrainConfig, from_dict
     from dlrm.dist.parallel import plan_for_config, plan_pieces
 

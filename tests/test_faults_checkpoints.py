@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dlrm.checkpoint import complete_checkpoints, whole_tables
-from dlrm.runlock import LOCK
-from dlrm.storage import open_store
+from dlrm.training.checkpoint import complete_checkpoints, whole_tables
+from dlrm.training.runlock import LOCK
+from dlrm.io.storage import open_store
 from datasets import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,10 @@
-"""dlrm.fsutil: the one atomic write, the one bounded YAML loader, the one s3:// parser."""
+"""dlrm.io.fsutil: the one atomic write, the one bounded YAML loader, the one s3:// parser."""
 from __future__ import annotations
 
 import pytest
 
 from dlrm.errors import ConfigError, UserError
-from dlrm.fsutil import atomic_path, atomic_write, is_s3_uri, load_yaml, load_yaml_file, load_yaml_file_all, parse_s3_uri
+from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri, load_yaml, load_yaml_file, load_yaml_file_all, parse_s3_uri
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
@@ -72,7 +72,7 @@ def test_atomic_write_gives_a_plain_files_mode(tmp_path):
     import os
     import stat
 
-    from dlrm.fsutil import _UMASK
+    from dlrm.io.fsutil import _UMASK
 
     new = atomic_write(tmp_path / "new.yaml", "a: 1\n")
     assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~_UMASK

@@ -111,7 +111,7 @@ def test_docker_job_runs_the_plan_with_the_same_env_as_run_local(tmp_path):
         assert args[r.name][args[r.name].index("--entrypoint") + 1:] == [*plan.pod(r).main.command[:1], "local/dlrm:test",
                                                                           *plan.pod(r).main.command[1:]]
     rendered = tmp_path / "job.yaml"  # rendered at the revision the CLI saw: it is in the pods' env (run.json)
-    from dlrm.runlog import git_revision
+    from dlrm.training.runlog import git_revision
 
     rendered.write_text(to_yaml(plan_job(load_job_config("synthetic-smoke", overrides={"nodes": 2, "gpus_per_node": 2, "image": "local/dlrm:test"}),
                                          git_revision=git_revision(ROOT / "launcher")).objects))

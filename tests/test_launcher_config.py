@@ -265,7 +265,7 @@ def test_the_other_size_grammar_gets_a_hint(text, hint):
 def test_mlperf_dcnv2_profile_trains_the_builtin_recipe():
     """The profile's train block is dlrm/configs/mlperf-dcnv2.yaml (plus its run output on S3): one recipe."""
     from dlrm.config import TrainConfig, load_config, to_dict
-    from dlrm.train import BUILTIN_CONFIGS
+    from dlrm.training.train import BUILTIN_CONFIGS
 
     job = load_job_config("mlperf-dcnv2")
     builtin = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "mlperf-dcnv2.yaml"])

@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dlrm.metrics import MetricsLog, roc_auc
-from dlrm.schedule import learning_rate
+from dlrm.training.schedule import learning_rate
 from dlrm.config import OptimConfig
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from dlrm.config import ModelConfig
-from dlrm.model import DLRM, INIT_CHUNK_ROWS, init_table_rows
+from dlrm.modules.model import DLRM, INIT_CHUNK_ROWS, init_table_rows
 
 SIZES = [5, 3, 100, 7] * 6 + [11, 2]  # 26 tables
 

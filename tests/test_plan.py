@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dlrm.dist.plan import Plan, plan_tables
-from dlrm.tables import CRITEO_FL15_CARDINALITIES
+from dlrm.modules.tables import CRITEO_FL15_CARDINALITIES
 from dlrm.errors import UserError
 
 GiB = 1 << 30
@@ -201,7 +201,7 @@ def test_mlperf_dcnv2_fits_8_h100s_and_counts_the_dense_arches():
     from dlrm.config import ModelConfig
     from dlrm.dist.plan import dense_memory_bytes
     from dlrm.dist.plan import dense_parameter_count
-    from dlrm.tables import MLPERF_DCNV2_CARDINALITIES, MLPERF_HOTNESS
+    from dlrm.modules.tables import MLPERF_DCNV2_CARDINALITIES, MLPERF_HOTNESS
 
     cfg = ModelConfig(interaction="dcn", dcn_num_layers=3, dcn_low_rank_dim=512)
     params = dense_parameter_count(13, 26, cfg)

@@ -207,7 +207,7 @@ def test_cli_runs_a_rendered_file_with_a_mapped_volume(tmp_path, capsys):
 def _trainer_missing() -> str:
     import importlib.util
 
-    missing = [m for m in ("dlrm.train", "dlrm.dist.parallel", "dlrm.data.synth", "launcher.render", "launcher.cli_render")
+    missing = [m for m in ("dlrm.training.train", "dlrm.dist.parallel", "dlrm.data.synth", "launcher.render", "launcher.cli_render")
                if importlib.util.find_spec(m) is None]
     return f"needs {', '.join(missing)} (not landed yet)" if missing else ""
 

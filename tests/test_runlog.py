@@ -1,4 +1,4 @@
-"""The run's output (dlrm.runlog): progress lines, strict-JSON metrics, TensorBoard events, the run
+"""The run's output (dlrm.training.runlog): progress lines, strict-JSON metrics, TensorBoard events, the run
 record, uploads to S3 (moto) at start, eval, interval and end; the schedule fit check; and the
 launcher's reading side (launcher.results: status lines, fetch)."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 
 from dlrm.config import OptimConfig, TrainConfig, load_config
 from dlrm.errors import ConfigError, UserError
-from dlrm.runlog import RunLog, duration
-from dlrm.schedule import check_schedule, fitted_schedule, learning_rate
-from dlrm.train import BUILTIN_CONFIGS, train
+from dlrm.training.runlog import RunLog, duration
+from dlrm.training.schedule import check_schedule, fitted_schedule, learning_rate
+from dlrm.training.train import BUILTIN_CONFIGS, train
 from datasets import make_dataset
 from launcher.results import fetch, status_lines, summarize
 

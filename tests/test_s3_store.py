@@ -8,8 +8,8 @@ import botocore.exceptions as bex
 import pytest
 
 from dlrm.errors import UserError
-from dlrm.storage import LocalStore, open_store
-from dlrm.storage_s3 import S3Store, parse_s3_uri, translate
+from dlrm.io.storage import LocalStore, open_store
+from dlrm.io.storage_s3 import S3Store, parse_s3_uri, translate
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -147,7 +147,7 @@ def test_bad_arguments(tmp_path):
 def test_every_dataset_synth_writes_trains(tmp_path, num_numerical, cards):
     """Each option by class at its edge (no numerical features, one table of 2 ids): trains."""
     from dlrm.config import TrainConfig, load_config
-    from dlrm.train import BUILTIN_CONFIGS, train
+    from dlrm.training.train import BUILTIN_CONFIGS, train
 
     synth.generate(tmp_path / "ds", 600, 1, cardinalities=cards, test_rows=1, num_numerical=num_numerical)
     cfg = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"],

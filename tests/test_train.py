@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from dlrm.checkpoint import complete_checkpoints, latest_checkpoint
-from dlrm.storage import open_store
-from dlrm.train import train
+from dlrm.training.checkpoint import complete_checkpoints, latest_checkpoint
+from dlrm.io.storage import open_store
+from dlrm.training.train import train
 from datasets import make_dataset, tiny_config
 
 

@@ -5,7 +5,7 @@
   mlperf-dcnv2  MLPerf Training's DLRM-DCNv2: MLPerf's multi-hot tables (hotness 3,2,1,...,100,...,
                 214 ids a sample) capped at 40M rows, scaled down uniformly to --max-table-gib so
                 they fit one GPU; 3 cross layers of rank 512 over 27 x 128, same MLPs; the
-                trainer's own sum-pooled lookup (dlrm.model.pooled_lookup, sparse gradient) and
+                trainer's own sum-pooled lookup (dlrm.modules.model.pooled_lookup, sparse gradient) and
                 its optimizers (row-wise Adagrad for the table, torch Adagrad for the rest).
 
     PYTHONPATH=. python3 benchmarks/gpu/bench_gpu.py                   # on an H100: bf16 AMP and fp32/TF32
@@ -21,9 +21,9 @@ Prints `name: value unit` lines, then one JSON line. Ids are synthetic (uniform 
 generated on the GPU, so the figure is the training step alone, not the input pipeline.
 
 The step is built for speed, and is still exactly SGD:
-- one fused table [sum(rows), D] (as dlrm.model), gathered with one index_select;
+- one fused table [sum(rows), D] (as dlrm.modules.model), gathered with one index_select;
 - the gathered rows are a leaf: backward stops there with a dense [B, F, D] gradient, and the
-  update adds it back row by row with dlrm.kernels.row_scatter_add (duplicates add up, as in SGD;
+  update adds it back row by row with dlrm.modules.kernels.row_scatter_add (duplicates add up, as in SGD;
   the Triton kernel the trainer's SGD also uses on CUDA);
 - the model's own interaction, which on CUDA pads its 27 vectors to 32 (a 3x faster bmm);
 - bf16 autocast for the MLPs and interaction, TF32 matmuls in the fp32 mode;
@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from dlrm.config import ModelConfig, OptimConfig
-from dlrm.tables import CRITEO_FL15_CARDINALITIES, MLPERF_DCNV2_CARDINALITIES, MLPERF_HOTNESS
-from dlrm.kernels import row_scatter_add
-from dlrm.model import DLRM, pooled_lookup
-from dlrm.optim import Optimizers
+from dlrm.modules.tables import CRITEO_FL15_CARDINALITIES, MLPERF_DCNV2_CARDINALITIES, MLPERF_HOTNESS
+from dlrm.modules.kernels import row_scatter_add
+from dlrm.modules.model import DLRM, pooled_lookup
+from dlrm.training.optim import Optimizers
 
 SHAPES = ("fl15-dot", "mlperf-dcnv2")
 
@@ -130,7 +130,7 @@ class PooledStep:
         self.bag_starts = torch.tensor([0] + list(hotness)[:-1], device=device).cumsum(0)  # [F]
         self.opt = Optimizers(list(self.model.parameters()), [self.weight], OptimConfig(optimizer="adagrad", lr=lr))
         self.opt.set_lr(lr)
-        self.update_name = "row-wise adagrad (dlrm.optim)"
+        self.update_name = "row-wise adagrad (dlrm.training.optim)"
         self.dense_loss, self.compiled = self._dense_loss, False
         if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda"):
             self.dense_loss, self.compiled = torch.compile(self._dense_loss), True

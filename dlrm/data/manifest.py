@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlrm.errors import DataError, UserError
-from dlrm.fsutil import atomic_write, load_yaml_file
+from dlrm.io.fsutil import atomic_write, load_yaml_file
 
 MANIFEST_NAME = "_manifest.json"
 MARKER_NAME = ".verified"

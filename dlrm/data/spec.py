@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from dlrm.errors import DataError
-from dlrm.fsutil import atomic_write, load_yaml, read_text
+from dlrm.io.fsutil import atomic_write, load_yaml, read_text
 
 SPEC_FILE = "feature_spec.yaml"
 NUMERICAL, CATEGORICAL, LABEL = "numerical", "categorical", "label"

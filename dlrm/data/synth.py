@@ -36,7 +36,7 @@ from dlrm.data.spec import FeatureSpec
 from dlrm.data.writer import SplitBinaryWriter, claim_folder
 from dlrm.errors import UserError
 from dlrm.metrics import roc_auc
-from dlrm.tables import CRITEO_FL15_CARDINALITIES, MULTI_HOT_PRESETS, SMALL_CARDINALITIES, TABLE_PRESETS  # noqa: F401 (tests use them)
+from dlrm.modules.tables import CRITEO_FL15_CARDINALITIES, MULTI_HOT_PRESETS, SMALL_CARDINALITIES, TABLE_PRESETS  # noqa: F401 (tests use them)
 
 CHUNK_ROWS = 1 << 18  # rows drawn per step: fixed, so output never depends on memory settings
 WEIGHTED_RANKS = 1 << 18  # ids ranked past this carry no weight (and are rare)

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dlrm.checkpoint import Piece
+from dlrm.training.checkpoint import Piece
 from dlrm.config import ModelConfig
 from dlrm.data.reader import local_rows
 from dlrm.dist.plan import Plan, plan_for_config  # noqa: F401 (the trainer's plan, from here as before)
 from dlrm.dist.runtime import Runtime
 from dlrm.dist.sharded import ShardedEmbedding
-from dlrm.model import DLRM, SparseArch
+from dlrm.modules.model import DLRM, SparseArch
 
 
 def build_model(num_numerical: int, num_tables: int, cfg: ModelConfig, hotness: list[int] | None = None,
@@ -38,7 +38,7 @@ def build_model(num_numerical: int, num_tables: int, cfg: ModelConfig, hotness: 
 
     Its dense arches are exactly those of DLRM(num_numerical, table_sizes, cfg) after the same
     torch.manual_seed: they depend on the number of tables, not their sizes, and the tables draw
-    from their own generators (dlrm.model.init_table_rows), never from torch's. So no rank ever
+    from their own generators (dlrm.modules.model.init_table_rows), never from torch's. So no rank ever
     holds (or spends time initialising) a table it does not own.
     """
     return DLRM(num_numerical, [1] * num_tables, cfg, hotness=hotness, padded=padded)

@@ -23,7 +23,7 @@ Memory counted per rank (budget = device memory - reserve):
              buffers do not grow with hotness; the ids and sparse gradients above do.
              + dense_bytes: the replicated dense arches (bottom MLP, interaction - DCN's cross
              layers -, top MLP), weights + gradients + DDP's gradient buckets + optimizer state
-Optimizer state: "sgd" none; "adagrad" one fp32 accumulator per row: dlrm.optim's tables use
+Optimizer state: "sgd" none; "adagrad" one fp32 accumulator per row: dlrm.training.optim's tables use
 row-wise Adagrad (as FBGEMM/TorchRec), 4 bytes a row instead of 4 x D.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def optimizer_bytes_per_row(optimizer: str, dim: int) -> int:
 
 
 def dense_parameter_count(num_numerical: int, num_tables: int, cfg) -> int:
-    """Parameters of the dense arches (bottom MLP, interaction, top MLP) of dlrm.model.DLRM for a
+    """Parameters of the dense arches (bottom MLP, interaction, top MLP) of dlrm.modules.model.DLRM for a
     dlrm.config.ModelConfig `cfg`, without building it (no torch here: the launcher plans too).
     tests/test_model.py holds it to the model's own count."""
     def linear(sizes: list[int]) -> int:

@@ -12,7 +12,7 @@ import argparse
 from dlrm.config import parse_bytes
 from dlrm.dist.plan import OPTIMIZERS, SHARDINGS, plan_tables
 from dlrm.errors import UserError
-from dlrm.tables import TABLE_HOTNESS, TABLE_PRESETS
+from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

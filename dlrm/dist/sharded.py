@@ -25,7 +25,7 @@ from torch import nn
 from dlrm.data.reader import local_rows
 from dlrm.dist.plan import Plan
 from dlrm.dist.runtime import collective
-from dlrm.model import init_table_rows, pooled_lookup
+from dlrm.modules.model import init_table_rows, pooled_lookup
 
 
 class AllToAll(torch.autograd.Function):
@@ -96,7 +96,7 @@ class ShardedEmbedding(nn.Module):
     @classmethod
     def from_seed(cls, plan: Plan, rank: int, seed: int, device=None, dtype=torch.float32, group=None,
                   padded: bool = False):
-        """Initialise only this rank's rows, bit-identical to the unsharded model's (dlrm.model)."""
+        """Initialise only this rank's rows, bit-identical to the unsharded model's (dlrm.modules.model)."""
         parts = [init_table_rows(seed, s.table, plan.table_sizes[s.table], s.row_start, s.row_end, plan.dim, dtype)
                  for s in plan.rank_shards(rank)]
         weight = torch.cat(parts) if parts else torch.empty(0, plan.dim, dtype=dtype)

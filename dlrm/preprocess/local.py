@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dlrm.data.writer import SplitBinaryWriter
 from dlrm.errors import DataError
-from dlrm.fsutil import atomic_path
+from dlrm.io.fsutil import atomic_path
 from dlrm.preprocess.inputs import DayFile, first_half, read_blocks
 from dlrm.preprocess.output import (SPLITS, BadLineTally, Output, Settings, check_bad_lines, check_splits, make_report,
                                     open_output, strict_error)

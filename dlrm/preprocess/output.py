@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dlrm.data.spec import SPEC_FILE, FeatureSpec
 from dlrm.errors import DataError, UserError
-from dlrm.fsutil import atomic_path
+from dlrm.io.fsutil import atomic_path
 from dlrm.preprocess.inputs import find_days, DayFile
 from dlrm.preprocess.parse import KINDS, NUM_CATEGORICAL, NUM_NUMERICAL
 

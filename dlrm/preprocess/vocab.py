@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrm.fsutil import atomic_path
+from dlrm.io.fsutil import atomic_path
 from dlrm.preprocess.parse import NUM_CATEGORICAL
 
 _FEATURE = np.arange(NUM_CATEGORICAL, dtype=np.uint64) << np.uint64(32)

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from dlrm.errors import UserError
-from dlrm.s3_settings import (ATTEMPTS_ENV, CONNECT_TIMEOUT_ENV, DEFAULT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
+from dlrm.io.s3_settings import (ATTEMPTS_ENV, CONNECT_TIMEOUT_ENV, DEFAULT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
                               DEFAULT_READ_TIMEOUT, READ_TIMEOUT_ENV, Timeouts)
 
 MiB = 1024 * 1024

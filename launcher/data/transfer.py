@@ -38,9 +38,9 @@ from dlrm.data.manifest import (MANIFEST_NAME, MARKER_NAME, PARTIAL_TAG, Entry, 
                                 is_content, is_verified, key_problem, local_file_ok, scan_dir, sha256_file,
                                 write_record)
 from dlrm.errors import UserError
-from dlrm.fsutil import atomic_write, parse_s3_uri
-from dlrm.s3_settings import Timeouts
-from dlrm.storage_s3 import MiB, check_bucket, make_client, s3_errors, transfer_config
+from dlrm.io.fsutil import atomic_write, parse_s3_uri
+from dlrm.io.s3_settings import Timeouts
+from dlrm.io.storage_s3 import MiB, check_bucket, make_client, s3_errors, transfer_config
 
 META_KEY = "sha256"  # user metadata name: sent as the x-amz-meta-sha256 header
 

@@ -36,7 +36,7 @@ def fetch(repo: str, path: str, tag: str, timeout: float = 30) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dlrm.fsutil import atomic_write
+    from dlrm.io.fsutil import atomic_write
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", help="another release tag for the PyTorchJob CRD")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dlrm.checkpoint import CheckpointCorrupt, complete_checkpoints, load_checkpoint, read_metadata
+from dlrm.training.checkpoint import CheckpointCorrupt, complete_checkpoints, load_checkpoint, read_metadata
 from dlrm.config import TrainConfig, to_dict
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
-from dlrm.storage import open_store
+from dlrm.io.storage import open_store
 
 # Config fields (dotted prefixes) whose change makes the saved state mean something else.
 MUST_MATCH = (

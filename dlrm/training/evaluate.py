@@ -9,13 +9,13 @@ import argparse
 import json
 
 
-from dlrm.checkpoint import Piece, latest_checkpoint, load_checkpoint
+from dlrm.training.checkpoint import Piece, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
-from dlrm.model import DLRM
-from dlrm.optim import Optimizers
+from dlrm.modules.model import DLRM
+from dlrm.training.optim import Optimizers
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,13 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from dlrm.train import amp_dtype, evaluate, pick_device
+    from dlrm.training.train import amp_dtype, evaluate, pick_device
 
     name = args.name or latest_checkpoint(args.checkpoints)
     if not name:
         raise UserError(f"{args.checkpoints}: no complete checkpoint (a checkpoint is complete once its metadata.json exists)")
-    from dlrm.checkpoint import read_metadata
-    from dlrm.storage import open_store
+    from dlrm.training.checkpoint import read_metadata
+    from dlrm.io.storage import open_store
 
     meta = read_metadata(open_store(args.checkpoints), name)
     cfg = from_dict(TrainConfig, meta["config"])
@@ -42,7 +42,7 @@ def main(args) -> int:
     require_verified(cfg.data.dataset, cfg.data.verify)  # a pulled/staged copy must match its _manifest.json, as in train
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(["test"])
-    from dlrm.resume import dataset_identity, feature_differences
+    from dlrm.training.resume import dataset_identity, feature_differences
 
     differences = feature_differences(meta, dataset_identity(spec, rows=False))
     if differences:  # the model's shapes would not fit (a traceback from load_state_dict)

@@ -3,7 +3,7 @@
     python -m dlrm predict --model EXPORT_DIR --dataset DIR [--split test] [--out scores.npy]
 
 Only the export folder is used (its manifest, feature spec and AOTInductor package): no training
-code is imported (not dlrm.model, not dlrm.train), as on a serving host. Batches come from the
+code is imported (not dlrm.modules.model, not dlrm.training.train), as on a serving host. Batches come from the
 split-binary reader with its id checks; the package is verified against the manifest's sha256
 records before it is loaded. Prints one JSON line: rows, AUC (of the logits, as `dlrm eval`) when
 the split has labels, samples/s. `--out` gets the click probabilities as float32 [rows] in file
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch._inductor
 
-from dlrm import serving
+from dlrm.serving import folder as serving
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
-from dlrm.fsutil import atomic_path
+from dlrm.io.fsutil import atomic_path
 from dlrm.metrics import roc_auc
 
 

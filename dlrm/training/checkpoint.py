@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from dlrm.errors import UserError
-from dlrm.fsutil import atomic_path
-from dlrm.storage import open_store
+from dlrm.io.fsutil import atomic_path
+from dlrm.io.storage import open_store
 
 METADATA = "metadata.json"
 _NAME = re.compile(r"^ckpt-(\d{9})$")

@@ -2,7 +2,7 @@
 
 Embedding gradients arrive as uncoalesced sparse COO tensors (one row per lookup). Coalescing a
 33M-row table's gradient every step is the slow part of torch.optim.SGD's sparse path, so:
-- SGD: a row scatter-add of the looked-up rows' gradients (dlrm.kernels: index_add_, or a Triton
+- SGD: a row scatter-add of the looked-up rows' gradients (dlrm.modules.kernels: index_add_, or a Triton
   kernel on CUDA): duplicates sum, exactly SGD on the table;
 - Adagrad: row-wise (one accumulator per row, as FBGEMM's and TorchRec's rowwise Adagrad): the
   gradient is coalesced (needed: the accumulator sees each row's summed gradient once), the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from dlrm.config import OptimConfig
-from dlrm.kernels import row_scatter_add
+from dlrm.modules.kernels import row_scatter_add
 
 
 class SparseTableOptimizer:

@@ -21,7 +21,7 @@ import socket
 import time
 
 from dlrm.errors import UserError
-from dlrm.storage import open_store
+from dlrm.io.storage import open_store
 
 LOCK = ".dlrm-lock.json"
 

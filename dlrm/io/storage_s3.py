@@ -1,4 +1,4 @@
-"""S3 side of dlrm.storage: the S3Store (same API as LocalStore) and the client plumbing the
+"""S3 side of dlrm.io.storage: the S3Store (same API as LocalStore) and the client plumbing the
 `launcher data` commands share with it.
 
 Connection settings come from the standard AWS sources through a plain boto3 Session (env,
@@ -22,8 +22,8 @@ import botocore.exceptions as bex
 from boto3.s3.transfer import TransferConfig
 
 from dlrm.errors import UserError
-from dlrm.fsutil import is_s3_uri, parse_s3_uri  # noqa: F401 (the one parser; imported from here too)
-from dlrm.s3_settings import ATTEMPTS_ENV, READ_TIMEOUT_ENV, Timeouts
+from dlrm.io.fsutil import is_s3_uri, parse_s3_uri  # noqa: F401 (the one parser; imported from here too)
+from dlrm.io.s3_settings import ATTEMPTS_ENV, READ_TIMEOUT_ENV, Timeouts
 
 MiB = 1024 * 1024
 

@@ -3,7 +3,7 @@
 One process, or under torchrun hybrid-parallel (see dlrm.dist): the planner places the tables,
 each rank reads the ids of the tables it holds for the whole batch and the numerical features and
 labels of its own slice, MLPs are data parallel. One process is the same code with W = 1.
-Rank 0 prints progress lines and writes the run's output (a folder or s3://, see dlrm.runlog):
+Rank 0 prints progress lines and writes the run's output (a folder or s3://, see dlrm.training.runlog):
 config.yaml, run.json, metrics.jsonl, metrics.png, tensorboard/; every rank writes its rows into
 checkpoints/.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dlrm.checkpoint import checkpoint_name, save_checkpoint
+from dlrm.training.checkpoint import checkpoint_name, save_checkpoint
 from dlrm.config import TrainConfig, load_config, to_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.reader import SplitBinaryReader
@@ -30,13 +30,13 @@ from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
 from dlrm.metrics import roc_auc
-from dlrm.optim import Optimizers
-from dlrm.resume import dataset_identity, resume_latest
-from dlrm.runlock import claim_outputs
-from dlrm.runlog import RunLog, join_uri
-from dlrm.schedule import check_schedule, learning_rate
+from dlrm.training.optim import Optimizers
+from dlrm.training.resume import dataset_identity, resume_latest
+from dlrm.training.runlock import claim_outputs
+from dlrm.training.runlog import RunLog, join_uri
+from dlrm.training.schedule import check_schedule, learning_rate
 
-BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+BUILTIN_CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

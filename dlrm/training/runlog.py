@@ -41,8 +41,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dlrm.fsutil import atomic_write, is_s3_uri
-from dlrm.storage import open_store
+from dlrm.io.fsutil import atomic_write, is_s3_uri
+from dlrm.io.storage import open_store
 
 # Set by the launcher in the training container (launcher/render.py): the job's identity, for run.json.
 JOB_ENV = {"name": "DLRM_JOB_NAME", "config_sha256": "DLRM_JOB_CONFIG_SHA256",

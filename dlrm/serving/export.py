@@ -3,10 +3,10 @@
     python -m dlrm export --checkpoints RUN/checkpoints [--name ckpt-...] --out DIR
                           [--table-dtype fp32|fp16|bf16] [--triton] [--dataset DIR] [--max-batch N]
 
-Every rank's table rows are put back together into whole tables (dlrm.checkpoint.whole_tables),
+Every rank's table rows are put back together into whole tables (dlrm.training.checkpoint.whole_tables),
 the dense arches take rank 0's weights, and the model is captured once with torch.export (batch
 dimension dynamic) and lowered with AOTInductor for the CPU (and CUDA when this machine has a GPU).
-The folder layout and the signature are in dlrm.serving. Before anything is published the CPU
+The folder layout and the signature are in dlrm.serving.folder. Before anything is published the CPU
 package is loaded and checked against the eager model on a batch; the folder is built beside --out
 and renamed into place, so a failed export leaves nothing that looks finished.
 """
@@ -25,13 +25,13 @@ import torch._inductor
 import yaml
 from torch import nn
 
-from dlrm import serving
-from dlrm.checkpoint import METADATA, complete_checkpoints, read_metadata, whole_tables
+from dlrm.serving import folder as serving
+from dlrm.training.checkpoint import METADATA, complete_checkpoints, read_metadata, whole_tables
 from dlrm.config import TrainConfig, dump_yaml, from_dict
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
-from dlrm.model import DLRM
-from dlrm.storage import open_store
+from dlrm.modules.model import DLRM
+from dlrm.io.storage import open_store
 
 TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_MAX_BATCH = 65536
@@ -244,7 +244,7 @@ def self_check(package: Path, module: nn.Module, spec: FeatureSpec, atol: float)
 def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: str | None = None,
            table_dtype: str = "fp32", triton: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
            log=print) -> dict:
-    """Write the export folder `out` (see dlrm.serving); returns its manifest."""
+    """Write the export folder `out` (see dlrm.serving.folder); returns its manifest."""
     out = Path(out)
     if max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {max_batch}")

@@ -4,7 +4,7 @@
     store.put_bytes("ckpt-100/metadata.json", b"...")
 
 Keys are '/'-separated and relative to the store's root. Writes are atomic per key (a reader
-never sees half a file): local writes go through dlrm.fsutil.atomic_path; S3 PUTs are atomic.
+never sees half a file): local writes go through dlrm.io.fsutil.atomic_path; S3 PUTs are atomic.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from dlrm.fsutil import atomic_path, atomic_write, is_s3_uri
+from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri
 
 
 class LocalStore:
@@ -90,7 +90,7 @@ def open_store(uri: str | os.PathLike):
     """A LocalStore for a path, an S3Store for s3://bucket/prefix."""
     uri = str(uri)
     if is_s3_uri(uri):
-        from dlrm.storage_s3 import S3Store  # boto3 only where S3 is used
+        from dlrm.io.storage_s3 import S3Store  # boto3 only where S3 is used
 
         return S3Store(uri)
     return LocalStore(uri)
