@@ -1,4 +1,4 @@
-"""The setup recipes of tests/bad_inputs.yaml (its `setup:` key): each builds one kind of bad input.
+"""The setup recipes of tests/bad_inputs/*.yaml (its `setup:` key): each builds one kind of bad input.
 
 Used by tests/test_bad_inputs.py, which runs the rows; add a recipe here only when no existing one
 can build the input.

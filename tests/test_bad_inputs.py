@@ -1,4 +1,4 @@
-"""Every row of tests/bad_inputs.yaml, run as a real subprocess of `python -m dlrm|launcher`.
+"""Every row of the tables in tests/bad_inputs/*.yaml, run as a real subprocess of `python -m dlrm|launcher`.
 
 Each bad input must end the command with a non-zero exit code and ONE line on stderr,
 "error: <what and where>", no Python traceback (unless --debug), and no partial output that a
@@ -23,13 +23,16 @@ import yaml
 from bad_input_setups import SETUPS, TIMEOUT_S, Ctx
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = Path(__file__).with_name("bad_inputs.yaml")
+TABLES = Path(__file__).with_name("bad_inputs")  # one file per area; ids are unique across all
 ROW_KEYS = {"id", "what", "setup", "args", "argv", "env", "fsize", "rc", "error", "absent", "xfail"}
 REQUIRED = {"id", "what", "setup", "argv", "rc", "error"}
 
 
 def load_table() -> list[dict]:
-    return yaml.safe_load(TABLE.read_text())
+    rows = []
+    for table in sorted(TABLES.glob("*.yaml")):
+        rows += yaml.safe_load(table.read_text()) or []
+    return rows
 
 
 # -- running a row ------------------------------------------------------------------------------------
