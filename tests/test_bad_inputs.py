@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from bad_input_setups import SETUPS, TIMEOUT_S, Ctx
+from forkrun import ForkRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = Path(__file__).with_name("bad_inputs")  # one file per area; ids are unique across all
@@ -62,7 +63,19 @@ def limit_file_size(size: int):
     return preexec
 
 
-def run_row(row: dict, tmp: Path, extra_args: list[str] = ()) -> tuple[subprocess.CompletedProcess, Ctx]:
+@pytest.fixture(scope="session")
+def runner(tmp_path_factory):
+    """The rows' commands: forked from a server that imported torch once (tests/forkrun.py), or real
+    subprocesses with FORKRUN=0 (test_rows_run_alike_forked_and_as_subprocesses checks they agree)."""
+    if os.environ.get("FORKRUN") == "0":
+        yield None
+        return
+    server = ForkRunner().start(base_env(tmp_path_factory.mktemp("forkrun")))
+    yield server
+    server.close()
+
+
+def run_row(row: dict, tmp: Path, runner: ForkRunner | None, extra_args: list[str] = ()) -> tuple[subprocess.CompletedProcess, Ctx]:
     """Build the row's setup, run its command; returns the result and the setup (checks in ctx.after)."""
     stack = contextlib.ExitStack()
     ctx = Ctx(tmp=tmp, stack=stack, values={"tmp": str(tmp)})
@@ -77,9 +90,12 @@ def run_row(row: dict, tmp: Path, extra_args: list[str] = ()) -> tuple[subproces
                 env.pop(k, None)
             else:
                 env[k] = fill(str(v), ctx.values)
-        preexec = limit_file_size(row["fsize"]) if row.get("fsize") else None
-        result = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-                                preexec_fn=preexec)
+        if runner is not None:
+            result = runner.run(argv, cwd=tmp, env=env, timeout=TIMEOUT_S, fsize=row.get("fsize"))
+        else:
+            preexec = limit_file_size(row["fsize"]) if row.get("fsize") else None
+            result = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+                                    preexec_fn=preexec)
         for check in ctx.after:
             check()
     finally:
@@ -118,8 +134,8 @@ def test_table_is_well_formed():
 
 
 @pytest.mark.parametrize("row", params())
-def test_bad_input(row, tmp_path):
-    result, ctx = run_row(row, tmp_path)
+def test_bad_input(row, tmp_path, runner):
+    result, ctx = run_row(row, tmp_path, runner)
     where = f"\n--- argv: {row['argv']}\n--- stdout:\n{result.stdout[-2000:]}\n--- stderr:\n{result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr, "a Python traceback instead of a one-line error" + where
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -143,6 +159,20 @@ def _row(row_id: str) -> dict:
 @pytest.mark.parametrize("row_id", ["missing-feature-spec", "render-nodes-zero", "synth-disk-full"])
 def test_debug_shows_traceback(row_id, tmp_path):
     """--debug: the same failure keeps its traceback, for a bug report."""
-    result, _ = run_row(_row(row_id), tmp_path, extra_args=["--debug"])
+    result, _ = run_row(_row(row_id), tmp_path, None, extra_args=["--debug"])
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("row_id", ["truncated-numerical-bin", "render-nodes-zero", "synth-disk-full",
+                                    "train-checkpoint-disk-full", "resume-other-batch-size"])
+def test_rows_run_alike_forked_and_as_subprocesses(row_id, tmp_path, runner):
+    """The fork server is a speed-up only: a row ends the same (exit code, error line) as a real process."""
+    if runner is None:
+        pytest.skip("FORKRUN=0: every row already runs as a subprocess")
+    (tmp_path / "fork").mkdir()
+    (tmp_path / "proc").mkdir()
+    forked, _ = run_row(_row(row_id), tmp_path / "fork", runner)
+    real, _ = run_row(_row(row_id), tmp_path / "proc", None)
+    last = [[line for line in r.stderr.splitlines() if line.strip()][-1] for r in (forked, real)]
+    assert (forked.returncode, last[0].replace("/fork/", "/")) == (real.returncode, last[1].replace("/proc/", "/"))
