@@ -22,3 +22,18 @@ def shared_dir() -> Path:
 
 # A real S3 HTTP endpoint (moto server on 127.0.0.1) for every test that asks for it.
 from s3_fixtures import s3_bucket, s3_endpoint, s3_env  # noqa: E402,F401
+
+
+# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). A module whose
+# module-scoped fixture trains, exports or starts Spark stays on one worker, so that fixture is
+# built once, not once per worker; every other test goes wherever a core is free.
+ONE_WORKER_MODULES = {"test_export", "test_dist_train", "test_preprocess", "test_preprocess_spark", "test_faults",
+                      "test_faults_checkpoints", "test_checkpoint_verify", "test_train", "test_synth", "test_runlog",
+                      "test_validate"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
