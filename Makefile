@@ -25,7 +25,7 @@ JOB_ARGS = --profile $(PROFILE) $(if $(VALUES),--values $(VALUES)) $(if $(NODES)
   $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET)) $(if $(API),--api $(API)) \
   $(if $(FEATURE_SPEC),--feature-spec $(FEATURE_SPEC))
 
-.PHONY: setup test test-fast demo bench bench-gpu render submit status logs results images push test-images clean
+.PHONY: setup lint test test-fast demo bench bench-gpu render submit status logs results images push test-images clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -37,11 +37,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup
-	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)
+# Every core (pytest-xdist); tests/conftest.py keeps modules with costly fixtures on one worker.
+WORKERS ?= auto
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VPY) -m pytest -q -ra -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
-	$(VPY) -m pytest -q -m "not slow and not dist" $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -n $(WORKERS) --dist loadgroup -m "not slow and not dist" $(PYTEST_ARGS)
 
 demo: setup
 	@bash scripts/demo.sh $(VPY)
