@@ -7,9 +7,13 @@ the local interpreters (run-local, images/docker_job.py) alike. Paths come from 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
+from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
-from launcher import command as cmd
+from launcher import command as cmd, trainjob
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
 # Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.
@@ -29,10 +33,13 @@ def s3_env(cfg) -> list[EnvVar]:
     return env
 
 
+def config_hash(cfg) -> str:
+    """The job config's identity: sha256 of its canonical JSON (run.json, the objects' annotation)."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
 def job_env(cfg, git_revision: str) -> list[EnvVar]:
     """The job's identity, which the trainer writes into its run record (run.json, dlrm.training.runlog.JOB_ENV)."""
-    from launcher.render import config_hash
-
     values = {"name": cfg.name, "config_sha256": config_hash(cfg), "git_revision": git_revision, "image": cfg.image}
     return [EnvVar(JOB_ENV[k], v) for k, v in values.items()]
 
@@ -106,8 +113,6 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     mounts += [Mount("output", cmd.OUTPUT_MOUNT, sub_path=(s.output_path or f"runs/{cfg.name}") if s.output_claim else ""),
                Mount("tmp", cmd.TMP_MOUNT), Mount("shm", cmd.SHM_MOUNT)]
     if cfg.api == "trainjob":  # Trainer's `node` container; its torch plugin adds the rendezvous port itself
-        from launcher import trainjob
-
         name, ports = trainjob.NODE, []
     else:
         name, ports = CONTAINER, [Port(PORT_NAME, MASTER_PORT)]

@@ -9,7 +9,7 @@ import pytest
 
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import ConfigError
-from launcher.plan import plan_job
+from launcher.encode import plan_job
 from launcher.config import PROFILES_DIR, TABLE_PRESETS, JobConfig, load_job_config, parse_quantity, table_sizes
 
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))

@@ -14,7 +14,8 @@ import yaml
 from dlrm.errors import ConfigError
 from launcher import command as cmd
 from launcher.config import load_job_config
-from launcher.render import MANIFESTS_DIR, render_objects, to_yaml
+from launcher.encode import MANIFESTS_DIR
+from launcher.render import render_objects, to_yaml
 
 GOLDEN = Path(__file__).with_name("golden")
 REV = "0123456789abcdef"

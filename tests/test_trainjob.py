@@ -14,7 +14,8 @@ import pytest
 from dlrm.errors import UserError
 from launcher import trainjob
 from launcher.config import load_job_config
-from launcher.plan import plan_from_objects, plan_job
+from launcher.decode import plan_from_objects
+from launcher.encode import plan_job
 from launcher.run_local import LocalJob
 from launcher.validate import validate_objects
 
