@@ -13,6 +13,7 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,11 +36,17 @@ Int32 = Annotated[int, Range(ge=0, le=2**31 - 1)]
 SECRET_ENV_NAME = re.compile(r"^AWS_ACCESS_KEY_ID$|(^|_)(SECRET|SECRET_ACCESS_KEY|SESSION_TOKEN|TOKEN|PASSWORD|API_KEY)$", re.I)
 @dataclass
 class ResourcesConfig:
-    cpu_request: str = "16"
+    # Per GPU of a node: each total left "" below is this figure x gpus_per_node (x 1 for
+    # kind=preprocess, whose pod has no GPU), so a 1-GPU job asks for an eighth of an 8-GPU one.
+    cpu_per_gpu: str = "2"  # CPU request per GPU (data loading threads of one rank)
+    memory_per_gpu: str = "25Gi"  # memory request (and limit) per GPU
+    shm_per_gpu: str = "8Gi"  # /dev/shm per GPU
+    # Totals per pod; a value given here wins over the per-GPU figure.
+    cpu_request: str = ""  # "" -> cpu_per_gpu x GPUs
     cpu_limit: str = ""  # "" = no CPU limit: a CFS quota throttles the data-loading threads
-    memory_request: str = "200Gi"
-    memory_limit: str = "200Gi"
-    shm_size: str = "64Gi"  # /dev/shm (memory-backed emptyDir), counted against the memory limit
+    memory_request: str = ""  # "" -> memory_per_gpu x GPUs
+    memory_limit: str = ""  # "" -> the memory request: a pod over its request is the first evicted
+    shm_size: str = ""  # /dev/shm (memory-backed emptyDir), counted against the memory limit; "" -> shm_per_gpu x GPUs
 
 
 @dataclass
@@ -259,18 +266,60 @@ def _check_names(c: JobConfig) -> None:
     names.check_image("preprocess.image", c.preprocess.image)
 
 
+_SIMPLE_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
+
+
+def scale_quantity(text: str, times: int, path: str) -> str:
+    """'25Gi' x 8 -> '200Gi', '500m' x 3 -> '1500m': the same unit, so a rendered figure reads as written."""
+    m = _SIMPLE_QUANTITY.fullmatch(str(text))
+    if not m:
+        parse_quantity(text, path)  # not a quantity at all: its own message
+        raise ConfigError(f"{path}: {text!r}: a per-GPU figure is a number with an optional unit (2, 500m, 25Gi), "
+                          f"not an exponent form")
+    value = Decimal(m.group(1)) * times
+    return f"{value.normalize():f}{m.group(2) or ''}"
+
+
+def pod_gpus(c: JobConfig) -> int:
+    """What the per-GPU figures are multiplied by: a training pod's GPUs; 1 for the GPU-less preprocess pod."""
+    return c.gpus_per_node if c.kind == "train" else 1
+
+
+def pod_resources(c: JobConfig) -> dict[str, str]:
+    """The pod's CPU and memory figures as rendered (cpu_request, cpu_limit, memory_request,
+    memory_limit, shm_size): each total that is set, else its per-GPU figure x the pod's GPUs.
+    The one place they are derived: the pods, the checks and the host-memory plan check read these."""
+    r = c.resources
+    gpus = pod_gpus(c)
+    cpu = r.cpu_request or scale_quantity(r.cpu_per_gpu, gpus, "resources.cpu_per_gpu")
+    memory = r.memory_request or scale_quantity(r.memory_per_gpu, gpus, "resources.memory_per_gpu")
+    return {"cpu_request": cpu, "cpu_limit": r.cpu_limit, "memory_request": memory, "memory_limit": r.memory_limit or memory,
+            "shm_size": r.shm_size or scale_quantity(r.shm_per_gpu, gpus, "resources.shm_per_gpu")}
+
+
 def _check_resources(c: JobConfig) -> None:
     r = c.resources
-    values = {f"resources.{k}": getattr(r, k) for k in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")}
+    for k in ("cpu_per_gpu", "memory_per_gpu", "shm_per_gpu"):
+        _fail_unless(parse_quantity(getattr(r, k), f"resources.{k}") > 0, f"resources.{k} must be above 0, got {getattr(r, k)!r}")
+    figures = pod_resources(c)
+    # A message names the field the user set, or the per-GPU figure it came from.
+    origin = {k: f"resources.{k}={getattr(r, k)}" if getattr(r, k) else f"resources.{k}={v} (from {_PER_GPU[k]} x {pod_gpus(c)} GPUs)"
+              for k, v in figures.items()}
+    origin["memory_limit"] = (f"resources.memory_limit={r.memory_limit}" if r.memory_limit
+                              else f"resources.memory_limit={figures['memory_limit']} (the memory request)")
+    values = {f"resources.{k}": v for k, v in figures.items()}
     values.update({"storage.stage_size": c.storage.stage_size, "storage.mount_size": c.storage.mount_size})
-    parsed = {k: parse_quantity(v, k) for k, v in values.items() if v != "" or k == "resources.memory_limit"}
+    parsed = {k: parse_quantity(v, k) for k, v in values.items() if v != ""}
     for request, limit in (("cpu_request", "cpu_limit"), ("memory_request", "memory_limit")):
-        if getattr(r, limit):
+        if figures[limit]:
             _fail_unless(parsed[f"resources.{request}"] <= parsed[f"resources.{limit}"],
-                         f"resources.{request}={getattr(r, request)} exceeds resources.{limit}={getattr(r, limit)}")
+                         f"{origin[request]} exceeds {origin[limit]}")
     _fail_unless(parsed["resources.shm_size"] < parsed["resources.memory_limit"],
-                 f"resources.shm_size={r.shm_size} must be below resources.memory_limit={r.memory_limit} "
-                 f"(/dev/shm pages count against the pod's memory)")
+                 f"{origin['shm_size']} must be below {origin['memory_limit']} (/dev/shm pages count against the pod's memory)")
+
+
+_PER_GPU = {"cpu_request": "resources.cpu_per_gpu", "cpu_limit": "", "memory_request": "resources.memory_per_gpu",
+            "memory_limit": "resources.memory_per_gpu", "shm_size": "resources.shm_per_gpu"}
 
 
 def _check_storage(c: JobConfig) -> None:
@@ -359,10 +408,29 @@ def check_plan(c: JobConfig, tables: list[int] | None = None, hotness: list[int]
         return
     t = c.train
     try:
-        plan_for_config(t, sizes, None, c.world_size, hotness=table_hotness(c) if tables is None else hotness)
+        plan = plan_for_config(t, sizes, None, c.world_size, hotness=table_hotness(c) if tables is None else hotness)
     except UserError as e:
         raise ConfigError(f"nodes={c.nodes} x gpus_per_node={c.gpus_per_node} ({c.world_size} ranks, "
                           f"train.dist.device_memory={t.dist.device_memory}): {e}") from None
+    _check_host_memory(c, plan)
+
+
+def checkpoint_host_bytes(plan, rank: int) -> int:
+    """Host memory a rank needs to write a checkpoint: torch.save copies each tensor to the host as it
+    writes it, and the largest a rank holds is its fused embedding weight (its row state is no larger)."""
+    return sum(s.rows for s in plan.rank_shards(rank)) * plan.dim * plan.weight_bytes
+
+
+def _check_host_memory(c: JobConfig, plan) -> None:
+    """The pod's memory limit, less /dev/shm, must hold every local rank's checkpoint copy at once
+    (they save together), or the first checkpoint is an OOM kill hours into the run."""
+    figures = pod_resources(c)
+    free = parse_quantity(figures["memory_limit"]) - parse_quantity(figures["shm_size"])
+    g = c.gpus_per_node
+    need = max(sum(checkpoint_host_bytes(plan, node * g + i) for i in range(g)) for node in range(c.nodes))
+    _fail_unless(need <= free, f"resources.memory_limit={figures['memory_limit']} less shm_size={figures['shm_size']} "
+                 f"leaves {free / 2**30:.1f} GiB per node, but writing a checkpoint copies up to {need / 2**30:.1f} GiB of "
+                 f"embedding weights to host memory ({g} ranks per node): raise resources.memory_per_gpu (or memory_limit)")
 
 
 def profile_path(profile: str) -> Path:

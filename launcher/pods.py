@@ -14,6 +14,7 @@ from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd, trainjob
+from launcher.config import pod_resources
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
 # Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.
@@ -57,11 +58,13 @@ def container_env(cfg, git_revision: str | None = None) -> list[EnvVar]:
 
 
 def requests(cfg) -> dict:
-    return {"cpu": cfg.resources.cpu_request, "memory": cfg.resources.memory_request}
+    r = pod_resources(cfg)
+    return {"cpu": r["cpu_request"], "memory": r["memory_request"]}
 
 
 def limits(cfg) -> dict:
-    return {**({"cpu": cfg.resources.cpu_limit} if cfg.resources.cpu_limit else {}), "memory": cfg.resources.memory_limit}
+    r = pod_resources(cfg)
+    return {**({"cpu": r["cpu_limit"]} if r["cpu_limit"] else {}), "memory": r["memory_limit"]}
 
 
 # What the Secret named by s3.secret holds (docs/security.md).
@@ -153,5 +156,5 @@ def train_volumes(cfg) -> list[Volume]:
         vols.append(Volume("stage", "emptyDir", {"sizeLimit": s.stage_size}))
     vols.append(Volume("output", "persistentVolumeClaim", {"claimName": s.output_claim}) if s.output_claim
                 else Volume("output", "emptyDir", {}))
-    vols += [Volume("tmp", "emptyDir", {}), Volume("shm", "emptyDir", {"medium": "Memory", "sizeLimit": cfg.resources.shm_size})]
+    vols += [Volume("tmp", "emptyDir", {}), Volume("shm", "emptyDir", {"medium": "Memory", "sizeLimit": pod_resources(cfg)["shm_size"]})]
     return vols
