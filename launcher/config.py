@@ -13,7 +13,6 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +23,7 @@ from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
 from launcher.command import OUTPUT_MOUNT
+from launcher.resources import check_host_memory, check_resources, pod_resources  # noqa: F401 (API)
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
@@ -78,8 +78,13 @@ class S3Config:
 @dataclass
 class SchedulingConfig:
     gang: Literal["none", "kueue", "volcano", "scheduler-plugins"] = "none"
-    queue: str = ""  # kueue: LocalQueue name; volcano: queue
-    priority_class: str = ""  # PriorityClass of the pods (and of the gang for volcano)
+    # Kueue's LocalQueue (gang none or kueue: label kueue.x-k8s.io/queue-name, Kueue admits the whole
+    # job at once), or Volcano's queue (gang volcano).
+    queue: str = ""
+    priority_class: str = ""  # PriorityClass of the pods (and of the gang for volcano); Kueue's fallback priority
+    # Kueue's WorkloadPriorityClass (label kueue.x-k8s.io/priority-class): the job's place in the queue
+    # and what it may preempt, without changing the pods' own priority. Needs a Kueue queue.
+    workload_priority: str = ""
     min_available: NonNegative = 0  # gang size; 0 -> every replica (nodes)
 
 
@@ -182,7 +187,7 @@ class JobConfig:
         self.train.validate()
         _check_choices(self)
         _check_names(self)
-        _check_resources(self)
+        check_resources(self)
         _check_storage(self)
         if self.kind == "train" and self.api == "trainjob":
             _check_trainjob(self)
@@ -201,6 +206,13 @@ def _check_choices(c: JobConfig) -> None:
                  f"scheduling.min_available={c.scheduling.min_available} exceeds nodes={c.nodes}")
     _fail_unless(c.scheduling.gang != "kueue" or bool(c.scheduling.queue),
                  "scheduling.gang=kueue needs scheduling.queue (the LocalQueue name)")
+    _fail_unless(not c.scheduling.workload_priority or bool(kueue_queue(c)),
+                 f"scheduling.workload_priority={c.scheduling.workload_priority} is Kueue's WorkloadPriorityClass: it needs "
+                 f"a Kueue queue (scheduling.queue, with scheduling.gang none or kueue; got gang={c.scheduling.gang}, "
+                 f"queue={c.scheduling.queue!r})")
+    _fail_unless(not kueue_queue(c) or c.kind == "train" or c.preprocess.engine == "local",
+                 f"scheduling.queue={c.scheduling.queue}: Kueue does not manage a SparkApplication (preprocess.engine=spark), "
+                 f"so the job would run outside the queue; use preprocess.engine=local, or leave scheduling.queue empty")
     for section, env in (("cluster.env", c.cluster.env), ("cluster.nccl_env", c.cluster.nccl_env)):
         for key in env:
             names.check_name(f"{section} key", key, names.ENV_NAME)
@@ -215,6 +227,11 @@ def _check_choices(c: JobConfig) -> None:
 # Set by the job controllers (the training operator, Trainer's torch plugin) in the training container.
 RESERVED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NNODES", "PET_NPROC_PER_NODE",
                 "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
+
+def kueue_queue(c: JobConfig) -> str:
+    """The Kueue LocalQueue the job is submitted to ("" when none): scheduling.queue, unless it is Volcano's."""
+    return c.scheduling.queue if c.scheduling.gang in ("none", "kueue") else ""
 
 
 def _check_trainjob(c: JobConfig) -> None:
@@ -259,67 +276,12 @@ def _check_names(c: JobConfig) -> None:
     for i, secret in enumerate(c.cluster.image_pull_secrets):
         names.check_name(f"cluster.image_pull_secrets[{i}]", secret, names.SUBDOMAIN)
     names.check_name("scheduling.queue", c.scheduling.queue, names.LABEL_VALUE)  # kueue's queue-name label
+    names.check_name("scheduling.workload_priority", c.scheduling.workload_priority, names.LABEL_VALUE)  # and its priority-class label
     names.check_name("cluster.gpu_product", c.cluster.gpu_product, names.LABEL_VALUE)  # a node label's value
     names.check_labels("cluster.node_selector", c.cluster.node_selector)
     names.check_tolerations("cluster.tolerations", c.cluster.tolerations)
     names.check_image("image", c.image)
     names.check_image("preprocess.image", c.preprocess.image)
-
-
-_SIMPLE_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
-
-
-def scale_quantity(text: str, times: int, path: str) -> str:
-    """'25Gi' x 8 -> '200Gi', '500m' x 3 -> '1500m': the same unit, so a rendered figure reads as written."""
-    m = _SIMPLE_QUANTITY.fullmatch(str(text))
-    if not m:
-        parse_quantity(text, path)  # not a quantity at all: its own message
-        raise ConfigError(f"{path}: {text!r}: a per-GPU figure is a number with an optional unit (2, 500m, 25Gi), "
-                          f"not an exponent form")
-    value = Decimal(m.group(1)) * times
-    return f"{value.normalize():f}{m.group(2) or ''}"
-
-
-def pod_gpus(c: JobConfig) -> int:
-    """What the per-GPU figures are multiplied by: a training pod's GPUs; 1 for the GPU-less preprocess pod."""
-    return c.gpus_per_node if c.kind == "train" else 1
-
-
-def pod_resources(c: JobConfig) -> dict[str, str]:
-    """The pod's CPU and memory figures as rendered (cpu_request, cpu_limit, memory_request,
-    memory_limit, shm_size): each total that is set, else its per-GPU figure x the pod's GPUs.
-    The one place they are derived: the pods, the checks and the host-memory plan check read these."""
-    r = c.resources
-    gpus = pod_gpus(c)
-    cpu = r.cpu_request or scale_quantity(r.cpu_per_gpu, gpus, "resources.cpu_per_gpu")
-    memory = r.memory_request or scale_quantity(r.memory_per_gpu, gpus, "resources.memory_per_gpu")
-    return {"cpu_request": cpu, "cpu_limit": r.cpu_limit, "memory_request": memory, "memory_limit": r.memory_limit or memory,
-            "shm_size": r.shm_size or scale_quantity(r.shm_per_gpu, gpus, "resources.shm_per_gpu")}
-
-
-def _check_resources(c: JobConfig) -> None:
-    r = c.resources
-    for k in ("cpu_per_gpu", "memory_per_gpu", "shm_per_gpu"):
-        _fail_unless(parse_quantity(getattr(r, k), f"resources.{k}") > 0, f"resources.{k} must be above 0, got {getattr(r, k)!r}")
-    figures = pod_resources(c)
-    # A message names the field the user set, or the per-GPU figure it came from.
-    origin = {k: f"resources.{k}={getattr(r, k)}" if getattr(r, k) else f"resources.{k}={v} (from {_PER_GPU[k]} x {pod_gpus(c)} GPUs)"
-              for k, v in figures.items()}
-    origin["memory_limit"] = (f"resources.memory_limit={r.memory_limit}" if r.memory_limit
-                              else f"resources.memory_limit={figures['memory_limit']} (the memory request)")
-    values = {f"resources.{k}": v for k, v in figures.items()}
-    values.update({"storage.stage_size": c.storage.stage_size, "storage.mount_size": c.storage.mount_size})
-    parsed = {k: parse_quantity(v, k) for k, v in values.items() if v != ""}
-    for request, limit in (("cpu_request", "cpu_limit"), ("memory_request", "memory_limit")):
-        if figures[limit]:
-            _fail_unless(parsed[f"resources.{request}"] <= parsed[f"resources.{limit}"],
-                         f"{origin[request]} exceeds {origin[limit]}")
-    _fail_unless(parsed["resources.shm_size"] < parsed["resources.memory_limit"],
-                 f"{origin['shm_size']} must be below {origin['memory_limit']} (/dev/shm pages count against the pod's memory)")
-
-
-_PER_GPU = {"cpu_request": "resources.cpu_per_gpu", "cpu_limit": "", "memory_request": "resources.memory_per_gpu",
-            "memory_limit": "resources.memory_per_gpu", "shm_size": "resources.shm_per_gpu"}
 
 
 def _check_storage(c: JobConfig) -> None:
@@ -412,25 +374,7 @@ def check_plan(c: JobConfig, tables: list[int] | None = None, hotness: list[int]
     except UserError as e:
         raise ConfigError(f"nodes={c.nodes} x gpus_per_node={c.gpus_per_node} ({c.world_size} ranks, "
                           f"train.dist.device_memory={t.dist.device_memory}): {e}") from None
-    _check_host_memory(c, plan)
-
-
-def checkpoint_host_bytes(plan, rank: int) -> int:
-    """Host memory a rank needs to write a checkpoint: torch.save copies each tensor to the host as it
-    writes it, and the largest a rank holds is its fused embedding weight (its row state is no larger)."""
-    return sum(s.rows for s in plan.rank_shards(rank)) * plan.dim * plan.weight_bytes
-
-
-def _check_host_memory(c: JobConfig, plan) -> None:
-    """The pod's memory limit, less /dev/shm, must hold every local rank's checkpoint copy at once
-    (they save together), or the first checkpoint is an OOM kill hours into the run."""
-    figures = pod_resources(c)
-    free = parse_quantity(figures["memory_limit"]) - parse_quantity(figures["shm_size"])
-    g = c.gpus_per_node
-    need = max(sum(checkpoint_host_bytes(plan, node * g + i) for i in range(g)) for node in range(c.nodes))
-    _fail_unless(need <= free, f"resources.memory_limit={figures['memory_limit']} less shm_size={figures['shm_size']} "
-                 f"leaves {free / 2**30:.1f} GiB per node, but writing a checkpoint copies up to {need / 2**30:.1f} GiB of "
-                 f"embedding weights to host memory ({g} ranks per node): raise resources.memory_per_gpu (or memory_limit)")
+    check_host_memory(c, plan)
 
 
 def profile_path(profile: str) -> Path:

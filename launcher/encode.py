@@ -21,7 +21,8 @@ from dlrm.errors import ConfigError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from launcher import command as cmd, pods, trainjob
 from launcher.build import build_plan
-from launcher.config import JobConfig, pod_resources
+from launcher.config import JobConfig, kueue_queue
+from launcher.resources import pod_resources
 from launcher.names import DNS1035_LABEL
 from launcher.pods import config_hash
 from launcher.plan import JobPlan
@@ -82,7 +83,8 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "service_account": service_account,
         "env": [e.to_k8s() for e in pods.container_env(cfg)],
         "train_out": cmd.train_out(cfg.train.out),
-        "resources": pod_resources(cfg),  # CPU/memory totals, resolved from the per-GPU figures
+        "resources": pod_resources(cfg),
+        "kueue_queue": kueue_queue(cfg),  # CPU/memory totals, resolved from the per-GPU figures
         "pod_security_context": pods.pod_security(cfg),
         "container_security_context": pods.CONTAINER_SECURITY,
         "node_selector": dict(sorted({**cfg.cluster.node_selector,

@@ -14,7 +14,7 @@ from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd, trainjob
-from launcher.config import pod_resources
+from launcher.resources import pod_resources
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
 # Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.

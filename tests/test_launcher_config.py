@@ -10,8 +10,8 @@ import pytest
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import ConfigError
 from launcher.encode import plan_job
-from launcher.config import (PROFILES_DIR, TABLE_PRESETS, JobConfig, load_job_config, parse_quantity, pod_resources,
-                             scale_quantity, table_sizes)
+from launcher.config import PROFILES_DIR, TABLE_PRESETS, JobConfig, load_job_config, parse_quantity, table_sizes
+from launcher.resources import pod_resources, scale_quantity
 
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
