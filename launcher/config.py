@@ -106,6 +106,10 @@ class ClusterConfig:
     backoff_limit: Int32 = 3
     active_deadline_seconds: Annotated[int, Range(ge=0, le=2**53)] = 0  # 0 -> no deadline
     clean_pod_policy: Literal["None", "Running", "All"] = "None"
+    # The training pods' terminationGracePeriodSeconds: SIGTERM (preemption, eviction, a drained node)
+    # to SIGKILL, the time the trainer has to write its checkpoint (Kubernetes' default, 30 s, is too short
+    # for a sharded checkpoint to S3).
+    termination_grace_seconds: Int32 = 120
 
 
 @dataclass

@@ -96,7 +96,8 @@ def _pod(raw, where: str) -> Pod:
         containers=[_container(c, f"{where}.spec.containers[{i}]") for i, c in enumerate(_typed(spec.get("containers"), list, f"{where}.spec.containers", []))],
         init_containers=[_container(c, f"{where}.spec.initContainers[{i}]")
                          for i, c in enumerate(_typed(spec.get("initContainers"), list, f"{where}.spec.initContainers", []))],
-        volumes=volumes, security=_typed(spec.get("securityContext"), dict, f"{where}.spec.securityContext", {}))
+        volumes=volumes, security=_typed(spec.get("securityContext"), dict, f"{where}.spec.securityContext", {}),
+        grace_seconds=_typed(spec.get("terminationGracePeriodSeconds"), int, f"{where}.spec.terminationGracePeriodSeconds", None))
 
 
 def _nproc(value, pod: Pod) -> int:

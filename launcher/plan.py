@@ -111,6 +111,7 @@ class Pod:
     init_containers: list[Container] = field(default_factory=list)
     security: dict[str, Any] = field(default_factory=dict)
     main_name: str = CONTAINER  # the job API's name for the training container (TrainJob: `node`)
+    grace_seconds: int | None = None  # terminationGracePeriodSeconds; None: Kubernetes' default (30 s)
 
     @property
     def main(self) -> Container:

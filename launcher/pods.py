@@ -123,7 +123,8 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
                      ports=ports, limits={**limits(cfg), **devices}, mounts=mounts, **common)
     if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
         main.env, main.env_from = main.env + secret_key_env(cfg), []
-    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg), main_name=name)
+    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg), main_name=name,
+               grace_seconds=c.termination_grace_seconds)
 
 
 def export_pod(cfg) -> Pod:
