@@ -13,6 +13,7 @@ JobSet labels every pod with `jobset.sigs.k8s.io/jobset-name` (= the TrainJob's 
 """
 from __future__ import annotations
 
+from dlrm.errors import UserError
 from launcher.names import DNS1035_LABEL
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -36,6 +37,12 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MANAGED_BY = ("trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue")
 # ContainerPatch.env may not target these: their env comes only from spec.trainer / spec.initializer.
 NO_ENV_PATCH = ("node", "dataset-initializer", "model-initializer")
+# The Trainer releases whose admission rules `launcher validate --trainer-version` applies. The default
+# is the newest: its rules only add to 2.3's, so objects that pass them are admitted by either.
+TRAINER_VERSIONS = ("2.3", "2.4")
+DEFAULT_TRAINER_VERSION = "2.4"
+# Trainer v2.4 (kubeflow/trainer #4394): a runtime's replicatedJobs[].name is at most 20 characters.
+RUNTIME_RJOB_NAME_MAX = {"2.4": 20}
 
 
 def master_addr(job: str) -> str:
@@ -63,8 +70,9 @@ def trainer_job(runtime: dict) -> tuple[int, dict] | None:
 # The Trainer's admission rules (CRD CEL rules and webhooks) that the vendored schema cannot express.
 
 
-def runtime_errors(rt: dict, label: str) -> list[str]:
-    """TrainingRuntime webhook (validateReplicatedJobs, validatePriorityClassName) and MLPolicy's one-of rules."""
+def runtime_errors(rt: dict, label: str, version: str = DEFAULT_TRAINER_VERSION) -> list[str]:
+    """TrainingRuntime webhook (validateReplicatedJobs, validatePriorityClassName) and MLPolicy's one-of
+    rules, as Trainer `version` applies them."""
     errors = []
     spec = rt.get("spec") or {}
     ml = spec.get("mlPolicy") or {}
@@ -77,8 +85,12 @@ def runtime_errors(rt: dict, label: str) -> list[str]:
     if len(groups) > 1:
         errors.append(f"{label}: spec.podGroupPolicy: only one of coscheduling, volcano may be specified")
     rjobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
+    limit = RUNTIME_RJOB_NAME_MAX.get(version)
     for i, rjob in enumerate(rjobs):
         where = f"spec.template.spec.replicatedJobs[{i}]"
+        if limit and len(str(rjob.get("name", ""))) > limit:
+            errors.append(f"{label}: {where}.name: {rjob.get('name')!r} is {len(str(rjob['name']))} characters; Trainer "
+                          f"v{version} allows at most {limit} in a runtime")
         ancestor = (((rjob.get("template") or {}).get("metadata") or {}).get("labels") or {}).get(ANCESTOR_LABEL)
         pod = ((((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
         if ancestor in ANCESTOR_CONTAINERS:
@@ -178,8 +190,10 @@ def _against_runtime(spec: dict, runtime: dict, label: str) -> list[str]:
     return errors
 
 
-def trainer_errors(objs: list[dict], labels: list[str]) -> list[str]:
-    """Every Trainer rule over the objects (labels[i] names objs[i] in messages)."""
+def trainer_errors(objs: list[dict], labels: list[str], version: str = DEFAULT_TRAINER_VERSION) -> list[str]:
+    """Every rule of Trainer `version` over the objects (labels[i] names objs[i] in messages)."""
+    if version not in TRAINER_VERSIONS:
+        raise UserError(f"Trainer version {version!r}: the rules known are those of {', '.join(TRAINER_VERSIONS)}")
     runtimes = {(o["kind"], "" if o["kind"] == "ClusterTrainingRuntime" else (o.get("metadata") or {}).get("namespace", ""),
                  (o.get("metadata") or {}).get("name")): o
                 for o in objs if isinstance(o, dict) and o.get("apiVersion") == API_VERSION and o.get("kind") in RUNTIME_KINDS}
@@ -188,7 +202,7 @@ def trainer_errors(objs: list[dict], labels: list[str]) -> list[str]:
         if not isinstance(obj, dict) or obj.get("apiVersion") != API_VERSION:
             continue
         if obj.get("kind") in RUNTIME_KINDS:
-            errors += runtime_errors(obj, label)
+            errors += runtime_errors(obj, label, version)
         elif obj.get("kind") == "TrainJob":
             errors += trainjob_errors(obj, label, runtimes)
     return errors

@@ -175,7 +175,8 @@ def crd_validator(path: str) -> tuple[str, jsonschema.Draft202012Validator]:
     return kind, jsonschema.Draft202012Validator(_strict(copy.deepcopy(schema)))
 
 
-def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[str]:
+def validate_objects(objs: list[dict], crd: str | Path | None = None,
+                     trainer_version: str = trainjob.DEFAULT_TRAINER_VERSION) -> list[str]:
     """Every problem in `objs`, as '<Kind>/<name>: <path>: <message>'; empty means valid.
     Objects of the kind `crd` (a CRD file) defines are checked against it; PyTorchJobs otherwise
     against the vendored upstream CRD (Trainer's CRDs are not vendored: trainer.json stands in)."""
@@ -202,7 +203,7 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[st
             errors += webhook_errors(obj, label)
         if key[1] in crds:  # the upstream CRD of this kind: the vendored PyTorchJob one, or --crd's
             errors += [f"{e} (CRD {crds[key[1]].name})" for e in _schema_errors(crd_validator(str(crds[key[1]]))[1], obj, label)]
-    return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean])
+    return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean], trainer_version)
 
 
 def load_objects(paths: list[str | Path]) -> list[tuple[str, list]]:
