@@ -14,6 +14,7 @@ JobSet labels every pod with `jobset.sigs.k8s.io/jobset-name` (= the TrainJob's 
 from __future__ import annotations
 
 from dlrm.errors import UserError
+from dlrm.training.runlog import duration  # one format for an ETA: the trainer's log line's
 from launcher.names import DNS1035_LABEL
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -37,6 +38,12 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MANAGED_BY = ("trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue")
 # ContainerPatch.env may not target these: their env comes only from spec.trainer / spec.initializer.
 NO_ENV_PATCH = ("node", "dataset-initializer", "model-initializer")
+# The TrainJobStatus plugin (Trainer v2.2+, feature gate TrainJobStatus) adds to every container of the
+# runtime's trainer ancestor the KUBEFLOW_TRAINER_SERVER_* env (dlrm/training/progress.py reads it) and
+# this volume at this path: a projected token and the CA. Nothing needs rendering for it but the ancestor
+# label; our pods must only leave the name and the path free.
+PROGRESS_VOLUME = "kubeflow-trainer-token"
+PROGRESS_MOUNT = "/var/run/secrets/kubeflow/trainer"
 # The Trainer releases whose admission rules `launcher validate --trainer-version` applies. The default
 # is the newest: its rules only add to 2.3's, so objects that pass them are admitted by either.
 TRAINER_VERSIONS = ("2.3", "2.4")
@@ -206,3 +213,32 @@ def trainer_errors(objs: list[dict], labels: list[str], version: str = DEFAULT_T
         elif obj.get("kind") == "TrainJob":
             errors += trainjob_errors(obj, label, runtimes)
     return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# status.trainerStatus: what rank 0 reports through Trainer's progress API (dlrm/training/progress.py).
+
+
+def trainer_status(job: dict) -> dict | None:
+    """A TrainJob's reported progress: {progress, eta_s, metrics: {name: value}, updated}; None when unreported."""
+    status = ((job.get("status") or {}).get("trainerStatus")) if isinstance(job, dict) else None
+    if not isinstance(status, dict):
+        return None
+    metrics = {str(m.get("name")): str(m.get("value")) for m in status.get("metrics") or [] if isinstance(m, dict)}
+    return {"progress": status.get("progressPercentage"), "eta_s": status.get("estimatedRemainingSeconds"),
+            "metrics": metrics, "updated": status.get("lastUpdatedTime")}
+
+
+def trainer_status_lines(job: dict) -> list[str]:
+    """`launcher status`'s line for a TrainJob's reported progress (none for a PyTorchJob or before the first report)."""
+    s = trainer_status(job)
+    if s is None:
+        return []
+    m = dict(s["metrics"])
+    parts = [f"{s['progress']}%" if s["progress"] is not None else "progress unknown"]
+    if isinstance(s["eta_s"], int):
+        parts.append(f"ETA {duration(s['eta_s'])}")
+    if "step" in m:
+        parts.append(f"step {m.pop('step')}" + (f"/{m.pop('total_steps')}" if "total_steps" in m else ""))
+    parts += [f"{k} {v}" for k, v in m.items()]
+    return [f"trainer status (status.trainerStatus, {s['updated'] or 'no time'}): " + " | ".join(parts)]
