@@ -24,6 +24,8 @@ JOB_ARGS = --profile $(PROFILE) $(if $(VALUES),--values $(VALUES)) $(if $(NODES)
   $(if $(GPUS),--gpus $(GPUS)) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),--namespace $(NAMESPACE)) \
   $(if $(NAME),--name $(NAME)) $(if $(DATASET),--set dataset=$(DATASET)) $(if $(API),--api $(API)) \
   $(if $(FEATURE_SPEC),--feature-spec $(FEATURE_SPEC))
+JOB_ARGS += $(if $(QUEUE),--set scheduling.queue=$(QUEUE))  # QUEUE=: Kueue's LocalQueue (README, Kueue)
+JOB_ARGS += $(if $(PRIORITY),--set scheduling.workload_priority=$(PRIORITY))  # PRIORITY=: Kueue's WorkloadPriorityClass
 
 .PHONY: setup lint test test-fast demo bench bench-gpu render submit status logs results images push test-images clean
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_write
-from launcher.plan import JobPlan, load_plan_file
+from launcher.decode import load_plan_file
+from launcher.plan import JobPlan
 
 
 def fail(message: str) -> None:

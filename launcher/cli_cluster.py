@@ -275,7 +275,7 @@ def status(args: argparse.Namespace) -> int:
     while True:
         job = cluster.get_job(args.name, api)
         pods = cluster.list_pods(pod_selector(api, args.name))
-        run = lambda ages: "\n\n" + "\n".join(status_lines(output_of_job(job), ages))  # noqa: E731 - step, loss, AUC
+        run = lambda ages: "\n\n" + "\n".join(trainjob.trainer_status_lines(job) + status_lines(output_of_job(job), ages))  # noqa: E731
         key = describe(job, pods, ages=False) + run(False)  # ages tick every second: not a change worth printing
         if key != last:
             text = describe(job, pods) + run(True)

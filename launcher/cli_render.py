@@ -18,7 +18,8 @@ from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_write
 from dlrm.training.runlog import git_revision  # one definition: the trainer records it too (run.json)
 from launcher.config import JobConfig, load_job_config
-from launcher.plan import JobPlan, plan_job
+from launcher.encode import plan_job
+from launcher.plan import JobPlan
 from launcher.render import file_name, to_yaml
 from launcher.validate import validate_objects
 

@@ -1,4 +1,4 @@
-"""`python -m launcher validate FILES... [--crd FILE]`: offline checks of rendered YAML, all errors at once.
+"""`python -m launcher validate FILES... [--crd FILE] [--trainer-version 2.3|2.4]`: offline checks of rendered YAML, all errors at once.
 
 Exit 0 when every object in every file is valid; else each error on its own line (with its file,
 object and path) and exit 1.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launcher import trainjob
 from launcher.validate import load_objects, validate_objects
 
 
@@ -16,13 +17,16 @@ def add_arguments(p: argparse.ArgumentParser, command: str = "validate") -> None
     p.add_argument("--crd", metavar="FILE", help="check the objects of the kind this CRD defines against its openAPIV3Schema: "
                                                  "PyTorchJobs instead of the vendored upstream CRD (e.g. the version installed on "
                                                  "your cluster), or TrainJobs (Trainer's trainer.kubeflow.org_trainjobs.yaml)")
+    p.add_argument("--trainer-version", choices=trainjob.TRAINER_VERSIONS, default=trainjob.DEFAULT_TRAINER_VERSION,
+                   help="apply this Kubeflow Trainer release's admission rules to TrainJobs and runtimes "
+                        "(default %(default)s; 2.4 limits a runtime's replicated job names to 20 characters)")
 
 
 def main(args: argparse.Namespace) -> int:
     errors, count = [], 0
     for path, objs in load_objects(args.files):
         count += len(objs)
-        errors += [f"{path}: {e}" for e in validate_objects(objs, crd=args.crd)]
+        errors += [f"{path}: {e}" for e in validate_objects(objs, crd=args.crd, trainer_version=args.trainer_version)]
     for e in errors:
         print(e, file=sys.stderr)
     print(f"{count} objects in {len(args.files)} files: " + (f"{len(errors)} errors" if errors else "valid"))

@@ -23,6 +23,7 @@ from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
 from launcher.command import OUTPUT_MOUNT
+from launcher.resources import check_host_memory, check_resources, pod_resources  # noqa: F401 (API)
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
@@ -35,11 +36,17 @@ Int32 = Annotated[int, Range(ge=0, le=2**31 - 1)]
 SECRET_ENV_NAME = re.compile(r"^AWS_ACCESS_KEY_ID$|(^|_)(SECRET|SECRET_ACCESS_KEY|SESSION_TOKEN|TOKEN|PASSWORD|API_KEY)$", re.I)
 @dataclass
 class ResourcesConfig:
-    cpu_request: str = "16"
+    # Per GPU of a node: each total left "" below is this figure x gpus_per_node (x 1 for
+    # kind=preprocess, whose pod has no GPU), so a 1-GPU job asks for an eighth of an 8-GPU one.
+    cpu_per_gpu: str = "2"  # CPU request per GPU (data loading threads of one rank)
+    memory_per_gpu: str = "25Gi"  # memory request (and limit) per GPU
+    shm_per_gpu: str = "8Gi"  # /dev/shm per GPU
+    # Totals per pod; a value given here wins over the per-GPU figure.
+    cpu_request: str = ""  # "" -> cpu_per_gpu x GPUs
     cpu_limit: str = ""  # "" = no CPU limit: a CFS quota throttles the data-loading threads
-    memory_request: str = "200Gi"
-    memory_limit: str = "200Gi"
-    shm_size: str = "64Gi"  # /dev/shm (memory-backed emptyDir), counted against the memory limit
+    memory_request: str = ""  # "" -> memory_per_gpu x GPUs
+    memory_limit: str = ""  # "" -> the memory request: a pod over its request is the first evicted
+    shm_size: str = ""  # /dev/shm (memory-backed emptyDir), counted against the memory limit; "" -> shm_per_gpu x GPUs
 
 
 @dataclass
@@ -71,8 +78,13 @@ class S3Config:
 @dataclass
 class SchedulingConfig:
     gang: Literal["none", "kueue", "volcano", "scheduler-plugins"] = "none"
-    queue: str = ""  # kueue: LocalQueue name; volcano: queue
-    priority_class: str = ""  # PriorityClass of the pods (and of the gang for volcano)
+    # Kueue's LocalQueue (gang none or kueue: label kueue.x-k8s.io/queue-name, Kueue admits the whole
+    # job at once), or Volcano's queue (gang volcano).
+    queue: str = ""
+    priority_class: str = ""  # PriorityClass of the pods (and of the gang for volcano); Kueue's fallback priority
+    # Kueue's WorkloadPriorityClass (label kueue.x-k8s.io/priority-class): the job's place in the queue
+    # and what it may preempt, without changing the pods' own priority. Needs a Kueue queue.
+    workload_priority: str = ""
     min_available: NonNegative = 0  # gang size; 0 -> every replica (nodes)
 
 
@@ -94,6 +106,10 @@ class ClusterConfig:
     backoff_limit: Int32 = 3
     active_deadline_seconds: Annotated[int, Range(ge=0, le=2**53)] = 0  # 0 -> no deadline
     clean_pod_policy: Literal["None", "Running", "All"] = "None"
+    # The training pods' terminationGracePeriodSeconds: SIGTERM (preemption, eviction, a drained node)
+    # to SIGKILL, the time the trainer has to write its checkpoint (Kubernetes' default, 30 s, is too short
+    # for a sharded checkpoint to S3).
+    termination_grace_seconds: Int32 = 120
 
 
 @dataclass
@@ -175,7 +191,7 @@ class JobConfig:
         self.train.validate()
         _check_choices(self)
         _check_names(self)
-        _check_resources(self)
+        check_resources(self)
         _check_storage(self)
         if self.kind == "train" and self.api == "trainjob":
             _check_trainjob(self)
@@ -194,6 +210,13 @@ def _check_choices(c: JobConfig) -> None:
                  f"scheduling.min_available={c.scheduling.min_available} exceeds nodes={c.nodes}")
     _fail_unless(c.scheduling.gang != "kueue" or bool(c.scheduling.queue),
                  "scheduling.gang=kueue needs scheduling.queue (the LocalQueue name)")
+    _fail_unless(not c.scheduling.workload_priority or bool(kueue_queue(c)),
+                 f"scheduling.workload_priority={c.scheduling.workload_priority} is Kueue's WorkloadPriorityClass: it needs "
+                 f"a Kueue queue (scheduling.queue, with scheduling.gang none or kueue; got gang={c.scheduling.gang}, "
+                 f"queue={c.scheduling.queue!r})")
+    _fail_unless(not kueue_queue(c) or c.kind == "train" or c.preprocess.engine == "local",
+                 f"scheduling.queue={c.scheduling.queue}: Kueue does not manage a SparkApplication (preprocess.engine=spark), "
+                 f"so the job would run outside the queue; use preprocess.engine=local, or leave scheduling.queue empty")
     for section, env in (("cluster.env", c.cluster.env), ("cluster.nccl_env", c.cluster.nccl_env)):
         for key in env:
             names.check_name(f"{section} key", key, names.ENV_NAME)
@@ -208,6 +231,11 @@ def _check_choices(c: JobConfig) -> None:
 # Set by the job controllers (the training operator, Trainer's torch plugin) in the training container.
 RESERVED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NNODES", "PET_NPROC_PER_NODE",
                 "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
+
+def kueue_queue(c: JobConfig) -> str:
+    """The Kueue LocalQueue the job is submitted to ("" when none): scheduling.queue, unless it is Volcano's."""
+    return c.scheduling.queue if c.scheduling.gang in ("none", "kueue") else ""
 
 
 def _check_trainjob(c: JobConfig) -> None:
@@ -252,25 +280,12 @@ def _check_names(c: JobConfig) -> None:
     for i, secret in enumerate(c.cluster.image_pull_secrets):
         names.check_name(f"cluster.image_pull_secrets[{i}]", secret, names.SUBDOMAIN)
     names.check_name("scheduling.queue", c.scheduling.queue, names.LABEL_VALUE)  # kueue's queue-name label
+    names.check_name("scheduling.workload_priority", c.scheduling.workload_priority, names.LABEL_VALUE)  # and its priority-class label
     names.check_name("cluster.gpu_product", c.cluster.gpu_product, names.LABEL_VALUE)  # a node label's value
     names.check_labels("cluster.node_selector", c.cluster.node_selector)
     names.check_tolerations("cluster.tolerations", c.cluster.tolerations)
     names.check_image("image", c.image)
     names.check_image("preprocess.image", c.preprocess.image)
-
-
-def _check_resources(c: JobConfig) -> None:
-    r = c.resources
-    values = {f"resources.{k}": getattr(r, k) for k in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")}
-    values.update({"storage.stage_size": c.storage.stage_size, "storage.mount_size": c.storage.mount_size})
-    parsed = {k: parse_quantity(v, k) for k, v in values.items() if v != "" or k == "resources.memory_limit"}
-    for request, limit in (("cpu_request", "cpu_limit"), ("memory_request", "memory_limit")):
-        if getattr(r, limit):
-            _fail_unless(parsed[f"resources.{request}"] <= parsed[f"resources.{limit}"],
-                         f"resources.{request}={getattr(r, request)} exceeds resources.{limit}={getattr(r, limit)}")
-    _fail_unless(parsed["resources.shm_size"] < parsed["resources.memory_limit"],
-                 f"resources.shm_size={r.shm_size} must be below resources.memory_limit={r.memory_limit} "
-                 f"(/dev/shm pages count against the pod's memory)")
 
 
 def _check_storage(c: JobConfig) -> None:
@@ -359,10 +374,11 @@ def check_plan(c: JobConfig, tables: list[int] | None = None, hotness: list[int]
         return
     t = c.train
     try:
-        plan_for_config(t, sizes, None, c.world_size, hotness=table_hotness(c) if tables is None else hotness)
+        plan = plan_for_config(t, sizes, None, c.world_size, hotness=table_hotness(c) if tables is None else hotness)
     except UserError as e:
         raise ConfigError(f"nodes={c.nodes} x gpus_per_node={c.gpus_per_node} ({c.world_size} ranks, "
                           f"train.dist.device_memory={t.dist.device_memory}): {e}") from None
+    check_host_memory(c, plan)
 
 
 def profile_path(profile: str) -> Path:

@@ -7,9 +7,14 @@ the local interpreters (run-local, images/docker_job.py) alike. Paths come from 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
+from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
-from launcher import command as cmd
+from launcher import command as cmd, trainjob
+from launcher.resources import pod_resources
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
 # Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.
@@ -29,10 +34,13 @@ def s3_env(cfg) -> list[EnvVar]:
     return env
 
 
+def config_hash(cfg) -> str:
+    """The job config's identity: sha256 of its canonical JSON (run.json, the objects' annotation)."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
 def job_env(cfg, git_revision: str) -> list[EnvVar]:
     """The job's identity, which the trainer writes into its run record (run.json, dlrm.training.runlog.JOB_ENV)."""
-    from launcher.render import config_hash
-
     values = {"name": cfg.name, "config_sha256": config_hash(cfg), "git_revision": git_revision, "image": cfg.image}
     return [EnvVar(JOB_ENV[k], v) for k, v in values.items()]
 
@@ -50,11 +58,13 @@ def container_env(cfg, git_revision: str | None = None) -> list[EnvVar]:
 
 
 def requests(cfg) -> dict:
-    return {"cpu": cfg.resources.cpu_request, "memory": cfg.resources.memory_request}
+    r = pod_resources(cfg)
+    return {"cpu": r["cpu_request"], "memory": r["memory_request"]}
 
 
 def limits(cfg) -> dict:
-    return {**({"cpu": cfg.resources.cpu_limit} if cfg.resources.cpu_limit else {}), "memory": cfg.resources.memory_limit}
+    r = pod_resources(cfg)
+    return {**({"cpu": r["cpu_limit"]} if r["cpu_limit"] else {}), "memory": r["memory_limit"]}
 
 
 # What the Secret named by s3.secret holds (docs/security.md).
@@ -106,8 +116,6 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     mounts += [Mount("output", cmd.OUTPUT_MOUNT, sub_path=(s.output_path or f"runs/{cfg.name}") if s.output_claim else ""),
                Mount("tmp", cmd.TMP_MOUNT), Mount("shm", cmd.SHM_MOUNT)]
     if cfg.api == "trainjob":  # Trainer's `node` container; its torch plugin adds the rendezvous port itself
-        from launcher import trainjob
-
         name, ports = trainjob.NODE, []
     else:
         name, ports = CONTAINER, [Port(PORT_NAME, MASTER_PORT)]
@@ -115,7 +123,8 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
                      ports=ports, limits={**limits(cfg), **devices}, mounts=mounts, **common)
     if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
         main.env, main.env_from = main.env + secret_key_env(cfg), []
-    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg), main_name=name)
+    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg), main_name=name,
+               grace_seconds=c.termination_grace_seconds)
 
 
 def export_pod(cfg) -> Pod:
@@ -148,5 +157,5 @@ def train_volumes(cfg) -> list[Volume]:
         vols.append(Volume("stage", "emptyDir", {"sizeLimit": s.stage_size}))
     vols.append(Volume("output", "persistentVolumeClaim", {"claimName": s.output_claim}) if s.output_claim
                 else Volume("output", "emptyDir", {}))
-    vols += [Volume("tmp", "emptyDir", {}), Volume("shm", "emptyDir", {"medium": "Memory", "sizeLimit": cfg.resources.shm_size})]
+    vols += [Volume("tmp", "emptyDir", {}), Volume("shm", "emptyDir", {"medium": "Memory", "sizeLimit": pod_resources(cfg)["shm_size"]})]
     return vols

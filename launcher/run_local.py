@@ -32,7 +32,8 @@ from typing import TextIO
 
 from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_write
-from launcher.plan import Container, JobPlan, Replica, load_plan_file, plan_from_objects
+from launcher.decode import load_plan_file, plan_from_objects
+from launcher.plan import Container, JobPlan, Replica
 from launcher.results import LocalJobRecord, local_workdir, output_of_argv
 from launcher.procs import exit_code as _exit_code, free_port, kill_tree, process_tree  # noqa: F401 (API)
 

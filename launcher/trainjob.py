@@ -13,6 +13,8 @@ JobSet labels every pod with `jobset.sigs.k8s.io/jobset-name` (= the TrainJob's 
 """
 from __future__ import annotations
 
+from dlrm.errors import UserError
+from dlrm.training.runlog import duration  # one format for an ETA: the trainer's log line's
 from launcher.names import DNS1035_LABEL
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -36,6 +38,18 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MANAGED_BY = ("trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue")
 # ContainerPatch.env may not target these: their env comes only from spec.trainer / spec.initializer.
 NO_ENV_PATCH = ("node", "dataset-initializer", "model-initializer")
+# The TrainJobStatus plugin (Trainer v2.2+, feature gate TrainJobStatus) adds to every container of the
+# runtime's trainer ancestor the KUBEFLOW_TRAINER_SERVER_* env (dlrm/training/progress.py reads it) and
+# this volume at this path: a projected token and the CA. Nothing needs rendering for it but the ancestor
+# label; our pods must only leave the name and the path free.
+PROGRESS_VOLUME = "kubeflow-trainer-token"
+PROGRESS_MOUNT = "/var/run/secrets/kubeflow/trainer"
+# The Trainer releases whose admission rules `launcher validate --trainer-version` applies. The default
+# is the newest: its rules only add to 2.3's, so objects that pass them are admitted by either.
+TRAINER_VERSIONS = ("2.3", "2.4")
+DEFAULT_TRAINER_VERSION = "2.4"
+# Trainer v2.4 (kubeflow/trainer #4394): a runtime's replicatedJobs[].name is at most 20 characters.
+RUNTIME_RJOB_NAME_MAX = {"2.4": 20}
 
 
 def master_addr(job: str) -> str:
@@ -63,8 +77,9 @@ def trainer_job(runtime: dict) -> tuple[int, dict] | None:
 # The Trainer's admission rules (CRD CEL rules and webhooks) that the vendored schema cannot express.
 
 
-def runtime_errors(rt: dict, label: str) -> list[str]:
-    """TrainingRuntime webhook (validateReplicatedJobs, validatePriorityClassName) and MLPolicy's one-of rules."""
+def runtime_errors(rt: dict, label: str, version: str = DEFAULT_TRAINER_VERSION) -> list[str]:
+    """TrainingRuntime webhook (validateReplicatedJobs, validatePriorityClassName) and MLPolicy's one-of
+    rules, as Trainer `version` applies them."""
     errors = []
     spec = rt.get("spec") or {}
     ml = spec.get("mlPolicy") or {}
@@ -77,8 +92,12 @@ def runtime_errors(rt: dict, label: str) -> list[str]:
     if len(groups) > 1:
         errors.append(f"{label}: spec.podGroupPolicy: only one of coscheduling, volcano may be specified")
     rjobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
+    limit = RUNTIME_RJOB_NAME_MAX.get(version)
     for i, rjob in enumerate(rjobs):
         where = f"spec.template.spec.replicatedJobs[{i}]"
+        if limit and len(str(rjob.get("name", ""))) > limit:
+            errors.append(f"{label}: {where}.name: {rjob.get('name')!r} is {len(str(rjob['name']))} characters; Trainer "
+                          f"v{version} allows at most {limit} in a runtime")
         ancestor = (((rjob.get("template") or {}).get("metadata") or {}).get("labels") or {}).get(ANCESTOR_LABEL)
         pod = ((((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
         if ancestor in ANCESTOR_CONTAINERS:
@@ -178,8 +197,10 @@ def _against_runtime(spec: dict, runtime: dict, label: str) -> list[str]:
     return errors
 
 
-def trainer_errors(objs: list[dict], labels: list[str]) -> list[str]:
-    """Every Trainer rule over the objects (labels[i] names objs[i] in messages)."""
+def trainer_errors(objs: list[dict], labels: list[str], version: str = DEFAULT_TRAINER_VERSION) -> list[str]:
+    """Every rule of Trainer `version` over the objects (labels[i] names objs[i] in messages)."""
+    if version not in TRAINER_VERSIONS:
+        raise UserError(f"Trainer version {version!r}: the rules known are those of {', '.join(TRAINER_VERSIONS)}")
     runtimes = {(o["kind"], "" if o["kind"] == "ClusterTrainingRuntime" else (o.get("metadata") or {}).get("namespace", ""),
                  (o.get("metadata") or {}).get("name")): o
                 for o in objs if isinstance(o, dict) and o.get("apiVersion") == API_VERSION and o.get("kind") in RUNTIME_KINDS}
@@ -188,69 +209,36 @@ def trainer_errors(objs: list[dict], labels: list[str]) -> list[str]:
         if not isinstance(obj, dict) or obj.get("apiVersion") != API_VERSION:
             continue
         if obj.get("kind") in RUNTIME_KINDS:
-            errors += runtime_errors(obj, label)
+            errors += runtime_errors(obj, label, version)
         elif obj.get("kind") == "TrainJob":
             errors += trainjob_errors(obj, label, runtimes)
     return errors
 
 
 # ---------------------------------------------------------------------------------------------
-# A rendered TrainJob (and the runtime rendered with it) -> the job plan, for run-local FILE.
+# status.trainerStatus: what rank 0 reports through Trainer's progress API (dlrm/training/progress.py).
 
 
-def plan_from_trainjob(objects: list[dict], where: str = "objects"):
-    """The plan of a rendered TrainJob: its runtime's trainer pod with spec.trainer applied, as
-    Trainer builds the JobSet (image, command, args and resources replaced, env upserted by name)."""
-    from dlrm.errors import UserError
-    from launcher.plan import NODE_ROLE, JobPlan, ReplicaGroup, RunPolicy, _pod, _typed, config_maps_of, the_job
+def trainer_status(job: dict) -> dict | None:
+    """A TrainJob's reported progress: {progress, eta_s, metrics: {name: value}, updated}; None when unreported."""
+    status = ((job.get("status") or {}).get("trainerStatus")) if isinstance(job, dict) else None
+    if not isinstance(status, dict):
+        return None
+    metrics = {str(m.get("name")): str(m.get("value")) for m in status.get("metrics") or [] if isinstance(m, dict)}
+    return {"progress": status.get("progressPercentage"), "eta_s": status.get("estimatedRemainingSeconds"),
+            "metrics": metrics, "updated": status.get("lastUpdatedTime")}
 
-    meta, name, label, spec = the_job(objects, "TrainJob", where)
-    ref = _typed(spec.get("runtimeRef"), dict, f"{label}: spec.runtimeRef", {})
-    kind, ref_name = ref.get("kind", DEFAULT_RUNTIME_KIND), ref.get("name")
-    runtime = next((o for o in objects if o.get("kind") == kind and isinstance(o.get("metadata"), dict)
-                    and o["metadata"].get("name") == ref_name), None)
-    if runtime is None:
-        raise UserError(f"{label}: its runtime {kind} {ref_name!r} is not among the objects"
-                        + (": a ClusterTrainingRuntime lives on the cluster; render with trainjob.cluster_runtime empty "
-                           "to run the job locally" if kind == "ClusterTrainingRuntime" else ""))
-    rt = f"{kind} {ref_name}"
-    rt_spec = _typed(runtime.get("spec"), dict, f"{rt}: spec", {})
-    ml = _typed(rt_spec.get("mlPolicy"), dict, f"{rt}: spec.mlPolicy", {})
-    js = _typed(_typed(rt_spec.get("template"), dict, f"{rt}: spec.template", {}).get("spec"), dict, f"{rt}: spec.template.spec", {})
-    restarts = _typed(_typed(js.get("failurePolicy"), dict, f"{rt}: failurePolicy", {}).get("maxRestarts"), int,
-                      f"{rt}: failurePolicy.maxRestarts", 0)
-    template = None
-    for i, rjob in enumerate(_typed(js.get("replicatedJobs"), list, f"{rt}: replicatedJobs", [])):
-        where = f"{rt}: replicatedJobs[{i}].template"
-        job_template = _typed(_typed(rjob, dict, f"{rt}: replicatedJobs[{i}]").get("template"), dict, where, {})
-        labels = _typed(_typed(job_template.get("metadata"), dict, f"{where}.metadata", {}).get("labels"), dict,
-                        f"{where}.metadata.labels", {})
-        if labels.get(ANCESTOR_LABEL) == ANCESTOR_TRAINER:
-            template = _typed(job_template.get("spec"), dict, f"{where}.spec", {}).get("template")
-            pod = _pod(template, f"{where}.spec.template")
-            break
-    if template is None:
-        raise UserError(f"{label}: {rt} has no replicated job labelled {ANCESTOR_LABEL}: {ANCESTOR_TRAINER}")
-    pod.main_name = NODE
-    main = pod.main
-    trainer = _typed(spec.get("trainer"), dict, f"{label}: spec.trainer", {})
-    overlay = _pod({"spec": {"containers": [{"name": NODE, **{k: v for k, v in trainer.items() if k in ("image", "command", "args", "env")},
-                                             "resources": trainer.get("resourcesPerNode") or {}}]}}, f"{label}: spec.trainer")
-    given = overlay.containers[0]
-    main.image = given.image or main.image
-    main.command = given.command or main.command
-    main.args = given.args or main.args
-    main.env = [e for e in main.env if e.name not in {g.name for g in given.env}] + given.env
-    if "resourcesPerNode" in trainer:
-        main.requests, main.limits = given.requests, given.limits
-    nodes = _typed(trainer.get("numNodes", ml.get("numNodes", 1)), int, f"{label}: spec.trainer.numNodes")
-    if nodes < 1:
-        raise UserError(f"{label}: spec.trainer.numNodes must be >= 1, got {nodes}")
-    nproc = _typed(trainer.get("numProcPerNode"), int, f"{label}: spec.trainer.numProcPerNode", None)
-    if nproc is None:  # the torch plugin's "auto": a node's GPUs; off a GPU node every CPU, which locally means 1
-        gpus = main.limits.get("nvidia.com/gpu")
-        nproc = int(gpus) if str(gpus).isdigit() and int(gpus) >= 1 else 1
-    return JobPlan(name=name, namespace=str(meta.get("namespace", "default")), api="trainjob",
-                   groups=[ReplicaGroup(NODE_ROLE, nodes, "OnFailure", pod)], nproc_per_node=nproc, master_port=MASTER_PORT,
-                   run_policy=RunPolicy(restarts, _typed(spec.get("activeDeadlineSeconds"), int, f"{label}: spec.activeDeadlineSeconds", None)),
-                   config_maps=config_maps_of(objects), objects=list(objects))
+
+def trainer_status_lines(job: dict) -> list[str]:
+    """`launcher status`'s line for a TrainJob's reported progress (none for a PyTorchJob or before the first report)."""
+    s = trainer_status(job)
+    if s is None:
+        return []
+    m = dict(s["metrics"])
+    parts = [f"{s['progress']}%" if s["progress"] is not None else "progress unknown"]
+    if isinstance(s["eta_s"], int):
+        parts.append(f"ETA {duration(s['eta_s'])}")
+    if "step" in m:
+        parts.append(f"step {m.pop('step')}" + (f"/{m.pop('total_steps')}" if "total_steps" in m else ""))
+    parts += [f"{k} {v}" for k, v in m.items()]
+    return [f"trainer status (status.trainerStatus, {s['updated'] or 'no time'}): " + " | ".join(parts)]

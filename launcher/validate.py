@@ -78,6 +78,29 @@ def _label(obj: dict, index: int) -> str:
     return f"{obj.get('kind', '?')}/{meta.get('name', f'#{index}')}"
 
 
+INT32_MAX = 2**31 - 1
+# Integer fields of the objects we render that the API types declare int64 (core/v1 PodSpec, batch/v1 JobSpec,
+# PodSecurityContext, the operators' RunPolicy and TrainJobSpec); every other integer is an int32
+# (replicas, ports, backoffLimit, ttlSecondsAfterFinished, numNodes...), which the API server refuses beyond 2^31-1.
+INT64_FIELDS = frozenset({"activeDeadlineSeconds", "terminationGracePeriodSeconds", "runAsUser", "runAsGroup", "fsGroup",
+                          "expirationSeconds"})
+
+
+def int_range_errors(node, label: str, path: tuple = ()) -> list[str]:
+    """Every integer in `node` that overflows its API type (int32, or int64 for INT64_FIELDS), with its path."""
+    if isinstance(node, dict):
+        return [e for k, v in node.items() for e in int_range_errors(v, label, path + (k,))]
+    if isinstance(node, list):
+        return [e for i, v in enumerate(node) for e in int_range_errors(v, label, path + (i,))]
+    if not isinstance(node, int) or isinstance(node, bool):
+        return []
+    key = next((p for p in reversed(path) if isinstance(p, str)), "")
+    bits = 64 if key in INT64_FIELDS else 32
+    if -(2 ** (bits - 1)) <= node < 2 ** (bits - 1):
+        return []
+    return [f"{label}: {_where(path)}: {node} overflows the API's int{bits} (at most {2 ** (bits - 1) - 1})"]
+
+
 def _schema_errors(validator: jsonschema.protocols.Validator, obj: dict, label: str) -> list[str]:
     errors = sorted(validator.iter_errors(obj), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     return [f"{label}: {_where(e.absolute_path)}: {e.message}" for e in errors]
@@ -152,7 +175,8 @@ def crd_validator(path: str) -> tuple[str, jsonschema.Draft202012Validator]:
     return kind, jsonschema.Draft202012Validator(_strict(copy.deepcopy(schema)))
 
 
-def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[str]:
+def validate_objects(objs: list[dict], crd: str | Path | None = None,
+                     trainer_version: str = trainjob.DEFAULT_TRAINER_VERSION) -> list[str]:
     """Every problem in `objs`, as '<Kind>/<name>: <path>: <message>'; empty means valid.
     Objects of the kind `crd` (a CRD file) defines are checked against it; PyTorchJobs otherwise
     against the vendored upstream CRD (Trainer's CRDs are not vendored: trainer.json stands in)."""
@@ -171,7 +195,7 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[st
             known = ", ".join(f"{a} {k}" for a, k in SCHEMA_OF)
             errors.append(f"{label}: apiVersion/kind: no schema for {key[0]!r} {key[1]!r} (known: {known})")
             continue
-        schema_errors = _schema_errors(_validator(SCHEMA_OF[key]), obj, label)
+        schema_errors = _schema_errors(_validator(SCHEMA_OF[key]), obj, label) + int_range_errors(obj, label)
         errors += schema_errors
         if not schema_errors:
             clean.append((obj, label))
@@ -179,7 +203,7 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None) -> list[st
             errors += webhook_errors(obj, label)
         if key[1] in crds:  # the upstream CRD of this kind: the vendored PyTorchJob one, or --crd's
             errors += [f"{e} (CRD {crds[key[1]].name})" for e in _schema_errors(crd_validator(str(crds[key[1]]))[1], obj, label)]
-    return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean])
+    return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean], trainer_version)
 
 
 def load_objects(paths: list[str | Path]) -> list[tuple[str, list]]:

@@ -11,7 +11,9 @@ import yaml
 
 from dlrm.errors import UserError
 from launcher.config import load_job_config
-from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, load_plan_file, plan_from_objects, plan_job
+from launcher.decode import load_plan_file, plan_from_objects
+from launcher.encode import plan_job
+from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME
 from launcher.render import to_yaml
 
 from test_render import CASES

@@ -9,8 +9,9 @@ import pytest
 
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import ConfigError
-from launcher.plan import plan_job
+from launcher.encode import plan_job
 from launcher.config import PROFILES_DIR, TABLE_PRESETS, JobConfig, load_job_config, parse_quantity, table_sizes
+from launcher.resources import pod_resources, scale_quantity
 
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
@@ -93,7 +94,13 @@ CROSS_FIELD = [
     ({"namespace": "Team_A"}, ["namespace 'Team_A'"]),
     ({"resources": {"shm_size": "16Gi", "memory_limit": "16Gi", "memory_request": "8Gi"}},
      ["resources.shm_size=16Gi", "resources.memory_limit=16Gi"]),
-    ({"resources": {"memory_request": "32Gi"}}, ["resources.memory_request=32Gi", "resources.memory_limit=16Gi"]),
+    ({"resources": {"memory_request": "32Gi", "memory_limit": "16Gi"}}, ["resources.memory_request=32Gi", "resources.memory_limit=16Gi"]),
+    ({"resources": {"shm_per_gpu": "16Gi"}}, ["resources.shm_size=16Gi (from resources.shm_per_gpu x 1 GPUs)",
+                                             "resources.memory_limit=16Gi (the memory request)"]),
+    ({"resources": {"memory_per_gpu": "1e3"}}, ["resources.memory_per_gpu", "'1e3'", "not an exponent form"]),
+    ({"resources": {"cpu_per_gpu": "0"}}, ["resources.cpu_per_gpu must be above 0"]),
+    ({"resources": {"memory_per_gpu": "3Gi"}, "train_tables": [10**7] * 4},
+     ["resources.memory_limit=3Gi less shm_size=2Gi", "writing a checkpoint copies up to", "resources.memory_per_gpu"]),
     ({"resources": {"memory_limit": "16 Gi"}}, ["resources.memory_limit", "'16 Gi'", "Kubernetes quantity"]),
     ({"resources": {"cpu_request": "4cores"}}, ["resources.cpu_request", "'4cores'"]),
     ({"resources": {"cpu_request": "8", "cpu_limit": "4"}}, ["resources.cpu_request=8", "resources.cpu_limit=4"]),
@@ -135,6 +142,32 @@ def test_cross_field_errors(overrides, fragments):
 @pytest.mark.parametrize("gpus", [1, 8])
 def test_gpu_boundaries_accepted(gpus):
     assert load_job_config("synthetic-smoke", overrides={"gpus_per_node": gpus}).gpus_per_node == gpus
+
+
+@pytest.mark.parametrize("gpus,cpu,memory,shm", [(1, "8", "100Gi", "16Gi"), (2, "16", "200Gi", "32Gi"), (8, "64", "800Gi", "128Gi")])
+def test_cpu_and_memory_follow_the_gpus(gpus, cpu, memory, shm):
+    """Issue 20: `--gpus 1` asks for an eighth of an 8-GPU node, from the profile's per-GPU figures."""
+    plan = plan_job(load_job_config("criteo-fl15", overrides={"gpus_per_node": gpus, "nodes": 8 // gpus}))
+    main = plan.groups[0].pod.main
+    assert main.requests == {"cpu": cpu, "memory": memory} and main.limits["memory"] == memory
+    assert next(v for v in plan.groups[0].pod.volumes if v.name == "shm").source["sizeLimit"] == shm
+
+
+def test_an_explicit_total_wins_over_the_per_gpu_figure():
+    cfg = load_job_config("criteo-fl15", overrides=["gpus_per_node=2", "nodes=4", "resources.cpu_request=3",
+                                                    "resources.memory_limit=300Gi", "resources.cpu_per_gpu=500m"])
+    assert pod_resources(cfg) == {"cpu_request": "3", "cpu_limit": "", "memory_request": "200Gi",
+                                  "memory_limit": "300Gi", "shm_size": "32Gi"}
+    assert scale_quantity("500m", 3, "x") == "1500m" and scale_quantity("1.5", 3, "x") == "4.5"
+
+
+def test_the_host_memory_check_uses_the_rendered_figures():
+    """A node whose memory limit less /dev/shm cannot hold its ranks' embedding weights (written to host
+    memory by a checkpoint) is refused; the same figures with more memory per GPU pass."""
+    tables = ["train_tables=[10000000, 10000000, 10000000, 10000000]"]
+    with pytest.raises(ConfigError, match="leaves 1.0 GiB per node, but writing a checkpoint copies up to 1.2 GiB"):
+        plan_job(load_job_config("synthetic-smoke", overrides=tables + ["resources.memory_per_gpu=3Gi"]))
+    plan_job(load_job_config("synthetic-smoke", overrides=tables + ["resources.memory_per_gpu=4Gi"]))
 
 
 def test_longest_name_that_fits():

@@ -14,7 +14,8 @@ import yaml
 from dlrm.errors import ConfigError
 from launcher import command as cmd
 from launcher.config import load_job_config
-from launcher.render import MANIFESTS_DIR, render_objects, to_yaml
+from launcher.encode import MANIFESTS_DIR
+from launcher.render import render_objects, to_yaml
 
 GOLDEN = Path(__file__).with_name("golden")
 REV = "0123456789abcdef"
@@ -345,3 +346,39 @@ def test_export_job_follows_a_trainjob_too():
     objs = render_objects(load_job_config(profile, overrides={**overrides, "api": "trainjob"}), git_revision=REV)
     assert [o["kind"] for o in objs][-1] == "Job" and "TrainJob" in [o["kind"] for o in objs]
     assert by_kind(objs, "Job")["spec"]["template"]["spec"]["containers"][0]["command"][:4] == cmd.EXPORT_COMMAND
+
+
+KUEUE_QUEUE, KUEUE_PRIORITY = "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class"
+
+
+@pytest.mark.parametrize("api", ["pytorchjob", "trainjob"])
+def test_a_queue_alone_puts_the_job_in_kueue_with_its_workload_priority(api):
+    """Issue 20.3: scheduling.queue without gang=kueue used to be dropped silently."""
+    cfg = load_job_config("synthetic-smoke", overrides={"api": api, "scheduling": {"queue": "team-a", "workload_priority": "urgent"}})
+    job = by_kind(render_objects(cfg), "PyTorchJob" if api == "pytorchjob" else "TrainJob")
+    assert job["metadata"]["labels"][KUEUE_QUEUE] == "team-a" and job["metadata"]["labels"][KUEUE_PRIORITY] == "urgent"
+
+
+def test_kueue_labels_on_the_export_and_preprocess_jobs_and_never_for_a_volcano_queue():
+    export = render_objects(load_job_config("criteo-fl15", overrides={**CASES["export-job"][1], "scheduling": {"queue": "q"}}))
+    assert [o["metadata"]["labels"].get(KUEUE_QUEUE) for o in export if o["kind"] in ("PyTorchJob", "Job")] == ["q", "q"]
+    local = render_objects(load_job_config("criteo-preprocess", overrides={**CASES["criteo-preprocess-local"][1], "scheduling": {"queue": "q"}}))
+    assert by_kind(local, "Job")["metadata"]["labels"][KUEUE_QUEUE] == "q"
+    volcano = render("stage-irsa-minio-volcano")
+    assert not any(KUEUE_QUEUE in o["metadata"].get("labels", {}) for o in volcano)
+    assert KUEUE_PRIORITY not in by_kind(render("pvc-kueue-efa-secret"), "PyTorchJob")["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"scheduling": {"workload_priority": "urgent"}}, "scheduling.workload_priority=urgent is Kueue's WorkloadPriorityClass: it needs a Kueue queue"),
+    ({"scheduling": {"gang": "volcano", "queue": "q", "workload_priority": "urgent"}}, "got gang=volcano"),
+    ({"scheduling": {"queue": "q", "workload_priority": "Urgent!"}}, "scheduling.workload_priority"),
+])
+def test_a_workload_priority_needs_a_kueue_queue(overrides, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_job_config("synthetic-smoke", overrides=overrides)
+
+
+def test_kueue_does_not_manage_a_spark_application():
+    with pytest.raises(ConfigError, match="Kueue does not manage a SparkApplication"):
+        load_job_config("criteo-preprocess", overrides={"scheduling": {"queue": "q"}})

@@ -154,3 +154,43 @@ def test_a_trainer_crd_file_checks_the_kind_it_defines(tmp_path):
     # image too long (the test CRD's limit) and unknown fields under trainer: strict, like the API server's field validation
     assert errors and all(e.startswith("TrainJob/tj: spec.trainer") and e.endswith(f"(CRD {path.name})") for e in errors), errors
     assert any("'img' is too long" in e for e in errors) and any("'command'" in e for e in errors)
+
+
+def _runtime_job_name(objs: list[dict], name: str) -> None:
+    rjob = objs[0]["spec"]["template"]["spec"]["replicatedJobs"][0]
+    rjob["name"] = name
+
+
+def test_trainer_v2_4_limits_a_runtimes_replicated_job_names_to_20_characters():
+    """kubeflow/trainer #4394 (v2.4): 20 characters at most; 2.3 still takes a DNS label."""
+    objs = _pair()
+    _runtime_job_name(objs, "a" * 20)
+    assert validate_objects(objs, trainer_version="2.4") == []
+    _runtime_job_name(objs, "node-with-a-long-name")  # 21
+    assert validate_objects(objs, trainer_version="2.3") == []
+    assert validate_objects(objs, trainer_version="2.4") == [
+        "TrainingRuntime/tj: spec.template.spec.replicatedJobs[0].name: 'node-with-a-long-name' is 21 characters; "
+        "Trainer v2.4 allows at most 20 in a runtime"]
+    assert trainjob.DEFAULT_TRAINER_VERSION == "2.4" and validate_objects(objs) != []
+
+
+def test_every_rendered_runtime_passes_each_trainer_versions_rules():
+    from test_render import CASES, render
+
+    for name in (n for n in CASES if n.startswith("trainjob-")):
+        for version in trainjob.TRAINER_VERSIONS:
+            assert validate_objects(render(name), trainer_version=version) == [], (name, version)
+
+
+def test_validate_cli_picks_the_trainer_version(tmp_path, capsys):
+    import yaml
+
+    from launcher.__main__ import main as launcher_main
+
+    objs = _pair()
+    _runtime_job_name(objs, "trainer-node-replicas")
+    path = tmp_path / "tj.yaml"
+    path.write_text(yaml.safe_dump_all(objs))
+    assert launcher_main(["validate", str(path), "--trainer-version", "2.3"]) == 0
+    assert launcher_main(["validate", str(path)]) == 1
+    assert "Trainer v2.4 allows at most 20" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import pytest
 from dlrm.errors import UserError
 from launcher import trainjob
 from launcher.config import load_job_config
-from launcher.plan import plan_from_objects, plan_job
+from launcher.decode import plan_from_objects
+from launcher.encode import plan_job
 from launcher.run_local import LocalJob
 from launcher.validate import validate_objects
 
@@ -208,3 +209,50 @@ def test_a_malformed_rendered_trainjob_is_a_one_line_error(mutate, fragment):
     with pytest.raises(UserError) as e:
         plan_from_objects([rt, job])
     assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+TRAINER_STATUS = {"progressPercentage": 45, "estimatedRemainingSeconds": 3723, "lastUpdatedTime": "2026-06-12T03:00:00Z",
+                  "metrics": [{"name": "train_loss", "value": "0.1234"}, {"name": "samples_per_s", "value": "1.2e+06"},
+                              {"name": "step", "value": "450"}, {"name": "total_steps", "value": "1000"},
+                              {"name": "eval_auc", "value": "0.8012"}]}
+
+
+def test_the_reported_progress_is_read_from_status_trainer_status():
+    job = {"kind": "TrainJob", "status": {"trainerStatus": TRAINER_STATUS}}
+    assert trainjob.trainer_status(job) == {"progress": 45, "eta_s": 3723, "updated": "2026-06-12T03:00:00Z", "metrics": {
+        "train_loss": "0.1234", "samples_per_s": "1.2e+06", "step": "450", "total_steps": "1000", "eval_auc": "0.8012"}}
+    assert trainjob.trainer_status_lines(job) == [
+        "trainer status (status.trainerStatus, 2026-06-12T03:00:00Z): 45% | ETA 1:02:03 | step 450/1000 | "
+        "train_loss 0.1234 | samples_per_s 1.2e+06 | eval_auc 0.8012"]
+    assert trainjob.trainer_status_lines({"status": {}}) == [] and trainjob.trainer_status({"status": None}) is None
+
+
+def test_launcher_status_shows_a_trainjobs_reported_progress(tmp_path, monkeypatch, capsys):
+    from fake_k8s import FakeK8s
+
+    from launcher.__main__ import main
+
+    with FakeK8s() as api:
+        monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig", namespace="ml")))
+        api.add("/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs", {
+            "apiVersion": trainjob.API_VERSION, "kind": "TrainJob", "metadata": {"name": "dlrm-tj", "namespace": "ml"},
+            "spec": {}, "status": {"conditions": [], "trainerStatus": TRAINER_STATUS}})
+        assert main(["status", "dlrm-tj", "--api", "trainjob"]) == 0
+    assert "trainer status (status.trainerStatus, 2026-06-12T03:00:00Z): 45% | ETA 1:02:03 | step 450/1000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["trainjob-synthetic-smoke", "trainjob-pvc-kueue-efa-secret"])
+def test_the_runtime_leaves_room_for_trainers_progress_injection(case):
+    """Trainer's TrainJobStatus plugin finds the trainer ancestor and adds its token volume, mount and env
+    to each of its containers: the rendered runtime must have the ancestor and none of those names."""
+    from dlrm.training import progress
+    from test_render import render
+
+    runtime = next(o for o in render(case) if o["kind"] == "TrainingRuntime")
+    found = trainjob.trainer_job(runtime)
+    assert found is not None
+    pod = found[1]["template"]["spec"]["template"]["spec"]
+    assert trainjob.PROGRESS_VOLUME not in {v["name"] for v in pod["volumes"]}
+    for c in pod["containers"] + pod.get("initContainers", []):
+        assert not any(m["mountPath"].startswith(trainjob.PROGRESS_MOUNT) for m in c.get("volumeMounts", []))
+        assert not {e["name"] for e in c.get("env", [])} & {progress.ENV_URL, progress.ENV_CA_CERT, progress.ENV_TOKEN}

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 
-from dlrm.errors import UserError
+from dlrm.errors import ConfigError, UserError
 from launcher.__main__ import main as launcher_main
+from launcher.config import load_job_config
+from launcher.render import render_objects
 from launcher.validate import VENDORED_CRD, validate_objects
 
 from test_render import CASES, by_kind, render
@@ -71,6 +72,12 @@ MUTATIONS = {
                              "Master.template.spec.containers", "no container named 'pytorch' (got ['trainer'])"),
     "no image": (lambda j: _master(j)["template"]["spec"]["containers"][0].pop("image"),
                  "Master.template.spec.containers[0].image", "has no image"),
+    "replicas over int32": (lambda j: j["spec"]["pytorchReplicaSpecs"]["Worker"].update(replicas=2**31),
+                            "spec.pytorchReplicaSpecs.Worker.replicas", "2147483648 overflows the API's int32"),
+    "port over int32": (lambda j: _master(j)["template"]["spec"]["containers"][0]["ports"][0].update(containerPort=2**32),
+                        "containers[0].ports[0].containerPort", "overflows the API's int32 (at most 2147483647)"),
+    "grace over int64": (_set(POD + ("terminationGracePeriodSeconds",), 2**63),
+                         "Master.template.spec.terminationGracePeriodSeconds", "overflows the API's int64"),
 }
 
 
@@ -210,3 +217,35 @@ def test_vendored_crd_is_the_pinned_upstream_file():
 def test_validation_uses_the_vendored_crd_by_default(job):
     job["spec"]["nprocPerNode"] = 8  # our schema and the CRD both want a string; only the CRD error names it
     assert any("(CRD kubeflow.org_pytorchjobs.yaml)" in e for e in validate_objects([job]))
+
+
+def test_int64_fields_take_more_than_int32(job):
+    """terminationGracePeriodSeconds and activeDeadlineSeconds are int64 in the API: 2^31 is fine there, not for a count."""
+    _set(POD + ("terminationGracePeriodSeconds",), 2**31)(job)
+    _set(("spec", "runPolicy", "activeDeadlineSeconds"), 2**40)(job)
+    assert validate_objects([job]) == []
+    _set(("spec", "runPolicy", "backoffLimit"), 2**31)(job)
+    assert validate_objects([job]) == ["PyTorchJob/dlrm-criteo-fl15: spec.runPolicy.backoffLimit: 2147483648 overflows the API's int32 (at most 2147483647)"]
+
+
+def test_training_pods_get_the_configured_grace_period(rendered):
+    """The trainer's SIGTERM checkpoint needs more than Kubernetes' default 30 s: 120 s unless configured."""
+    assert all(pod["spec"]["terminationGracePeriodSeconds"] == 120 for pod in _pod_templates(rendered["criteo-fl15-nodes2"]))
+    objs = render_objects(load_job_config("synthetic-smoke", overrides={"api": "trainjob", "cluster": {"termination_grace_seconds": 900}}))
+    assert [p["spec"]["terminationGracePeriodSeconds"] for p in _pod_templates(objs)] == [900]
+    patched = by_kind(rendered["trainjob-cluster-runtime-mount-secret"], "TrainJob")["spec"]["runtimePatches"][0]
+    assert patched["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"] == 120
+    with pytest.raises(ConfigError, match=r"cluster.termination_grace_seconds: expected an integer in \[0, 2147483647\]"):
+        load_job_config("synthetic-smoke", overrides={"cluster": {"termination_grace_seconds": 2**31}})
+
+
+def _pod_templates(objs: list[dict]) -> list[dict]:
+    """The training pod templates among rendered objects (a PyTorchJob's replicas, a TrainingRuntime's trainer)."""
+    out = []
+    for o in objs:
+        if o["kind"] == "PyTorchJob":
+            out += [r["template"] for r in o["spec"]["pytorchReplicaSpecs"].values()]
+        elif o["kind"] == "TrainingRuntime":
+            out += [rj["template"]["spec"]["template"] for rj in o["spec"]["template"]["spec"]["replicatedJobs"]]
+    return out

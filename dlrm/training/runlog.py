@@ -43,6 +43,7 @@ from pathlib import Path
 
 from dlrm.io.fsutil import atomic_write, is_s3_uri
 from dlrm.io.storage import open_store
+from dlrm.training import progress
 
 # Set by the launcher in the training container (launcher/render.py): the job's identity, for run.json.
 JOB_ENV = {"name": "DLRM_JOB_NAME", "config_sha256": "DLRM_JOB_CONFIG_SHA256",
@@ -131,6 +132,7 @@ class RunLog:
         else:
             self.local = Path(self.out)
         self.local.mkdir(parents=True, exist_ok=True)
+        self.progress = progress.from_env(total_steps, first_step)  # a TrainJob's status.trainerStatus, if enabled
         from dlrm.metrics import MetricsLog  # torch: not for the launcher, which reads only the constants here
 
         self.metrics = MetricsLog(self.local / METRICS)
@@ -166,6 +168,8 @@ class RunLog:
               f"epoch {epoch + 1}/{self.epochs} | loss {loss:.5f} | lr {lr:.4g} | {samples_per_s:,.0f} samples/s | "
               f"elapsed {duration(elapsed)} | ETA {duration(eta) if eta == eta else '-'}", flush=True)
         self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": samples_per_s})
+        if self.progress:
+            self.progress.train(step=step, loss=loss, samples_per_s=samples_per_s, eta_s=eta)
         self.sync()
 
     def eval(self, step: int, auc: float, loss: float, seconds: float) -> None:
@@ -174,6 +178,8 @@ class RunLog:
         self.metrics.write(kind="eval", step=step, auc=auc, loss=loss, seconds=round(seconds, 3))
         print(f"eval at step {step:,}/{self.total_steps:,} | AUC {auc:.4f} | loss {loss:.5f} | {seconds:.1f}s", flush=True)
         self._scalars(step, {"eval/auc": auc, "eval/loss": loss})
+        if self.progress:
+            self.progress.eval(auc=auc, loss=loss)
         self.sync(force=True)
 
     def checkpoint(self, name: str, where: str, seconds: float) -> None:
@@ -199,6 +205,8 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self.progress:
+            self.progress.close()
         self.sync(force=True, strict=True)
         if self.remote:
             shutil.rmtree(self.local, ignore_errors=True)
