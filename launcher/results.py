@@ -24,6 +24,7 @@ from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri
 from dlrm.training.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, read_metrics
 from dlrm.io.storage import open_store
+from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
 from launcher.command import OUTPUT_ANNOTATION, OUTPUT_MOUNT
 
 LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>
@@ -181,11 +182,10 @@ def resolve_output(args: argparse.Namespace) -> str:
         if not record.get("out"):
             raise UserError(f"run-local job {name}: its record names no run output (the job has not started training)")
         return record["out"]
-    from launcher import k8s
-    from launcher.cli_cluster import _apis, find_job
+    from launcher import k8s  # the kubernetes client: only a job on a cluster needs it
 
     cluster = k8s.connect(args.context, args.namespace)
-    out = output_of_job(find_job(cluster, name, _apis(args))[1])
+    out = output_of_job(find_job(cluster, name, job_apis(args.api))[1])
     if not out:
         raise UserError(f"job {name}: its output is {OUTPUT_MOUNT} inside the pods, gone with them; render with "
                         f"train.out=s3://bucket/prefix/run to keep it (checkpoints included)")
@@ -198,8 +198,6 @@ def add_local_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str = "results") -> None:
-    from launcher.cli_cluster import add_cluster_arguments
-
     p.add_argument("name", help="the job's name, or a run output (s3://bucket/prefix/run or a folder)")
     p.add_argument("--out", metavar="DIR", help="where to put the files (default runs/results/<name>)")
     add_local_arguments(p)
