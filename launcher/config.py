@@ -9,6 +9,7 @@ and the cross-field checks that must pass before anything is rendered.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dlrm import __version__
-from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
+from dlrm.config import (AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes,  # noqa: F401 (API)
+                         parse_quantity, to_dict)
 from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
@@ -33,6 +35,10 @@ FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc", "-ex
 Int32 = Annotated[int, Range(ge=0, le=2**31 - 1)]
 # Variables whose value is a credential: rendered into a pod spec, anyone who can read the job reads it.
 SECRET_ENV_NAME = re.compile(r"^AWS_ACCESS_KEY_ID$|(^|_)(SECRET|SECRET_ACCESS_KEY|SESSION_TOKEN|TOKEN|PASSWORD|API_KEY)$", re.I)
+# train.out may hold the job's name, so one profile's experiments (render --name exp-b) each get their own run output.
+NAME_PLACEHOLDER = "{name}"
+
+
 @dataclass
 class ResourcesConfig:
     cpu_request: str = "16"
@@ -159,6 +165,15 @@ class JobConfig:
     export_table_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     export_triton: bool = True  # also write <output>/model/triton, a Triton model repository
 
+    def __post_init__(self) -> None:
+        # Filled in as the config is built, so everything downstream (the rendered ConfigMap, the
+        # output annotation, the config hash) sees the job's actual output, never the template.
+        braces = re.findall(r"\{[^{}]*\}", self.train.out)
+        _fail_unless(all(b == NAME_PLACEHOLDER for b in braces),
+                     f"train.out {self.train.out!r}: the only placeholder is {NAME_PLACEHOLDER} (the job's name), "
+                     f"got {', '.join(b for b in braces if b != NAME_PLACEHOLDER)}")
+        self.train.out = self.train.out.replace(NAME_PLACEHOLDER, self.name)
+
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
@@ -173,6 +188,9 @@ class JobConfig:
     def validate(self) -> None:
         """Cross-field checks before rendering; each message names the fields and their values."""
         self.train.validate()
+        _fail_unless(not self.train.run_id,
+                     f"train.run_id={self.train.run_id!r}: a job's run id is set by the launcher (the job's name and "
+                     f"config hash, so a restarted pod continues its own run); to continue an earlier run, pass --resume")
         _check_choices(self)
         _check_names(self)
         _check_resources(self)
@@ -317,6 +335,18 @@ def _check_storage(c: JobConfig) -> None:
                      "Job follows the run in its folder on storage.output_claim; leave train.out unset")
         _fail_unless(s.mode != "stage", "export=true with storage.mode=stage: the staged dataset lives in the training "
                      "pods only, and export reads its feature_spec.yaml; use storage.mode=pvc, hostPath or mount")
+
+
+def config_sha256(c: JobConfig) -> str:
+    """The resolved config's hash: the jobs' dlrm-k8s.io/config-sha256 annotation and the run id's suffix."""
+    return hashlib.sha256(json.dumps(to_dict(c), sort_keys=True).encode()).hexdigest()
+
+
+def run_id(c: JobConfig) -> str:
+    """The job's run: the same for every pod and every restart of this job (and for the identical job
+    applied again), different for another name or any other setting. Pure: no clock, no randomness.
+    train.run_id is always "" in a job config (validate), so the hash is the config's without it."""
+    return f"{c.name}-{config_sha256(c)[:12]}"
 
 
 def table_hotness(c: JobConfig) -> list[int] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd
+from launcher.config import run_id
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
 # Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.
@@ -111,7 +112,7 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
         name, ports = trainjob.NODE, []
     else:
         name, ports = CONTAINER, [Port(PORT_NAME, MASTER_PORT)]
-    main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.train_out(cfg.train.out)),
+    main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.train_out(cfg.train.out), run_id(cfg), cfg.train.resume),
                      ports=ports, limits={**limits(cfg), **devices}, mounts=mounts, **common)
     if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
         main.env, main.env_from = main.env + secret_key_env(cfg), []

@@ -12,7 +12,6 @@ the same inputs give byte-identical YAML.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from launcher import command as cmd, pods, trainjob
-from launcher.config import JobConfig
+from launcher.config import JobConfig, config_sha256
 from launcher.names import DNS1035_LABEL
 
 # A checkout reads the top-level manifests/; an installed wheel carries them as launcher/manifests.
@@ -58,8 +57,7 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def config_hash(cfg: JobConfig) -> str:
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+config_hash = config_sha256  # one definition (launcher.config): the run id is derived from it
 
 
 def _train_yaml(cfg: JobConfig, dataset: str) -> str:

@@ -358,9 +358,11 @@ def add_arguments(parser, command: str = "run-local") -> None:
 
 def main(args) -> int:
     if args.file:
-        job_flags = [f for f in ("nodes", "gpus", "image", "namespace", "name", "api") if getattr(args, f) is not None]
-        if job_flags or args.values or args.overrides or args.feature_spec:
-            raise UserError(f"{args.file} is already rendered: drop --{job_flags[0] if job_flags else 'values/--set/--feature-spec'}, or render with --profile instead")
+        given = [f"--{f}" for f in ("nodes", "gpus", "image", "namespace", "name", "api") if getattr(args, f) is not None]
+        given += [flag for flag, v in (("--values", args.values), ("--set", args.overrides),
+                                       ("--feature-spec", args.feature_spec), ("--resume", args.resume)) if v]
+        if given:
+            raise UserError(f"{args.file} is already rendered: drop {given[0]}, or render with --profile instead")
         plan = load_plan_file(args.file)
     else:
         from launcher.cli_render import plan_from_args
