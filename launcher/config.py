@@ -24,7 +24,7 @@ from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
-from launcher.command import OUTPUT_MOUNT
+from launcher.command import OUTPUT_MOUNT, train_out
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
@@ -328,6 +328,7 @@ def _check_storage(c: JobConfig) -> None:
     ckpt = c.train.checkpoint_dir  # a path on this machine means nothing in the pod: S3, or under the output mount
     _fail_unless(not ckpt or ckpt.startswith(("s3://", OUTPUT_MOUNT + "/")),
                  f"train.checkpoint_dir {ckpt!r} must be empty (<out>/checkpoints), s3://bucket/prefix, or under {OUTPUT_MOUNT}/")
+    _check_multinode_output(c)
     if c.export:
         _fail_unless(bool(s.output_claim), "export=true needs storage.output_claim: the export Job reads the run's "
                      "metrics and checkpoints from the claim the training pods write (an emptyDir output dies with them)")
@@ -335,6 +336,22 @@ def _check_storage(c: JobConfig) -> None:
                      "Job follows the run in its folder on storage.output_claim; leave train.out unset")
         _fail_unless(s.mode != "stage", "export=true with storage.mode=stage: the staged dataset lives in the training "
                      "pods only, and export reads its feature_spec.yaml; use storage.mode=pvc, hostPath or mount")
+
+
+def _check_multinode_output(c: JobConfig) -> None:
+    """A restart of a run on several nodes resumes only from an output every node reads: with an emptyDir
+    per pod, each node holds its own part of every checkpoint (and its own run record), so no restarted
+    job could load one whole. Without restarts (backoff_limit 0) a rerun is new pods with empty emptyDirs:
+    a new run, nothing half-visible."""
+    def per_pod(path: str) -> bool:  # anything not on S3 is under the output mount (checked above)
+        return not path.startswith("s3://") and not c.storage.output_claim
+    where = [f"{k}={v}" for k, v in (("train.out", train_out(c.train.out)), ("train.checkpoint_dir", c.train.checkpoint_dir))
+             if v and per_pod(v)]
+    _fail_unless(c.nodes == 1 or not where or c.cluster.backoff_limit == 0,
+                 f"nodes={c.nodes} with {' and '.join(where)} in each pod's own emptyDir and cluster.backoff_limit="
+                 f"{c.cluster.backoff_limit}: every node would keep only its own part of each checkpoint, so a restarted job "
+                 f"could not resume; set train.out=s3://bucket/prefix/{NAME_PLACEHOLDER} (the run and its checkpoints on S3), or "
+                 f"storage.output_claim=<a ReadWriteMany PersistentVolumeClaim> shared by the nodes (or cluster.backoff_limit=0: no restarts)")
 
 
 def config_sha256(c: JobConfig) -> str:

@@ -65,3 +65,12 @@ def test_only_the_name_placeholder_exists(out):
 
     with pytest.raises(ConfigError, match="the only placeholder is"):
         load_job_config("criteo-fl15", overrides=[f"train.out={out}"])
+
+
+@pytest.mark.parametrize("over", [{"storage": {"output_claim": "runs"}}, {"train": {"out": "s3://b/{name}"}},
+                                  {"cluster": {"backoff_limit": 0}}])
+def test_a_multinode_job_renders_when_a_restart_can_resume(over):
+    """Shared output (a claim or S3), or no restarts at all (a rerun is new pods with empty emptyDirs)."""
+    over = {"nodes": 2, "gpus_per_node": 1, "cluster": {"backoff_limit": 2}, **over}
+    cfg = load_job_config("synthetic-smoke", overrides=over)
+    assert cfg.nodes == 2
