@@ -12,7 +12,8 @@ would otherwise create, in the order it creates them.
 The other commands work on PyTorchJobs (training operator v1) and TrainJobs (Kubeflow Trainer v2)
 alike: `--api` names the kind, else the job is looked up as either.
 Kubeconfig, context and namespace are found as kubectl finds them (launcher.k8s), and every API
-failure arrives here already turned into a one-line UserError.
+failure arrives here already turned into a one-line UserError. With --local, status, logs, cancel
+and list act on run-local jobs instead (launcher.cli_local).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from launcher import plan, trainjob
 from launcher.cli_render import add_job_arguments, plan_from_args
 from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
 from launcher.render import to_yaml
-from launcher.results import add_local_arguments, local_logs, local_status, output_of_job, status_lines
+from launcher.cli_local import local_cancel, local_list, local_logs, local_status
+from launcher.local_jobs import LOCAL_ROOT, add_local_arguments
+from launcher.results import output_of_job, status_lines
 
 # `from launcher import k8s` stays inside the functions that talk to a cluster: it imports the
 # kubernetes client, which `--help`, `submit --dry-run` and the --local commands never need.
@@ -59,8 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="the job's kind: PyTorchJob or TrainJob (default: whichever exists; list shows both)")
     if command in ("status", "logs", "cancel"):
         parser.add_argument("name", help="the job's name")
-    if command in ("status", "logs"):
+    if command in ("status", "logs", "cancel"):
         add_local_arguments(parser)
+    if command == "list":
+        parser.add_argument("--local", action="store_true", help=f"the run-local jobs under {LOCAL_ROOT}/ instead")
     if command == "status":
         parser.add_argument("-w", "--watch", action="store_true", help="print again on every change until the job finishes")
         parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
@@ -257,6 +262,9 @@ def status(args: argparse.Namespace) -> int:
 def list_jobs(args: argparse.Namespace) -> int:
     from launcher import k8s
 
+    if args.local:
+        return local_list(args)
+
     cluster = k8s.connect(args.context, args.namespace)
     jobs, unserved = [], []
     for api in _apis(args):
@@ -312,6 +320,9 @@ def logs(args: argparse.Namespace) -> int:
 def cancel(args: argparse.Namespace) -> int:
     """Delete the job (foreground: its pods go first), then what submit created for it."""
     from launcher import k8s
+
+    if args.local:
+        return local_cancel(args)
 
     cluster = k8s.connect(args.context, args.namespace)
     found = False

@@ -72,6 +72,15 @@ def _alive(pid: int) -> bool:
             return False
 
 
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None when it is gone: with its pid, it
+    names one process, where a pid alone may have been reused by another since it was written down."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
