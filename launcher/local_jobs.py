@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_write, is_s3_uri
-from launcher.procs import start_time
+from launcher.procs import running, start_time
 
 LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>
 JOB_RECORD = "job.json"
@@ -69,14 +69,15 @@ def process_id(pid: int) -> list[int]:
 
 
 def alive(pid, start: int | None = None) -> bool:
-    """The process exists (possibly another user's) and, when its start time is known, is the same one."""
+    """The process runs (possibly another user's; a zombie has ended) and, when its start time is known,
+    is the same one."""
     try:
         os.kill(int(pid), 0)
     except (TypeError, ValueError, OverflowError, ProcessLookupError):
         return False
     except PermissionError:
         pass
-    return start is None or start_time(int(pid)) in (start, None)
+    return running(int(pid)) and (start is None or start_time(int(pid)) in (start, None))
 
 
 def live_replicas(record: dict) -> dict[str, int]:

@@ -52,14 +52,14 @@ def kill_tree(pids: list[int], grace_s: float) -> None:
                 pass
         deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5)
         while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if _alive(p)]
+            alive = [p for p in alive if running(p)]
             time.sleep(0.05)
         pids = alive
         if not pids:
             return
 
 
-def _alive(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Running, not a zombie (our own children stay zombies until Popen reaps them)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
