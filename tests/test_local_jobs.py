@@ -4,6 +4,7 @@ period, SIGKILL) even when run-local itself was killed, `list --local`, a failed
 `status --local`, a TrainJob's logs, and status never showing another run's numbers as this job's."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -219,3 +220,58 @@ def test_a_record_that_is_not_one_is_a_user_error(tmp_path, text):
     (tmp_path / "job.json").write_bytes(text.encode("latin-1"))
     with pytest.raises(UserError, match=r"job\.json: not a run-local job record"):
         LocalJobRecord.read("x", tmp_path)
+
+
+def _trainer_missing() -> str:
+    import importlib.util
+
+    return "" if importlib.util.find_spec("dlrm.training.train") else "needs the trainer"
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_trainer_missing()), reason=_trainer_missing() or "-")
+@pytest.mark.parametrize("layout", ["emptyDir", "claim"])
+def test_a_two_node_job_killed_and_rerun_under_the_same_name_finishes(tmp_path, capsys, layout):
+    """Issue 19's fault: 2 nodes x 1 process of the real trainer, killed (kill -9, every process) after its
+    first checkpoint, then run again with the same flags. Per-pod output (emptyDir; allowed without
+    restarts) starts again in new pods; a shared claim holds the run for every node. Neither waits out a
+    collective timeout: the rerun finishes well inside it."""
+    from dlrm.__main__ import main as dlrm_main
+    from launcher.cli_render import add_job_arguments, plan_from_args
+
+    data = tmp_path / "data"
+    assert dlrm_main(["synth", "--out", str(data), "--rows", "20000", "--tables", "small", "--seed", "1"]) == 0
+    flags = ["--profile", "synthetic-smoke", "--nodes", "2", "--gpus", "1", "--set", f"dataset={data}",
+             "--set", "train.max_steps=0", "--set", "train.epochs=3", "--set", "train.checkpoint_every=20",
+             "--set", "train.dist.collective_timeout_s=120"]
+    if layout == "claim":
+        flags += ["--set", "storage.output_claim=runs", "--set", "cluster.backoff_limit=1"]
+    wd = tmp_path / "wd"
+    run_dir = wd / ("pods/master-0/output" if layout == "emptyDir" else "volumes/runs/runs/dlrm-smoke")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_job_arguments(parser)
+    job = LocalJob(plan_from_args(parser.parse_args(flags)), wd, out=io.StringIO(), grace_s=1, max_restarts=0)
+    runner = threading.Thread(target=job.run)
+    runner.start()
+    try:
+        wait_for(lambda: list(run_dir.glob("checkpoints/ckpt-*/metadata.json")) or not runner.is_alive(),
+                 "the first checkpoint", timeout=300)
+        assert runner.is_alive(), job.out.getvalue()[-3000:]
+        for pid in [p for tree in job.pids().values() for p in tree]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        runner.join(60)
+    finally:
+        job.stop()
+        runner.join(60)
+    t0 = time.monotonic()
+    rc = main(["run-local", *flags, "--workdir", str(wd), "--grace", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert time.monotonic() - t0 < 110  # below the collective timeout: no rank waited on another
+    assert "final AUC" in out
+    summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary[-1]["kind"] == "summary"
