@@ -40,7 +40,7 @@ def size_bytes(quantity: str) -> str:
 
 def load_plan(args: argparse.Namespace) -> JobPlan:
     if args.rendered:
-        if args.image or args.nodes or args.gpus or args.overrides or args.values:
+        if args.image or args.nodes or args.gpus or args.overrides or args.values or args.resume:
             raise UserError(f"{args.rendered} is already rendered: give the job flags (--profile, --image...) instead")
         return load_plan_file(args.rendered)
     from launcher.cli_render import plan_from_args

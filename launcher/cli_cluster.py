@@ -12,7 +12,8 @@ would otherwise create, in the order it creates them.
 The other commands work on PyTorchJobs (training operator v1) and TrainJobs (Kubeflow Trainer v2)
 alike: `--api` names the kind, else the job is looked up as either.
 Kubeconfig, context and namespace are found as kubectl finds them (launcher.k8s), and every API
-failure arrives here already turned into a one-line UserError.
+failure arrives here already turned into a one-line UserError. With --local, status, logs, cancel
+and list act on run-local jobs instead (launcher.cli_local).
 """
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ from datetime import datetime, timezone
 
 from dlrm.errors import UserError
 from launcher import plan, trainjob
+from launcher.cli_render import add_job_arguments, plan_from_args
+from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
+from launcher.render import to_yaml
+from launcher.cli_local import local_cancel, local_list, local_logs, local_status
+from launcher.local_jobs import LOCAL_ROOT, add_local_arguments
+from launcher.results import output_of_job, status_lines
+
+# `from launcher import k8s` stays inside the functions that talk to a cluster: it imports the
+# kubernetes client, which `--help`, `submit --dry-run` and the --local commands never need.
 
 JOB_LABEL = "training.kubeflow.org/job-name"
 # Each job API's container holding the training processes (the operator's and the Trainer's names).
@@ -39,16 +49,8 @@ SHARED_KINDS = {"ServiceAccount"}
 FINISHED = {"Succeeded", "Complete", "Failed"}  # PyTorchJob's and TrainJob's terminal conditions
 
 
-def add_cluster_arguments(p: argparse.ArgumentParser, namespace: bool = True) -> None:
-    p.add_argument("--context", help="kubeconfig context (default: the current one)")
-    if namespace:
-        p.add_argument("-n", "--namespace", help="default: the context's namespace, else 'default'")
-
-
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     if command == "submit":
-        from launcher.cli_render import add_job_arguments
-
         add_job_arguments(parser)  # the same flags as render and run-local; --namespace among them
         add_cluster_arguments(parser, namespace=False)
         mode = parser.add_mutually_exclusive_group()
@@ -60,10 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="the job's kind: PyTorchJob or TrainJob (default: whichever exists; list shows both)")
     if command in ("status", "logs", "cancel"):
         parser.add_argument("name", help="the job's name")
-    if command in ("status", "logs"):
-        from launcher.results import add_local_arguments
-
+    if command in ("status", "logs", "cancel"):
         add_local_arguments(parser)
+    if command == "list":
+        parser.add_argument("--local", action="store_true", help=f"the run-local jobs under {LOCAL_ROOT}/ instead")
     if command == "status":
         parser.add_argument("-w", "--watch", action="store_true", help="print again on every change until the job finishes")
         parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
@@ -86,8 +88,6 @@ def main(args: argparse.Namespace) -> int:
 
 def submit(args: argparse.Namespace) -> int:
     from launcher import k8s
-    from launcher.cli_render import plan_from_args
-    from launcher.render import to_yaml
 
     # kubectl's order: --namespace, else the context's namespace; else the config's. It is
     # resolved before rendering because it is written into the objects; --dry-run needs no kubeconfig.
@@ -127,7 +127,7 @@ def submit(args: argparse.Namespace) -> int:
 def _check_cluster_runtimes(cluster, objs: list[dict]) -> None:
     """A TrainJob naming a ClusterTrainingRuntime the cluster lacks would be created and then fail
     in the controller: look it up first (a user whose Role cannot read it is only warned)."""
-    from launcher import k8s, trainjob
+    from launcher import k8s
 
     for job in (o for o in objs if o["kind"] == "TrainJob"):
         ref = job["spec"]["runtimeRef"]
@@ -230,43 +230,15 @@ def describe(job: dict, pods: list[dict], ages: bool = True) -> str:
 
 
 def _apis(args: argparse.Namespace) -> list[str]:
-    from launcher import k8s
-
-    return [args.api] if args.api else list(k8s.JOB_KINDS)
-
-
-def find_job(cluster, name: str, apis: list[str]) -> tuple[str, dict]:
-    """(api, job) for the named job, trying each API in turn. A cluster serving only one of them,
-    or a Role granting only one, is fine: only when no API answers is that the error."""
-    from launcher import k8s
-
-    errors: dict[str, k8s.UserError] = {}
-    for api in apis:
-        try:
-            return api, cluster.get_job(name, api)
-        except (k8s.NotFound, k8s.NotServed, k8s.Forbidden) as e:
-            errors[api] = e
-    if len(errors) == 1:
-        raise next(iter(errors.values()))
-    if any(isinstance(e, k8s.Forbidden) for e in errors.values()):  # it may be the one we cannot read
-        raise k8s.Forbidden("; ".join(str(e) for e in errors.values()))
-    missing = [a for a, e in errors.items() if isinstance(e, k8s.NotFound)]
-    if not missing:  # neither operator is installed
-        raise k8s.NotServed("; ".join(str(e) for e in errors.values()))
-    what = " or ".join(f"{k8s.plural(k8s.JOB_KINDS[a][1])}.{k8s.JOB_KINDS[a][0].rpartition('/')[0]}" for a in missing)
-    raise k8s.NotFound(f"no {what} {name!r} in namespace {cluster.namespace!r}")
+    return job_apis(args.api)
 
 
 def pod_selector(api: str, name: str) -> str:
-    from launcher import trainjob
-
     return f"{JOB_LABEL}={name}" if api == "pytorchjob" else f"{trainjob.JOBSET_NAME_LABEL}={name}"
 
 
 def status(args: argparse.Namespace) -> int:
     from launcher import k8s
-    from launcher.results import local_status, output_of_job, status_lines
-
     if args.local:
         return local_status(args)
     cluster = k8s.connect(args.context, args.namespace)
@@ -289,6 +261,9 @@ def status(args: argparse.Namespace) -> int:
 
 def list_jobs(args: argparse.Namespace) -> int:
     from launcher import k8s
+
+    if args.local:
+        return local_list(args)
 
     cluster = k8s.connect(args.context, args.namespace)
     jobs, unserved = [], []
@@ -316,11 +291,9 @@ def list_jobs(args: argparse.Namespace) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
-    from launcher import k8s, trainjob
+    from launcher import k8s
 
     if args.local:
-        from launcher.results import local_logs
-
         return local_logs(args)
     cluster = k8s.connect(args.context, args.namespace)
     api = args.api or find_job(cluster, args.name, _apis(args))[0]
@@ -347,6 +320,9 @@ def logs(args: argparse.Namespace) -> int:
 def cancel(args: argparse.Namespace) -> int:
     """Delete the job (foreground: its pods go first), then what submit created for it."""
     from launcher import k8s
+
+    if args.local:
+        return local_cancel(args)
 
     cluster = k8s.connect(args.context, args.namespace)
     found = False

@@ -36,6 +36,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="job API: PyTorchJob (Kubeflow training operator v1, the default) or TrainJob (Kubeflow Trainer v2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. --set train.epochs=2 --set cluster.efa=4; repeatable")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run already in the job's output though its config differs (train.resume); without it "
+                        "the job continues only its own run (same name and config) and refuses to train over another")
     p.add_argument("--feature-spec", metavar="FILE|s3://...",
                    help="the dataset's feature_spec.yaml, read for the embedding table sizes (instead of train_tables)")
     p.add_argument("--crd", metavar="FILE", help="validate the job of the kind this CRD defines against it: a PyTorchJob "
@@ -49,6 +52,8 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
              "namespace": args.namespace, "name": args.name, "api": args.api}
     # JSON is YAML: each flag's value keeps its type through dlrm.config.parse_override.
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    if getattr(args, "resume", False):
+        overrides.append("train.resume=true")
     return load_job_config(args.profile, values=args.values, overrides=overrides)
 
 

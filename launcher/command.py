@@ -40,9 +40,11 @@ EXPORT_DIR = f"{OUTPUT_MOUNT}/{MODEL_DIR}"  # the export Job's model, in the run
 SPARK_MAIN_FILE = "local:///opt/dlrm/dlrm_main.py"
 
 
-def train_args(dataset: str, out: str) -> list[str]:
-    """Arguments after TRAIN_COMMAND. --resume always: a restarted pod continues from the latest checkpoint."""
-    return ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--set", f"data.dataset={dataset}", "--set", f"out={out}", "--resume"]
+def train_args(dataset: str, out: str, run_id: str, resume: bool = False) -> list[str]:
+    """Arguments after TRAIN_COMMAND. run_id lets a restarted pod (or the same job applied again) continue
+    its own run and no other; --resume only when the user asked to continue a run of another config."""
+    return ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--set", f"data.dataset={dataset}", "--set", f"out={out}",
+            "--set", f"run_id={run_id}", *(["--resume"] if resume else [])]
 
 
 def stage_args(source: str, dest: str = STAGED_DATASET) -> list[str]:

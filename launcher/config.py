@@ -9,6 +9,7 @@ and the cross-field checks that must pass before anything is rendered.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dlrm import __version__
-from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
+from dlrm.config import (AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes,  # noqa: F401 (API)
+                         parse_quantity, to_dict)
 from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
-from launcher.command import OUTPUT_MOUNT
+from launcher.command import OUTPUT_MOUNT, train_out
 from launcher.resources import check_host_memory, check_resources, pod_resources  # noqa: F401 (API)
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
@@ -34,6 +36,10 @@ FIXED_SUFFIXES = ("-config", "-dataset", "-master-0", "-driver", "-ui-svc", "-ex
 Int32 = Annotated[int, Range(ge=0, le=2**31 - 1)]
 # Variables whose value is a credential: rendered into a pod spec, anyone who can read the job reads it.
 SECRET_ENV_NAME = re.compile(r"^AWS_ACCESS_KEY_ID$|(^|_)(SECRET|SECRET_ACCESS_KEY|SESSION_TOKEN|TOKEN|PASSWORD|API_KEY)$", re.I)
+# train.out may hold the job's name, so one profile's experiments (render --name exp-b) each get their own run output.
+NAME_PLACEHOLDER = "{name}"
+
+
 @dataclass
 class ResourcesConfig:
     # Per GPU of a node: each total left "" below is this figure x gpus_per_node (x 1 for
@@ -175,6 +181,15 @@ class JobConfig:
     export_table_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     export_triton: bool = True  # also write <output>/model/triton, a Triton model repository
 
+    def __post_init__(self) -> None:
+        # Filled in as the config is built, so everything downstream (the rendered ConfigMap, the
+        # output annotation, the config hash) sees the job's actual output, never the template.
+        braces = re.findall(r"\{[^{}]*\}", self.train.out)
+        _fail_unless(all(b == NAME_PLACEHOLDER for b in braces),
+                     f"train.out {self.train.out!r}: the only placeholder is {NAME_PLACEHOLDER} (the job's name), "
+                     f"got {', '.join(b for b in braces if b != NAME_PLACEHOLDER)}")
+        self.train.out = self.train.out.replace(NAME_PLACEHOLDER, self.name)
+
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
@@ -189,6 +204,9 @@ class JobConfig:
     def validate(self) -> None:
         """Cross-field checks before rendering; each message names the fields and their values."""
         self.train.validate()
+        _fail_unless(not self.train.run_id,
+                     f"train.run_id={self.train.run_id!r}: a job's run id is set by the launcher (the job's name and "
+                     f"config hash, so a restarted pod continues its own run); to continue an earlier run, pass --resume")
         _check_choices(self)
         _check_names(self)
         check_resources(self)
@@ -325,6 +343,7 @@ def _check_storage(c: JobConfig) -> None:
     ckpt = c.train.checkpoint_dir  # a path on this machine means nothing in the pod: S3, or under the output mount
     _fail_unless(not ckpt or ckpt.startswith(("s3://", OUTPUT_MOUNT + "/")),
                  f"train.checkpoint_dir {ckpt!r} must be empty (<out>/checkpoints), s3://bucket/prefix, or under {OUTPUT_MOUNT}/")
+    _check_multinode_output(c)
     if c.export:
         _fail_unless(bool(s.output_claim), "export=true needs storage.output_claim: the export Job reads the run's "
                      "metrics and checkpoints from the claim the training pods write (an emptyDir output dies with them)")
@@ -332,6 +351,34 @@ def _check_storage(c: JobConfig) -> None:
                      "Job follows the run in its folder on storage.output_claim; leave train.out unset")
         _fail_unless(s.mode != "stage", "export=true with storage.mode=stage: the staged dataset lives in the training "
                      "pods only, and export reads its feature_spec.yaml; use storage.mode=pvc, hostPath or mount")
+
+
+def _check_multinode_output(c: JobConfig) -> None:
+    """A restart of a run on several nodes resumes only from an output every node reads: with an emptyDir
+    per pod, each node holds its own part of every checkpoint (and its own run record), so no restarted
+    job could load one whole. Without restarts (backoff_limit 0) a rerun is new pods with empty emptyDirs:
+    a new run, nothing half-visible."""
+    def per_pod(path: str) -> bool:  # anything not on S3 is under the output mount (checked above)
+        return not path.startswith("s3://") and not c.storage.output_claim
+    where = [f"{k}={v}" for k, v in (("train.out", train_out(c.train.out)), ("train.checkpoint_dir", c.train.checkpoint_dir))
+             if v and per_pod(v)]
+    _fail_unless(c.nodes == 1 or not where or c.cluster.backoff_limit == 0,
+                 f"nodes={c.nodes} with {' and '.join(where)} in each pod's own emptyDir and cluster.backoff_limit="
+                 f"{c.cluster.backoff_limit}: every node would keep only its own part of each checkpoint, so a restarted job "
+                 f"could not resume; set train.out=s3://bucket/prefix/{NAME_PLACEHOLDER} (the run and its checkpoints on S3), or "
+                 f"storage.output_claim=<a ReadWriteMany PersistentVolumeClaim> shared by the nodes (or cluster.backoff_limit=0: no restarts)")
+
+
+def config_sha256(c: JobConfig) -> str:
+    """The resolved config's hash: the jobs' dlrm-k8s.io/config-sha256 annotation and the run id's suffix."""
+    return hashlib.sha256(json.dumps(to_dict(c), sort_keys=True).encode()).hexdigest()
+
+
+def run_id(c: JobConfig) -> str:
+    """The job's run: the same for every pod and every restart of this job (and for the identical job
+    applied again), different for another name or any other setting. Pure: no clock, no randomness.
+    train.run_id is always "" in a job config (validate), so the hash is the config's without it."""
+    return f"{c.name}-{config_sha256(c)[:12]}"
 
 
 def table_hotness(c: JobConfig) -> list[int] | None:

@@ -7,13 +7,10 @@ the local interpreters (run-local, images/docker_job.py) alike. Paths come from 
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
-from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd, trainjob
+from launcher.config import config_sha256, run_id
 from launcher.resources import pod_resources
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
@@ -34,9 +31,7 @@ def s3_env(cfg) -> list[EnvVar]:
     return env
 
 
-def config_hash(cfg) -> str:
-    """The job config's identity: sha256 of its canonical JSON (run.json, the objects' annotation)."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+config_hash = config_sha256  # one definition (launcher.config): the run id is derived from it too
 
 
 def job_env(cfg, git_revision: str) -> list[EnvVar]:
@@ -119,7 +114,7 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
         name, ports = trainjob.NODE, []
     else:
         name, ports = CONTAINER, [Port(PORT_NAME, MASTER_PORT)]
-    main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.train_out(cfg.train.out)),
+    main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.train_out(cfg.train.out), run_id(cfg), cfg.train.resume),
                      ports=ports, limits={**limits(cfg), **devices}, mounts=mounts, **common)
     if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
         main.env, main.env_from = main.env + secret_key_env(cfg), []

@@ -52,14 +52,14 @@ def kill_tree(pids: list[int], grace_s: float) -> None:
                 pass
         deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5)
         while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if _alive(p)]
+            alive = [p for p in alive if running(p)]
             time.sleep(0.05)
         pids = alive
         if not pids:
             return
 
 
-def _alive(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Running, not a zombie (our own children stay zombies until Popen reaps them)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -70,6 +70,15 @@ def _alive(pid: int) -> bool:
             return True
         except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to someone else
             return False
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None when it is gone: with its pid, it
+    names one process, where a pid alone may have been reused by another since it was written down."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def free_port() -> int:

@@ -12,80 +12,20 @@ record run-local keeps in its workdir (job.json: state, pid, the run's output fo
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
-import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri
+from dlrm.io.fsutil import atomic_path, is_s3_uri
 from dlrm.training.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, read_metrics
 from dlrm.io.storage import open_store
+from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
 from launcher.command import OUTPUT_ANNOTATION, OUTPUT_MOUNT
+from launcher.local_jobs import LocalJobRecord, add_local_arguments
 
-LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>
-JOB_RECORD = "job.json"
 RESULT_FILES = (CONFIG, RECORD, METRICS, PLOT)  # plus everything under TENSORBOARD/ and MODEL_DIR/
-
-
-def local_workdir(name: str, workdir: str | None = None) -> Path:
-    return Path(workdir) if workdir else LOCAL_ROOT / name
-
-
-# ---------------------------------------------------------------------------------------------
-# The run-local job record
-
-
-class LocalJobRecord:
-    """<workdir>/job.json, rewritten whole (atomically) at each change of a run-local job."""
-
-    def __init__(self, workdir: str | Path, name: str):
-        self.path = Path(workdir) / JOB_RECORD
-        self.data = {"name": name, "workdir": str(Path(workdir).resolve())}
-
-    def update(self, **fields) -> None:
-        self.data.update(fields)
-        atomic_write(self.path, json.dumps(self.data, indent=1) + "\n", fsync=False)
-
-    @staticmethod
-    def read(name: str, workdir: str | None) -> dict:
-        path = local_workdir(name, workdir) / JOB_RECORD
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"no run-local job {name!r}: {path} does not exist (run-local writes it; "
-                            f"--workdir DIR if the job ran with one)") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not a run-local job record ({e})") from None
-        if data.get("state") == "Running" and not _alive(data.get("pid")):
-            data["state"] = "Lost"  # run-local itself was killed: nobody will write the final state
-        return data
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def output_of_argv(argv: list[str], cwd: str) -> str | None:
-    """The trainer's `out` from its command line (`--set out=X` or `--out X`), absolute."""
-    out = None
-    for i, arg in enumerate(argv):
-        if arg == "--set" and i + 1 < len(argv) and argv[i + 1].startswith("out="):
-            out = argv[i + 1][len("out="):]
-        elif arg == "--out" and i + 1 < len(argv):
-            out = argv[i + 1]
-    if out is None or is_s3_uri(out):
-        return out
-    return str(Path(cwd, out).resolve())
 
 
 def output_of_job(job: dict) -> str | None:
@@ -138,13 +78,28 @@ def summarize(records: list[dict], ages: bool = True) -> list[str]:
     return lines or ["no metrics logged yet"]
 
 
-def status_lines(out: str | None, ages: bool = True) -> list[str]:
-    """`launcher status`'s run section: where the output is and its latest numbers, never an error."""
+def recorded_run_id(out: str) -> str | None:
+    """The run id in `out`/run.json (None: no record there, or one written before run ids)."""
+    try:
+        record = json.loads(open_store(out).get_bytes(RECORD))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    return record.get("run_id") or None if isinstance(record, dict) else None
+
+
+def status_lines(out: str | None, ages: bool = True, run_id: str = "") -> list[str]:
+    """`launcher status`'s run section: where the output is and its latest numbers, never an error.
+    With the job's `run_id`, numbers that another run left in `out` are not shown as this job's."""
     if not out:
         return [f"run output: {OUTPUT_MOUNT} inside the pods (an emptyDir unless storage.output_claim): "
                 f"set train.out to s3://bucket/prefix/run to follow step, loss and AUC here"]
     try:
-        lines = summarize(read_run(out), ages)
+        there = recorded_run_id(out) if run_id else None
+        if there and there != run_id:
+            lines = [f"holds another run ({there}); this job's run ({run_id}) has not written there (yet): "
+                     f"without --resume its trainer refuses to train over that run"]
+        else:
+            lines = summarize(read_run(out), ages)
     except (UserError, OSError) as e:
         lines = [f"metrics unreadable: {e}"]
     return [f"run output {out}:"] + [f"  {line}" for line in lines]
@@ -176,30 +131,27 @@ def resolve_output(args: argparse.Namespace) -> str:
     name = args.name
     if is_s3_uri(name) or Path(name, METRICS).is_file() or Path(name, CONFIG).is_file():
         return name
+    if not args.local and ("/" in name or Path(name).is_dir()):  # a job's name is a DNS label: this is a folder
+        if not Path(name).is_dir():
+            raise UserError(f"{name}: no such folder (NAME is a job's name, an s3:// run or a run's folder)")
+        raise UserError(f"{name}: the folder holds no run output (no {', '.join(RESULT_FILES)}): a run's folder is "
+                        f"the trainer's `out`; for a run-local job give its name with --local")
     if args.local:
         record = LocalJobRecord.read(name, args.workdir)
         if not record.get("out"):
             raise UserError(f"run-local job {name}: its record names no run output (the job has not started training)")
         return record["out"]
-    from launcher import k8s
-    from launcher.cli_cluster import _apis, find_job
+    from launcher import k8s  # the kubernetes client: only a job on a cluster needs it
 
     cluster = k8s.connect(args.context, args.namespace)
-    out = output_of_job(find_job(cluster, name, _apis(args))[1])
+    out = output_of_job(find_job(cluster, name, job_apis(args.api))[1])
     if not out:
         raise UserError(f"job {name}: its output is {OUTPUT_MOUNT} inside the pods, gone with them; render with "
                         f"train.out=s3://bucket/prefix/run to keep it (checkpoints included)")
     return out
 
 
-def add_local_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--local", action="store_true", help="a job started with run-local (make submit BACKEND=local)")
-    p.add_argument("--workdir", help=f"the run-local job's workdir (default {LOCAL_ROOT}/NAME)")
-
-
 def add_arguments(p: argparse.ArgumentParser, command: str = "results") -> None:
-    from launcher.cli_cluster import add_cluster_arguments
-
     p.add_argument("name", help="the job's name, or a run output (s3://bucket/prefix/run or a folder)")
     p.add_argument("--out", metavar="DIR", help="where to put the files (default runs/results/<name>)")
     add_local_arguments(p)
@@ -218,63 +170,3 @@ def main(args: argparse.Namespace) -> int:
     print(f"{len(files)} file(s) from {out} in {dest}" + (f"; not there (yet): {', '.join(missing)}" if missing else ""),
           file=sys.stderr)
     return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# status and logs of a run-local job
-
-
-def local_status(args: argparse.Namespace) -> int:
-    last = None
-    while True:
-        record = LocalJobRecord.read(args.name, args.workdir)
-        text = "\n".join(_local_lines(record, ages=False))
-        if text != last:
-            stamp = "" if last is None else f"\n--- {datetime.now().strftime('%H:%M:%S')}\n"
-            print(stamp + "\n".join(_local_lines(record, ages=True)), flush=True)
-            last = text
-        if not args.watch or record["state"] != "Running":
-            return 0 if record["state"] in ("Running", "Succeeded") else 1
-        time.sleep(args.interval)
-
-
-def _local_lines(record: dict, ages: bool) -> list[str]:
-    started = record.get("started")
-    since = ""
-    if started and ages:
-        s = int((datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds())
-        since = f", started {s // 60}m{s % 60:02d}s ago"
-    lines = [f"run-local job {record['name']}: {record.get('state', '?')} (pid {record.get('pid', '?')}, "
-             f"{record.get('restarts', 0)} restart(s){since}; workdir {record['workdir']})"]
-    if record.get("state") == "Lost":
-        lines.append("  the run-local process is gone (killed?): the job is not running")
-    if not record.get("out"):
-        return lines + ["run output: not known yet (the trainer has not been started)"]
-    return lines + status_lines(record["out"], ages)
-
-
-def local_logs(args: argparse.Namespace) -> int:
-    """Print a run-local replica's log; with -f keep printing what is appended until the job ends."""
-    record = LocalJobRecord.read(args.name, args.workdir)
-    replica = f"{args.replica}-{args.index}"
-    path = Path(record["workdir"]) / "logs" / f"{replica}.log"
-    if not path.exists():
-        raise UserError(f"run-local job {args.name} has no log for {replica} (yet?): {path}")
-    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # a chunk may end mid-character
-    with open(path, "rb") as f:
-        if args.tail is not None:
-            lines = f.read().splitlines(keepends=True)
-            sys.stdout.write(decode(b"".join(lines[-args.tail:] if args.tail else [])))
-        running = True
-        while True:
-            chunk = f.read()
-            if chunk:
-                sys.stdout.write(decode(chunk))
-                sys.stdout.flush()
-                continue
-            if not (args.follow and running):
-                return 0
-            # one more read after the job ended: what it wrote last is printed too
-            running = LocalJobRecord.read(args.name, args.workdir)["state"] == "Running"
-            if running:
-                time.sleep(0.2)

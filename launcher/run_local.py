@@ -9,40 +9,58 @@ The job is a `launcher.plan.JobPlan` (made from the flags by the same function `
 `submit` use, or decoded from a rendered file). Each replica (Master = node rank 0, Worker i =
 node rank i+1) becomes one process running the `pytorch` container's command, after its init
 containers, with the env the operator injects (`JobPlan.replica_env`) pointed at 127.0.0.1 and
-CUDA hidden, so torch uses CPU and gloo. Volumes become folders: a ConfigMap's data is written
-out, emptyDir is per replica, PVCs and hostPaths are shared folders under the workdir (or
-`--volume NAME=DIR`), and every mountPath in the command, args and env is rewritten to its folder.
+CUDA hidden, so torch uses CPU and gloo. Volumes become folders (launcher.local_steps): emptyDir
+per replica, and empty again for each run-local of the job, as a new pod's is; PVCs and hostPaths
+are folders every replica shares. A second run-local of a job still running in its workdir is refused.
 
 A failed replica kills the others; restartPolicy OnFailure (or ExitCode with a retryable code)
 restarts the whole job, up to runPolicy.backoffLimit times, as the operator does; a TrainJob's
 failed node restarts the whole job up to its JobSet failurePolicy.maxRestarts times, as JobSet does.
+SIGTERM or SIGINT to run-local (`launcher cancel --local NAME`) stops the replicas as the kubelet stops
+a deleted pod: SIGTERM, the pods' terminationGracePeriodSeconds (30 s unless set), then SIGKILL.
 """
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_write
 from launcher.decode import load_plan_file, plan_from_objects
-from launcher.plan import Container, JobPlan, Replica
-from launcher.results import LocalJobRecord, local_workdir, output_of_argv
+from launcher.local_jobs import (LOGS, PODS, RUNNING, LocalJobRecord, error_line, live_replicas, local_workdir,
+                                 output_of_argv, process_id, run_id_of_argv)
+from launcher.local_steps import (COMMAND_MAP, Step, container_env, expand_vars, mount_rewriter,  # noqa: F401 (API)
+                                  plan_steps, volume_folders)
+from launcher.plan import JobPlan, Replica
 from launcher.procs import exit_code as _exit_code, free_port, kill_tree, process_tree  # noqa: F401 (API)
 
+K8S_GRACE_S = 30  # Kubernetes' terminationGracePeriodSeconds when the pod spec sets none
 RETRYABLE_EXIT_CODES = {130, 137, 138, 143}  # the operator's ExitCode policy: SIGINT, SIGKILL, SIGUSR1, SIGTERM
-# The image's interpreters are not on this machine: the current one has torch and dlrm installed.
-COMMAND_MAP = {"python": [sys.executable], "python3": [sys.executable],
-               "torchrun": [sys.executable, "-m", "torch.distributed.run"]}
 # Inherited variables that would confuse a nested torch.distributed run.
 SCRUB_ENV = re.compile(r"^(RANK|LOCAL_RANK|WORLD_SIZE|LOCAL_WORLD_SIZE|GROUP_RANK|MASTER_ADDR|MASTER_PORT|PET_\w+|TORCHELASTIC_\w+)$")
+
+
+def termination_grace_s(plan: JobPlan) -> float:
+    """The pods' terminationGracePeriodSeconds (the longest, where templates differ), else Kubernetes' default."""
+    def find(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "terminationGracePeriodSeconds" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    yield v
+                else:
+                    yield from find(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from find(v)
+    return float(max(find(plan.objects), default=K8S_GRACE_S))
 
 
 def as_plan(job) -> JobPlan:
@@ -55,121 +73,6 @@ def as_plan(job) -> JobPlan:
 
 
 # ---------------------------------------------------------------------------------------------
-# Planning: plan -> argv, env, cwd per container. Nothing runs here.
-
-
-@dataclass
-class Step:
-    container: str
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    init: bool = False
-
-
-def volume_folders(plan: JobPlan, replica: Replica, workdir: Path, mapped: dict[str, Path], say) -> dict[str, Path]:
-    """Pod volume name -> local folder, created (and for ConfigMaps filled) now."""
-    out: dict[str, Path] = {}
-    for vol in plan.pod(replica).volumes:
-        if vol.name in mapped:
-            out[vol.name] = mapped[vol.name]
-            continue
-        src = vol.source
-        if vol.kind == "configMap":
-            cm_name = str(src.get("name"))
-            data = plan.config_maps.get(cm_name)
-            if data is None:
-                raise UserError(f"volume {vol.name}: ConfigMap {cm_name} is not among the rendered objects; map it with --volume {vol.name}=DIR")
-            folder = workdir / "configmaps" / cm_name
-            items = src.get("items") or [{"key": k, "path": k} for k in data]
-            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-                raise UserError(f"volume {vol.name}: configMap.items must be a list of {{key, path}} mappings, got {items!r}"[:300])
-            for item in items:
-                if item.get("key") not in data or ".." in Path(str(item.get("path"))).parts or str(item.get("path")).startswith("/"):
-                    raise UserError(f"volume {vol.name}: item {item} names no key of ConfigMap {cm_name} or a path outside its folder")
-                atomic_write(folder / item["path"], data[item["key"]], fsync=False)
-        elif vol.kind == "persistentVolumeClaim":
-            folder = workdir / "volumes" / str(src.get("claimName"))
-        elif vol.kind == "hostPath":
-            # This machine is the node: a node path that exists here is used as it is (a dataset made
-            # with `dlrm synth`, say); one that does not (a cluster's NVMe mount) becomes a workdir folder.
-            path = Path(str(src.get("path")))
-            folder = path if path.exists() else workdir / "volumes" / "host" / str(path).strip("/")
-            if folder != path:
-                say(f"volume {vol.name}: hostPath {path} is not on this machine; using {folder} (or pass --volume {vol.name}=DIR)")
-        elif vol.kind == "emptyDir":
-            folder = workdir / "pods" / replica.name / vol.name
-        else:
-            folder = workdir / "volumes" / vol.name
-            say(f"volume {vol.name} ({vol.kind}) has no local equivalent: an empty folder {folder} (or pass --volume {vol.name}=DIR)")
-        folder.mkdir(parents=True, exist_ok=True)
-        out[vol.name] = folder
-    return out
-
-
-def mount_rewriter(container: Container, folders: dict[str, Path]):
-    """A function rewriting each mountPath (as a whole path prefix) in a string to its local folder."""
-    local = {}
-    for m in container.mounts:
-        if m.volume not in folders:
-            raise UserError(f"volumeMount {m.path} names volume {m.volume!r}, which the pod does not define")
-        local[m.path.rstrip("/") or "/"] = str(folders[m.volume] / m.sub_path)
-    if not local:
-        return lambda s: s
-    # Longest first so /data/dataset wins over /data; the lookarounds keep /x/tmp and /tmpfoo untouched.
-    alternatives = "|".join(re.escape(p) for p in sorted(local, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])")
-    return lambda s: pattern.sub(lambda m: local[m.group(1)].rstrip("/"), s)
-
-
-def expand_vars(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion in command/args; $$( escapes, unknown names stay as written."""
-    return re.sub(r"\$\$\(|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                  lambda m: "$(" if m.group(1) is None else env.get(m.group(1), m.group(0)), text)
-
-
-def container_env(container: Container, pod: str, say) -> dict[str, str]:
-    """The container's env values. Secrets and other references do not exist here: the shell's env stands in."""
-    env: dict[str, str] = {}
-    for src in container.env_from:
-        say(f"envFrom {src}: not available locally; variables come from your shell instead")
-    for e in container.env:
-        ref = (e.value_from or {}).get("fieldRef")
-        field_path = ref.get("fieldPath") if isinstance(ref, dict) else None
-        if e.value is not None:
-            env[e.name] = expand_vars(e.value, env)
-        elif field_path == "metadata.name":
-            env[e.name] = pod
-        else:
-            say(f"env {e.name}: {e.value_from} is not available locally; set it in your shell if the job needs it")
-    return env
-
-
-def plan_steps(plan: JobPlan, replica: Replica, world: dict[str, str], folders: dict[str, Path], say) -> list[Step]:
-    """The init containers, then the `pytorch` container, as local commands."""
-    pod = plan.pod(replica)
-    main = pod.main
-    for c in pod.containers:
-        if c is not main:
-            say(f"{replica.name}: sidecar container {c.name} is not run locally")
-    steps = []
-    for c, init in [(c, True) for c in pod.init_containers] + [(main, False)]:
-        if init and c.sidecar:
-            say(f"{replica.name}: sidecar init container {c.name} is not run locally")
-            continue
-        rewrite = mount_rewriter(c, folders)
-        env = {k: rewrite(v) for k, v in container_env(c, plan.pod_name(replica), say).items()}
-        env.update(world if not init else {k: v for k, v in world.items() if k == "CUDA_VISIBLE_DEVICES"})
-        if not c.command:
-            raise UserError(f"{replica.name}: container {c.name} has no command; run-local cannot know the image's entrypoint")
-        argv = [expand_vars(rewrite(a), env) for a in c.command + c.args]
-        argv = COMMAND_MAP.get(argv[0], [argv[0]]) + argv[1:]
-        cwd = rewrite(c.working_dir)
-        steps.append(Step(c.name, argv, env, cwd if cwd and Path(cwd).is_dir() else os.getcwd(), init))
-    return steps
-
-
-# ---------------------------------------------------------------------------------------------
 # Running: one process (tree) per replica, supervised as the operator would.
 
 
@@ -177,7 +80,7 @@ class LocalJob:
     """One PyTorchJob or TrainJob run locally. `run()` blocks; `pids()` and `stop()` may be called from other threads."""
 
     def __init__(self, job, workdir: str | Path, *, volumes: dict[str, str | Path] | None = None,
-                 max_restarts: int | None = None, out: TextIO | None = None, grace_s: float = 5.0):
+                 max_restarts: int | None = None, out: TextIO | None = None, grace_s: float | None = None):
         self.plan = as_plan(job)
         if self.plan.kind != "train" or not self.plan.groups:
             raise UserError(f"job {self.plan.name}: run-local runs training jobs (a PyTorchJob or TrainJob); kind={self.plan.kind} has no replicas to run")
@@ -195,8 +98,11 @@ class LocalJob:
         self.limit_field, self.deadline_field = (("failurePolicy.maxRestarts", "spec.activeDeadlineSeconds") if self.plan.api == "trainjob"
                                                  else ("runPolicy.backoffLimit", "runPolicy.activeDeadlineSeconds"))
         self.out = out or sys.stdout
-        self.grace_s = grace_s
+        # What the kubelet gives a pod being deleted: SIGTERM, this long, then SIGKILL.
+        self.grace_s = grace_s if grace_s is not None else termination_grace_s(self.plan)
         self.restarts = 0
+        self._record = LocalJobRecord(self.workdir, self.name)
+        self._replica_pids: dict[str, list[int]] = {}
         self.failures: list[tuple[str, str, int]] = []  # (replica, container, exit code) per failed attempt
         self._current: dict[str, tuple[Step, subprocess.Popen, threading.Thread]] = {}
         self._lock = threading.Lock()
@@ -224,15 +130,38 @@ class LocalJob:
         return {**self.plan.replica_env(replica, "127.0.0.1", port), "CUDA_VISIBLE_DEVICES": ""}
 
     def run(self) -> int:
-        """Run the job; <workdir>/job.json says how it goes (launcher status/logs/results --local read it)."""
-        record = LocalJobRecord(self.workdir, self.name)
-        record.update(state="Running", pid=os.getpid(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        """Run the job; <workdir>/job.json says how it goes (launcher status/logs/list/cancel/results --local read it)."""
+        self._new_pods()
+        record = self._record
+        record.data = {"name": self.name, "workdir": str(self.workdir)}  # nothing of an earlier run's record survives
+        record.update(state=RUNNING, pid=os.getpid(), pid_start=process_id(os.getpid())[1],
+                      started=datetime.now(timezone.utc).isoformat(timespec="seconds"), grace_s=self.grace_s,
+                      replicas=[r.name for r in sorted(self.replicas, key=lambda r: r.node_rank)])
         rc = 1
         try:
             rc = self._run(record)
         finally:
-            record.update(state="Succeeded" if rc == 0 else "Failed", exit_code=rc, restarts=self.restarts)
+            state = "Succeeded" if rc == 0 else "Cancelled" if self._stop.is_set() else "Failed"
+            record.update(state=state, exit_code=rc, restarts=self.restarts)
         return rc
+
+    def _new_pods(self) -> None:
+        """A new run of the job is new pods, as on Kubernetes: empty emptyDirs and logs. Refused while an
+        earlier run of it in this workdir still runs (its replicas would share folders and ports)."""
+        try:
+            previous = LocalJobRecord.read(self.name, self.workdir)
+        except UserError:  # no record (a first run), or not one of ours: nothing of it is removed
+            return
+        left = live_replicas(previous)
+        if previous.get("state") == RUNNING or left:
+            who = f"run-local pid {previous.get('pid')}" if previous.get("state") == RUNNING else f"replicas {', '.join(left)}"
+            raise UserError(f"run-local job {self.name} is still running in {self.workdir} ({who}): "
+                            f"`python -m launcher cancel {self.name} --local` first, or --workdir DIR for another")
+        for folder in (PODS, LOGS):
+            if (self.workdir / folder).exists():
+                shutil.rmtree(self.workdir / folder)
+        self.say(f"new pods: the emptyDirs and logs of the job's previous run in {self.workdir} are gone, as on Kubernetes "
+                 f"(storage.output_claim or train.out=s3:// keep a run across runs)")
 
     def _run(self, record: LocalJobRecord) -> int:
         start = time.monotonic()
@@ -245,7 +174,7 @@ class LocalJob:
             plans = {r.name: plan_steps(self.plan, r, self.world_env(r, port), folders[r.name],
                                         self.say if attempt == 0 else quiet) for r in self.replicas}
             main = plans[self.replicas[0].name][-1]
-            record.update(out=output_of_argv(main.argv, main.cwd), restarts=self.restarts)
+            record.update(out=output_of_argv(main.argv, main.cwd), run_id=run_id_of_argv(main.argv), restarts=self.restarts)
             failure = self._attempt(plans, deadline)
             if failure is None:
                 self.say(f"job {self.name} succeeded in {time.monotonic() - start:.0f}s ({self.restarts} restart(s))")
@@ -255,6 +184,8 @@ class LocalJob:
                 self.say(f"error: job {self.name} {container}")
                 return code
             self.failures.append(failure)
+            record.update(failure={"replica": replica, "container": container, "exit_code": code,
+                                   "error": error_line(self.workdir / LOGS / f"{replica}.log")})
             policy = next(self.plan.group(r).restart_policy for r in self.replicas if r.name == replica)
             retry = policy in ("OnFailure", "Always") or (policy == "ExitCode" and code in RETRYABLE_EXIT_CODES)
             what = f"{replica} (container {container}) exited with code {code}"
@@ -278,7 +209,8 @@ class LocalJob:
                 self._start_next(name, pending[name])
             while True:
                 if self._stop.is_set():
-                    return "", "was stopped", 130
+                    self.say(f"job {self.name} cancelled: SIGTERM to its replicas, SIGKILL after {self.grace_s:g}s")
+                    return "", "was cancelled", 130
                 if deadline and time.monotonic() > deadline:
                     return "", f"exceeded {self.deadline_field}={self.deadline_s}", 1
                 with self._lock:
@@ -313,7 +245,7 @@ class LocalJob:
         prefix = f"[{name}]" if not step.init else f"[{name}/{step.container}]"
         env = {k: v for k, v in os.environ.items() if not SCRUB_ENV.match(k)}
         env.update(step.env)
-        log_dir = self.workdir / "logs"
+        log_dir = self.workdir / LOGS
         log_dir.mkdir(parents=True, exist_ok=True)
         try:
             proc = subprocess.Popen(step.argv, env=env, cwd=step.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -324,6 +256,9 @@ class LocalJob:
         pump.start()
         with self._lock:
             self._current[name] = (step, proc, pump)
+        # `cancel --local` stops these itself when run-local was killed and cannot
+        self._replica_pids[name] = process_id(proc.pid)
+        self._record.update(replica_pids=self._replica_pids)
 
     def _pump(self, proc: subprocess.Popen, prefix: str, log_path: Path) -> None:
         """Copy the process's output, line by line and prefixed, to `out` and the replica's log file."""
@@ -354,14 +289,17 @@ def add_arguments(parser, command: str = "run-local") -> None:
     parser.add_argument("--workdir", help="folder for volumes and logs (default runs/local/<job name>)")
     parser.add_argument("--max-restarts", type=int, help="whole-job restarts allowed (default: the job's runPolicy.backoffLimit, a TrainJob's failurePolicy.maxRestarts)")
     parser.add_argument("--volume", action="append", default=[], metavar="NAME=DIR", help="use DIR for the pod volume NAME (repeatable)")
-    parser.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL when stopping replicas")
+    parser.add_argument("--grace", type=float, help="seconds between SIGTERM and SIGKILL when stopping replicas "
+                                                   f"(default: the pods' terminationGracePeriodSeconds, else {K8S_GRACE_S})")
 
 
 def main(args) -> int:
     if args.file:
-        job_flags = [f for f in ("nodes", "gpus", "image", "namespace", "name", "api") if getattr(args, f) is not None]
-        if job_flags or args.values or args.overrides or args.feature_spec:
-            raise UserError(f"{args.file} is already rendered: drop --{job_flags[0] if job_flags else 'values/--set/--feature-spec'}, or render with --profile instead")
+        given = [f"--{f}" for f in ("nodes", "gpus", "image", "namespace", "name", "api") if getattr(args, f) is not None]
+        given += [flag for flag, v in (("--values", args.values), ("--set", args.overrides),
+                                       ("--feature-spec", args.feature_spec), ("--resume", args.resume)) if v]
+        if given:
+            raise UserError(f"{args.file} is already rendered: drop {given[0]}, or render with --profile instead")
         plan = load_plan_file(args.file)
     else:
         from launcher.cli_render import plan_from_args
@@ -375,5 +313,8 @@ def main(args) -> int:
         if not Path(folder).is_dir():
             raise UserError(f"--volume {item}: {folder} is not a folder")
         volumes[name] = folder
-    workdir = local_workdir(plan.name, args.workdir)
-    return run_job(plan, workdir, volumes=volumes, max_restarts=args.max_restarts, grace_s=args.grace)
+    job = LocalJob(plan, local_workdir(plan.name, args.workdir), volumes=volumes, max_restarts=args.max_restarts, grace_s=args.grace)
+    # `launcher cancel --local`, Ctrl-C, or a kill: stop the replicas as the kubelet stops a deleted pod's containers
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: job.stop())
+    return job.run()

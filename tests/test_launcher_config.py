@@ -303,7 +303,7 @@ def test_mlperf_dcnv2_profile_trains_the_builtin_recipe():
     job = load_job_config("mlperf-dcnv2")
     builtin = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "mlperf-dcnv2.yaml"])
     ours = to_dict(job.train)
-    assert ours.pop("out") == "s3://dlrm-runs/mlperf-dcnv2"
+    assert ours.pop("out") == "s3://dlrm-runs/dlrm-mlperf-dcnv2"
     theirs = to_dict(builtin)
     theirs.pop("out")
     assert ours == theirs

@@ -132,8 +132,11 @@ def test_training_container():
     args = c["command"]
     assert not [a for a in args if a.startswith(("--nnodes", "--node-rank", "--node_rank", "--master", "--nproc"))]
     # the profile's run output is on S3: the pods write there, and status/results find it by the annotation
-    assert "--resume" in args and f"data.dataset={cmd.DATASET_MOUNT}" in args and "out=s3://dlrm-runs/criteo-fl15" in args
-    assert meta["annotations"][cmd.OUTPUT_ANNOTATION] == "s3://dlrm-runs/criteo-fl15"
+    assert f"data.dataset={cmd.DATASET_MOUNT}" in args and "out=s3://dlrm-runs/dlrm-criteo-fl15" in args
+    assert meta["annotations"][cmd.OUTPUT_ANNOTATION] == "s3://dlrm-runs/dlrm-criteo-fl15"
+    # a restart continues this job's own run (its run id), never one it was not asked to (no --resume)
+    sha = meta["annotations"]["dlrm-k8s.io/config-sha256"]
+    assert "--resume" not in args and f"run_id=dlrm-criteo-fl15-{sha[:12]}" in args
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["DLRM_JOB_NAME"] == "dlrm-criteo-fl15" and env["DLRM_GIT_REVISION"] == REV
     assert env["DLRM_JOB_CONFIG_SHA256"] == meta["annotations"]["dlrm-k8s.io/config-sha256"]
@@ -153,7 +156,7 @@ def test_training_container():
     config = by_kind(objs, "ConfigMap")
     assert volumes["config"]["configMap"]["name"] == config["metadata"]["name"] == "dlrm-criteo-fl15-config"
     train = yaml.safe_load(config["data"][cmd.CONFIG_FILE])
-    assert train["data"]["dataset"] == cmd.DATASET_MOUNT and train["out"] == "s3://dlrm-runs/criteo-fl15"
+    assert train["data"]["dataset"] == cmd.DATASET_MOUNT and train["out"] == "s3://dlrm-runs/dlrm-criteo-fl15"
     assert train["model"]["embedding_dim"] == 128 and train["optim"]["lr"] == 24.0
 
 

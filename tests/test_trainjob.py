@@ -42,7 +42,8 @@ def test_replicas_are_jobset_pods_and_the_env_is_the_torch_plugins():
 
 
 def test_the_trainjob_carries_the_trainer_and_the_runtime_the_pod():
-    plan = smoke(nodes=2, gpus=2, cluster={"backoff_limit": 2, "ttl_seconds_after_finished": 600})
+    # restarts allowed on 2 nodes: the run output must be shared (an emptyDir per pod could not resume)
+    plan = smoke(nodes=2, gpus=2, cluster={"backoff_limit": 2, "ttl_seconds_after_finished": 600}, storage={"output_claim": "runs"})
     assert [o["kind"] for o in plan.objects] == ["ConfigMap", "TrainingRuntime", "TrainJob"]
     main = plan.groups[0].pod.main
     job, runtime = kinds(plan)["TrainJob"], kinds(plan)["TrainingRuntime"]

@@ -1,0 +1,115 @@
+"""A run-local job's record: <workdir>/job.json, what `launcher status|logs|list|cancel|results --local` read.
+
+run-local (launcher.run_local) writes it whole at each change: state, the run-local process's pid,
+the replicas' pids in node-rank order, the run's output folder and run id, and on failure which
+replica failed, its exit code and its `error: ...` line. Nothing here imports the cluster client.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+from dlrm.errors import UserError
+from dlrm.io.fsutil import atomic_write, is_s3_uri
+from launcher.procs import running, start_time
+
+LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>
+JOB_RECORD = "job.json"
+LOGS = "logs"  # <workdir>/logs/<replica>.log
+PODS = "pods"  # <workdir>/pods/<replica>/<volume>: each pod's emptyDirs
+RUNNING = "Running"
+# The one-line error every dlrm and launcher command ends with (dlrm.cli), as torchrun's workers print it
+# (bare, or after a "[rank1]:" prefix).
+ERROR_LINE = re.compile(r"^(?:\[[\w-]+\]:\s*)?(error: .*)$")
+
+
+def local_workdir(name: str, workdir: str | None = None) -> Path:
+    return Path(workdir) if workdir else LOCAL_ROOT / name
+
+
+def add_local_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local", action="store_true", help="a job started with run-local (make submit BACKEND=local)")
+    p.add_argument("--workdir", help=f"the run-local job's workdir (default {LOCAL_ROOT}/NAME)")
+
+
+class LocalJobRecord:
+    """<workdir>/job.json, rewritten whole (atomically) at each change of a run-local job."""
+
+    def __init__(self, workdir: str | Path, name: str):
+        self.path = Path(workdir) / JOB_RECORD
+        self.data = {"name": name, "workdir": str(Path(workdir).resolve())}
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        atomic_write(self.path, json.dumps(self.data, indent=1) + "\n", fsync=False)
+
+    @staticmethod
+    def read(name: str, workdir: str | Path | None) -> dict:
+        path = local_workdir(name, workdir) / JOB_RECORD
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"no run-local job {name!r}: {path} does not exist (run-local writes it; "
+                            f"--workdir DIR if the job ran with one)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not a run-local job record ({e})") from None
+        if not isinstance(data, dict) or "name" not in data or "workdir" not in data:
+            raise UserError(f"{path}: not a run-local job record (no name and workdir)")
+        if data.get("state") == RUNNING and not alive(data.get("pid"), data.get("pid_start")):
+            data["state"] = "Lost"  # run-local itself was killed: nobody will write the final state
+        return data
+
+
+def process_id(pid: int) -> list[int]:
+    """[pid, its start time]: what the record keeps of a process, so a reused pid is never taken for it."""
+    return [pid, start_time(pid)]
+
+
+def alive(pid, start: int | None = None) -> bool:
+    """The process runs (possibly another user's; a zombie has ended) and, when its start time is known,
+    is the same one."""
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return running(int(pid)) and (start is None or start_time(int(pid)) in (start, None))
+
+
+def live_replicas(record: dict) -> dict[str, int]:
+    """The replicas of the record's job whose process still runs: {replica: pid}."""
+    return {name: ident[0] for name, ident in (record.get("replica_pids") or {}).items()
+            if isinstance(ident, list) and len(ident) == 2 and alive(*ident)}
+
+
+def output_of_argv(argv: list[str], cwd: str) -> str | None:
+    """The trainer's `out` from its command line (`--set out=X` or `--out X`), absolute."""
+    out = None
+    for i, arg in enumerate(argv):
+        if arg == "--set" and i + 1 < len(argv) and argv[i + 1].startswith("out="):
+            out = argv[i + 1][len("out="):]
+        elif arg == "--out" and i + 1 < len(argv):
+            out = argv[i + 1]
+    if out is None or is_s3_uri(out):
+        return out
+    return str(Path(cwd, out).resolve())
+
+
+def run_id_of_argv(argv: list[str]) -> str:
+    """The run id the launcher rendered into the trainer's command (`--set run_id=X`), or ""."""
+    return next((b[len("run_id="):] for a, b in zip(argv, argv[1:]) if a == "--set" and b.startswith("run_id=")), "")
+
+
+def error_line(log: Path) -> str | None:
+    """The last `error: ...` line of a replica's log: why it failed, in the trainer's own words."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 20)))  # the end says why; logs can be long
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((m.group(1) for line in reversed(lines) if (m := ERROR_LINE.match(line.strip()))), None)
