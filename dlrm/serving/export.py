@@ -35,7 +35,6 @@ from dlrm.config import TrainConfig, dump_yaml, from_dict
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
 from dlrm.modules.model import DLRM
-from dlrm.io.fsutil import is_s3_uri
 from dlrm.io.storage import open_store
 from dlrm.serving.publish import check_out, discard, publish, staging
 
@@ -259,7 +258,7 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
            table_dtype: str = "fp32", triton: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
            log=print) -> dict:
     """Write the export folder `out` (see dlrm.serving.folder; a folder or s3://...); returns its manifest."""
-    out = out if is_s3_uri(str(out)) else Path(out)
+    out = str(out)  # Path() would fold an s3:// URI into a local 's3:' folder
     if max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {max_batch}")
     check_out(out)
