@@ -81,6 +81,13 @@ def test_export_to_s3_then_predict_from_and_to_s3(run, s3_bucket, client, tmp_pa
     got = keys(client, s3_bucket, "models/m1")
     assert "stale.txt" not in got and serving.MANIFEST in got and pub.PARTIAL_MARKER not in got
 
+    # bit rot on S3 is named by its URI, not by the temporary copy predict verifies
+    blob = bytearray(client.get_object(Bucket=s3_bucket, Key="models/m1/model.pt2")["Body"].read())
+    blob[len(blob) // 2] ^= 0xFF
+    client.put_object(Bucket=s3_bucket, Key="models/m1/model.pt2", Body=bytes(blob))
+    with pytest.raises(UserError, match=rf"^{uri}/model\.pt2: sha256 differs from {uri}/manifest\.json"):
+        predict.main(args)
+
 
 def check_nan_fails_the_self_check(package: Path, dataset: Path) -> None:
     """NaN - NaN is NaN and max() skips it: the self-check must fail, not pass, on a NaN model."""

@@ -168,8 +168,8 @@ class FeatureSpec:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureSpec":
         # the readers map local files: a dataset on S3 is staged first (the launcher's init container does)
-        path = local_path(path, "dataset", "the reader", f"stage it first: python -m launcher data stage {path} DIR, "
-                          "then pass DIR", what="maps local files")
+        path = local_path(path, "dataset", "dlrm", f"stage it first: python -m launcher data stage {path} DIR, "
+                          "then pass DIR", what="reads datasets from local files")
         if path.is_dir():
             path = path / SPEC_FILE
         if not path.exists():

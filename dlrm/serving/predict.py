@@ -136,7 +136,10 @@ def main(args) -> int:
         model = stack.enter_context(fetched(args.model)) if is_s3_uri(args.model) else Path(
             local_path(args.model, "--model", "dlrm predict", "pass an export folder or s3://bucket/prefix",
                        what="reads an export folder"))
-        logits, probs, labels, busy = predict(model, args.dataset, args.split, args.batch_size, args.device)
+        try:
+            logits, probs, labels, busy = predict(model, args.dataset, args.split, args.batch_size, args.device)
+        except UserError as e:  # name the object, not the temporary copy
+            raise type(e)(str(e).replace(str(model), str(args.model).rstrip("/"))) from None
     bad = int((~np.isfinite(logits)).sum())
     if bad:  # an AUC over NaN is meaningless (and roc_auc would rank NaN anywhere): refuse, write nothing
         raise UserError(f"{args.model}: {bad} of {logits.shape[0]} rows of {args.split} scored NaN/inf; the model "

@@ -134,14 +134,25 @@ def _upload(tmp: Path, uri: str, log) -> None:
 
 @contextlib.contextmanager
 def fetched(uri: str) -> Iterator[Path]:
-    """A temporary local copy of the export at s3://...; predict verifies it against its manifest."""
+    """A temporary local copy of the export at s3://...: its manifest and the files it lists (what else
+    is under the prefix is not the export's); predict then verifies the copy against the manifest."""
     store = open_store(uri)
-    keys = store.list()
-    if MANIFEST not in keys:
-        raise UserError(f"{uri}: no {MANIFEST}; not a finished `dlrm export` folder")
+    try:
+        raw = store.get_bytes(MANIFEST)
+    except FileNotFoundError:
+        raise UserError(f"{uri}: no {MANIFEST}; not a finished `dlrm export` folder") from None
+    try:
+        files = json.loads(raw).get("files")
+    except (ValueError, AttributeError):
+        files = None  # load_manifest reports what is wrong with it, naming the file
     with tempfile.TemporaryDirectory(prefix="dlrm-model-") as tmp:
-        for key in keys:
-            if key != PARTIAL_MARKER:
-                (Path(tmp) / key).parent.mkdir(parents=True, exist_ok=True)
+        (Path(tmp) / MANIFEST).write_bytes(raw)
+        for key in files if isinstance(files, dict) else ():
+            if is_uri(key) or key.startswith("/") or ".." in key.split("/"):
+                raise UserError(f"{uri}/{MANIFEST}: file {key!r} is outside the export folder")
+            (Path(tmp) / key).parent.mkdir(parents=True, exist_ok=True)
+            try:
                 store.get_file(key, Path(tmp) / key)
+            except FileNotFoundError:
+                raise UserError(f"{uri}/{key}: missing (listed in {uri}/{MANIFEST})") from None
         yield Path(tmp)
