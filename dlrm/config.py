@@ -129,6 +129,11 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
+# The word a Literal field documents for what YAML turned into a bool (`data.verify: off`, `amp: off`
+# -> "none"), in order of preference.
+_BOOL_WORDS = {False: ("off", "none", "no", "false"), True: ("on", "yes", "true")}
+
+
 def _coerce(value: Any, tp: Any, path: str, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -156,8 +161,16 @@ def _coerce(value: Any, tp: Any, path: str, where: str) -> Any:
             raise ConfigError(errors[0])
         raise ConfigError(f"{where}{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}{path}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices):
+            # YAML 1.1 reads a bare off/no/on/yes as a bool: give back the word the field documents
+            word = next((w for w in _BOOL_WORDS[value] if w in choices), None)
+            if word is None:
+                raise ConfigError(f"{where}{path}: expected one of {list(choices)}, got {value!r} (YAML reads a bare "
+                                  f"on/off/yes/no/true/false as a boolean)")
+            return word
+        if value not in choices:
+            raise ConfigError(f"{where}{path}: expected one of {list(choices)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

@@ -347,6 +347,17 @@ def setup_export_folder(ctx: Ctx, args: dict) -> None:
         (model / args["remove"]).unlink()
     ctx.values["model"] = str(model)
 
+# -- paths, identity, YAML (issue 19, non-trainer side) ------------------------------------------------
+
+
+def setup_spec_text(ctx: Ctx, args: dict) -> None:
+    """A small valid dataset at {dataset} whose feature_spec.yaml then gets `append` (raw text, e.g. a
+    second top-level key: what a hand edit leaves)."""
+    root = _dataset(ctx)
+    with open(root / "feature_spec.yaml", "a") as fh:
+        fh.write(args["append"])
+
+
 SETUPS = {"none": setup_none, "dataset": setup_dataset, "run": setup_run, "criteo_days": setup_criteo_days,
           "values": setup_values, "fake_k8s": setup_fake_k8s, "s3": setup_s3, "checkpoint": setup_checkpoint,
-          "export_folder": setup_export_folder}
+          "export_folder": setup_export_folder, "spec_text": setup_spec_text}

@@ -153,8 +153,13 @@ def test_multi_hot_bad_ids_name_the_row(tmp_path):
 
 
 @pytest.mark.parametrize("entry,message", [
-    ({"hotness": 0}, "hotness must be a positive integer"),
-    ({"hotness": "3"}, "hotness must be a positive integer"),
+    ({"hotness": 0}, r"hotness must be an integer in 1\.\.1024 \(ids per row\), got 0"),
+    ({"hotness": "3"}, r"hotness must be an integer in 1\.\.1024"),
+    # a typo must not size a 3.6 TiB batch buffer
+    ({"hotness": 10**9}, r"cat_0\.bin\.hotness must be an integer in 1\.\.1024 \(ids per row\), got 1000000000"),
+    ({"cardinality": 2**40, "dtype": "int64"}, r"cat_0\.bin\.cardinality must be an integer in 1\.\.2,147,483,647 "
+                                                r"\(ids are int32 in the exported model\), got 1099511627776"),
+    ({"cardinality": True}, r"cardinality must be an integer in 1\.\."),
     ({"padded": "yes"}, "padded must be true or false"),
 ])
 def test_bad_multi_hot_spec(dataset, tmp_path, entry, message):

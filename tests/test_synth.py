@@ -212,7 +212,7 @@ def test_multi_hot_cli(tmp_path, capsys):
     assert "multi-hot 214 ids per row" in capsys.readouterr().out
     assert FeatureSpec.load(out).check() == {"train": 500, "test": 62}
     assert cli(["synth", "--out", str(tmp_path / "d"), "--rows", "50", "--multi-hot", "3,2"]) == 2
-    assert "needs 26 values >= 1 (one per table), got 2" in capsys.readouterr().err
+    assert "needs 26 values in 1..1024 (one per table), got 2" in capsys.readouterr().err
     assert cli(["synth", "--out", str(tmp_path / "d"), "--rows", "50", "--multi-hot", "many"]) == 2
     assert "expected mlperf or comma-separated integers" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

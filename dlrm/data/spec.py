@@ -23,11 +23,16 @@ import numpy as np
 import yaml
 
 from dlrm.errors import DataError
-from dlrm.io.fsutil import atomic_write, load_yaml, read_text
+from dlrm.io.fsutil import atomic_write, load_yaml, local_path, read_text
 
 SPEC_FILE = "feature_spec.yaml"
 NUMERICAL, CATEGORICAL, LABEL = "numerical", "categorical", "label"
 SPLITS = ("train", "test")
+# Bounds on what a feature_spec.yaml may say, checked before anything is sized from it. Ids reach the
+# exported model as int32; MLPerf DLRM-DCNv2's largest hotness is 100, and every batch holds
+# batch x sum(hotness) ids, so 1024 leaves room without letting a typo size a TiB buffer.
+MAX_CARDINALITY = 2**31 - 1
+MAX_HOTNESS = 1024
 
 
 def categorical_dtype(cardinality: int) -> np.dtype:
@@ -162,7 +167,9 @@ class FeatureSpec:
     # -- (de)serialisation ----------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureSpec":
-        path = Path(path)
+        # the readers map local files: a dataset on S3 is staged first (the launcher's init container does)
+        path = local_path(path, "dataset", "dlrm", f"stage it first: python -m launcher data stage {path} DIR, "
+                          "then pass DIR", what="reads datasets from local files")
         if path.is_dir():
             path = path / SPEC_FILE
         if not path.exists():
@@ -216,8 +223,9 @@ class FeatureSpec:
                 raise DataError(f"{where}: feature_spec.{name}.dtype must be a number type, got {dtypes[name].name}")
         for name in categorical:
             card = fspec[name].get("cardinality")
-            if not isinstance(card, int) or card < 1:
-                raise DataError(f"{where}: feature_spec.{name}.cardinality must be a positive integer, got {card!r}")
+            if not isinstance(card, int) or isinstance(card, bool) or not 1 <= card <= MAX_CARDINALITY:
+                raise DataError(f"{where}: feature_spec.{name}.cardinality must be an integer in 1..{MAX_CARDINALITY:,} "
+                                f"(ids are int32 in the exported model), got {card!r}")
             if dtypes[name].kind not in "iu":
                 raise DataError(f"{where}: feature_spec.{name}.dtype must be an integer type, got {dtypes[name].name}")
             if card - 1 > np.iinfo(dtypes[name]).max:
@@ -229,8 +237,9 @@ class FeatureSpec:
         hotness, padded = {}, set()
         for name in categorical:
             h = fspec[name].get("hotness", 1)
-            if not isinstance(h, int) or isinstance(h, bool) or h < 1:
-                raise DataError(f"{where}: feature_spec.{name}.hotness must be a positive integer (ids per row), got {h!r}")
+            if not isinstance(h, int) or isinstance(h, bool) or not 1 <= h <= MAX_HOTNESS:
+                raise DataError(f"{where}: feature_spec.{name}.hotness must be an integer in 1..{MAX_HOTNESS} (ids per "
+                                f"row), got {h!r}")
             pad = fspec[name].get("padded", False)
             if not isinstance(pad, bool):
                 raise DataError(f"{where}: feature_spec.{name}.padded must be true or false, got {pad!r}")

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlrm.data.spec import FeatureSpec
+from dlrm.data.spec import MAX_HOTNESS, FeatureSpec
 from dlrm.data.writer import SplitBinaryWriter, claim_folder
 from dlrm.errors import UserError
+from dlrm.io.fsutil import local_path
 from dlrm.metrics import roc_auc
 from dlrm.modules.tables import CRITEO_FL15_CARDINALITIES, MULTI_HOT_PRESETS, SMALL_CARDINALITIES, TABLE_PRESETS  # noqa: F401 (tests use them)
 
@@ -195,8 +196,9 @@ def parse_multi_hot(text: str | None, num_tables: int) -> list[int] | None:
         except ValueError:
             raise UserError(f"synth: --multi-hot {text!r}: expected {' or '.join(MULTI_HOT_PRESETS)} or comma-separated "
                             f"integers, one per table") from None
-    if len(hot) != num_tables or min(hot) < 1:
-        raise UserError(f"synth: --multi-hot {text!r}: needs {num_tables} values >= 1 (one per table), got {len(hot)}: {hot}")
+    if len(hot) != num_tables or min(hot) < 1 or max(hot) > MAX_HOTNESS:
+        raise UserError(f"synth: --multi-hot {text!r}: needs {num_tables} values in 1..{MAX_HOTNESS} (one per table), "
+                        f"got {len(hot)}: {hot}")
     return hot
 
 
@@ -295,12 +297,17 @@ def scaled(cardinalities: list[int], scale: float) -> list[int]:
     return [max(2, int(round(c / scale))) for c in cardinalities]
 
 
+def _push_hint(uri: str) -> str:
+    return f"write it to a local folder, then upload it: python -m launcher data push DIR {uri}"
+
+
 def main(args: argparse.Namespace) -> int:
     cards = scaled(TABLE_PRESETS[args.tables], args.scale)
     hotness = parse_multi_hot(args.multi_hot, len(cards))
     test_rows = max(1, args.rows // 8) if args.test_rows is None else args.test_rows
     t0 = time.perf_counter()
-    spec = generate(Path(args.out), args.rows, args.seed, cardinalities=cards, test_rows=test_rows,
+    out = local_path(args.out, "--out", "dlrm synth", _push_hint(args.out))
+    spec = generate(out, args.rows, args.seed, cardinalities=cards, test_rows=test_rows,
                     click_rate=args.click_rate, num_numerical=args.num_numerical, overwrite=args.overwrite,
                     hotness=hotness, multi_hot_name=args.multi_hot if args.multi_hot in MULTI_HOT_PRESETS else None)
     meta = spec.metadata["synthetic"]

@@ -3,17 +3,19 @@
     with atomic_path("run/config.yaml") as tmp:    # write tmp; on success it replaces the target
         tmp.write_text(text)
     atomic_write("run/config.yaml", text)          # the same for bytes or str
-    data = load_yaml_file("values.yaml")           # one-line UserError naming file:line; alias bombs refused
+    data = load_yaml_file("values.yaml")           # one-line UserError naming file:line; alias bombs and
+                                                   # duplicate keys refused
     bucket, prefix = parse_s3_uri("s3://b/a/b/")   # ('b', 'a/b')
 
 Why one copy: a reader never sees a half-written file only if every writer renames a finished,
 fsynced temp file in the same folder (and removes it on failure); a user's YAML never hangs
-the CLI only if every loader bounds alias expansion.
+the CLI (nor silently keeps the last of two equal keys) only if every loader goes through here.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -110,6 +112,25 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+    def construct_mapping(self, node, deep=False):
+        # PyYAML keeps the last of two equal keys: a config or values file whose second `lr:` silently
+        # wins. Refused, naming both lines; `<<` merge keys stay overridable, as YAML means them.
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the constructor reports it
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def _yaml_error(where: str, e: yaml.YAMLError, error: type[UserError]) -> UserError:
     mark = getattr(e, "problem_mark", None)
     line = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
@@ -179,3 +200,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if any(c.isspace() or ord(c) < 32 for c in uri):
         raise UserError(f"S3 URI {uri!r} holds whitespace or control characters")
     return bucket, prefix.strip("/")
+
+
+def is_uri(text) -> bool:
+    """s3://, gs://, file://...: anything with a scheme. Path() would fold 's3://b/x' into the
+    local relative folder 's3:/b/x', so every local-only argument must refuse these first."""
+    return isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+
+
+def local_path(arg: str | os.PathLike, flag: str, command: str, instead: str, what: str = "writes a local folder") -> Path:
+    """`arg` as a local Path, or a one-line UserError when it is a URI this command cannot use:
+    `--out s3://b/x: dlrm synth writes a local folder; <instead>`."""
+    if is_uri(str(arg)):
+        raise UserError(f"{flag} {arg}: {command} {what}; {instead}")
+    return Path(arg)

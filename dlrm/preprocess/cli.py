@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from dlrm.errors import UserError
+from dlrm.io.fsutil import local_path
 from dlrm.preprocess.inputs import parse_days
 from dlrm.preprocess.output import DEFAULT_MAX_BAD_LINE_SHARE, VOCABULARY_DAYS, Settings
 
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bad = p.add_mutually_exclusive_group()
     bad.add_argument("--max-bad-line-share", type=float, default=DEFAULT_MAX_BAD_LINE_SHARE, metavar="F",
                      help=f"fail if more than this fraction of a day's lines are bad (default "
-                          f"{DEFAULT_MAX_BAD_LINE_SHARE:g} = {DEFAULT_MAX_BAD_LINE_SHARE:.0%}); they are skipped below it")
+                          f"{DEFAULT_MAX_BAD_LINE_SHARE:g} = {DEFAULT_MAX_BAD_LINE_SHARE * 100:g}%%); they are skipped below it")
     bad.add_argument("--allow-bad-lines", action="store_const", const=1.0, dest="max_bad_line_share",
                      help="skip and count bad lines however many there are (= --max-bad-line-share 1)")
     p.add_argument("--workers", type=int, default=None, help="processes (local) or local[N] cores (spark); default all")
@@ -66,7 +67,11 @@ def settings_from_args(args) -> Settings:
             raise UserError(f"--feature-threshold {name}={value}: expected an integer count") from None
     if args.chunk_rows < 1 or (args.workers is not None and args.workers < 1):
         raise UserError("--chunk-rows and --workers must be >= 1")
-    s = Settings(input=Path(args.input), out=Path(args.out), days=parse_days(args.days),
+    s = Settings(input=local_path(args.input, "--input", "dlrm preprocess",
+                                  f"download the day files first (aws s3 cp --recursive {args.input} DIR)",
+                                  what="reads local day files"),
+                 out=local_path(args.out, "--out", "dlrm preprocess", "write it to a local folder, then upload "
+                                f"it: python -m launcher data push DIR {args.out}"), days=parse_days(args.days),
                  frequency_threshold=args.frequency_threshold, feature_thresholds=thresholds, strict=args.strict,
                  overwrite=args.overwrite, progress=not args.no_progress, max_examples=args.max_examples,
                  max_bad_line_share=args.max_bad_line_share, vocabulary_days=args.vocabulary_days)

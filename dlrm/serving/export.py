@@ -7,8 +7,10 @@ Every rank's table rows are put back together into whole tables (dlrm.training.c
 the dense arches take rank 0's weights, and the model is captured once with torch.export (batch
 dimension dynamic) and lowered with AOTInductor for the CPU (and CUDA when this machine has a GPU).
 The folder layout and the signature are in dlrm.serving.folder. Before anything is published the CPU
-package is loaded and checked against the eager model on a batch; the folder is built beside --out
-and renamed into place, so a failed export leaves nothing that looks finished.
+package is loaded and checked against the eager model on a batch (a NaN output fails it, as do
+non-finite weights before that); the folder is built beside --out and renamed into place, or
+uploaded to an s3:// --out manifest last (dlrm.serving.publish), so a failed export leaves nothing
+that looks finished.
 """
 from __future__ import annotations
 
@@ -27,11 +29,14 @@ from torch import nn
 
 from dlrm.serving import folder as serving
 from dlrm.training.checkpoint import METADATA, complete_checkpoints, read_metadata, whole_tables
+from dlrm.training.evaluate import first_non_finite
+from dlrm.training.resume import dataset_identity, feature_differences
 from dlrm.config import TrainConfig, dump_yaml, from_dict
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
 from dlrm.modules.model import DLRM
 from dlrm.io.storage import open_store
+from dlrm.serving.publish import check_out, discard, publish, staging
 
 TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_MAX_BATCH = 65536
@@ -41,7 +46,8 @@ SELF_CHECK_ATOL = 1e-5  # package vs the eager module it was compiled from (same
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoints", required=True, help="checkpoint folder (a run's checkpoints/ or s3://...)")
     p.add_argument("--name", help="checkpoint name (ckpt-000001000); default: the latest complete one")
-    p.add_argument("--out", required=True, help="export folder to write (replaced if it holds an earlier export)")
+    p.add_argument("--out", required=True, help="export folder or s3://bucket/prefix to write (replaced if it holds "
+                                                "an earlier export)")
     p.add_argument("--dataset", help="dataset whose feature_spec.yaml the model was trained on; "
                                      "default: the one in the checkpoint's config")
     p.add_argument("--table-dtype", choices=sorted(TABLE_DTYPES), default="fp32",
@@ -116,6 +122,10 @@ def checked_spec(meta: dict, dataset: str | None, where: str) -> FeatureSpec:
         diff = sorted(set(saved.items()) ^ set(have.items()))[:3]
         raise UserError(f"{spec.path}: tables {diff} differ from checkpoint {where} (trained on "
                         f"{len(saved)} tables); pass the --dataset it was trained on")
+    differences = feature_differences(meta, dataset_identity(spec, rows=False))
+    if differences:  # hotness and the numerical features change the model the weights belong to
+        raise UserError(f"{spec.path} does not fit checkpoint {where}: {'; '.join(differences)}; pass the "
+                        f"--dataset it was trained on")
     return spec
 
 
@@ -143,10 +153,16 @@ def gather_model(uri: str, name: str, spec: FeatureSpec, cfg: TrainConfig) -> DL
             shape = None if got is None else tuple(got.shape)
             raise UserError(f"{where}: table {t} has shape {shape} in the checkpoint, expected "
                             f"({rows}, {cfg.model.embedding_dim}); some rank's rows are missing")
+    require_finite(where, {**{f"table {t}": tables[t] for t in spec.categorical}, **dense}, uri, name)
     weight = torch.cat([tables.pop(t).float() for t in spec.categorical])
     model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, hotness=spec.table_hotness,
                  padded=bool(spec.padded), table_weight=weight)
-    result = model.load_state_dict(dense, strict=False)
+    try:
+        result = model.load_state_dict(dense, strict=False)
+    except RuntimeError as e:  # a size mismatch (another numerical feature count, other layer sizes)
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise UserError(f"{where}/dense.pt: weights do not fit the model built from {spec.path} and the "
+                        f"checkpoint's config ({first}); pass the --dataset it was trained on") from None
     missing = [k for k in result.missing_keys if not k.startswith("sparse_arch.")]
     if missing or result.unexpected_keys:
         raise UserError(f"{where}/dense.pt: weights do not match the checkpoint's model config "
@@ -154,23 +170,35 @@ def gather_model(uri: str, name: str, spec: FeatureSpec, cfg: TrainConfig) -> DL
     return model.eval()
 
 
-def run_finished(run: Path) -> bool:
+def require_finite(where: str, tensors: dict[str, torch.Tensor], uri: str, name: str) -> None:
+    """A NaN/inf weight makes every score NaN: refuse, naming the first such tensor and an earlier checkpoint."""
+    bad = first_non_finite(tensors)
+    if bad:
+        earlier = [n for n in complete_checkpoints(open_store(uri)) if n < name]
+        hint = f"export an earlier one (--name {earlier[-1]})" if earlier else "no earlier checkpoint to export"
+        raise UserError(f"{where}: {bad[0]} holds {bad[1]} non-finite values (NaN/inf) of {bad[2]}: the run "
+                        f"diverged before this checkpoint; {hint}")
+
+
+def run_finished(run: str | Path) -> bool:
     """True when the trainer's last record in run/metrics.jsonl is its summary: training ended, and no
-    restarted trainer has appended to it since (a resumed run writes train records after it)."""
+    restarted trainer has appended to it since (a resumed run writes train records after it).
+    `run` is a folder or the run's s3:// out (the trainer uploads metrics.jsonl as it goes)."""
     try:
-        lines = [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        text = open_store(str(run)).get_bytes("metrics.jsonl").decode("utf-8", "replace")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
         return bool(lines) and json.loads(lines[-1]).get("kind") == "summary"
     except (FileNotFoundError, json.JSONDecodeError, AttributeError):  # not started, or a line being written
         return False
 
 
 def wait_for_run(run: str | Path, timeout_s: float = 0, poll_s: float = 30, log=print, sleep=time.sleep) -> None:
-    run, start = Path(run), time.monotonic()
+    run, start = str(run), time.monotonic()
     log(f"export: waiting for the trainer of {run} to finish (its metrics.jsonl ends in a summary)")
     while not run_finished(run):
         if timeout_s and time.monotonic() - start >= timeout_s:
             raise UserError(f"{run}: training did not finish within {timeout_s:g}s (no summary record at the end "
-                            f"of {run / 'metrics.jsonl'})")
+                            f"of {run.rstrip('/')}/metrics.jsonl)")
         sleep(poll_s)
 
 
@@ -182,27 +210,7 @@ def check_compiler() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Output folder
-
-
-def check_out(out: Path) -> None:
-    """--out may be new, an empty folder or an earlier export (replaced); nothing else is overwritten."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UserError(f"{out}: exists and is not a folder; --out must be a new folder or an earlier export")
-    if out.is_dir() and any(out.iterdir()) and not serving.is_export(out):
-        raise UserError(f"{out}: exists, is not empty and holds no {serving.MANIFEST} (not an export); "
-                        f"refusing to replace it")
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Rename the finished folder onto `out`; an earlier export there is moved aside, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+# The model
 
 
 def example_inputs(spec: FeatureSpec, batch: int, device: str = "cpu", seed: int = 0):
@@ -234,7 +242,12 @@ def self_check(package: Path, module: nn.Module, spec: FeatureSpec, atol: float)
     for b in (1, 37):
         x = example_inputs(spec, b, seed=b)
         with torch.no_grad():
-            worst = max(worst, *((a - b).abs().max().item() for a, b in zip(runner(*x), module(*x))))
+            for name, got, want in zip(serving.OUTPUTS, runner(*x), module(*x)):
+                if not (bool(torch.isfinite(got).all()) and bool(torch.isfinite(want).all())):
+                    # NaN - NaN is NaN and max() skips NaN: a NaN model would pass a tolerance check
+                    raise UserError(f"the exported model's {name} is not finite (NaN/inf) on valid inputs; "
+                                    f"not publishing it")
+                worst = max(worst, (got - want).abs().max().item())
     if not worst <= atol:
         raise RuntimeError(f"{package}: the compiled package differs from the eager model by {worst:.3g} "
                            f"(> {atol}); not publishing it")
@@ -244,8 +257,8 @@ def self_check(package: Path, module: nn.Module, spec: FeatureSpec, atol: float)
 def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: str | None = None,
            table_dtype: str = "fp32", triton: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
            log=print) -> dict:
-    """Write the export folder `out` (see dlrm.serving.folder); returns its manifest."""
-    out = Path(out)
+    """Write the export folder `out` (see dlrm.serving.folder; a folder or s3://...); returns its manifest."""
+    out = str(out)  # Path() would fold an s3:// URI into a local 's3:' folder
     if max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {max_batch}")
     check_out(out)
@@ -259,10 +272,7 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
     module = ServingDLRM(model, spec, TABLE_DTYPES[table_dtype]).eval()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staging(out, log)
     try:
         with torch.no_grad():
             program = export_program(module, spec, max_batch, "cpu")
@@ -309,9 +319,9 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
             "files": serving.file_records(tmp),
         }
         (tmp / serving.MANIFEST).write_text(json.dumps(manifest, indent=1))  # last: marks the folder complete
-        publish(tmp, out)
+        publish(tmp, out, log)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
     log(f"export: {where} (step {meta.get('step')}, saved by {meta.get('world_size')} ranks) -> {out} "
         f"[{', '.join(packages)}{', triton' if triton else ''}; tables {table_dtype}] in "
@@ -321,7 +331,7 @@ def export(checkpoints: str, out: str | Path, name: str | None = None, dataset: 
 
 def main(args) -> int:
     if args.wait_for_run:
-        check_out(Path(args.out))  # a wrong --out fails now, not after hours of waiting
+        check_out(args.out)  # a wrong --out fails now, not after hours of waiting
         wait_for_run(args.wait_for_run, args.wait_timeout_s, args.poll_s, log=lambda m: print(m, flush=True))
     export(args.checkpoints, args.out, name=args.name, dataset=args.dataset, table_dtype=args.table_dtype,
            triton=args.triton, max_batch=args.max_batch, log=lambda m: print(m, flush=True))

@@ -12,7 +12,9 @@ order (numpy .npy, written atomically); `--logits` writes the logits there inste
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,15 +26,17 @@ from dlrm.serving import folder as serving
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_path
+from dlrm.io.fsutil import atomic_path, is_s3_uri, local_path, parse_s3_uri
+from dlrm.io.storage import open_store
 from dlrm.metrics import roc_auc
+from dlrm.serving.publish import fetched
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="an export folder (`dlrm export --out`)")
+    p.add_argument("--model", required=True, help="an export folder or s3://bucket/prefix (`dlrm export --out`)")
     p.add_argument("--dataset", required=True, help="dataset folder (holds feature_spec.yaml)")
     p.add_argument("--split", default="test", help="split to score (default: test)")
-    p.add_argument("--out", help="write the probabilities here as .npy, float32 [rows]")
+    p.add_argument("--out", help="write the probabilities here (a file or s3://bucket/key) as .npy, float32 [rows]")
     p.add_argument("--logits", action="store_true", help="write logits to --out instead of probabilities")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per package call (default 4096)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="which package to run (default cpu)")
@@ -101,18 +105,51 @@ def predict(model_dir: str | Path, dataset: str | Path, split: str = "test", bat
     return cat(logits), cat(probs), (torch.cat(labels).numpy() if labels else None), busy
 
 
+def _check_out(out: str | None) -> None:
+    if not out:
+        return
+    if is_s3_uri(out):
+        bucket, key = parse_s3_uri(out)
+        if not key or out.endswith("/"):
+            raise UserError(f"--out {out}: names no object; expected s3://bucket/path/scores.npy")
+    elif Path(local_path(out, "--out", "dlrm predict", "pass a file name or s3://bucket/key",
+                         what="writes one .npy file")).is_dir():
+        raise UserError(f"--out {out}: is a folder; expected a file name such as scores.npy")
+
+
+def write_scores(out: str, scores: np.ndarray) -> None:
+    """float32 .npy at a local path (atomic) or an s3:// key (uploaded whole: a PUT is atomic)."""
+    if not is_s3_uri(out):
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, scores)
+        return
+    parent, _, key = out.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "scores.npy", scores)
+        open_store(parent).put_file(key, Path(tmp) / "scores.npy")
+
+
 def main(args) -> int:
-    if args.out and Path(args.out).is_dir():
-        raise UserError(f"--out {args.out}: is a folder; expected a file name such as scores.npy")
+    _check_out(args.out)
     t0 = time.perf_counter()
-    logits, probs, labels, busy = predict(args.model, args.dataset, args.split, args.batch_size, args.device)
+    with contextlib.ExitStack() as stack:  # an export on S3 is read from a verified temporary copy
+        model = stack.enter_context(fetched(args.model)) if is_s3_uri(args.model) else Path(
+            local_path(args.model, "--model", "dlrm predict", "pass an export folder or s3://bucket/prefix",
+                       what="reads an export folder"))
+        try:
+            logits, probs, labels, busy = predict(model, args.dataset, args.split, args.batch_size, args.device)
+        except UserError as e:  # name the object, not the temporary copy
+            raise type(e)(str(e).replace(str(model), str(args.model).rstrip("/"))) from None
+    bad = int((~np.isfinite(logits)).sum())
+    if bad:  # an AUC over NaN is meaningless (and roc_auc would rank NaN anywhere): refuse, write nothing
+        raise UserError(f"{args.model}: {bad} of {logits.shape[0]} rows of {args.split} scored NaN/inf; the model "
+                        f"diverged or the inputs overflow it; no AUC reported, nothing written")
     result = {"model": str(args.model), "split": args.split, "rows": int(probs.shape[0]),
               "auc": roc_auc(torch.from_numpy(logits), torch.from_numpy(labels)) if labels is not None else None,
               "samples_per_s": round(probs.shape[0] / busy, 1) if busy else None,
               "seconds": round(time.perf_counter() - t0, 3)}
     if args.out:
-        with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, logits if args.logits else probs)
+        write_scores(args.out, logits if args.logits else probs)
         result["out"] = str(args.out)
         result["written"] = "logits" if args.logits else "probabilities"
     print(json.dumps(result))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
+import torch
 
 from dlrm.training.checkpoint import Piece, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict
@@ -23,6 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="checkpoint name (ckpt-000001000); default: the latest complete one")
     p.add_argument("--dataset", help="dataset folder; default: the one the checkpoint was trained on")
     p.add_argument("--max-batches", type=int, default=0, help="evaluate only this many test batches (0: all)")
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """(name, non-finite count, size) of the first floating tensor holding NaN/inf, else None:
+    a diverged checkpoint scores NaN, and an AUC over NaN scores means nothing."""
+    for name, t in tensors.items():
+        if torch.is_tensor(t) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                return name, bad, t.numel()
+    return None
 
 
 def main(args) -> int:
@@ -56,7 +69,14 @@ def main(args) -> int:
     _, dense = load_checkpoint(args.checkpoints, name, weight=model.sparse_arch.embedding.weight.data,
                                row_state=opt.sparse.state_tensors(0), pieces=pieces)
     model.load_state_dict(dense["model"], strict=False)
+    bad = first_non_finite({"embedding tables": model.sparse_arch.embedding.weight, **dense["model"]})
+    if bad:
+        raise UserError(f"{args.checkpoints}/{name}: {bad[0]} holds {bad[1]} non-finite values (NaN/inf) of {bad[2]}: "
+                        f"the run diverged before this checkpoint; evaluate an earlier one (--name)")
     model.to(device)
     auc, loss = evaluate(model, spec, cfg, device, amp_dtype(cfg, device))
+    if not math.isfinite(loss):  # finite weights, yet NaN/inf scores: inputs the model overflows on
+        raise UserError(f"{args.checkpoints}/{name}: the scores on {spec.root} test are not finite (loss {loss}); "
+                        f"no AUC reported")
     print(json.dumps({"checkpoint": f"{args.checkpoints}/{name}", "step": meta["step"], "auc": auc, "loss": loss}))
     return 0

@@ -32,9 +32,11 @@ WHERE = ("resume", "out", "checkpoint_dir", "data.dataset")
 
 
 def dataset_identity(spec: FeatureSpec, rows: bool = True) -> dict:
-    """What the saved state depends on in the dataset: its tables, numerical features, train rows
-    (the data position), and test rows (reported if changed)."""
-    identity = {"tables": {f: spec.cardinalities[f] for f in spec.categorical}, "numerical": list(spec.numerical)}
+    """What the saved state depends on in the dataset: its tables, each table's hotness (ids pooled
+    per row: the same weights mean another model on k-hot rows) and padded features, the numerical
+    features, train rows (the data position), and test rows (reported if changed)."""
+    identity = {"tables": {f: spec.cardinalities[f] for f in spec.categorical}, "numerical": list(spec.numerical),
+                "hotness": {f: spec.hotness.get(f, 1) for f in spec.categorical}, "padded": sorted(spec.padded)}
     if rows:
         counts = spec.check()
         identity.update(train_rows=counts.get("train"), test_rows=counts.get("test"))
@@ -85,6 +87,14 @@ def feature_differences(meta: dict, identity: dict) -> list[str]:
         errors += [f"dataset table {t} rows {t_old[t]} -> {t_now[t]}" for t in t_old if t_old[t] != t_now[t]]
     if old.get("numerical") != identity["numerical"]:
         errors.append(f"dataset numerical features {old.get('numerical')} -> {identity['numerical']}")
+    # checkpoints from before hotness was recorded here: the plan's table_hotness ([]: all one-hot)
+    plan = meta.get("plan") or {}
+    h_old = old.get("hotness") or dict(zip(plan.get("table_names") or [], plan.get("table_hotness") or []))
+    h_now = identity.get("hotness") or {}
+    errors += [f"dataset feature {t} hotness {h_old.get(t, 1)} -> {h_now[t]}" for t in h_now
+               if t in t_old and h_old.get(t, 1) != h_now[t]]
+    if "padded" in old and sorted(old["padded"]) != identity.get("padded", []):
+        errors.append(f"dataset padded features {sorted(old['padded'])} -> {identity.get('padded', [])}")
     return errors
 
 

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from dlrm.errors import UserError
+from dlrm.io.fsutil import local_path
 from dlrm.io.s3_settings import (ATTEMPTS_ENV, CONNECT_TIMEOUT_ENV, DEFAULT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
                               DEFAULT_READ_TIMEOUT, READ_TIMEOUT_ENV, Timeouts)
 
@@ -75,6 +76,14 @@ def main(args: argparse.Namespace) -> int:
                               workers=args.workers, part_size=args.part_size_mb * MiB,
                               progress=not args.no_progress, timeouts=timeouts)
     action = args.data_command
+    # each action has one S3 side and one local side: a URI on the local side is refused here, once,
+    # or Path() would make it a local folder named 's3:'
+    if action == "push":
+        local_path(args.src, "DIR", "launcher data push", f"to copy between prefixes, pull {args.src} to a "
+                   "local folder first and push that", what="reads a local folder")
+    elif action in ("pull", "stage"):
+        local_path(args.dest, "DIR", f"launcher data {action}", f"name a local folder (an S3 to S3 copy: "
+                   f"`aws s3 sync {args.uri} {args.dest}`)")
     if action == "push":
         transfer.push(args.src, args.uri, opts, dry_run=args.dry_run, verify_remote=args.verify_remote)
     elif action == "pull":
