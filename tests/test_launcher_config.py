@@ -53,7 +53,8 @@ def test_dict_overrides_keep_types():
 
 def test_profile_as_path(tmp_path):
     p = tmp_path / "mine.yaml"
-    p.write_text((PROFILES_DIR / "synthetic-smoke.yaml").read_text() + "\nname: mine\n")
+    text = (PROFILES_DIR / "synthetic-smoke.yaml").read_text()
+    p.write_text(text.replace("\nname: ", "\nname: mine\n_old_name: ", 1).replace("\n_old_name: ", "\n# was: ", 1))
     assert load_job_config(str(p)).name == "mine"
 
 
