@@ -10,7 +10,7 @@ from __future__ import annotations
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd
-from launcher.config import run_id
+from launcher.run_identity import run_id
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
 # Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.

@@ -23,7 +23,8 @@ from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from launcher import command as cmd, pods, trainjob
-from launcher.config import JobConfig, config_sha256
+from launcher.config import JobConfig
+from launcher.run_identity import config_sha256
 from launcher.names import DNS1035_LABEL
 
 # A checkout reads the top-level manifests/; an installed wheel carries them as launcher/manifests.
@@ -57,7 +58,7 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-config_hash = config_sha256  # one definition (launcher.config): the run id is derived from it
+config_hash = config_sha256  # one definition (launcher.run_identity): the run id is derived from it
 
 
 def _train_yaml(cfg: JobConfig, dataset: str) -> str:

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from launcher.cli_render import add_job_arguments, plan_from_args
-from launcher.config import config_sha256, load_job_config, run_id
+from launcher.config import load_job_config
+from launcher.run_identity import config_sha256, run_id
 
 
 def rendered(*flags: str) -> tuple[dict, list[str], dict]:
