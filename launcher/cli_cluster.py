@@ -29,7 +29,7 @@ from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
 from launcher.render import to_yaml
 from launcher.cli_local import local_cancel, local_list, local_logs, local_status
 from launcher.local_jobs import LOCAL_ROOT, add_local_arguments
-from launcher.results import output_of_job, status_lines
+from launcher.results import output_of_job, run_id_of_job, status_lines
 
 # `from launcher import k8s` stays inside the functions that talk to a cluster: it imports the
 # kubernetes client, which `--help`, `submit --dry-run` and the --local commands never need.
@@ -247,7 +247,7 @@ def status(args: argparse.Namespace) -> int:
     while True:
         job = cluster.get_job(args.name, api)
         pods = cluster.list_pods(pod_selector(api, args.name))
-        run = lambda ages: "\n\n" + "\n".join(trainjob.trainer_status_lines(job) + status_lines(output_of_job(job), ages))  # noqa: E731
+        run = lambda ages: "\n\n" + "\n".join(trainjob.trainer_status_lines(job) + status_lines(output_of_job(job), ages, run_id_of_job(job)))  # noqa: E731
         key = describe(job, pods, ages=False) + run(False)  # ages tick every second: not a change worth printing
         if key != last:
             text = describe(job, pods) + run(True)

@@ -10,8 +10,13 @@ every command, and what `render` prints is what `submit` sends and what `run-loc
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from dlrm.errors import UserError
@@ -102,15 +107,55 @@ def add_arguments(p: argparse.ArgumentParser, command: str = "render") -> None:
     p.add_argument("--out", metavar="DIR", help="write NN-<kind>-<name>.yaml per object here instead of stdout")
 
 
+# What `render --out` writes: NN-<kind>-<name>.yaml. Only such files are an earlier render's.
+RENDERED_FILE = re.compile(r"^[0-9]{2,}-[a-z0-9]+-[a-z0-9.-]+\.yaml$")
+
+
+def write_rendered(objs: list[dict], out: Path) -> list[Path]:
+    """One numbered file per object in `out`, replacing an earlier render there whole and at once:
+    `kubectl apply -f DIR` sees the old render or the new one, never stale files of the old beside
+    the new. A folder holding anything render did not write is refused (nothing of it is touched)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if not (RENDERED_FILE.match(p.name) and p.is_file())) if out.is_dir() else []
+    if foreign:
+        raise UserError(f"--out {out} holds files render did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
+                        f"render into a folder of its own (an earlier render there is replaced whole)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.render-", dir=out.parent))
+    try:
+        names = [f"{i:02d}-{file_name(obj)}" for i, obj in enumerate(objs)]  # numbered: `kubectl apply -f DIR` applies in order
+        for name, obj in zip(names, objs):
+            atomic_write(stage / name, to_yaml([obj]))
+        stage.chmod(0o755)  # mkdtemp's 0700 would hide the render from everyone else
+        if out.is_dir():
+            exchange(stage, out)  # stage now holds the earlier render
+        else:
+            os.rename(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [out / name for name in names]
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two folders at once (Linux renameat2 RENAME_EXCHANGE); elsewhere two renames, with a
+    moment between them where `b` is missing (never a mix of both)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2 is not None and renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return
+    aside = a.with_name(a.name + ".old")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+
+
 def main(args: argparse.Namespace) -> int:
     objs = plan_from_args(args).objects
     if not args.out:
         sys.stdout.write(to_yaml(objs))
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, obj in enumerate(objs):
-        path = out / f"{i:02d}-{file_name(obj)}"  # numbered: `kubectl apply -f DIR` applies in order
-        atomic_write(path, to_yaml([obj]))
+    for path in write_rendered(objs, Path(args.out)):
         print(path, file=sys.stderr)
     return 0

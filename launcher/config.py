@@ -9,7 +9,6 @@ and the cross-field checks that must pass before anything is rendered.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
@@ -18,8 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dlrm import __version__
-from dlrm.config import (AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes,  # noqa: F401 (API)
-                         parse_quantity, to_dict)
+from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
@@ -367,18 +365,6 @@ def _check_multinode_output(c: JobConfig) -> None:
                  f"{c.cluster.backoff_limit}: every node would keep only its own part of each checkpoint, so a restarted job "
                  f"could not resume; set train.out=s3://bucket/prefix/{NAME_PLACEHOLDER} (the run and its checkpoints on S3), or "
                  f"storage.output_claim=<a ReadWriteMany PersistentVolumeClaim> shared by the nodes (or cluster.backoff_limit=0: no restarts)")
-
-
-def config_sha256(c: JobConfig) -> str:
-    """The resolved config's hash: the jobs' dlrm-k8s.io/config-sha256 annotation and the run id's suffix."""
-    return hashlib.sha256(json.dumps(to_dict(c), sort_keys=True).encode()).hexdigest()
-
-
-def run_id(c: JobConfig) -> str:
-    """The job's run: the same for every pod and every restart of this job (and for the identical job
-    applied again), different for another name or any other setting. Pure: no clock, no randomness.
-    train.run_id is always "" in a job config (validate), so the hash is the config's without it."""
-    return f"{c.name}-{config_sha256(c)[:12]}"
 
 
 def table_hotness(c: JobConfig) -> list[int] | None:

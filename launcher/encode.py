@@ -23,8 +23,8 @@ from launcher import command as cmd, pods, trainjob
 from launcher.build import build_plan
 from launcher.config import JobConfig, kueue_queue
 from launcher.resources import pod_resources
+from launcher.run_identity import config_sha256
 from launcher.names import DNS1035_LABEL
-from launcher.pods import config_hash
 from launcher.plan import JobPlan
 
 # A checkout reads the top-level manifests/; an installed wheel carries them as launcher/manifests.
@@ -75,7 +75,7 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "plan": plan,
         "version": __version__,
         "git_revision": git_revision,
-        "config_hash": config_hash(cfg),
+        "config_hash": config_sha256(cfg),
         "train_yaml": _train_yaml(cfg, pods.dataset_path(cfg)),
         "bucket": bucket,
         "prefix": prefix + "/" if prefix else "",

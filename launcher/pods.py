@@ -10,8 +10,8 @@ from __future__ import annotations
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd, trainjob
-from launcher.config import config_sha256, run_id
 from launcher.resources import pod_resources
+from launcher.run_identity import config_sha256, run_id
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
 
 # Read-only root filesystem, nothing to escalate to: everything a container writes goes to a volume.
@@ -31,12 +31,9 @@ def s3_env(cfg) -> list[EnvVar]:
     return env
 
 
-config_hash = config_sha256  # one definition (launcher.config): the run id is derived from it too
-
-
 def job_env(cfg, git_revision: str) -> list[EnvVar]:
     """The job's identity, which the trainer writes into its run record (run.json, dlrm.training.runlog.JOB_ENV)."""
-    values = {"name": cfg.name, "config_sha256": config_hash(cfg), "git_revision": git_revision, "image": cfg.image}
+    values = {"name": cfg.name, "config_sha256": config_sha256(cfg), "git_revision": git_revision, "image": cfg.image}
     return [EnvVar(JOB_ENV[k], v) for k, v in values.items()]
 
 

@@ -23,9 +23,23 @@ from dlrm.training.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSO
 from dlrm.io.storage import open_store
 from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
 from launcher.command import OUTPUT_ANNOTATION, OUTPUT_MOUNT
-from launcher.local_jobs import LocalJobRecord, add_local_arguments
+from launcher.local_jobs import LocalJobRecord, add_local_arguments, run_id_of_argv
 
 RESULT_FILES = (CONFIG, RECORD, METRICS, PLOT)  # plus everything under TENSORBOARD/ and MODEL_DIR/
+
+
+def run_id_of_job(job: dict) -> str:
+    """The run id rendered into a cluster job's training command (`--set run_id=X`), or ""."""
+    def strings(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from strings(v)
+        elif isinstance(node, list):
+            if all(isinstance(v, str) for v in node):
+                yield node
+            for v in node:
+                yield from strings(v)
+    return next((r for argv in strings(job.get("spec") or {}) if (r := run_id_of_argv(argv))), "")
 
 
 def output_of_job(job: dict) -> str | None:

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from launcher.cli_render import add_job_arguments, plan_from_args
-from launcher.config import config_sha256, load_job_config, run_id
+from launcher.config import load_job_config
+from launcher.run_identity import config_sha256, run_id
 
 
 def rendered(*flags: str) -> tuple[dict, list[str], dict]:
@@ -74,3 +75,16 @@ def test_a_multinode_job_renders_when_a_restart_can_resume(over):
     over = {"nodes": 2, "gpus_per_node": 1, "cluster": {"backoff_limit": 2}, **over}
     cfg = load_job_config("synthetic-smoke", overrides=over)
     assert cfg.nodes == 2
+
+
+def test_status_finds_a_cluster_jobs_run_id_in_its_command():
+    from launcher.results import run_id_of_job
+
+    p = argparse.ArgumentParser()
+    add_job_arguments(p)
+    for api in ("pytorchjob", "trainjob"):
+        job = next(o for o in plan_from_args(p.parse_args(["--profile", "criteo-fl15", "--api", api])).objects
+                   if o["kind"] in ("PyTorchJob", "TrainJob"))
+        sha = job["metadata"]["annotations"]["dlrm-k8s.io/config-sha256"]
+        assert run_id_of_job(job) == f"dlrm-criteo-fl15-{sha[:12]}", api
+    assert run_id_of_job({"spec": {"x": ["--set", "out=/o"]}}) == ""

@@ -231,6 +231,9 @@ def test_rendered_synthetic_smoke_trains_on_two_nodes(tmp_path, capsys, api, mas
     run_dir = tmp_path / "wd" / "pods" / master / "output"  # the /output emptyDir of the node-rank-0 pod
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics and "final AUC" in out
+    # `logs --local` finds either API's replicas by node rank (a TrainJob's are node-0-N, not worker-N)
+    assert main(["logs", "dlrm-smoke", "--local", "--workdir", str(tmp_path / "wd"), "--node", "1"]) == 0
+    assert capsys.readouterr().out == (tmp_path / "wd" / "logs" / f"{worker}.log").read_text() != ""
 
 
 def _s3_json_lines(bucket: str, key: str) -> list[dict]:
