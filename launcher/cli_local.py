@@ -115,7 +115,7 @@ def local_list(args: argparse.Namespace) -> int:
     records = []
     for path in sorted(LOCAL_ROOT.glob(f"*/{JOB_RECORD}")):
         try:
-            records.append(LocalJobRecord.read(path.parent.name, path.parent))
+            records.append(LocalJobRecord.read(path.parent.name, path.parent, any_name=True))
         except UserError as e:
             print(f"warning: {e}", file=sys.stderr)
     if not records:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_write
+from dlrm.io.fsutil import atomic_write, local_path
 from dlrm.training.runlog import git_revision  # one definition: the trainer records it too (run.json)
 from launcher.config import JobConfig, load_job_config
 from launcher.encode import plan_job
@@ -152,10 +152,12 @@ def exchange(a: Path, b: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    out = args.out and local_path(args.out, "--out", "launcher render", "render into a local folder and copy that, "
+                                  "or apply stdout: render | kubectl apply -f -")
     objs = plan_from_args(args).objects
-    if not args.out:
+    if not out:
         sys.stdout.write(to_yaml(objs))
         return 0
-    for path in write_rendered(objs, Path(args.out)):
+    for path in write_rendered(objs, out):
         print(path, file=sys.stderr)
     return 0

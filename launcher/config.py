@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from dlrm import __version__
 from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
-from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
+from dlrm.io.fsutil import is_s3_uri, local_path, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
 from launcher.command import OUTPUT_MOUNT, train_out
@@ -417,7 +417,7 @@ def check_plan(c: JobConfig, tables: list[int] | None = None, hotness: list[int]
 def profile_path(profile: str) -> Path:
     """A profile name (launcher/profiles/<name>.yaml) or a path to a YAML file."""
     if profile.endswith((".yaml", ".yml")) or "/" in profile:
-        return Path(profile)
+        return local_path(profile, "--profile", "the launcher", "download it first", what="reads a profile name or a local .yaml file")
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))

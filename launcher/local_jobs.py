@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_write, is_s3_uri
+from dlrm.io.fsutil import atomic_write, is_s3_uri, local_path
 from launcher.procs import running, start_time
 
 LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>
@@ -27,7 +27,10 @@ ERROR_LINE = re.compile(r"^(?:\[[\w-]+\]:\s*)?(error: .*)$")
 
 
 def local_workdir(name: str, workdir: str | None = None) -> Path:
-    return Path(workdir) if workdir else LOCAL_ROOT / name
+    if not workdir:
+        return LOCAL_ROOT / name
+    return local_path(workdir, "--workdir", "a run-local job", "name a local folder (train.out=s3://... "
+                      "puts the run's output on S3)", what="keeps its pods' folders and logs in a local folder")
 
 
 def add_local_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +50,9 @@ class LocalJobRecord:
         atomic_write(self.path, json.dumps(self.data, indent=1) + "\n", fsync=False)
 
     @staticmethod
-    def read(name: str, workdir: str | Path | None) -> dict:
+    def read(name: str, workdir: str | Path | None, any_name: bool = False) -> dict:
+        """The record of job `name` in its workdir; one of another job (a --workdir that is not this
+        job's) is refused, unless `any_name`, so no command shows or stops a job it was not asked about."""
         path = local_workdir(name, workdir) / JOB_RECORD
         try:
             data = json.loads(path.read_text())
@@ -58,6 +63,9 @@ class LocalJobRecord:
             raise UserError(f"{path}: not a run-local job record ({e})") from None
         if not isinstance(data, dict) or "name" not in data or "workdir" not in data:
             raise UserError(f"{path}: not a run-local job record (no name and workdir)")
+        if data["name"] != name and not any_name:
+            raise UserError(f"{path}: the record of run-local job {data['name']!r}, not {name!r}: pass the --workdir "
+                            f"{name} ran with, or the name {data['name']}")
         if data.get("state") == RUNNING and not alive(data.get("pid"), data.get("pid_start")):
             data["state"] = "Lost"  # run-local itself was killed: nobody will write the final state
         return data

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_path, is_s3_uri
+from dlrm.io.fsutil import atomic_path, is_s3_uri, local_path
 from dlrm.training.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, read_metrics
 from dlrm.io.storage import open_store
 from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
@@ -174,8 +174,9 @@ def add_arguments(p: argparse.ArgumentParser, command: str = "results") -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    dest = (local_path(args.out, "--out", "launcher results", "fetch into a local folder; the run itself is "
+                       "already where it is") if args.out else Path("runs/results") / Path(args.name.rstrip("/")).name)
     out = resolve_output(args)
-    dest = Path(args.out or Path("runs/results") / Path(args.name.rstrip("/")).name)
     files = fetch(out, dest)
     for f in files:
         print(f)

@@ -149,9 +149,12 @@ class LocalJob:
         """A new run of the job is new pods, as on Kubernetes: empty emptyDirs and logs. Refused while an
         earlier run of it in this workdir still runs (its replicas would share folders and ports)."""
         try:
-            previous = LocalJobRecord.read(self.name, self.workdir)
+            previous = LocalJobRecord.read(self.name, self.workdir, any_name=True)
         except UserError:  # no record (a first run), or not one of ours: nothing of it is removed
             return
+        if previous["name"] != self.name:  # its pods' emptyDirs may hold that job's only checkpoints
+            raise UserError(f"--workdir {self.workdir} holds run-local job {previous['name']} (its logs and pods' "
+                            f"folders): pass a workdir of this job's own, or remove that one first")
         left = live_replicas(previous)
         if previous.get("state") == RUNNING or left:
             who = f"run-local pid {previous.get('pid')}" if previous.get("state") == RUNNING else f"replicas {', '.join(left)}"

@@ -361,3 +361,29 @@ def setup_spec_text(ctx: Ctx, args: dict) -> None:
 SETUPS = {"none": setup_none, "dataset": setup_dataset, "run": setup_run, "criteo_days": setup_criteo_days,
           "values": setup_values, "fake_k8s": setup_fake_k8s, "s3": setup_s3, "checkpoint": setup_checkpoint,
           "export_folder": setup_export_folder, "spec_text": setup_spec_text}
+
+# -- sweep: a new user's and an admin's inputs tried against issues 19 and 20 ---------------------------
+
+
+def setup_local_job(ctx: Ctx, args: dict) -> None:
+    """A finished run-local job's workdir at {tmp}/wd: job.json of job `name` (default dlrm-smoke) and a
+    checkpoint file in its master's emptyDir, which must survive the command."""
+    import json
+
+    wd = ctx.tmp / "wd"
+    ckpt = wd / "pods" / "master-0" / "output" / "checkpoints" / "ckpt-000000002" / "metadata.json"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_text("{}")
+    (wd / "logs").mkdir()
+    (wd / "logs" / "master-0.log").write_text("step 2/2\n")
+    record = {"name": args.get("name", "dlrm-smoke"), "workdir": str(wd), "state": "Succeeded", "pid": 1,
+              "replicas": ["master-0"], "exit_code": 0}
+    (wd / "job.json").write_text(json.dumps(record))
+
+    def kept():
+        assert ckpt.is_file(), f"{ckpt}: another job's checkpoint was removed"
+
+    ctx.after.append(kept)
+
+
+SETUPS["local_job"] = setup_local_job

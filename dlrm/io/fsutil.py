@@ -159,7 +159,9 @@ def load_yaml_all(text: str, where: str = "<string>", error: type[UserError] = C
 
 
 def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError) -> str:
-    """A user's text file, or a one-line error naming it (missing, a folder, unreadable, not UTF-8)."""
+    """A user's text file, or a one-line error naming it (missing, a folder, unreadable, not UTF-8, a URI)."""
+    if is_uri(os.fspath(path)):  # Path() would read 's3://b/x.yaml' as the local file 's3:/b/x.yaml'
+        raise error(f"{os.fspath(path)}: a {what} must be a local file, not a URI; download it first")
     path = Path(path)
     try:
         return path.read_text(encoding="utf-8")
