@@ -295,8 +295,8 @@ def _check_names(c: JobConfig) -> None:
         names.check_name(path, value, names.SUBDOMAIN, optional=True)
     for i, secret in enumerate(c.cluster.image_pull_secrets):
         names.check_name(f"cluster.image_pull_secrets[{i}]", secret, names.SUBDOMAIN)
-    names.check_name("scheduling.queue", c.scheduling.queue, names.LABEL_VALUE)  # kueue's queue-name label
-    names.check_name("scheduling.workload_priority", c.scheduling.workload_priority, names.LABEL_VALUE)  # and its priority-class label
+    names.check_name("scheduling.queue", c.scheduling.queue, names.LABELLED_NAME, optional=True)
+    names.check_name("scheduling.workload_priority", c.scheduling.workload_priority, names.LABELLED_NAME, optional=True)
     names.check_name("cluster.gpu_product", c.cluster.gpu_product, names.LABEL_VALUE)  # a node label's value
     names.check_labels("cluster.node_selector", c.cluster.node_selector)
     names.check_tolerations("cluster.tolerations", c.cluster.tolerations)

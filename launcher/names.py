@@ -37,6 +37,10 @@ SUBDOMAIN = Rule("a Kubernetes object name (DNS-1123 subdomain): lowercase lette
                  "ending with a letter or digit, at most 253 chars", re.compile(rf"{_LABEL_1123}(\.{_LABEL_1123})*"), 253)
 LABEL_VALUE = Rule("a label value: empty, or letters, digits, '-', '_' and '.', starting and ending with a letter or "
                    "digit, at most 63 chars", re.compile(rf"({_NAME_PART})?"), 63)
+# An object's name that a label also carries (Kueue's queue-name and priority-class labels): a label value
+# of mixed case or with '_' passes the API server but names no LocalQueue, and the job waits forever.
+LABELLED_NAME = Rule("the name of a queue or priority class, as a label carries it: lowercase letters, digits, '-' "
+                     "and '.', starting and ending with a letter or digit, at most 63 chars", SUBDOMAIN.pattern, 63)
 ENV_NAME = Rule("an environment variable name: letters, digits and '_', not starting with a digit",
                 re.compile(r"[A-Za-z_][A-Za-z0-9_]*"), 1024)
 _QUALIFIED = Rule("a qualified name ([prefix/]name: the prefix a DNS subdomain, the name letters, digits, '-', '_' "

@@ -268,7 +268,7 @@ NAME_CASES = [
     ({"cluster": {"tolerations": [{"key": "k", "valu": "v"}]}}, "tolerations[0]: unknown key 'valu'"),
     ({"cluster": {"tolerations": [{"value": "v"}]}}, "an empty key needs operator Exists"),
     ({"cluster": {"extra_resources": {"gpu": 1}}}, "cluster.extra_resources key 'gpu' is not a qualified name with a domain prefix"),
-    ({"scheduling": {"gang": "kueue", "queue": "q\n"}}, "scheduling.queue 'q\\n' is not a label value"),
+    ({"scheduling": {"gang": "kueue", "queue": "q\n"}}, "scheduling.queue 'q\\n' is not the name of a queue or priority class"),
     ({"image": " reg/x:1"}, "image ' reg/x:1' is not an image reference"),
     ({"preprocess": {"spark": {"service_account": "Spark"}}}, "preprocess.spark.service_account 'Spark'"),
 ]
