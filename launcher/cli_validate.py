@@ -26,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
     errors, count = [], 0
     for path, objs in load_objects(args.files):
         count += len(objs)
+        if not objs:  # kubectl apply refuses it too: an emptied or cut-short file is no job
+            errors.append(f"{path}: no Kubernetes objects in the file")
         errors += [f"{path}: {e}" for e in validate_objects(objs, crd=args.crd, trainer_version=args.trainer_version)]
     for e in errors:
         print(e, file=sys.stderr)

@@ -25,8 +25,9 @@ import jsonschema
 import referencing
 import yaml
 
-from dlrm.errors import UserError
+from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import load_yaml_file_all
+from dlrm.typed import parse_quantity
 from launcher import trainjob
 from launcher.names import DNS1035_LABEL
 from launcher.plan import CONTAINER
@@ -99,6 +100,27 @@ def int_range_errors(node, label: str, path: tuple = ()) -> list[str]:
     if -(2 ** (bits - 1)) <= node < 2 ** (bits - 1):
         return []
     return [f"{label}: {_where(path)}: {node} overflows the API's int{bits} (at most {2 ** (bits - 1) - 1})"]
+
+
+def request_over_limit_errors(node, label: str, path: tuple = ()) -> list[str]:
+    """Every container resource whose request exceeds its limit: the API server refuses the pod (and
+    with it every pod of the job), which no schema says."""
+    if isinstance(node, list):
+        return [e for i, v in enumerate(node) for e in request_over_limit_errors(v, label, path + (i,))]
+    if not isinstance(node, dict):
+        return []
+    errors = [e for k, v in node.items() for e in request_over_limit_errors(v, label, path + (k,))]
+    requests, limits = node.get("requests"), node.get("limits")
+    if path[-1:] == ("resources",) and isinstance(requests, dict) and isinstance(limits, dict):
+        for name in sorted(set(requests) & set(limits)):
+            try:
+                over = parse_quantity(requests[name]) > parse_quantity(limits[name])
+            except ConfigError:  # not a quantity: the schema says so
+                continue
+            if over:
+                errors.append(f"{label}: {_where(path + ('requests', name))}: {requests[name]} is above its limit "
+                              f"{limits[name]} (the API server refuses a request above its limit)")
+    return errors
 
 
 def _schema_errors(validator: jsonschema.protocols.Validator, obj: dict, label: str) -> list[str]:
@@ -199,6 +221,7 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None,
         errors += schema_errors
         if not schema_errors:
             clean.append((obj, label))
+            errors += request_over_limit_errors(obj, label)
         if key[1] == "PyTorchJob":
             errors += webhook_errors(obj, label)
         if key[1] in crds:  # the upstream CRD of this kind: the vendored PyTorchJob one, or --crd's

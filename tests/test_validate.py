@@ -109,7 +109,7 @@ def test_upstream_crd_catches_schema_mutations(job, case):
 
 def test_crd_allows_int_or_string(job):
     # Quantities are x-kubernetes-int-or-string upstream: an integer memory limit is fine there.
-    _master(job)["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 4
+    _master(job)["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 128  # above the request (64): a request over its limit is refused
     assert validate_objects([job], crd=CRD) == []
 
 
