@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,20 @@ MAX_NUMERICAL = 1000  # Criteo has 13; each one costs CHUNK_ROWS x 4 bytes while
 AUC_MAX_ROWS = 4_000_000  # the oracle AUC is measured on at most this many test rows (memory)
 
 
+def _check_free_space(spec: FeatureSpec, rows: int, test_rows: int) -> None:
+    """A dataset larger than the disk is refused before it starts: --rows 10^14 otherwise wrote for hours
+    (silently, on a quiet terminal) before the disk filled."""
+    need = sum(n * sum(c.columns * c.dtype.itemsize for c in spec.sources[split])
+               for split, n in (("train", rows), ("test", test_rows)))
+    where = Path(spec.root).absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise UserError(f"synth: --rows {rows:,} and --test-rows {test_rows:,} need {need / 2**30:,.1f} GiB in "
+                        f"{spec.root}, but {where} has {free / 2**30:,.1f} GiB free; write fewer rows or elsewhere")
+
+
 def generate(out, rows: int, seed: int, *, cardinalities: list[int], test_rows: int, click_rate: float = 0.25,
              num_numerical: int = 13, overwrite: bool = False, hotness: list[int] | None = None,
              multi_hot_name: str | None = None) -> FeatureSpec:
@@ -252,6 +267,7 @@ def generate(out, rows: int, seed: int, *, cardinalities: list[int], test_rows: 
     if hotness is not None and (len(hotness) != len(cardinalities) or min(hotness) < 1):
         raise UserError(f"synth: hotness needs {len(cardinalities)} values >= 1, got {hotness}")
     spec = FeatureSpec.default(out, list(cardinalities), num_numerical=num_numerical, hotness=hotness)
+    _check_free_space(spec, rows, test_rows)
     claim_folder(spec, overwrite)  # before minutes of work, not after
     truth = make_truth(seed, list(cardinalities), num_numerical)
     calibrate(truth, seed, click_rate)
