@@ -92,9 +92,9 @@ def main() -> None:
         best = {"base_up": 1e9, "push": 1e9, "base_down": 1e9, "pull": 1e9}
         for r in range(args.rounds):
             t = {"base_up": timed(base_up),
-                 "push": timed(lambda: push(src, f"s3://bench/ours{r}", opts)),
-                 "base_down": timed(lambda: base_down(work / f"plain{r}")),
-                 "pull": timed(lambda: pull(f"s3://bench/ours{r}", work / f"ours{r}", opts))}
+                 "push": timed(lambda r=r: push(src, f"s3://bench/ours{r}", opts)),
+                 "base_down": timed(lambda r=r: base_down(work / f"plain{r}")),
+                 "pull": timed(lambda r=r: pull(f"s3://bench/ours{r}", work / f"ours{r}", opts))}
             best = {k: min(best[k], t[k]) for k in best}
             for n in names:
                 assert (work / f"ours{r}" / n).read_bytes() == (src / n).read_bytes(), n

@@ -1,7 +1,8 @@
 """`python -m launcher <command>`: render, validate and submit DLRM jobs; move datasets to and from S3.
 
 Each command lives in a module exposing `add_arguments(parser, command)` and `main(args)` (one module
-may serve several commands: `args.command` says which); only the chosen one is imported, so `render` and `validate` never import the kubernetes client.
+may serve several commands: `args.command` says which); only the chosen one is imported, so `render` and `validate`
+never import the kubernetes client.
 """
 from __future__ import annotations
 

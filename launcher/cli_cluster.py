@@ -247,7 +247,8 @@ def status(args: argparse.Namespace) -> int:
     while True:
         job = cluster.get_job(args.name, api)
         pods = cluster.list_pods(pod_selector(api, args.name))
-        run = lambda ages: "\n\n" + "\n".join(trainjob.trainer_status_lines(job) + status_lines(output_of_job(job), ages, run_id_of_job(job)))  # noqa: E731
+        def run(ages: bool, job=job) -> str:  # the trainer's status in the TrainJob, then the run's own numbers
+            return "\n\n" + "\n".join(trainjob.trainer_status_lines(job) + status_lines(output_of_job(job), ages, run_id_of_job(job)))
         key = describe(job, pods, ages=False) + run(False)  # ages tick every second: not a change worth printing
         if key != last:
             text = describe(job, pods) + run(True)

@@ -93,7 +93,8 @@ def _pod(raw, where: str) -> Pod:
             raise UserError(f"{where}.spec.volumes[{i}]: expected a name and one volume source, got {sorted(v)}")
         volumes.append(Volume(v["name"], kinds[0], _typed(v[kinds[0]], dict, f"{where}.spec.volumes[{i}].{kinds[0]}", {})))
     return Pod(
-        containers=[_container(c, f"{where}.spec.containers[{i}]") for i, c in enumerate(_typed(spec.get("containers"), list, f"{where}.spec.containers", []))],
+        containers=[_container(c, f"{where}.spec.containers[{i}]")
+                    for i, c in enumerate(_typed(spec.get("containers"), list, f"{where}.spec.containers", []))],
         init_containers=[_container(c, f"{where}.spec.initContainers[{i}]")
                          for i, c in enumerate(_typed(spec.get("initContainers"), list, f"{where}.spec.initContainers", []))],
         volumes=volumes, security=_typed(spec.get("securityContext"), dict, f"{where}.spec.securityContext", {}),

@@ -27,7 +27,8 @@ from dlrm.errors import UserError
 from launcher import trainjob
 
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
-OPERATOR_HINT = "install the Kubeflow training operator (v1.9): kubectl apply --server-side -k \"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\""
+OPERATOR_HINT = ("install the Kubeflow training operator (v1.9): kubectl apply --server-side -k "
+                 "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\"")
 TRAINER_HINT = ("install Kubeflow Trainer v2.3 (with JobSet): helm install kubeflow-trainer oci://ghcr.io/kubeflow/charts/kubeflow-trainer "
                 "--namespace kubeflow-system --create-namespace --version 2.3.0")
 # The job kinds the launcher submits, by `api`: (apiVersion, kind).

@@ -83,14 +83,16 @@ class LocalJob:
                  max_restarts: int | None = None, out: TextIO | None = None, grace_s: float | None = None):
         self.plan = as_plan(job)
         if self.plan.kind != "train" or not self.plan.groups:
-            raise UserError(f"job {self.plan.name}: run-local runs training jobs (a PyTorchJob or TrainJob); kind={self.plan.kind} has no replicas to run")
+            raise UserError(f"job {self.plan.name}: run-local runs training jobs (a PyTorchJob or TrainJob); "
+                            f"kind={self.plan.kind} has no replicas to run")
         self.name = self.plan.name
         self.workdir = Path(workdir).resolve()
         self.replicas = self.plan.replicas
         self.volumes = {k: Path(v).resolve() for k, v in (volumes or {}).items()}
         known = {v.name for g in self.plan.groups for v in g.pod.volumes}
         if set(self.volumes) - known:
-            raise UserError(f"--volume {sorted(set(self.volumes) - known)[0]}: the pods have no such volume (they have: {', '.join(sorted(known)) or 'none'})")
+            raise UserError(f"--volume {sorted(set(self.volumes) - known)[0]}: the pods have no such volume "
+                            f"(they have: {', '.join(sorted(known)) or 'none'})")
         # Unset backoffLimit means "retry forever" to the operator; locally that would loop on a bug.
         self.max_restarts = max_restarts if max_restarts is not None else int(self.plan.run_policy.backoff_limit or 0)
         self.deadline_s = self.plan.run_policy.active_deadline_seconds
@@ -290,7 +292,8 @@ def add_arguments(parser, command: str = "run-local") -> None:
     parser.add_argument("file", nargs="?", help="an already rendered YAML file (instead of --profile and the job flags)")
     add_job_arguments(parser)
     parser.add_argument("--workdir", help="folder for volumes and logs (default runs/local/<job name>)")
-    parser.add_argument("--max-restarts", type=int, help="whole-job restarts allowed (default: the job's runPolicy.backoffLimit, a TrainJob's failurePolicy.maxRestarts)")
+    parser.add_argument("--max-restarts", type=int, help="whole-job restarts allowed "
+                        "(default: the job's runPolicy.backoffLimit, a TrainJob's failurePolicy.maxRestarts)")
     parser.add_argument("--volume", action="append", default=[], metavar="NAME=DIR", help="use DIR for the pod volume NAME (repeatable)")
     parser.add_argument("--grace", type=float, help="seconds between SIGTERM and SIGKILL when stopping replicas "
                                                    f"(default: the pods' terminationGracePeriodSeconds, else {K8S_GRACE_S})")

@@ -8,9 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
-from dlrm.training.checkpoint import CheckpointCorrupt, complete_checkpoints, latest_checkpoint, whole_tables
+from dlrm.training.checkpoint import complete_checkpoints, whole_tables
 from dlrm.errors import UserError
 from dlrm.training.runlock import LOCK, Lock, _me, probe_writable
 from dlrm.io.storage import open_store

@@ -61,7 +61,8 @@ def test_from_dict_nested_types():
     assert cfg.model.top_mlp == [8, 4] and isinstance(cfg.optim.lr, float)
 
 
-@pytest.mark.parametrize("text,value", [("80Gi", 80 * 2**30), ("16G", 16 * 10**9), ("512Mi", 512 * 2**20), ("1024", 1024), ("1.5Gi", 3 * 2**29), ("2e3", 2000)])
+@pytest.mark.parametrize("text,value", [("80Gi", 80 * 2**30), ("16G", 16 * 10**9), ("512Mi", 512 * 2**20), ("1024", 1024),
+                                        ("1.5Gi", 3 * 2**29), ("2e3", 2000), ("1E", 10**18), ("1Ei", 2**60)])
 def test_parse_bytes(text, value):
     assert parse_bytes(text) == value
 

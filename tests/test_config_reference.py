@@ -38,7 +38,8 @@ def test_types_defaults_and_allowed_values_come_from_the_annotations():
     assert rows["storage.mode"]["allowed"] == "one of `pvc`, `hostPath`, `mount`, `stage`"
     assert rows["train.dist.device_memory"]["allowed"].startswith("a size as a Kubernetes quantity")
     assert rows["train_tables"]["type"] == "str or list[int]"
-    assert rows["cluster.extra_resources"]["type"] == "dict[str, int]" and "each value: an integer in [1, 2147483647]" in rows["cluster.extra_resources"]["allowed"]
+    extra = rows["cluster.extra_resources"]
+    assert extra["type"] == "dict[str, int]" and "each value: an integer in [1, 2147483647]" in extra["allowed"]
     assert rows["cluster.termination_grace_seconds"]["default"] == "120" and "SIGTERM" in rows["cluster.termination_grace_seconds"]["note"]
 
 

@@ -3,7 +3,8 @@
 Parity, as stated in the README: on the test split, `dlrm predict` with the exported package gives
 the AUC `dlrm eval` gives for the same checkpoint to 1e-6, every probability is within 1e-5
 (absolute) of sigmoid(logit) of the trainer's own model loaded from the checkpoint and every logit
-within 4e-5 (fp32 tables; fp16 tables: AUC 2e-3, probabilities 2e-3, logits 8e-3). Compiling a package takes ~30-60 s on one CPU core, so the exports are shared.
+within 4e-5 (fp32 tables; fp16 tables: AUC 2e-3, probabilities 2e-3, logits 8e-3). Compiling a package
+takes ~30-60 s on one CPU core, so the exports are shared.
 """
 from __future__ import annotations
 

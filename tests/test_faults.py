@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from faults_common import (HANG, RUN, TRAIN, Running, complete, data, gathered, plant_partial_checkpoint, rank_pids, render,
+from faults_common import (HANG, RUN, TRAIN, Running, complete, gathered, plant_partial_checkpoint, rank_pids, render,
                           step_losses, summary)  # noqa: F401 (data: a fixture)
 
 

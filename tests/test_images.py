@@ -199,8 +199,8 @@ def dockerignore_excludes(patterns: list[str], path: str) -> bool:
 
 
 def test_dockerignore_keeps_venv_data_runs_and_git_out_and_the_sources_in():
-    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()]
-    patterns = [l for l in lines if l and not l.startswith("#")]
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
     for path in (".venv/bin/python", "data/criteo/day_0", "runs/demo/metrics.jsonl", ".git/HEAD",
                  ".pytest_cache/v/x", "dlrm/__pycache__/model.cpython-311.pyc", "dlrm_k8s.egg-info/PKG-INFO",
                  "tests/test_model.py", "benchmarks/run.py", "images/wheels/.gitignore.bak", "out/x"):

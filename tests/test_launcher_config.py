@@ -290,7 +290,8 @@ def test_valid_names_and_labels_pass():
     assert cfg.cluster.node_selector["zone"] == ""
 
 
-@pytest.mark.parametrize("text,hint", [("64GiB", "Kubernetes writes 64Gi (no B)"), ("16GB", "Kubernetes writes 16G (no B) for decimal, 16Gi for binary")])
+@pytest.mark.parametrize("text,hint", [("64GiB", "Kubernetes writes 64Gi (no B)"),
+                                       ("16GB", "Kubernetes writes 16G (no B) for decimal, 16Gi for binary")])
 def test_the_other_size_grammar_gets_a_hint(text, hint):
     with pytest.raises(ConfigError, match=re.escape(hint)):
         parse_quantity(text, "resources.memory_limit")

@@ -67,6 +67,6 @@ def test_metrics_lines_are_strict_json(tmp_path):
     log.write(kind="train", step=1, loss=float("nan"), lr=0.1)
     log.write(kind="eval", step=1, auc=math.nan, loss=float("inf"))
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
-        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in {line}"))
+        json.loads(line, parse_constant=lambda c, line=line: pytest.fail(f"bare {c} in {line}"))
     assert [r.get("auc", r.get("loss")) for r in log.records()] == [None, None]
     assert log.plot(tmp_path / "m.png").exists()

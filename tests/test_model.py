@@ -11,8 +11,8 @@ def test_nvidia_shapes():
     assert m.interaction_arch.out_features == 480 and m.interaction_arch.padding == 1  # 128 + 351 = 479 -> 480
     first_top = m.over_arch.mlp[0]
     assert first_top.in_features == 480 and torch.all(first_top.weight[:, 479] == 0)
-    assert [l.out_features for l in m.dense_arch.mlp if isinstance(l, torch.nn.Linear)] == [512, 256, 128]
-    assert [l.out_features for l in m.over_arch.mlp if isinstance(l, torch.nn.Linear)] == [1024, 1024, 512, 256, 1]
+    assert [layer.out_features for layer in m.dense_arch.mlp if isinstance(layer, torch.nn.Linear)] == [512, 256, 128]
+    assert [layer.out_features for layer in m.over_arch.mlp if isinstance(layer, torch.nn.Linear)] == [1024, 1024, 512, 256, 1]
     B = 4
     logits = m(torch.randn(B, 13), torch.stack([torch.randint(0, n, (B,)) for n in SIZES], 1))
     assert logits.shape == (B,)
@@ -84,7 +84,7 @@ def test_dcn_mlperf_shapes():
     # Xavier normal: std sqrt(2 / (fan_in + fan_out))
     assert abs(cross.U[0].std().item() - (2 / (3456 + 512)) ** 0.5) < 2e-3
     assert m.over_arch.mlp[0].in_features == 3456
-    assert [l.out_features for l in m.over_arch.mlp if isinstance(l, torch.nn.Linear)] == [1024, 1024, 512, 256, 1]
+    assert [layer.out_features for layer in m.over_arch.mlp if isinstance(layer, torch.nn.Linear)] == [1024, 1024, 512, 256, 1]
     logits = m(torch.randn(4, 13), torch.stack([torch.randint(0, n, (4,)) for n in SIZES], 1))
     assert logits.shape == (4,)
 

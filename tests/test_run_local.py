@@ -46,7 +46,8 @@ INIT = "import os, pathlib; pathlib.Path(os.environ['SCRATCH'], 'init-ran').writ
 
 def tiny_job(nodes=2, nproc="2", policy="OnFailure", backoff=2, env=None, deadline=None) -> list[dict]:
     container_env = [{"name": "OUT", "value": "/output"}, {"name": "SCRATCH", "value": "/scratch"},
-                     {"name": "UNTOUCHED", "value": "/outputs/x:/not/output"}, {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+                     {"name": "UNTOUCHED", "value": "/outputs/x:/not/output"},
+                     {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     container_env += [{"name": k, "value": v} for k, v in (env or {}).items()]
     template = {"spec": {
         "initContainers": [{"name": "prepare", "image": "x", "command": ["python", "-c", INIT],
@@ -82,7 +83,7 @@ def test_replicas_get_the_operators_env_and_local_volumes(tmp_path, monkeypatch)
     assert sorted(seen) == ["rank-0", "rank-1", "rank-2"]
     ports = {r["env"]["MASTER_PORT"] for r in seen.values()}
     assert len(ports) == 1 and {r["env"]["PET_MASTER_PORT"] for r in seen.values()} == ports
-    for rank, (name, r) in enumerate(sorted(seen.items())):
+    for rank, (_, r) in enumerate(sorted(seen.items())):
         env = r["env"]
         assert env["RANK"] == env["PET_NODE_RANK"] == str(rank)
         assert (env["WORLD_SIZE"], env["PET_NNODES"], env["PET_NPROC_PER_NODE"]) == ("6", "3", "2")

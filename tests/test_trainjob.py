@@ -92,7 +92,8 @@ def test_a_cluster_runtime_gets_our_pod_settings_as_one_runtime_patch():
     assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime", "name": "torch-distributed"}
     # The Secret reaches the `node` container key by key: a patch cannot give it envFrom.
     env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
-    assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "aws-creds", "key": "AWS_SECRET_ACCESS_KEY"}}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY",
+                                            "valueFrom": {"secretKeyRef": {"name": "aws-creds", "key": "AWS_SECRET_ACCESS_KEY"}}}
     assert "envFrom" not in json.dumps(job)
     (patch,) = job["spec"]["runtimePatches"]
     assert patch["manager"] == "dlrm-k8s.io/launcher"

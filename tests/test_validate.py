@@ -109,7 +109,8 @@ def test_upstream_crd_catches_schema_mutations(job, case):
 
 def test_crd_allows_int_or_string(job):
     # Quantities are x-kubernetes-int-or-string upstream: an integer memory limit is fine there.
-    _master(job)["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 128  # above the request (64): a request over its limit is refused
+    # above the request (64): a request over its limit is refused
+    _master(job)["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 128
     assert validate_objects([job], crd=CRD) == []
 
 
@@ -225,7 +226,8 @@ def test_int64_fields_take_more_than_int32(job):
     _set(("spec", "runPolicy", "activeDeadlineSeconds"), 2**40)(job)
     assert validate_objects([job]) == []
     _set(("spec", "runPolicy", "backoffLimit"), 2**31)(job)
-    assert validate_objects([job]) == ["PyTorchJob/dlrm-criteo-fl15: spec.runPolicy.backoffLimit: 2147483648 overflows the API's int32 (at most 2147483647)"]
+    assert validate_objects([job]) == ["PyTorchJob/dlrm-criteo-fl15: spec.runPolicy.backoffLimit: 2147483648 overflows "
+                                       "the API's int32 (at most 2147483647)"]
 
 
 def test_training_pods_get_the_configured_grace_period(rendered):

@@ -224,7 +224,8 @@ def write_split(truth: Truth, spec: FeatureSpec, split: str, rows: int, seed: in
                 scores.append(z[:take])
                 labels.append(label[:take])
                 kept += take
-    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
+    def cat(xs, dt):
+        return np.concatenate(xs) if xs else np.zeros(0, dt)
     return clicks, cat(scores, np.float32), cat(labels, bool)
 
 

@@ -179,7 +179,7 @@ def run(s: Settings, workers: int | None = None, chunk_rows: int = 100_000) -> d
     day_stats = {}
     counted = s.vocabulary_files(files)
     with _pool(workers) as pool:
-        for i, f in enumerate(files):
+        for f in files:
             done = pass1 / f"day_{f.day}.json"
             if not done.exists():  # counts first, then the json that marks the day done
                 stats, keys, counts = _pass1_day(f, f in counted, pool, s, block_bytes, window)

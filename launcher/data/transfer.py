@@ -45,7 +45,7 @@ from dlrm.io.storage_s3 import MiB, check_bucket, make_client, s3_errors, transf
 META_KEY = "sha256"  # user metadata name: sent as the x-amz-meta-sha256 header
 
 
-@dataclass
+@dataclass(frozen=True)  # a default argument value, shared by every call
 class S3Options:
     endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL(_S3) or the AWS default
     region: str | None = None

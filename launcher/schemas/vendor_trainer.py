@@ -93,7 +93,8 @@ def main(wheel: str) -> None:
     dest = HERE / "trainer.json"
     dest.write_text(json.dumps(out, indent=None, sort_keys=True, separators=(",", ":")) + "\n")
     own = sorted(n for n in keep if n.startswith("IoK8s"))
-    print(f"{dest}: {len(keep)} definitions, {dest.stat().st_size} bytes; Kubernetes types k8s.json lacks, kept from the wheel: {', '.join(own) or 'none'}")
+    print(f"{dest}: {len(keep)} definitions, {dest.stat().st_size} bytes; "
+          f"Kubernetes types k8s.json lacks, kept from the wheel: {', '.join(own) or 'none'}")
 
 
 if __name__ == "__main__":
