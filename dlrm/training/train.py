@@ -163,9 +163,13 @@ class Trainer:
             if runtime.is_main:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
         self.ckpt_uri = cfg.checkpoint_dir or join_uri(cfg.out, "checkpoints")
-        self.run = claim_identity(cfg, self.ckpt_uri, runtime)  # another run's folder: refused, nothing written
-        self.cfg = cfg = dataclasses.replace(cfg, run_id=self.run.run_id)  # recorded in run.json and checkpoints
         self.claim = claim_outputs(cfg.out, self.ckpt_uri, runtime)  # writable, and ours alone, before any write
+        try:
+            self.run = claim_identity(cfg, self.ckpt_uri, runtime)  # another run's folder: refused, untouched
+        except BaseException:
+            self.claim.release()
+            raise
+        self.cfg = cfg = dataclasses.replace(cfg, run_id=self.run.run_id)  # recorded in run.json and checkpoints
         warn_unless_shared(self.ckpt_uri, runtime)
 
         self.plan = plan = plan_for_config(cfg, spec.table_sizes, list(spec.categorical), runtime.world_size,
@@ -367,7 +371,8 @@ class Trainer:
         self.log.sync(force=True)
         amp = f"amp={self.cfg.amp} computes in fp16: try amp=bf16 or none; " if self.dtype == torch.float16 else ""
         last = f"{self.ckpt_uri}/{checkpoint_name(self.saved_step)}" if self.saved_step is not None else "none yet"
-        return Diverged(f"the training loss became NaN or infinite between steps {self.checked_step + 1:,} and "
-                        f"{self.step:,} (the run diverged); nothing after step {self.saved_step or 0:,} was "
+        steps = (f"at step {self.step:,}" if self.checked_step + 1 == self.step else
+                 f"between steps {self.checked_step + 1:,} and {self.step:,}")
+        return Diverged(f"the training loss became NaN or infinite {steps} (the run diverged); nothing after step {self.saved_step or 0:,} was "
                         f"checkpointed (last checkpoint: {last}); {amp}lower optim.lr (now {o.lr:g}), lengthen "
                         f"optim.warmup_steps (now {o.warmup_steps:,}), or check the data for extreme values")
