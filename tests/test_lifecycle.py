@@ -207,3 +207,33 @@ def test_a_metrics_write_that_fails_names_the_file(tmp_path):
     with pytest.raises(OSError) as e:
         log.train(step=1, epoch=0, loss=0.4, lr=0.1, samples_per_s=1.0)
     assert e.value.filename == str(out / METRICS) and "No space left" in e.value.strerror
+
+
+# -- bounds ----------------------------------------------------------------------------------------------
+
+
+def test_a_dataset_file_truncated_while_training_reads_it_is_named_not_a_bus_error(tmp_path):
+    from dlrm.data.reader import SplitBinaryReader
+    from dlrm.data.spec import FeatureSpec
+    from dlrm.errors import DataError
+
+    make_dataset(tmp_path / "ds", rows=1024, test_rows=256)
+    reader = SplitBinaryReader(FeatureSpec.load(tmp_path / "ds"), "train", 256, prefetch=0)
+    maps = reader.open_files()
+    reader.read_batch(0, maps=maps)
+    victim = reader._cat_chunks[0][0][0].file
+    os.truncate(victim, 100)  # a copy restarted over the dataset, mid-epoch
+    with pytest.raises(DataError, match=rf"{victim}: truncated while training read it \(100 bytes, expected \d+\)"):
+        reader.read_batch(3, maps=maps)
+
+
+def test_host_memory_is_checked_against_the_nodes_ranks(monkeypatch):
+    from dlrm.dist import hostmem
+    from dlrm.dist.plan import plan_tables
+
+    plan = plan_tables([1000, 2000], dim=8, world_size=2, device_memory_bytes=1 << 30, batch_size=64, reserve_bytes=0)
+    need = plan.rank_bytes(0) + plan.rank_bytes(1)
+    hostmem.require_host_memory(plan, range(0, 2), need)  # exactly enough
+    with pytest.raises(UserError, match=r"device=cpu: the plan needs .* for rank\(s\) 0\.\.1 on this node .* only 1\.00 KiB"):
+        hostmem.require_host_memory(plan, range(0, 2), 1024)
+    assert hostmem.host_memory_available() > 0

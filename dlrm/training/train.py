@@ -23,6 +23,7 @@ from dlrm.config import TrainConfig, load_config, to_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import SPLITS, FeatureSpec
+from dlrm.dist.hostmem import check_host_memory
 from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize, plan_for_config
 from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
@@ -176,6 +177,7 @@ class Trainer:
                                            hotness=spec.table_hotness, num_numerical=len(spec.numerical))
         if runtime.is_main and runtime.distributed:
             print(plan.describe(), flush=True)
+        check_host_memory(plan, runtime)  # a CPU run too big for its host: refused, not OOM-killed in silence
         torch.manual_seed(cfg.seed)  # the MLPs' init: the same on every rank
         self.model = model = parallelize(build_model(len(spec.numerical), len(spec.table_sizes), cfg.model, spec.table_hotness,
                                                      padded=bool(spec.padded)), plan, runtime, seed=cfg.seed)
