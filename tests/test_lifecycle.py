@@ -158,7 +158,7 @@ def test_a_diverging_run_stops_naming_the_step_and_writes_no_checkpoint_after_it
     assert str(e.value) == (f"the training loss became NaN or infinite at step 2 (the run diverged); nothing after "
                             f"step 1 was checkpointed (last checkpoint: {out}/checkpoints/ckpt-000000001); lower "
                             f"optim.lr (now 1e+30), lengthen optim.warmup_steps (now 0), or check the data for extreme values")
-    assert complete_checkpoints(open_store(out / "checkpoints")) == ["ckpt-000000001"]
+    assert complete_checkpoints(open_store(out / "checkpoints")) == ["ckpt-000000001"] and not (out / LOCK).exists()
     tables, dense = whole_tables(str(out / "checkpoints"))
     assert all(torch.isfinite(t).all() for t in [*tables.values(), *dense.values()])
     # checked every 10 steps: the window is named, and nothing is checkpointed at all

@@ -20,7 +20,10 @@ A run's output (`out`: a folder, or s3://bucket/prefix/run):
 
 Into a folder, files are written in place. Into S3 they are written to a local staging folder and
 uploaded (changed files only) at start, at each eval, at least every `sync_every_s` seconds while
-progress lines are printed, and at the end: a job killed mid-run keeps what its last upload held.
+training (the trainer calls `sync()` after every step; it uploads only when that much time passed),
+and at the end: a job killed mid-run keeps what its last upload held. A restart's metrics.jsonl
+whose last line a kill cut short is first cut back to its last whole line (`repair_metrics`).
+run.json records the run's `run_id` (dlrm.training.lifecycle: whose folder this is).
 An upload that fails mid-run is a warning (the next one retries); one that fails at start or at
 the end is an error.
 

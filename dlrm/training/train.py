@@ -134,7 +134,12 @@ def train(cfg: TrainConfig, runtime: Runtime | None = None) -> dict:
     cfg.validate()
     runtime = runtime or runtime_from_config(cfg)  # one process unless torchrun set WORLD_SIZE
     with StopOnSigterm() as sigterm:
-        return Trainer(cfg, runtime, sigterm).fit()
+        trainer = Trainer(cfg, runtime, sigterm)
+        try:
+            return trainer.fit()
+        except BaseException:
+            trainer.claim.release()  # a failed run (diverged, a dead peer) leaves no lock for the next one to wait on
+            raise
 
 
 # Every rank checks in (one small all_reduce: a SIGTERM anywhere? a non-finite loss?) at every
@@ -367,8 +372,7 @@ class Trainer:
         return {"preempted": True, "step": self.step, "checkpoint": where}
 
     def diverged(self) -> Diverged:
-        """The error for a non-finite loss: where it happened and what to change. The output is
-        uploaded first; the lock goes with the process (atexit)."""
+        """The error for a non-finite loss: where it happened and what to change (the output uploaded first)."""
         o = self.cfg.optim
         self.log.sync(force=True)
         amp = f"amp={self.cfg.amp} computes in fp16: try amp=bf16 or none; " if self.dtype == torch.float16 else ""
