@@ -9,10 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import faulty_trainer
+import pytest
 from datasets import make_dataset
+
 from dlrm.training.checkpoint import whole_tables
 from launcher.run_local import LocalJob
 

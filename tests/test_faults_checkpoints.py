@@ -17,13 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import faulty_trainer
 import pytest
+from datasets import make_dataset
 
+from dlrm.io.storage import open_store
 from dlrm.training.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.runlock import LOCK
-from dlrm.io.storage import open_store
-import faulty_trainer
-from datasets import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

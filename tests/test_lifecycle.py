@@ -18,19 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+import faulty_trainer
 import pytest
 import torch
-
-import faulty_trainer
 from datasets import make_dataset
+
 from dlrm.config import TrainConfig, load_config
 from dlrm.errors import UserError
+from dlrm.io.storage import open_store
 from dlrm.training.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.lifecycle import PREEMPTED_EXIT, Diverged
 from dlrm.training.runlock import LOCK
 from dlrm.training.runlog import METRICS, RunLog, read_metrics
 from dlrm.training.train import BUILTIN_CONFIGS, train
-from dlrm.io.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 steps of 128 rows over 2048 rows (one epoch), every step a check-in (log_every=1)
@@ -233,7 +233,7 @@ def test_host_memory_is_checked_against_the_nodes_ranks(monkeypatch):
 
     plan = plan_tables([1000, 2000], dim=8, world_size=2, device_memory_bytes=1 << 30, batch_size=64, reserve_bytes=0)
     need = plan.rank_bytes(0) + plan.rank_bytes(1)
-    hostmem.require_host_memory(plan, range(0, 2), need)  # exactly enough
+    hostmem.require_host_memory(plan, range(2), need)  # exactly enough
     with pytest.raises(UserError, match=r"device=cpu: the plan needs .* for rank\(s\) 0\.\.1 on this node .* only 1\.00 KiB"):
-        hostmem.require_host_memory(plan, range(0, 2), 1024)
+        hostmem.require_host_memory(plan, range(2), 1024)
     assert hostmem.host_memory_available() > 0

@@ -124,7 +124,7 @@ class StopOnSigterm:
             print("SIGTERM: stopping after the current step with a checkpoint", file=sys.stderr, flush=True)
         self.requested = True
 
-    def __enter__(self) -> "StopOnSigterm":
+    def __enter__(self) -> StopOnSigterm:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handler)
         return self
