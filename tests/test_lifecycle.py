@@ -237,3 +237,23 @@ def test_host_memory_is_checked_against_the_nodes_ranks(monkeypatch):
     with pytest.raises(UserError, match=r"device=cpu: the plan needs .* for rank\(s\) 0\.\.1 on this node .* only 1\.00 KiB"):
         hostmem.require_host_memory(plan, range(2), 1024)
     assert hostmem.host_memory_available() > 0
+
+
+def test_a_sigterm_the_loop_never_reaches_ends_the_process_after_the_wait():
+    """A rank parked in a hung collective never reaches its check-in: the watchdog exits 143 (its
+    lock released) instead of holding the pod until SIGKILL; a busy eval or checkpoint is waited for."""
+    script = ("import os, signal, time\n"
+              "from dlrm.training.lifecycle import StopOnSigterm\n"
+              "with StopOnSigterm(wait_s=1) as s:\n"
+              "    s.on_abandon.append(lambda: print('released', flush=True))\n"
+              "    with s.busy():\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        time.sleep(2)\n"  # busy: not abandoned
+              "    print('after busy', flush=True)\n"
+              "    time.sleep(30)\n")
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == PREEMPTED_EXIT and time.monotonic() - t0 < 15, done
+    assert done.stdout.splitlines() == ["after busy", "released"]
+    assert "no training step finished for 1 s (a hung peer or read?): exiting without a checkpoint" in done.stderr

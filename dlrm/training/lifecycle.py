@@ -17,11 +17,14 @@ that step on every rank, the output synced, the lock released, exit PREEMPTED_EX
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
+import time
 import uuid
 
 from dlrm.errors import UserError
@@ -111,18 +114,58 @@ def warn_unless_shared(ckpt_uri: str, runtime) -> None:
                   file=sys.stderr, flush=True)
 
 
+# After SIGTERM, how long the loop may go without finishing a training step (outside an eval or a
+# checkpoint) before the process gives up on a clean stop: a rank parked in a hung collective or a
+# stuck read would otherwise hold its pod until the SIGKILL (torchrun's 30 s, the pod's grace period).
+STOP_WAIT_S = 10.0
+
+
 class StopOnSigterm:
     """SIGTERM sets `requested` instead of ending the process; the previous handler comes back on exit.
-    Only the main thread may install handlers: elsewhere (a test's thread) SIGTERM keeps its default."""
+    Only the main thread may install handlers: elsewhere (a test's thread) SIGTERM keeps its default.
 
-    def __init__(self):
-        self.requested = False
+    The trainer reports progress (`stepped()`, `busy()` around evals and checkpoints, `stopping`
+    once every rank agreed); a watchdog started by the signal ends the process (exit
+    PREEMPTED_EXIT, `on_abandon` run first) when no step finishes for STOP_WAIT_S seconds."""
+
+    def __init__(self, wait_s: float = STOP_WAIT_S):
+        self.requested, self.stopping, self.wait_s = False, False, wait_s
+        self.on_abandon: list = []  # callables run before an abandoned stop exits (release the lock)
+        self._busy, self._last = 0, time.monotonic()
         self._previous = None
 
+    def stepped(self) -> None:
+        self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def busy(self):
+        """An eval or a checkpoint: as long as it takes (the pod's grace period bounds it)."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._last = time.monotonic()
+
     def _handler(self, signum, frame) -> None:
-        if not self.requested:
-            print("SIGTERM: stopping after the current step with a checkpoint", file=sys.stderr, flush=True)
-        self.requested = True
+        if self.requested:
+            return
+        print("SIGTERM: stopping after the current step with a checkpoint", file=sys.stderr, flush=True)
+        self.requested, self._last = True, time.monotonic()
+        threading.Thread(target=self._watch, name="sigterm-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopping:
+            time.sleep(0.2)
+            if self.stopping or self._busy or time.monotonic() - self._last < self.wait_s:
+                continue
+            print(f"SIGTERM: no training step finished for {self.wait_s:g} s (a hung peer or read?): exiting "
+                  f"without a checkpoint (exit {PREEMPTED_EXIT}); a restart resumes from the last one",
+                  file=sys.stderr, flush=True)
+            for fn in self.on_abandon:
+                with contextlib.suppress(Exception):
+                    fn()
+            os._exit(PREEMPTED_EXIT)
 
     def __enter__(self) -> StopOnSigterm:
         if threading.current_thread() is threading.main_thread():
@@ -130,6 +173,7 @@ class StopOnSigterm:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping = True  # the run is over either way: no watchdog outlives it
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None

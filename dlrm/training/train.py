@@ -152,12 +152,25 @@ class Trainer:
     checkpoint; `fit` is the loop that strings them together."""
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime, sigterm: StopOnSigterm):
-        self.runtime, self.sigterm = runtime, sigterm
-        self.device = device = runtime.device
-        self.dtype = amp_dtype(cfg, device)
-        if device.type == "cuda":
+        self.runtime, self.sigterm, self.cfg = runtime, sigterm, cfg
+        self.device = runtime.device
+        self.dtype = amp_dtype(cfg, self.device)
+        if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
+        self.setup_data()
+        self.setup_outputs()
+        try:
+            self.setup_model()
+        except BaseException:
+            self.claim.release()  # refused (a plan that does not fit, too little host memory): the output stays free
+            raise
+        self.step, self.epoch, self.position = 0, 0, 0
+        self.auc, self.eval_loss, self.saved_step = math.nan, math.nan, None
+
+    def setup_data(self) -> None:
+        """The dataset checked, the run's length, and its schedule checked against that length."""
+        cfg, runtime = self.cfg, self.runtime
         runtime.once_per_node("the dataset check", lambda: require_verified(cfg.data.dataset, cfg.data.verify))  # a pulled/staged/mounted copy (it holds _manifest.json) must match it
         self.spec = spec = FeatureSpec.load(cfg.data.dataset)
         spec.require_rows(SPLITS)  # 0 train rows would 'train' 0 steps; 0 test rows fail after training
@@ -168,16 +181,27 @@ class Trainer:
         for warning in check_schedule(cfg.optim, self.total_steps, steps_from):  # raises when the run cannot learn
             if runtime.is_main:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
+        self.dataset_id = dataset_identity(spec)
+        # MLPerf's "every 1/20 epoch" is whole steps: (samples / (batch x 20)) rounded down, at least 1
+        self.eval_every = cfg.eval_every or (max(1, self.batches_per_epoch // cfg.evals_per_epoch) if cfg.evals_per_epoch else 0)
+
+    def setup_outputs(self) -> None:
+        """The output locked, and whose it is: a new run, a continued one, or refused (lifecycle)."""
+        cfg, runtime = self.cfg, self.runtime
         self.ckpt_uri = cfg.checkpoint_dir or join_uri(cfg.out, "checkpoints")
         self.claim = claim_outputs(cfg.out, self.ckpt_uri, runtime)  # writable, and ours alone, before any write
+        self.sigterm.on_abandon.append(self.claim.release)
         try:
             self.run = claim_identity(cfg, self.ckpt_uri, runtime)  # another run's folder: refused, untouched
         except BaseException:
             self.claim.release()
             raise
-        self.cfg = cfg = dataclasses.replace(cfg, run_id=self.run.run_id)  # recorded in run.json and checkpoints
+        self.cfg = dataclasses.replace(cfg, run_id=self.run.run_id)  # recorded in run.json and checkpoints
         warn_unless_shared(self.ckpt_uri, runtime)
 
+    def setup_model(self) -> None:
+        """The plan (checked against host memory on CPU), the sharded model and its optimizers."""
+        cfg, runtime, spec = self.cfg, self.runtime, self.spec
         self.plan = plan = plan_for_config(cfg, spec.table_sizes, list(spec.categorical), runtime.world_size,
                                            hotness=spec.table_hotness, num_numerical=len(spec.numerical))
         if runtime.is_main and runtime.distributed:
@@ -193,11 +217,6 @@ class Trainer:
         self.opt = Optimizers(model.dense_parameters(), [self.weight], cfg.optim)
         self.pieces_by_rank = model.pieces_by_rank()
         self.scaler = LossScaler(self.dtype == torch.float16)
-        self.dataset_id = dataset_identity(spec)
-        # MLPerf's "every 1/20 epoch" is whole steps: (samples / (batch x 20)) rounded down, at least 1
-        self.eval_every = cfg.eval_every or (max(1, self.batches_per_epoch // cfg.evals_per_epoch) if cfg.evals_per_epoch else 0)
-        self.step, self.epoch, self.position = 0, 0, 0
-        self.auc, self.eval_loss, self.saved_step = math.nan, math.nan, None
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -296,6 +315,7 @@ class Trainer:
             self.train_time += now - self.t_step
             self.train_samples += global_batch
         self.t_step = now
+        self.sigterm.stepped()
         self.log.sync()  # out=s3://: metrics and events reach S3 every sync_every_s, logged or not
 
     def check_in(self) -> bool:
@@ -312,6 +332,7 @@ class Trainer:
         if diverged:
             raise self.diverged()
         self.checked_step = self.step
+        self.sigterm.stopping = stop  # agreed: the checkpoint may take what it takes
         return stop
 
     def log_progress(self) -> None:
@@ -324,7 +345,8 @@ class Trainer:
 
     def evaluate(self) -> None:
         t_eval = time.perf_counter()
-        self.auc, self.eval_loss = evaluate(self.model, self.spec, self.cfg, self.runtime, self.dtype)
+        with self.sigterm.busy():
+            self.auc, self.eval_loss = evaluate(self.model, self.spec, self.cfg, self.runtime, self.dtype)
         self.log.eval(self.step, self.auc, self.eval_loss, time.perf_counter() - t_eval)
         target = self.cfg.target_auc
         if target and self.auc >= target:
@@ -343,9 +365,10 @@ class Trainer:
         at = (self.epoch + 1, 0) if self.position >= self.batches_per_epoch else (self.epoch, self.position)
         meta = {"data": {"epoch": at[0], "position": at[1]}, "config": to_dict(cfg), "plan": self.plan.to_dict(),
                 "dataset": self.dataset_id}
-        save_checkpoint(self.ckpt_uri, self.step, rank=runtime.rank, weight=self.weight.data,
-                        row_state=self.opt.sparse.state_tensors(0), pieces_by_rank=self.pieces_by_rank, dense=dense,
-                        meta=meta, barrier=runtime.barrier, gather=runtime.all_gather_object, keep=cfg.checkpoint_keep)
+        with self.sigterm.busy():
+            save_checkpoint(self.ckpt_uri, self.step, rank=runtime.rank, weight=self.weight.data,
+                            row_state=self.opt.sparse.state_tensors(0), pieces_by_rank=self.pieces_by_rank, dense=dense,
+                            meta=meta, barrier=runtime.barrier, gather=runtime.all_gather_object, keep=cfg.checkpoint_keep)
         self.saved_step = self.step
         self.log.checkpoint(checkpoint_name(self.step), self.ckpt_uri, time.perf_counter() - t0)
 
