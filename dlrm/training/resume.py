@@ -1,13 +1,15 @@
 """`--resume`: pick the checkpoint to continue from, and refuse one from another run shape.
 
-    found = resume_latest(uri, cfg, dataset_identity(spec), weight=..., row_state=..., pieces=..., agree=...)
+    found = resume_latest(uri, cfg, dataset_identity(spec), weight=..., row_state=..., pieces=..., gather=...)
 
 Before anything is loaded, the checkpoint's recorded config and dataset are compared with this
 run's (`compare`): a field the saved state depends on (the model's shape, the tables, the batch
 size and order that give the saved data position its meaning, the optimizer whose state is
 saved) is an error listing every difference; the rest (learning rate, epochs, eval and
 checkpoint cadence...) may change and is printed. Then the newest checkpoint that verifies is
-loaded; each newer one that does not is skipped with the reason printed.
+loaded; each newer one that does not is skipped with the reason printed. Every decision is taken
+on what all ranks saw (`gather`): ranks that list different checkpoints (one output folder per
+node) are refused at once, before any rank waits in a collective the others never reach.
 """
 from __future__ import annotations
 
