@@ -103,8 +103,8 @@ class TrainConfig:
     checkpoint_dir: str = ""  # "" -> <out>/checkpoints; s3://bucket/prefix also works
     sync_every_s: Annotated[float, Range(ge=0)] = 300.0  # out=s3://...: upload metrics and events at least this often (and at each eval)
     resume: bool = False
-    # The run this process belongs to ("" = start a new one); the launcher renders <job name>-<config hash>
-    # so a restarted pod continues its own run and never another's (docs/robustness.md, run lifecycle).
+    # Which run `out` belongs to (dlrm.training.lifecycle): a folder holding a run with another id is
+    # refused unless `resume`; "" starts a new run. The launcher renders it from the job name and config.
     run_id: str = ""
     target_auc: Annotated[float, Range(ge=0, le=1)] = 0.0  # stop once eval AUC reaches it; 0 disables
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -9,16 +9,17 @@ import threading
 import time
 from pathlib import Path
 
+import faulty_trainer
 import pytest
-
 from datasets import make_dataset
+
 from dlrm.training.checkpoint import whole_tables
 from launcher.run_local import LocalJob
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 RUN = ("volumes", "runs", "run")  # storage.output_claim=runs, output_path=run: /output shared by all pods
-HANG = "DLRM_TEST_HANG_AT_STEP"
+HANG = faulty_trainer.HANG_AT
 # 20 steps of 256 rows (6000 rows: one epoch holds them), a checkpoint every 5 steps, every step logged.
 TRAIN = ["train.max_steps=20", "train.checkpoint_every=5", "train.log_every=1", "train.checkpoint_keep=0",
          "train.data.eval_batch_size=1000", "cluster.backoff_limit=2",
@@ -30,10 +31,25 @@ TRAIN = ["train.max_steps=20", "train.checkpoint_every=5", "train.log_every=1", 
 
 
 def render(nodes: int, gpus: int, sets: list[str]) -> list[dict]:
+    """The rendered job, its trainers started as tests/faulty_trainer.py (the real trainer, which
+    hangs a rank where the test sets faulty_trainer's variables) instead of `--module dlrm`."""
     from launcher.config import load_job_config
     from launcher.render import render_objects
 
-    return render_objects(load_job_config("synthetic-smoke", overrides=[f"nodes={nodes}", f"gpus_per_node={gpus}", *sets]))
+    objects = render_objects(load_job_config("synthetic-smoke", overrides=[f"nodes={nodes}", f"gpus_per_node={gpus}", *sets]))
+    return [_faulty(o) for o in objects]
+
+
+def _faulty(obj):
+    if isinstance(obj, dict):
+        return {k: _faulty(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        if obj and obj[0] == "torchrun" and "--module" in obj:
+            i = obj.index("--module")
+            assert obj[i + 1] == "dlrm", obj
+            return obj[:i] + [faulty_trainer.SCRIPT] + obj[i + 2:]
+        return [_faulty(v) for v in obj]
+    return obj
 
 
 class Running:

@@ -12,7 +12,7 @@
   and the collective instead of hanging the job forever.
 - Object storage faults: tests/test_faults_storage.py.
 
-Kill timing is deterministic: the trainer's test hook DLRM_TEST_HANG_AT_STEP (dlrm/training/train.py)
+Kill timing is deterministic: the trainers run as tests/faulty_trainer.py, whose FAULT_HANG_AT_STEP
 parks rank 1 before a step past the first checkpoint, so the kill always lands mid-run, with every
 other rank blocked inside a collective, never after the job has finished. The hook's variable is
 removed from this process's environment before the kill, so the restarted attempt runs freely.

@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import faulty_trainer
 import pytest
+from datasets import make_dataset
 
+from dlrm.io.storage import open_store
 from dlrm.training.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.runlock import LOCK
-from dlrm.io.storage import open_store
-from datasets import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def dataset(tmp_path_factory):
 
 
 def trainer(dataset, run, *args, env=None) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "dlrm", "train", "--config", "tiny", "--dataset", str(dataset), "--out", str(run),
+    argv = [sys.executable, faulty_trainer.SCRIPT, "train", "--config", "tiny", "--dataset", str(dataset), "--out", str(run),
             "--set", "checkpoint_every=2", "--set", "checkpoint_keep=0", *args]
     return subprocess.Popen(argv, cwd=run.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", **(env or {})})
@@ -53,7 +54,7 @@ def test_killed_then_damaged_newest_checkpoint_resumes_from_the_previous(tmp_pat
     ckpts = run / "checkpoints"
     # the process parks before step 7 (after the step-6 checkpoint), as a hung job would, and is killed there
     first = trainer(dataset, run, "--set", "max_steps=8",
-                    env={"DLRM_TEST_HANG_AT_STEP": "7", "DLRM_TEST_HANG_RANK": "0", "DLRM_TEST_HANG_S": "300"})
+                    env={faulty_trainer.HANG_AT: "7", faulty_trainer.HANG_RANK: "0", faulty_trainer.HANG_S: "300"})
     try:
         wait_for(lambda: "ckpt-000000006" in complete_checkpoints(open_store(ckpts)), "the step-6 checkpoint")
         assert (run / LOCK).exists()

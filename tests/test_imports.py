@@ -104,7 +104,6 @@ def test_the_env_read_finder_sees_each_form(tmp_path):
     assert [r.split(": ")[1] for r in _env_reads(f, tmp_path)] == ["DLRM_TEST_X", "DLRM_TEST_Y", "DLRM_TEST_Z"]
 
 
-@pytest.mark.xfail(strict=False, reason="dlrm/training/train.py's DLRM_TEST_HANG_* hook: removed by the trainer engineer (issue 21)")
 def test_no_test_hook_is_read_from_the_environment_in_dlrm():
     reads = [r for p in sorted((ROOT / "dlrm").rglob("*.py")) for r in _env_reads(p)]
     assert not reads, "test hooks read from the environment (inject them from the tests instead):\n" + "\n".join(reads)

@@ -23,7 +23,7 @@ def dataset(tmp_path_factory):
 def test_trains_to_auc_well_above_half(tmp_path, dataset):
     s = train(tiny(tmp_path, dataset, epochs=3, plot="true", eval_every=32))
     assert s["auc"] > 0.70, s
-    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in recs}
     assert kinds == {"train", "eval", "summary"}
     first = next(r for r in recs if r["kind"] == "train")
@@ -149,7 +149,7 @@ def test_dcn_trains_and_resumes(tmp_path, dataset):
 def test_evals_per_epoch_is_mlperfs_every_fraction_of_an_epoch(tmp_path, dataset):
     # 8192 rows / 256 = 32 batches: 4 evaluations per epoch at steps 8, 16, 24, 32
     train(tiny(tmp_path, dataset, evals_per_epoch=4, max_steps=32))
-    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["kind"] == "eval"] == [8, 16, 24, 32]
     with pytest.raises(Exception, match="both set"):
         tiny(tmp_path, dataset, evals_per_epoch=4, eval_every=3).validate()

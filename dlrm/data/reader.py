@@ -22,6 +22,7 @@ the whole batch.
 """
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ class SplitBinaryReader:
             order = [f for c, cols in self._num_chunks for f in (c.features[i] for i in cols)]
             self._num_perm = [order.index(f) for f in spec.numerical]  # back to channel order
         self._label_chunk = spec.chunk_of(split, spec.label)
+        self._sizes: dict = {}  # path -> bytes its map covers (open_files)
 
     # -- order ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -172,8 +174,9 @@ class SplitBinaryReader:
         Mapped copy-on-write so numpy and torch see writable arrays (nothing is ever written):
         a batch is then one pass from the page cache into its tensors, where pread would add a
         second copy. The sizes were checked against the spec when the reader was built; a file
-        truncated while mapped would kill the process (SIGBUS), but a dataset whose yaml is
-        written is never modified in place (writers use .partial files and rename).
+        truncated while mapped would kill the process on the next read past its new end (SIGBUS,
+        "Bus error", which Python cannot turn into an exception), so every batch first checks the
+        sizes again (a stat per file, microseconds) and names the file that shrank.
         """
         chunks = [c for (c, _), _ in self._cat_chunks] + [c for c, _ in self._num_chunks]
         if self.read_label:
@@ -181,6 +184,7 @@ class SplitBinaryReader:
         maps: dict = {}
         for c in chunks:
             if c.file not in maps:
+                self._sizes[c.file] = self.rows * c.columns * c.dtype.itemsize
                 try:
                     maps[c.file] = np.memmap(c.file, c.dtype, "c", shape=(self.rows, c.columns))
                 except (OSError, ValueError) as e:
@@ -198,7 +202,18 @@ class SplitBinaryReader:
         """Rows [start, start+count) of a chunk, [count, features] in the file's dtype (a view, no copy)."""
         return maps[chunk.file][start : start + count]
 
+    def _check_sizes(self) -> None:
+        for path, size in self._sizes.items():
+            try:
+                now = os.stat(path).st_size
+            except OSError as e:
+                raise DataError(f"{path}: gone while training read it ({e.strerror})") from None
+            if now < size:
+                raise DataError(f"{path}: truncated while training read it ({now} bytes, expected {size}); "
+                                f"restore the dataset (a copy or writer still running over it?) and resume")
+
     def _read(self, index: int, position: int, maps: dict) -> Batch:
+        self._check_sizes()  # before any mapped page is touched: a read past a shrunk file is SIGBUS
         start = index * self.batch_size
         b = min(self.batch_size, self.rows - start)
         lo, hi = (0, b) if self.local_slice is None else local_rows(b, *self.local_slice)

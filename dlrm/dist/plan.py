@@ -242,6 +242,12 @@ def _greedy(items: list[tuple[int, int, int, int, float]], world_size: int, capa
     return ranks
 
 
+# Planning is linear in the ranks (~35,000 a second): this bound is above what the launcher can
+# render (10,000 nodes x 64 GPUs) and far above any cluster, and a typo's 100,000,000 fails at
+# once instead of planning for an hour.
+MAX_WORLD_SIZE = 1 << 20
+
+
 def plan_tables(
     table_sizes: list[int],
     dim: int,
@@ -265,6 +271,8 @@ def plan_tables(
     T, W, B, D = len(table_sizes), world_size, batch_size, dim
     if T < 1:
         raise UserError("no embedding tables to plan")
+    if W > MAX_WORLD_SIZE:
+        raise UserError(f"world size {W:,}: at most {MAX_WORLD_SIZE:,} ranks (nodes x processes per node) can be planned")
     if W < 1 or B < 1 or D < 1 or weight_bytes < 1:
         raise UserError(f"world size, batch size, dim and weight bytes must be >= 1, got {W}, {B}, {D}, {weight_bytes}")
     if any(int(n) < 1 for n in table_sizes):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dlrm.dist.plan import MAX_WORLD_SIZE
 from dlrm.errors import UserError
 
 ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -50,6 +51,7 @@ class Runtime:
     device: torch.device = torch.device("cpu")
     backend: str | None = None  # None: one process, no process group
     timeout_s: float = 600.0  # every collective (of every group) fails after this long
+    local_world_size: int = 1  # processes on this node (ranks rank - local_rank ... share its host)
 
     @property
     def distributed(self) -> bool:
@@ -166,8 +168,8 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
     """The process group from torchrun's env; one process (no group) when WORLD_SIZE is unset or 1."""
     env = os.environ if env is None else env
     world = _env_int(env, "WORLD_SIZE") if env.get("WORLD_SIZE") not in (None, "") else 1
-    if world < 1:
-        raise UserError(f"WORLD_SIZE={world}: expected >= 1")
+    if not 1 <= world <= MAX_WORLD_SIZE:
+        raise UserError(f"WORLD_SIZE={world}: expected 1..{MAX_WORLD_SIZE:,}")
     if world == 1:
         local_rank = _env_int(env, "LOCAL_RANK") if env.get("LOCAL_RANK") else 0
         dev = pick_device(device, local_rank)
@@ -194,7 +196,8 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
     elif (dist.get_rank(), dist.get_world_size()) != (rank, world):
         raise UserError(f"a process group is already up as rank {dist.get_rank()} of {dist.get_world_size()}, "
                         f"but the env says rank {rank} of {world}")
-    return Runtime(rank, local_rank, world, dev, backend, timeout_s)
+    local_world = _env_int(env, "LOCAL_WORLD_SIZE") if env.get("LOCAL_WORLD_SIZE") else 1
+    return Runtime(rank, local_rank, world, dev, backend, timeout_s, local_world)
 
 
 def runtime_from_config(cfg) -> Runtime:

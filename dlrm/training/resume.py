@@ -1,13 +1,15 @@
 """`--resume`: pick the checkpoint to continue from, and refuse one from another run shape.
 
-    found = resume_latest(uri, cfg, dataset_identity(spec), weight=..., row_state=..., pieces=..., agree=...)
+    found = resume_latest(uri, cfg, dataset_identity(spec), weight=..., row_state=..., pieces=..., gather=...)
 
 Before anything is loaded, the checkpoint's recorded config and dataset are compared with this
 run's (`compare`): a field the saved state depends on (the model's shape, the tables, the batch
 size and order that give the saved data position its meaning, the optimizer whose state is
 saved) is an error listing every difference; the rest (learning rate, epochs, eval and
 checkpoint cadence...) may change and is printed. Then the newest checkpoint that verifies is
-loaded; each newer one that does not is skipped with the reason printed.
+loaded; each newer one that does not is skipped with the reason printed. Every decision is taken
+on what all ranks saw (`gather`): ranks that list different checkpoints (one output folder per
+node) are refused at once, before any rank waits in a collective the others never reach.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ MUST_MATCH = (
     "seed",  # ... the order is drawn from the seed
 )
 # Fields that say where, not what: never reported as changes.
-WHERE = ("resume", "out", "checkpoint_dir", "data.dataset")
+WHERE = ("resume", "out", "checkpoint_dir", "data.dataset", "run_id")
 
 
 def dataset_identity(spec: FeatureSpec, rows: bool = True) -> dict:
@@ -99,34 +101,46 @@ def feature_differences(meta: dict, identity: dict) -> list[str]:
 
 
 def resume_latest(uri: str, cfg: TrainConfig, identity: dict, *, weight, row_state, pieces,
-                  agree: Callable[[bool], bool] = lambda ok: ok, log: Callable[[str], None] = print):
+                  gather: Callable[[object], list] = lambda obj: [obj], log: Callable[[str], None] = print):
     """Load the newest checkpoint under `uri` that verifies; (name, meta, dense), or None when
-    there is no complete checkpoint. Every rank calls it; `agree(ok)` is True when every rank
-    loaded its part (a damaged file only some ranks read must make all of them fall back)."""
+    there is no complete checkpoint. Every rank calls it; `gather(obj)` returns every rank's `obj`
+    (Runtime.all_gather_object), so every rank takes each decision on what all ranks saw: the
+    same candidates, the same skip, the same error, and never a collective only some ranks reach."""
     store = open_store(uri)
+    views = gather(complete_checkpoints(store))
+    split = set().union(*map(set, views)) - set.intersection(*map(set, views))
+    if split:  # one output folder per node: rank 0 holds the metadata, the others their shards
+        seen = "; ".join(f"rank {r}: {', '.join(v[-2:]) if v else 'none'}" for r, v in enumerate(views))
+        raise UserError(f"{uri}: the ranks do not see the same checkpoints ({seen}): each node has its own "
+                        f"output folder, so a checkpoint's shards are split across nodes and none can be loaded; "
+                        f"give every node the same output (out=s3://..., or a shared volume claim), or remove "
+                        f"{uri} on every node to start over")
     skipped = []
-    for name in reversed(complete_checkpoints(store)):
+    for name in reversed(views[0]):
+        found = problem = mismatch = None
         try:
             meta = read_metadata(store, name)
-        except CheckpointCorrupt as e:
-            problem = str(e)
-        else:
             errors, changes = compare(meta, cfg, identity)
             if errors:
-                raise UserError(f"cannot resume from {uri}/{name}: this run differs in what the checkpoint "
-                                f"depends on: {'; '.join(errors)} (start a new run folder, or change them back)")
-            try:
+                mismatch = (f"cannot resume from {uri}/{name}: this run differs in what the checkpoint "
+                            f"depends on: {'; '.join(errors)} (start a new run folder, or change them back)")
+            else:
                 _, dense = load_checkpoint(uri, name, weight=weight, row_state=row_state, pieces=pieces)
-                problem = None
-            except CheckpointCorrupt as e:
-                problem = str(e)
-        if agree(problem is None):
+                found = name, meta, dense
+        except CheckpointCorrupt as e:
+            problem = str(e)
+        outcomes = gather((mismatch, problem))
+        mismatch = next((m for m, _ in outcomes if m), None)
+        if mismatch:
+            raise UserError(mismatch)
+        problem = next((p for _, p in outcomes if p), None)
+        if problem is None:
             for line in skipped:
                 log(line)
             if changes:
                 log(f"resume: changed since {name} (allowed): {', '.join(changes)}")
-            return name, meta, dense
-        skipped.append(f"resume: skipped {uri}/{name}: {problem or 'a file another rank reads does not verify'}")
+            return found
+        skipped.append(f"resume: skipped {uri}/{name}: {problem}")
     for line in skipped:
         log(line)
     if skipped:

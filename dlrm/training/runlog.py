@@ -20,7 +20,10 @@ A run's output (`out`: a folder, or s3://bucket/prefix/run):
 
 Into a folder, files are written in place. Into S3 they are written to a local staging folder and
 uploaded (changed files only) at start, at each eval, at least every `sync_every_s` seconds while
-progress lines are printed, and at the end: a job killed mid-run keeps what its last upload held.
+training (the trainer calls `sync()` after every step; it uploads only when that much time passed),
+and at the end: a job killed mid-run keeps what its last upload held. A restart's metrics.jsonl
+whose last line a kill cut short is first cut back to its last whole line (`repair_metrics`).
+run.json records the run's `run_id` (dlrm.training.lifecycle: whose folder this is).
 An upload that fails mid-run is a warning (the next one retries); one that fails at start or at
 the end is an error.
 
@@ -95,6 +98,7 @@ def run_record(cfg, plan, config_text: str, world_size: int, device: str, first_
     job["image_digest"] = image.split("@", 1)[1] if "@sha256:" in image else None  # a tag names no digest
     dataset = Path(cfg.data.dataset)
     return {
+        "run_id": cfg.run_id,
         "job": job,
         "train_config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
         "dataset": {"path": str(dataset), "manifest_sha256": _sha256_file(dataset / MANIFEST_NAME),
@@ -132,6 +136,7 @@ class RunLog:
         else:
             self.local = Path(self.out)
         self.local.mkdir(parents=True, exist_ok=True)
+        repair_metrics(self.local / METRICS)
         self.progress = progress.from_env(total_steps, first_step)  # a TrainJob's status.trainerStatus, if enabled
         from dlrm.metrics import MetricsLog  # torch: not for the launcher, which reads only the constants here
 
@@ -161,7 +166,7 @@ class RunLog:
         elapsed = time.perf_counter() - self.t0
         done = step - self.first_step
         eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
-        self.metrics.write(kind="train", step=step, total_steps=self.total_steps, epoch=epoch, loss=loss, lr=lr,
+        self._write(kind="train", step=step, total_steps=self.total_steps, epoch=epoch, loss=loss, lr=lr,
                            samples_per_s=samples_per_s, elapsed_s=round(elapsed, 3))
         width = len(f"{self.total_steps:,}")
         print(f"step {step:>{width},}/{self.total_steps:,} ({100 * step / max(self.total_steps, 1):5.1f}%) | "
@@ -175,7 +180,7 @@ class RunLog:
     def eval(self, step: int, auc: float, loss: float, seconds: float) -> None:
         if not self.enabled:
             return
-        self.metrics.write(kind="eval", step=step, auc=auc, loss=loss, seconds=round(seconds, 3))
+        self._write(kind="eval", step=step, auc=auc, loss=loss, seconds=round(seconds, 3))
         print(f"eval at step {step:,}/{self.total_steps:,} | AUC {auc:.4f} | loss {loss:.5f} | {seconds:.1f}s", flush=True)
         self._scalars(step, {"eval/auc": auc, "eval/loss": loss})
         if self.progress:
@@ -191,7 +196,7 @@ class RunLog:
         summary = dict(summary, metrics=self.uri(METRICS))
         if not self.enabled:
             return summary
-        self.metrics.write(**summary)
+        self._write(**summary)
         if plot:
             self.metrics.plot(self.local / PLOT)
             summary["plot"] = self.uri(PLOT)
@@ -218,7 +223,14 @@ class RunLog:
             self.store.put_file(key, local_path)
         return self.uri(key)
 
-    # -- TensorBoard and uploads -----------------------------------------------------------------
+    # -- metrics, TensorBoard and uploads --------------------------------------------------------
+
+    def _write(self, **record) -> None:
+        """One metrics.jsonl record; a failed write (a full disk) is an OSError naming the file."""
+        try:
+            self.metrics.write(**record)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(self.local / METRICS)) from None
 
     def _scalars(self, step: int, values: dict[str, float]) -> None:
         if self._tb is not None:
@@ -258,6 +270,27 @@ def _summary_writer(logdir: Path, purge_step: int | None):
         return None
     # flush_secs: events reach the file (and the next upload) within a minute even between syncs
     return SummaryWriter(log_dir=str(logdir), purge_step=purge_step, flush_secs=60)
+
+
+def repair_metrics(path: Path) -> None:
+    """Cut a last line a kill left half-written (no newline), so the next record starts on its own
+    line instead of gluing onto it; says what went."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return
+            f.seek(max(0, size - (1 << 20)))
+            tail = f.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    if tail.endswith(b"\n") or (b"\n" not in tail and len(tail) < size):
+        return  # whole, or not a metrics file this code wrote (no line is 1 MiB long)
+    keep = size - len(tail) + tail.rfind(b"\n") + 1
+    os.truncate(path, keep)
+    print(f"note: {path}: removed a last line cut short ({size - keep} bytes, a run killed mid-write)",
+          file=sys.stderr, flush=True)
 
 
 def read_metrics(text: str) -> list[dict]:

@@ -1,6 +1,8 @@
 """NVIDIA DLRM's learning-rate schedule: linear warmup, constant, polynomial decay, constant end."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dlrm.config import OptimConfig
 from dlrm.errors import ConfigError
 
@@ -39,6 +41,15 @@ def check_schedule(cfg: OptimConfig, total_steps: int, steps_from: str) -> list[
     they would leave the lr ramping for the whole run and the model would learn next to nothing.
     `steps_from` says where the step count came from (e.g. "epochs=1 x 293 batches").
     """
+    if cfg.decay_steps > 0 and cfg.decay_start_step < cfg.warmup_steps:
+        # the two phases overlap: the lr ramps up, then falls at once to where the decay already is
+        problem = (f"optim.decay_start_step={cfg.decay_start_step:,} is inside the warmup (optim.warmup_steps="
+                   f"{cfg.warmup_steps:,}): the lr ramps up to optim.lr={cfg.lr:g}, then drops at step "
+                   f"{cfg.warmup_steps:,} to {learning_rate(cfg.warmup_steps, cfg):.3g}; start the decay at or after "
+                   f"the warmup's end (--set optim.decay_start_step={cfg.warmup_steps})")
+        if cfg.schedule_check == "error":
+            raise ConfigError(f"{problem}; --set optim.schedule_check=warn trains anyway")
+        return [problem, *check_schedule(replace(cfg, decay_start_step=cfg.warmup_steps), total_steps, steps_from)]
     fit = fitted_schedule(total_steps)
     sets = " ".join(f"--set optim.{k}={v}" for k, v in fit.items())
     run = f"this run has {total_steps:,} steps ({steps_from})"

@@ -1,0 +1,77 @@
+"""How much memory this host (or its container) can still give: a CPU run's tables live there.
+
+On CPU the planner's budget is dist.device_memory, a number from the config; the kernel's OOM
+killer would end a run whose tables exceed the real host memory with no message at all
+("Killed", exit 137). So before the tables are allocated, the plan's bytes for the ranks on this
+node are compared with what the host has: /proc/meminfo's MemAvailable, or less where a cgroup
+(a pod's memory limit) caps the container.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlrm.errors import UserError
+
+
+def _meminfo_available(path: str = "/proc/meminfo") -> int | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
+    """The cgroup's limit less its usage (v2: memory.max/current, v1: limit_in_bytes/usage_in_bytes)."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(root, limit_file).read_text().strip()
+            usage = int(Path(root, usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # unlimited (v1 writes a huge number)
+            return None
+        return max(int(limit) - usage, 0)
+    return None
+
+
+def host_memory_available() -> int | None:
+    """Bytes this process's host can still allocate, the tighter of the host and its cgroup; None if unknown."""
+    known = [n for n in (_meminfo_available(), _cgroup_available()) if n is not None]
+    return min(known) if known else None
+
+
+def require_host_memory(plan, ranks: range, available: int | None) -> None:
+    """A UserError with the numbers when the plan's bytes for `ranks` (the processes of this node)
+    exceed `available`."""
+    if available is None:
+        return
+    need = sum(plan.rank_bytes(r) for r in ranks)
+    if need > available:
+        from dlrm.dist.plan import human
+
+        raise UserError(f"device=cpu: the plan needs {human(need)} of host memory for rank(s) {ranks.start}..{ranks.stop - 1} "
+                        f"on this node (tables, optimizer state, batch buffers) but only {human(available)} is available "
+                        f"(MemAvailable / the container's memory limit); use more nodes or processes on other hosts, "
+                        f"a smaller model.embedding_dim, or GPUs")
+
+
+def check_host_memory(plan, runtime) -> None:
+    """On CPU, every rank checks its node before any table is allocated; all fail if one node is short."""
+    if runtime.device.type != "cpu":
+        return
+    first = runtime.rank - runtime.local_rank
+    error = None
+    try:
+        require_host_memory(plan, range(first, first + runtime.local_world_size), host_memory_available())
+    except UserError as e:
+        error = str(e)
+    errors = runtime.all_gather_object(error)
+    if error:
+        raise UserError(error)
+    short = [r for r, e in enumerate(errors) if e]
+    if short:
+        raise UserError(f"rank {short[0]}'s host has too little memory for the plan (its error is printed above)")

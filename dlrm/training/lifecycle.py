@@ -1,0 +1,179 @@
+"""A run's life around the loop: whose output folder this is, and how a run stops early.
+
+    run = claim_identity(cfg, ckpt_uri, runtime)   # new or continued; refuses another run's folder
+    with StopOnSigterm() as stop: ...               # stop.requested once SIGTERM arrived
+    raise Diverged(...)                             # a non-finite loss (train.py says where and what to change)
+
+Run identity: a folder holding a run (run.json, or a complete checkpoint) is continued only when
+asked: `resume` (the user), or `run_id` equal to the one its run.json records (the same job
+restarted: the launcher renders run_id from the job name and its config). Anything else is
+refused before a byte is written, so a second experiment never rotates away the first one's
+checkpoints. Rank 0 decides and every rank learns the outcome in one collective.
+
+Preemption: Kubernetes ends a pod with SIGTERM and, a grace period later, SIGKILL (torchrun
+forwards SIGTERM to its trainers). The handler only sets a flag; the loop's next check-in,
+a collective every rank takes at the same step, turns it into an agreed stop: a checkpoint at
+that step on every rank, the output synced, the lock released, exit PREEMPTED_EXIT.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+
+from dlrm.errors import UserError
+from dlrm.io.storage import open_store
+from dlrm.training.checkpoint import complete_checkpoints
+from dlrm.training.runlog import RECORD
+
+# 128 + SIGTERM, what a shell reports for a process SIGTERM ended; Kubeflow's restartPolicy
+# ExitCode retries 128-255 (a preemption is worth retrying) and fails 1-127 for good.
+PREEMPTED_EXIT = 143
+
+
+class Diverged(UserError):
+    """The training loss became NaN or infinite: the run stops before checkpointing it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunIdentity:
+    run_id: str
+    continuing: bool  # a run is there and this process continues it (resume from its checkpoints)
+
+
+def _recorded(cfg, ckpt_uri: str) -> tuple[dict | None, list[str]]:
+    """The run already in `out` (its run.json, or {} when unreadable; None when absent) and its
+    complete checkpoints."""
+    out = open_store(cfg.out)
+    record = None
+    if out.exists(RECORD):
+        try:
+            record = json.loads(out.get_bytes(RECORD))
+        except ValueError:
+            record = {}
+        record = record if isinstance(record, dict) else {}
+    return record, complete_checkpoints(open_store(ckpt_uri))
+
+
+def decide_identity(cfg, ckpt_uri: str) -> RunIdentity:
+    """New run, continued run, or a UserError naming the run that is there (see the module doc)."""
+    record, ckpts = _recorded(cfg, ckpt_uri)
+    if record is None and not ckpts:
+        return RunIdentity(cfg.run_id or uuid.uuid4().hex[:12], False)
+    there = (record or {}).get("run_id") or ""
+    if cfg.resume or (cfg.run_id and cfg.run_id == there):
+        return RunIdentity(cfg.run_id or there or uuid.uuid4().hex[:12], True)
+    step = f"step {int(ckpts[-1][5:]):,}" if ckpts else "no checkpoint yet"
+    where = cfg.out if record is not None else ckpt_uri
+    raise UserError(f"{where} holds another run (run_id {there or 'unknown'}, {step}); pass --resume "
+                    f"(--set resume=true) to continue it, or another --out")
+
+
+def claim_identity(cfg, ckpt_uri: str, runtime) -> RunIdentity:
+    """decide_identity on rank 0, its outcome (or its error) on every rank."""
+    outcome = None
+    if runtime.is_main:
+        try:
+            outcome = decide_identity(cfg, ckpt_uri)
+        except (UserError, OSError) as e:
+            outcome = e
+    outcome = runtime.all_gather_object(outcome)[0] if runtime.distributed else outcome
+    if isinstance(outcome, BaseException):
+        if runtime.is_main:
+            raise outcome
+        raise UserError(f"rank 0 refused the run's output folder {cfg.out} (its error is printed above)")
+    return outcome
+
+
+def warn_unless_shared(ckpt_uri: str, runtime) -> None:
+    """Warn when some rank cannot see what rank 0 writes into the checkpoint store: one output
+    folder per pod (emptyDir), where a checkpoint ends up split across nodes and no restart can
+    resume from it (resume refuses such a checkpoint at once, see dlrm.training.resume)."""
+    if not runtime.distributed:
+        return
+    store = open_store(ckpt_uri)
+    key = runtime.all_gather_object(f".dlrm-shared-probe-{uuid.uuid4().hex[:12]}" if runtime.is_main else None)[0]
+    if runtime.is_main:
+        store.put_bytes(key, b"")
+    runtime.barrier()
+    seen = runtime.all_gather_object(store.exists(key))
+    runtime.barrier()
+    if runtime.is_main:
+        store.delete(key)
+        blind = [r for r, ok in enumerate(seen) if not ok]
+        if blind:
+            print(f"warning: ranks {blind} do not see {ckpt_uri} as rank 0 does (an output folder per pod?): "
+                  f"checkpoints will be split across nodes and a restart cannot resume from them; "
+                  f"give every node the same output (out=s3://..., or a shared volume claim)",
+                  file=sys.stderr, flush=True)
+
+
+# After SIGTERM, how long the loop may go without finishing a training step (outside an eval or a
+# checkpoint) before the process gives up on a clean stop: a rank parked in a hung collective or a
+# stuck read would otherwise hold its pod until the SIGKILL (torchrun's 30 s, the pod's grace period).
+STOP_WAIT_S = 10.0
+
+
+class StopOnSigterm:
+    """SIGTERM sets `requested` instead of ending the process; the previous handler comes back on exit.
+    Only the main thread may install handlers: elsewhere (a test's thread) SIGTERM keeps its default.
+
+    The trainer reports progress (`stepped()`, `busy()` around evals and checkpoints, `stopping`
+    once every rank agreed); a watchdog started by the signal ends the process (exit
+    PREEMPTED_EXIT, `on_abandon` run first) when no step finishes for STOP_WAIT_S seconds."""
+
+    def __init__(self, wait_s: float = STOP_WAIT_S):
+        self.requested, self.stopping, self.wait_s = False, False, wait_s
+        self.on_abandon: list = []  # callables run before an abandoned stop exits (release the lock)
+        self._busy, self._last = 0, time.monotonic()
+        self._previous = None
+
+    def stepped(self) -> None:
+        self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def busy(self):
+        """An eval or a checkpoint: as long as it takes (the pod's grace period bounds it)."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._last = time.monotonic()
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            return
+        print("SIGTERM: stopping after the current step with a checkpoint", file=sys.stderr, flush=True)
+        self.requested, self._last = True, time.monotonic()
+        threading.Thread(target=self._watch, name="sigterm-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopping:
+            time.sleep(0.2)
+            if self.stopping or self._busy or time.monotonic() - self._last < self.wait_s:
+                continue
+            print(f"SIGTERM: no training step finished for {self.wait_s:g} s (a hung peer or read?): exiting "
+                  f"without a checkpoint (exit {PREEMPTED_EXIT}); a restart resumes from the last one",
+                  file=sys.stderr, flush=True)
+            for fn in self.on_abandon:
+                with contextlib.suppress(Exception):
+                    fn()
+            os._exit(PREEMPTED_EXIT)
+
+    def __enter__(self) -> StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping = True  # the run is over either way: no watchdog outlives it
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
