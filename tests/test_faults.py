@@ -30,7 +30,8 @@ import pytest
 import torch
 
 from faults_common import (HANG, RUN, TRAIN, Running, complete, gathered, plant_partial_checkpoint, rank_pids, render,
-                          step_losses, summary)  # noqa: F401 (data: a fixture)
+                          step_losses, summary)
+from faults_common import data  # noqa: F401 (a module fixture, used by name)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,8 @@ def test_a_node_lost_for_good_resumes_on_fewer_ranks(data, uninterrupted, tmp_pa
             assert torch.equal(weight[p.offset: p.offset + p.end - p.start], saved_tables[p.table][p.start: p.end]), (rank, p)
         assert all(torch.equal(dense["model"][k], saved_dense[k]) for k in saved_dense)
 
-    second = Running(render(1, 2, [f"dataset={data}", *TRAIN]), tmp_path)
+    # Fewer nodes is another config, so another run id: continuing the first run is asked for (--resume).
+    second = Running(render(1, 2, [f"dataset={data}", *TRAIN, "train.resume=true"]), tmp_path)
     assert second.join() == 0, second.text()[-6000:]
     assert "1 node(s) x 2 process(es)" in second.text()
     assert re.search(r"resumed from \S+/ckpt-000000005: step 5, epoch 0, batch 5", second.text()), second.text()[-6000:]
