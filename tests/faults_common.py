@@ -13,7 +13,7 @@ import faulty_trainer
 import pytest
 from datasets import make_dataset
 
-from dlrm.training.checkpoint import whole_tables
+from dlrm.io.checkpoint import whole_tables
 from launcher.run_local import LocalJob
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dlrm.training.checkpoint import complete_checkpoints, whole_tables
+from dlrm.io.checkpoint import complete_checkpoints, whole_tables
 from dlrm.errors import UserError
 from dlrm.training.runlock import LOCK, Lock, _me, probe_writable
 from dlrm.io.storage import open_store

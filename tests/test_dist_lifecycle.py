@@ -23,7 +23,7 @@ import torch
 from datasets import make_dataset
 
 from dlrm.io.storage import open_store
-from dlrm.training.checkpoint import complete_checkpoints, whole_tables
+from dlrm.io.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.runlock import LOCK
 from launcher.procs import free_port
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlrm.training.checkpoint import whole_tables
+from dlrm.io.checkpoint import whole_tables
 from dlrm.config import TrainConfig, load_config
 from dlrm.training.train import BUILTIN_CONFIGS, train
 from datasets import make_dataset

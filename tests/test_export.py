@@ -24,7 +24,7 @@ import torch._inductor
 
 from datasets import make_dataset
 from dlrm.serving import folder as serving
-from dlrm.training.checkpoint import Piece, latest_checkpoint, load_checkpoint
+from dlrm.io.checkpoint import Piece, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict, load_config
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
@@ -102,7 +102,7 @@ def predict_cli(model: Path, dataset: Path, scores: Path, *extra: str) -> dict:
             "from dlrm.__main__ import main\n"
             "rc = main(sys.argv[1:])\n"
             "loaded = sorted(m for m in sys.modules if m in ('dlrm.modules.model', 'dlrm.training.train', 'dlrm.serving.export', "
-            "'dlrm.training.checkpoint', 'dlrm.training.optim') or m.startswith('dlrm.dist'))\n"
+            "'dlrm.io.checkpoint', 'dlrm.training.optim') or m.startswith('dlrm.dist'))\n"
             "assert not loaded, f'predict imported training code: {loaded}'\n"
             "sys.exit(rc)\n")
     proc = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(model), "--dataset", str(dataset),

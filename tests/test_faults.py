@@ -144,7 +144,7 @@ def test_a_node_lost_for_good_resumes_on_fewer_ranks(data, uninterrupted, tmp_pa
     ones tests/test_dist_train.py holds W = 1, 2, 4 to: per-step losses within 1e-5 relative,
     final weights within rtol 1e-4 / atol 1e-6, final AUC within 1e-4.
     """
-    from dlrm.training.checkpoint import load_checkpoint
+    from dlrm.io.checkpoint import load_checkpoint
     from dlrm.config import TrainConfig, from_dict
     from dlrm.dist.parallel import plan_for_config, plan_pieces
 

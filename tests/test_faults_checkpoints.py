@@ -22,7 +22,7 @@ import pytest
 from datasets import make_dataset
 
 from dlrm.io.storage import open_store
-from dlrm.training.checkpoint import complete_checkpoints, whole_tables
+from dlrm.io.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.runlock import LOCK
 
 ROOT = Path(__file__).resolve().parents[1]

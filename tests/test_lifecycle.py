@@ -26,7 +26,7 @@ from datasets import make_dataset
 from dlrm.config import TrainConfig, load_config
 from dlrm.errors import UserError
 from dlrm.io.storage import open_store
-from dlrm.training.checkpoint import complete_checkpoints, whole_tables
+from dlrm.io.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.lifecycle import PREEMPTED_EXIT, Diverged
 from dlrm.training.runlock import LOCK
 from dlrm.training.runlog import METRICS, RunLog, read_metrics

@@ -95,13 +95,13 @@ def test_documented_words_that_yaml_reads_as_booleans(tmp_path):
 
 def _identity(tmp_path, name, **kw):
     from datasets import make_dataset
-    from dlrm.training.resume import dataset_identity
+    from dlrm.data.identity import dataset_identity
 
     return dataset_identity(make_dataset(tmp_path / name, rows=64, test_rows=32, **kw), rows=False)
 
 
 def test_identity_names_the_feature_whose_hotness_changed(tmp_path):
-    from dlrm.training.resume import feature_differences
+    from dlrm.data.identity import feature_differences
 
     one = _identity(tmp_path, "one")
     multi = _identity(tmp_path, "multi", hotness=[1, 3, 1, 1, 1])
@@ -114,7 +114,7 @@ def test_identity_names_the_feature_whose_hotness_changed(tmp_path):
 
 def test_identity_of_checkpoints_from_before_hotness_was_recorded(tmp_path):
     """Their plan carries table_hotness ([] in older plans: every table one-hot)."""
-    from dlrm.training.resume import feature_differences
+    from dlrm.data.identity import feature_differences
 
     multi = _identity(tmp_path, "multi", hotness=[1, 3, 1, 1, 1])
     old = {k: v for k, v in multi.items() if k not in ("hotness", "padded")}

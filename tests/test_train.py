@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from dlrm.training.checkpoint import complete_checkpoints, latest_checkpoint
+from dlrm.io.checkpoint import complete_checkpoints, latest_checkpoint
 from dlrm.io.storage import open_store
 from dlrm.training.train import train
 from datasets import make_dataset, tiny_config

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dlrm.training.checkpoint import Piece
+from dlrm.io.checkpoint import Piece
 from dlrm.config import ModelConfig
 from dlrm.data.reader import local_rows
 from dlrm.dist.plan import Plan, plan_for_config  # noqa: F401 (the trainer's plan, from here as before)

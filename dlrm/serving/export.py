@@ -3,7 +3,7 @@
     python -m dlrm export --checkpoints RUN/checkpoints [--name ckpt-...] --out DIR
                           [--table-dtype fp32|fp16|bf16] [--triton] [--dataset DIR] [--max-batch N]
 
-Every rank's table rows are put back together into whole tables (dlrm.training.checkpoint.whole_tables),
+Every rank's table rows are put back together into whole tables (dlrm.io.checkpoint.whole_tables),
 the dense arches take rank 0's weights, and the model is captured once with torch.export (batch
 dimension dynamic) and lowered with AOTInductor for the CPU (and CUDA when this machine has a GPU).
 The folder layout and the signature are in dlrm.serving.folder. Before anything is published the CPU
@@ -28,9 +28,9 @@ import yaml
 from torch import nn
 
 from dlrm.serving import folder as serving
-from dlrm.training.checkpoint import METADATA, complete_checkpoints, read_metadata, whole_tables
-from dlrm.training.evaluate import first_non_finite
-from dlrm.training.resume import dataset_identity, feature_differences
+from dlrm.io.checkpoint import METADATA, complete_checkpoints, read_metadata, whole_tables
+from dlrm.io.checkpoint import first_non_finite
+from dlrm.data.identity import dataset_identity, feature_differences
 from dlrm.config import TrainConfig, dump_yaml, from_dict
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError

@@ -9,9 +9,8 @@ import argparse
 import json
 import math
 
-import torch
 
-from dlrm.training.checkpoint import Piece, latest_checkpoint, load_checkpoint
+from dlrm.io.checkpoint import Piece, first_non_finite, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.spec import FeatureSpec
@@ -27,24 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batches", type=int, default=0, help="evaluate only this many test batches (0: all)")
 
 
-def first_non_finite(tensors: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
-    """(name, non-finite count, size) of the first floating tensor holding NaN/inf, else None:
-    a diverged checkpoint scores NaN, and an AUC over NaN scores means nothing."""
-    for name, t in tensors.items():
-        if torch.is_tensor(t) and t.is_floating_point():
-            bad = int((~torch.isfinite(t)).sum())
-            if bad:
-                return name, bad, t.numel()
-    return None
-
-
 def main(args) -> int:
     from dlrm.training.train import amp_dtype, evaluate, pick_device
 
     name = args.name or latest_checkpoint(args.checkpoints)
     if not name:
         raise UserError(f"{args.checkpoints}: no complete checkpoint (a checkpoint is complete once its metadata.json exists)")
-    from dlrm.training.checkpoint import read_metadata
+    from dlrm.io.checkpoint import read_metadata
     from dlrm.io.storage import open_store
 
     meta = read_metadata(open_store(args.checkpoints), name)
@@ -55,7 +43,7 @@ def main(args) -> int:
     require_verified(cfg.data.dataset, cfg.data.verify)  # a pulled/staged copy must match its _manifest.json, as in train
     spec = FeatureSpec.load(cfg.data.dataset)
     spec.require_rows(["test"])
-    from dlrm.training.resume import dataset_identity, feature_differences
+    from dlrm.data.identity import dataset_identity, feature_differences
 
     differences = feature_differences(meta, dataset_identity(spec, rows=False))
     if differences:  # the model's shapes would not fit (a traceback from load_state_dict)

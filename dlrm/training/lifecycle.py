@@ -29,7 +29,7 @@ import uuid
 
 from dlrm.errors import UserError
 from dlrm.io.storage import open_store
-from dlrm.training.checkpoint import complete_checkpoints
+from dlrm.io.checkpoint import complete_checkpoints
 from dlrm.training.runlog import RECORD
 
 # 128 + SIGTERM, what a shell reports for a process SIGTERM ended; Kubeflow's restartPolicy

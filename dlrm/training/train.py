@@ -29,11 +29,12 @@ from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
 from dlrm.metrics import roc_auc
-from dlrm.training.checkpoint import checkpoint_name, save_checkpoint
+from dlrm.io.checkpoint import checkpoint_name, save_checkpoint
 from dlrm.training.lifecycle import PREEMPTED_EXIT, Diverged, StopOnSigterm, claim_identity, warn_unless_shared
 from dlrm.training.optim import Optimizers
 from dlrm.training.precision import LossScaler, amp_dtype, autocast
-from dlrm.training.resume import dataset_identity, resume_latest
+from dlrm.data.identity import dataset_identity
+from dlrm.training.resume import resume_latest
 from dlrm.training.runlock import claim_outputs
 from dlrm.training.runlog import RunLog, join_uri
 from dlrm.training.schedule import check_schedule, learning_rate

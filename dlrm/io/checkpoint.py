@@ -288,3 +288,14 @@ def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Ten
                 parts.setdefault(p.table, []).append((p.start, weight[p.offset: p.offset + p.end - p.start].clone()))
         dense = {k: v.clone() for k, v in _load_torch(store, f"{name}/dense.pt", tmp, sums.get("dense.pt"))["model"].items()}
     return {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}, dense
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """(name, non-finite count, size) of the first floating tensor holding NaN/inf, else None:
+    a diverged checkpoint scores NaN, and an AUC over NaN scores means nothing."""
+    for name, t in tensors.items():
+        if torch.is_tensor(t) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                return name, bad, t.numel()
+    return None
