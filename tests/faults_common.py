@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import time
+import os
 from pathlib import Path
 
 import faulty_trainer
@@ -20,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 RUN = ("volumes", "runs", "run")  # storage.output_claim=runs, output_path=run: /output shared by all pods
 HANG = faulty_trainer.HANG_AT
+# The trainers start as `torchrun --module faulty_trainer`, found through PYTHONPATH (run-local's replicas
+# inherit this environment), not by the script's path: run-local rewrites every argument under a pod
+# mount path, and a checkout under /tmp (the pods' /tmp is an emptyDir) would be pointed into the pod.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(faulty_trainer.__file__).resolve().parent),
+                                            *filter(None, [os.environ.get("PYTHONPATH")])])
 # 20 steps of 256 rows (6000 rows: one epoch holds them), a checkpoint every 5 steps, every step logged.
 TRAIN = ["train.max_steps=20", "train.checkpoint_every=5", "train.log_every=1", "train.checkpoint_keep=0",
          "train.data.eval_batch_size=1000", "cluster.backoff_limit=2",
@@ -31,7 +37,7 @@ TRAIN = ["train.max_steps=20", "train.checkpoint_every=5", "train.log_every=1", 
 
 
 def render(nodes: int, gpus: int, sets: list[str]) -> list[dict]:
-    """The rendered job, its trainers started as tests/faulty_trainer.py (the real trainer, which
+    """The rendered job, its trainers started as `--module faulty_trainer` (the real trainer, which
     hangs a rank where the test sets faulty_trainer's variables) instead of `--module dlrm`."""
     from launcher.config import load_job_config
     from launcher.render import render_objects
@@ -47,7 +53,7 @@ def _faulty(obj):
         if obj and obj[0] == "torchrun" and "--module" in obj:
             i = obj.index("--module")
             assert obj[i + 1] == "dlrm", obj
-            return obj[:i] + [faulty_trainer.SCRIPT] + obj[i + 2:]
+            return obj[:i + 1] + ["faulty_trainer"] + obj[i + 2:]
         return [_faulty(v) for v in obj]
     return obj
 
