@@ -137,7 +137,7 @@ def plant_partial_checkpoint(ckpts: Path, source: str, step: int) -> None:
     (half / ".rank-2.pt.x1y2z3.tmp").write_bytes(data[:100])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     make_dataset(root, rows=6000, test_rows=1000)

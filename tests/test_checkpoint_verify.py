@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 tiny = tiny_config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     make_dataset(root, rows=2048, test_rows=512)

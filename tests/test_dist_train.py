@@ -30,7 +30,7 @@ COMMON = {"data.batch_size": 101, "data.eval_batch_size": 333, "max_steps": 20, 
           "dist.device_memory": "1Gi", "dist.memory_reserve": "0"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     make_dataset(root, rows=2100, test_rows=1000)
@@ -95,7 +95,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert abs(summary(a)["auc"] - summary(b)["auc"]) < 1e-4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def baseline(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("w1") / "run"
     single(overrides(dataset, out))
@@ -162,14 +162,14 @@ DCN = {"model.interaction": "dcn", "model.dcn_num_layers": 2, "model.dcn_low_ran
        "optim.optimizer": "adagrad", "optim.lr": 0.05, "optim.warmup_steps": 0, "optim.decay_steps": 0}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def multi_hot_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("mh")
     make_dataset(root, rows=2100, test_rows=1000, **HOT)
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def multi_hot_baseline(multi_hot_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("mh1") / "run"
     single(overrides(multi_hot_dataset, out, **DCN))

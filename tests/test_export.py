@@ -45,21 +45,21 @@ def overrides(dataset, out, **extra) -> list[str]:
     return [f"data.dataset={dataset}", f"out={out}"] + [f"{k}={v}" for k, v in dict(COMMON, **extra).items()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     make_dataset(root, rows=2100, test_rows=1000)
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run1(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("w1") / "run"
     train(load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=overrides(dataset, out)))
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def export1(run1, tmp_path_factory):
     out = tmp_path_factory.mktemp("exp1") / "model"
     export(str(run1 / "checkpoints"), out, triton=True, log=lambda m: None)

@@ -34,7 +34,7 @@ from faults_common import (HANG, RUN, TRAIN, Running, complete, gathered, plant_
 from faults_common import data  # noqa: F401 (a module fixture, used by name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(data, tmp_path_factory):
     """uninterrupted(nodes, gpus): the run nothing happens to, the reference for the fault tests (made once)."""
     done = {}

@@ -28,7 +28,7 @@ from dlrm.training.runlock import LOCK
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     make_dataset(root, rows=2048, test_rows=512)

@@ -121,14 +121,14 @@ def test_split_arithmetic_and_days():
 
 
 # -- end to end on generated day files ------------------------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def days(tmp_path_factory) -> tuple[Path, dict]:
     inp = tmp_path_factory.mktemp("raw")
     bad = generate_days(inp, days=3, lines=[1200, 900, 701], seed=3, bad_lines=13, gz=(1,), crlf=(2,))
     return inp, bad
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def done(days, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("out") / "ds"
     s = settings(days[0], out, feature_thresholds={"cat_3": 1, "cat_7": 40})

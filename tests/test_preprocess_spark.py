@@ -23,7 +23,7 @@ SAME = ("rows", "lines", "cardinalities", "bad_lines", "clamped_values", "train_
         "vocabulary_days")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def spark():
     from dlrm.preprocess.spark import session
 

@@ -149,7 +149,7 @@ def test_status_and_fetch_of_nothing(tmp_path, s3_bucket):
 # the trainer end to end with out=s3://
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     make_dataset(root, rows=4096, test_rows=2048)

@@ -17,7 +17,7 @@ def files_of(spec: FeatureSpec) -> dict[str, bytes]:
     return {str(c.file.relative_to(spec.root)): c.file.read_bytes() for s in spec.sources.values() for c in s}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "ds"
     return synth.generate(out, 20_000, 5, cardinalities=CARDS, test_rows=5_000)

@@ -13,7 +13,7 @@ from datasets import make_dataset, tiny_config
 tiny = tiny_config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     make_dataset(root, rows=8192, test_rows=4096)

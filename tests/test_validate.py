@@ -17,7 +17,7 @@ from test_render import CASES, by_kind, render
 CRD = VENDORED_CRD  # in the repository: every CRD test runs on a fresh clone
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rendered() -> dict[str, list[dict]]:
     return {name: render(name) for name in CASES}
 
