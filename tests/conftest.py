@@ -32,16 +32,8 @@ ONE_WORKER_MODULES = {"test_export", "test_dist_train", "test_preprocess", "test
                       "test_validate"}
 
 
-# The longest modules start first: xdist hands out work in collection order, and a minute-long
-# group that starts last keeps one core busy while the other has nothing left to do.
-LONGEST_FIRST = ["test_preprocess_spark", "test_dist_train", "test_faults", "test_export", "test_local_jobs",
-                 "test_dist_lifecycle", "test_run_local", "test_faults_checkpoints", "test_faults_storage", "test_lifecycle"]
-
-
 def pytest_collection_modifyitems(config, items):
-    rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
     for item in items:
         module = item.module.__name__.rpartition(".")[2]
         if module in ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
-    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(rank)))  # stable
