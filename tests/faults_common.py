@@ -142,3 +142,15 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     make_dataset(root, rows=6000, test_rows=1000)
     return root
+
+
+def wait_for_line(proc, text: str, timeout: float = 180) -> str:
+    """Read a trainer process's merged output until a line holding `text`; what was read."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"ended before {text!r}:\n{''.join(seen)[-6000:]}"
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    pytest.fail(f"no {text!r} after {timeout}s:\n{''.join(seen)[-6000:]}")

@@ -21,6 +21,7 @@ import faulty_trainer
 import pytest
 import torch
 from datasets import make_dataset
+from faults_common import wait_for_line
 
 from dlrm.io.storage import open_store
 from dlrm.io.checkpoint import complete_checkpoints, whole_tables
@@ -48,17 +49,6 @@ def torchrun(dataset, out, *sets, nproc=1, nnodes=1, node_rank=0, port=None, env
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
                                  "GLOO_SOCKET_IFNAME": "lo", **(env or {})})
-
-
-def wait_for_line(proc, text: str, timeout: float = 180) -> str:
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, f"ended before {text!r}:\n{''.join(seen)[-6000:]}"
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    pytest.fail(f"no {text!r} after {timeout}s:\n{''.join(seen)[-6000:]}")
 
 
 def finish(proc, timeout: float = 300) -> str:

@@ -22,6 +22,7 @@ import faulty_trainer
 import pytest
 import torch
 from datasets import make_dataset
+from faults_common import wait_for_line
 
 from dlrm.config import TrainConfig, load_config
 from dlrm.errors import UserError
@@ -62,18 +63,6 @@ def trainer(dataset, out, *sets, env=None) -> subprocess.Popen:
             *[a for s in [*SETS, *sets] for a in ("--set", s)]]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", **(env or {})})
-
-
-def wait_for_line(proc, text: str, timeout: float = 120) -> str:
-    """Read the process's output until a line holding `text`; what was read."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, f"ended before {text!r}:\n{''.join(seen)}"
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    pytest.fail(f"no {text!r} after {timeout}s:\n{''.join(seen)}")
 
 
 def stamps(ckpts: Path) -> dict[str, int]:
