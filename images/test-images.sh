@@ -183,7 +183,7 @@ build() {
 
 # What launcher/command.py says each image runs; the images' ENTRYPOINTs must be exactly that.
 expected_entrypoint() {
-  "$VPY" -c "import json, launcher.command as c; print(json.dumps(c.$1, separators=(',', ':')))"
+  "$VPY" "$REPO_ROOT/images/image_facts.py" entrypoint "$1"
 }
 
 check_image_metadata() {
@@ -191,7 +191,7 @@ check_image_metadata() {
   for name in "${IMAGE_NAMES[@]}"; do
     tag="$(image_tags "$name" | tail -n1)"
     got="$("$DOCKER" image inspect --format '{{json .Config.Entrypoint}}' "$tag")"
-    case $name in train) want="$(expected_entrypoint TRAIN_COMMAND)" ;; preprocess) want="$(expected_entrypoint PREPROCESS_COMMAND)" ;; esac
+    case $name in train) want="$(expected_entrypoint train)" ;; preprocess) want="$(expected_entrypoint preprocess)" ;; esac
     [[ "$got" == "$want" ]] || die "$tag: ENTRYPOINT $got, launcher/command.py says $want"
     got="$("$DOCKER" image inspect --format '{{.Config.User}}' "$tag")"
     [[ "$got" == 1000:1000 ]] || die "$tag: runs as '$got', expected 1000:1000"
@@ -273,16 +273,7 @@ two_node_job() {
   cat "$WORK/job.plan" >&2
   # The rendered command must start with the image's ENTRYPOINT: the pod runs what the image runs.
   want="$("$DOCKER" image inspect --format '{{json .Config.Entrypoint}}' "$image")"
-  "$VPY" - "$WORK/job.yaml" "$want" <<'EOF'
-import json, sys
-from launcher.plan import load_plan_file
-plan = load_plan_file(sys.argv[1])
-entrypoint = json.loads(sys.argv[2])
-for g in plan.groups:
-    command = g.pod.main.command or entrypoint
-    if command[: len(entrypoint)] != entrypoint:
-        sys.exit(f"{g.role}: rendered command {command} does not start with the image ENTRYPOINT {entrypoint}")
-EOF
+  "$VPY" "$REPO_ROOT/images/image_facts.py" check-entrypoint "$WORK/job.yaml" "$want"
   local kind name argfile vol path names=()
   while read -r kind name argfile path; do
     [[ $kind == volume ]] || continue
@@ -317,10 +308,7 @@ preprocess_sample() {
   cp "$sample" "$input/day_0"
   cp "$sample" "$input/day_1"
   chmod -R a+rX "$input"
-  mapfile -d '' args < <("$VPY" -c '
-import sys, launcher.command as c
-args = c.preprocess_args(c.PREPROCESS_INPUT, c.PREPROCESS_OUTPUT, frequency_threshold=1, engine=sys.argv[1])
-sys.stdout.write("".join(a + "\0" for a in args + ["--days", "0-1"]))' "$PREPROCESS_ENGINE")
+  mapfile -d '' args < <("$VPY" "$REPO_ROOT/images/image_facts.py" preprocess-args "$PREPROCESS_ENGINE" --days 0-1)
   "$DOCKER" run --rm --name "$RUN_ID-preprocess" "${SANDBOX[@]}" --env HOME=/tmp \
     --mount "type=bind,source=$input,target=/data/input,readonly" \
     --mount "type=volume,source=$RUN_ID-preprocessed,target=/data/output" \

@@ -234,3 +234,33 @@ def test_hadolint_warning_level(name):
     r = subprocess.run([exe, "--no-color", "--failure-threshold", "warning", str(DOCKERFILES[name])],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _image_facts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_facts", IMAGES / "image_facts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_image_facts_answers_what_test_images_sh_asks(tmp_path, capsys):
+    """images/test-images.sh runs only in CI (it builds the images); the launcher facts it reads come
+    from images/image_facts.py, run here, so a renamed launcher function fails `make test` first."""
+    facts = _image_facts()
+    assert json.loads(facts.entrypoint("train")) == command.TRAIN_COMMAND
+    assert json.loads(facts.entrypoint("preprocess")) == command.PREPROCESS_COMMAND
+    assert facts.main(["preprocess-args", "spark", "--days", "0-1"]) == 0
+    args = capsys.readouterr().out.split("\0")
+    assert args[-1] == "" and args[-3:-1] == ["--days", "0-1"]
+    assert args[args.index("--engine") + 1] == "spark" and args[args.index("--input") + 1] == command.PREPROCESS_INPUT
+
+    from launcher.config import load_job_config
+    from launcher.render import render_objects
+    yaml = pytest.importorskip("yaml")
+    rendered = tmp_path / "job.yaml"
+    rendered.write_text(yaml.safe_dump_all(render_objects(load_job_config("synthetic-smoke", overrides={"nodes": 2, "gpus_per_node": 2}))))
+    assert facts.entrypoint_mismatches(rendered, command.TRAIN_COMMAND) == []
+    bad = facts.entrypoint_mismatches(rendered, ["python"])
+    assert len(bad) == 2 and all("does not start with the image ENTRYPOINT ['python']" in b for b in bad)

@@ -4,6 +4,10 @@ code; and no test hook read from the environment inside dlrm/."""
 from __future__ import annotations
 
 import ast
+import functools
+import os
+import re
+import subprocess
 from pathlib import Path
 
 
@@ -121,3 +125,105 @@ def test_the_env_read_finder_sees_each_form(tmp_path):
 def test_no_test_hook_is_read_from_the_environment_in_dlrm():
     reads = [r for p in sorted((ROOT / "dlrm").rglob("*.py")) for r in _env_reads(p)]
     assert not reads, "test hooks read from the environment (inject them from the tests instead):\n" + "\n".join(reads)
+
+
+# ---- every import of project code names something that exists -------------------------------------
+# ruff does not resolve imports, and scripts outside the packages (images/, benchmarks/) run only in CI
+# or by hand: a module moved in the package (issue 21) left `from launcher.plan import load_plan_file`
+# in images/test-images.sh, found by CI's image build, not by `make test`.
+
+PROJECT = ("launcher", "dlrm")
+
+
+def _repo_files(*patterns: str) -> list[Path]:
+    """The checkout's files (tracked, or new and not ignored) matching git pathspecs."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", *patterns], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:  # not a git checkout (an unpacked archive): walk it, the venv left out
+        return sorted(p for pat in patterns for p in ROOT.rglob(pat.lstrip("*/") or "*") if ".venv" not in p.parts)
+    return sorted(ROOT / f for f in out.stdout.split() if (ROOT / f).is_file())
+
+
+def _module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+@functools.cache
+def _top_level_names(path: Path) -> set[str] | None:
+    """Names a module binds outside functions and classes (under if/try/with too); None when it has a
+    module `__getattr__`, which can answer any name."""
+    names: set[str] = set()
+    todo = list(ast.parse(path.read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == "__getattr__":
+                return None
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            todo += [n for field in ("body", "orelse", "finalbody") for n in getattr(node, field, [])]
+            todo += [n for h in getattr(node, "handlers", []) for n in h.body]
+    return names
+
+
+def unresolved_imports(path: Path) -> list[str]:
+    """`file:line: what` for each project import (any depth, functions included) that names a module
+    that does not exist or a name the module does not define."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            wanted = [(a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            wanted = [(node.module, a.name) for a in node.names]
+        else:
+            continue
+        for module, name in wanted:
+            if module.split(".")[0] not in PROJECT:
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            file = _module_file(module)
+            if file is None:
+                bad.append(f"{where}: no module {module}")
+            elif name not in (None, "*") and _module_file(f"{module}.{name}") is None:
+                defined = _top_level_names(file)
+                if defined is not None and name not in defined:
+                    bad.append(f"{where}: {module} has no {name}")
+    return bad
+
+
+def test_the_import_resolver_sees_missing_modules_and_names(tmp_path):
+    f = ROOT / "tests" / f"_resolver_probe_{os.getpid()}.py"
+    f.write_text("from launcher.plan import JobPlan, load_plan_file\nimport dlrm.no_such\n"
+                 "def g():\n    from launcher import decode, nope\n    from launcher.decode import load_plan_file\n")
+    try:
+        found = unresolved_imports(f)
+    finally:
+        f.unlink()
+    assert [b.split(": ", 1)[1] for b in found] == ["launcher.plan has no load_plan_file", "no module dlrm.no_such",
+                                                    "launcher has no nope"]
+
+
+def test_every_project_import_resolves():
+    bad = [b for p in _repo_files("*.py") for b in unresolved_imports(p)]
+    assert not bad, "imports of names that do not exist:\n" + "\n".join(bad)
+
+
+INLINE_PROJECT_IMPORT = re.compile(r"\bfrom\s+(launcher|dlrm)(\.\w+)*\s+import\b|\bimport\s+([\w.]+\s*,\s*)*(launcher|dlrm)\b")
+
+
+def test_no_inline_python_imports_project_code_in_scripts():
+    """Shell scripts and the Makefile call Python files for project facts (images/image_facts.py),
+    never `python -c "from launcher..."`: inline code escapes ruff and the resolver above."""
+    scripts = _repo_files("*.sh", "Makefile", "*/Makefile", ".ci/*")
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in scripts
+             for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if INLINE_PROJECT_IMPORT.search(line)]
+    assert not found, "\n".join(found)
