@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the CPU path, even where a GPU is visible
+# One OpenMP thread per process, for the workers and every trainer they start: the suite runs several
+# processes per core, where OpenMP threads spin-waiting for each other burn CPU the other tests need.
+# (Tests of what a pod prints unset it: torchrun warns when it is unset, as in a real pod.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # export compiles in-process: no pool of workers to start
 
 
 @pytest.fixture

@@ -264,22 +264,10 @@ def test_predict_refuses_a_changed_package(export1, dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_dcn_checkpoint_parity(dataset, tmp_path):
-    """DLRM-DCNv2 (interaction=dcn: low-rank cross layers) exports and scores like the trainer."""
-    run = tmp_path / "run"
-    train(load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=overrides(
-        dataset, run, **{"model.interaction": "dcn", "model.dcn_num_layers": 2, "model.dcn_low_rank_dim": 4})))
-    out = tmp_path / "model"
-    manifest = export(str(run / "checkpoints"), out, log=lambda m: None)
-    assert manifest["model"]["interaction"] == "dcn"
-    program = torch.export.load(str(out / "program.pt2"))
-    assert any("crossnet" in k for k in program.state_dict)
-    assert_parity(run / "checkpoints", out, dataset, tmp_path)
-
-
-@pytest.mark.slow
 def test_multi_hot_dcn_checkpoint_parity(tmp_path):
-    """Multi-hot features (sum-pooled, one padded with -1) under DCNv2: MLPerf's model shape, tiny."""
+    """DLRM-DCNv2 (interaction=dcn: low-rank cross layers) on multi-hot features (sum-pooled, one
+    padded with -1), MLPerf's model shape, tiny, exports and scores like the trainer. (One-hot DCN is
+    no separate case: the export sees the same cross layers, and one-hot features are export1's.)"""
     data = tmp_path / "ds"
     make_dataset(data, rows=2100, test_rows=1000, hotness=[3, 1, 4, 2, 5], padded=[False, False, True, False, False])
     run = tmp_path / "run"
@@ -287,6 +275,8 @@ def test_multi_hot_dcn_checkpoint_parity(tmp_path):
         data, run, **{"model.interaction": "dcn", "model.dcn_num_layers": 2, "model.dcn_low_rank_dim": 4})))
     out = tmp_path / "model"
     manifest = export(str(run / "checkpoints"), out, triton=True, log=lambda m: None)
+    assert manifest["model"]["interaction"] == "dcn"
+    assert any("crossnet" in k for k in torch.export.load(str(out / "program.pt2")).state_dict)
     assert manifest["inputs"][1]["shape"] == [-1, 15] and manifest["model"]["padded"] == ["cat_2.bin"]
     assert "dims: [ 15 ]" in (out / "triton/dlrm/config.pbtxt").read_text()
     assert FeatureSpec.load(out / "feature_spec.yaml").hotness == {"cat_0.bin": 3, "cat_2.bin": 4, "cat_3.bin": 2,

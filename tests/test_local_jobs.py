@@ -241,9 +241,10 @@ def test_a_two_node_job_killed_and_rerun_under_the_same_name_finishes(tmp_path, 
     from launcher.cli_render import add_job_arguments, plan_from_args
 
     data = tmp_path / "data"
-    assert dlrm_main(["synth", "--out", str(data), "--rows", "20000", "--tables", "small", "--seed", "1"]) == 0
+    # 6000 rows: 12 steps an epoch on 2 ranks; the kill lands after step 5 with ~30 steps to go
+    assert dlrm_main(["synth", "--out", str(data), "--rows", "6000", "--tables", "small", "--seed", "1"]) == 0
     flags = ["--profile", "synthetic-smoke", "--nodes", "2", "--gpus", "1", "--set", f"dataset={data}",
-             "--set", "train.max_steps=0", "--set", "train.epochs=3", "--set", "train.checkpoint_every=20",
+             "--set", "train.max_steps=0", "--set", "train.epochs=3", "--set", "train.checkpoint_every=5",
              "--set", "train.dist.collective_timeout_s=120"]
     if layout == "claim":
         flags += ["--set", "storage.output_claim=runs", "--set", "cluster.backoff_limit=1"]

@@ -23,11 +23,16 @@ SAME = ("rows", "lines", "cardinalities", "bad_lines", "clamped_values", "train_
         "vocabulary_days")
 
 
+# A JVM that lives for a minute of small jobs: the quick (C1) JIT only, and one GC thread. The
+# C2 compiler's CPU would never pay back here, on a machine where the other tests need the cores.
+SHORT_JVM = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+
+
 @pytest.fixture(scope="session")
 def spark():
     from dlrm.preprocess.spark import session
 
-    s = session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+    s = session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", **SHORT_JVM})
     yield s
     s.stop()
 
