@@ -34,9 +34,10 @@ from s3_fixtures import s3_bucket, s3_endpoint, s3_env  # noqa: E402,F401
 # built once, not once per worker; every other test goes wherever a core is free.
 ONE_WORKER_MODULES = {"test_export", "test_dist_train", "test_preprocess", "test_preprocess_spark", "test_faults",
                       "test_faults_checkpoints", "test_checkpoint_verify", "test_train", "test_synth", "test_runlog",
-                      "test_validate"}
+                      "test_validate", "test_suite"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rpartition(".")[2]
