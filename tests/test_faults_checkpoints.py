@@ -83,9 +83,17 @@ def test_killed_then_damaged_newest_checkpoint_resumes_from_the_previous(tmp_pat
 
 def test_two_trainers_on_one_run_folder(tmp_path, dataset):
     run = tmp_path / "run"
-    first = trainer(dataset, run, "--set", "epochs=3", "--set", "log_every=1")
+    # The first trainer parks before step 12 (for up to 20 s) so it still holds the folder when the
+    # second one checks: on a loaded machine its 24 steps could otherwise end before the second starts.
+    first = trainer(dataset, run, "--set", "epochs=3", "--set", "log_every=1",
+                    env={faulty_trainer.HANG_AT: "12", faulty_trainer.HANG_RANK: "0", faulty_trainer.HANG_S: "20"})
+
+    def parked() -> bool:
+        metrics = run / "metrics.jsonl"
+        return metrics.exists() and '"step": 11,' in metrics.read_text()
+
     try:
-        wait_for(lambda: (run / LOCK).exists() or first.poll() is not None, "the first trainer's lock")
+        wait_for(lambda: ((run / LOCK).exists() and parked()) or first.poll() is not None, "the first trainer's lock")
         # a schedule that fits 24 steps: else its warning is a second stderr line before the error
         second = trainer(dataset, run, "--set", "epochs=3", "--set", "optim.warmup_steps=1",
                          "--set", "optim.decay_start_step=14", "--set", "optim.decay_steps=10")
