@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -175,7 +174,7 @@ def _top_level_names(path: Path) -> set[str] | None:
     return names
 
 
-def unresolved_imports(path: Path) -> list[str]:
+def unresolved_imports(path: Path, root: Path = ROOT) -> list[str]:
     """`file:line: what` for each project import (any depth, functions included) that names a module
     that does not exist or a name the module does not define."""
     bad = []
@@ -189,7 +188,7 @@ def unresolved_imports(path: Path) -> list[str]:
         for module, name in wanted:
             if module.split(".")[0] not in PROJECT:
                 continue
-            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            where = f"{path.relative_to(root)}:{node.lineno}"
             file = _module_file(module)
             if file is None:
                 bad.append(f"{where}: no module {module}")
@@ -201,15 +200,11 @@ def unresolved_imports(path: Path) -> list[str]:
 
 
 def test_the_import_resolver_sees_missing_modules_and_names(tmp_path):
-    f = ROOT / "tests" / f"_resolver_probe_{os.getpid()}.py"
+    f = tmp_path / "probe.py"
     f.write_text("from launcher.plan import JobPlan, load_plan_file\nimport dlrm.no_such\n"
                  "def g():\n    from launcher import decode, nope\n    from launcher.decode import load_plan_file\n")
-    try:
-        found = unresolved_imports(f)
-    finally:
-        f.unlink()
-    assert [b.split(": ", 1)[1] for b in found] == ["launcher.plan has no load_plan_file", "no module dlrm.no_such",
-                                                    "launcher has no nope"]
+    assert [b.split(": ", 1)[1] for b in unresolved_imports(f, tmp_path)] == [
+        "launcher.plan has no load_plan_file", "no module dlrm.no_such", "launcher has no nope"]
 
 
 def test_every_project_import_resolves():
