@@ -1,6 +1,7 @@
-"""A fork server that runs `python -m dlrm|launcher ...` commands for the bad-input table.
+"""A fork server that runs `python -m dlrm|launcher ...` commands: the bad-input table's rows and the
+ranks of tests/test_dist_train.py's jobs.
 
-Why: the table has ~200 rows, each a fresh interpreter that spends ~1.7 s of CPU importing torch
+Why: the bad-input table has ~200 rows, each a fresh interpreter that spends ~1.7 s of CPU importing torch
 before the command even parses its flags: minutes of a 2-core machine. This server imports the
 heavy libraries and the CLIs' modules once, then forks one child per command. The child is what a
 subprocess would be: its own process group, cwd, environment, RLIMIT_FSIZE, stdin from /dev/null,
@@ -12,7 +13,9 @@ list below holds only modules that read no environment at import (launcher.k8s, 
 DLRM_K8S_CONNECT_TIMEOUT, is left to each child). FORKRUN=0 runs real subprocesses instead.
 
 Protocol (one JSON object a line, on stdin/stdout): {argv, cwd, env, stdout, stderr, fsize, timeout}
--> {rc, timed_out}. Used through ForkRunner below.
+-> {rc, timed_out}; or {group: [such requests], timeout, grace} -> {rcs, timed_out}, the processes of
+one job started at once (the ranks of a distributed run, tests/test_dist_train.py). Used through
+ForkRunner below.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-PRELOAD = ["numpy", "torch", "yaml", "jinja2", "boto3", "botocore.session", "jsonschema",
+# torch._dynamo too: torch imports it lazily, at the first optimizer or DDP a trainer builds (~1.5 CPU-s)
+PRELOAD = ["numpy", "torch", "torch._dynamo", "yaml", "jinja2", "boto3", "botocore.session", "jsonschema",
            "dlrm.cli", "dlrm.config", "dlrm.training.train", "dlrm.training.evaluate", "dlrm.data.synth",
            "dlrm.dist.plan_cli", "launcher.cli_render", "launcher.run_local", "launcher.data.cli"]
 
@@ -87,6 +91,9 @@ def serve() -> None:
     out.flush()
     for line in sys.stdin:
         req = json.loads(line)
+        if "group" in req:
+            _serve_group(req, out)
+            continue
         pid = os.fork()
         if pid == 0:
             _child(req)
@@ -107,6 +114,43 @@ def serve() -> None:
             time.sleep(0.02)
         out.write(json.dumps({"rc": os.waitstatus_to_exitcode(status), "timed_out": timed_out}) + "\n")
         out.flush()
+
+
+def _serve_group(req: dict, out) -> None:
+    """Start every member at once (the ranks of one job) and wait for all of them. As torchrun does,
+    a member that fails takes the others down: they would otherwise wait in a collective for their
+    peer until the timeout. Replies {rcs, timed_out}."""
+    import signal
+
+    pids = []
+    for member in req["group"]:
+        pid = os.fork()
+        if pid == 0:
+            _child(member)
+        pids.append(pid)
+    rcs: list[int | None] = [None] * len(pids)
+    deadline, stop_at, timed_out = time.monotonic() + req["timeout"], None, False
+    while None in rcs:
+        for i, pid in enumerate(pids):
+            if rcs[i] is None:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    rcs[i] = os.waitstatus_to_exitcode(status)
+                    if rcs[i] != 0 and stop_at is None:
+                        stop_at = time.monotonic() + req.get("grace", 5.0)
+        now = time.monotonic()
+        if None in rcs and (now > deadline or (stop_at is not None and now > stop_at)):
+            timed_out = now > deadline
+            for i, pid in enumerate(pids):
+                if rcs[i] is None:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    rcs[i] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        time.sleep(0.02)
+    out.write(json.dumps({"rcs": rcs, "timed_out": timed_out}) + "\n")
+    out.flush()
 
 
 @dataclass
@@ -142,6 +186,28 @@ class ForkRunner:
         if reply["timed_out"]:
             raise subprocess.TimeoutExpired(argv, timeout, output=texts[0], stderr=texts[1])
         return subprocess.CompletedProcess(argv, reply["rc"], texts[0], texts[1])
+
+    def run_group(self, members: list[tuple[list[str], dict]], cwd, timeout: float,
+                  grace: float = 5.0) -> list[subprocess.CompletedProcess]:
+        """Run (argv, env) members at once, as the processes of one job; one CompletedProcess each.
+        A member that fails stops the rest after `grace` seconds; past `timeout`, TimeoutExpired."""
+        reqs = [{"argv": argv, "cwd": str(cwd), "env": env, "fsize": None,
+                 "stdout": os.path.join(self.capture, f"{i}.stdout"), "stderr": os.path.join(self.capture, f"{i}.stderr")}
+                for i, (argv, env) in enumerate(members)]
+        self.proc.stdin.write(json.dumps({"group": reqs, "timeout": timeout, "grace": grace}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        results = []
+        for req, rc in zip(reqs, reply["rcs"]):
+            texts = []
+            for path in (req["stdout"], req["stderr"]):
+                with open(path, errors="replace") as fh:
+                    texts.append(fh.read())
+                os.unlink(path)
+            results.append(subprocess.CompletedProcess(req["argv"], rc, texts[0], texts[1]))
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(members[0][0], timeout, output="".join(r.stdout + r.stderr for r in results))
+        return results
 
     def close(self) -> None:
         if self.proc is not None:

@@ -1,8 +1,16 @@
-"""Hybrid-parallel training under torchrun (gloo, CPU, tiny dims) against one process.
+"""Hybrid-parallel training (gloo, CPU, tiny dims) against one process.
 
-Same seed and data: W = 2 and 4 ranks, table-wise and row-wise, and 2 nodes x 2 processes follow
-the single-process losses within 1e-5 relative for 20 steps, end with the same weights, and
+Same seed and data: W = 2, 3 and 4 ranks, table-wise, row-wise and mixed, and 2 nodes x 2 processes
+follow the single-process losses within 1e-5 relative for 20 steps, end with the same weights, and
 evaluate the same exact AUC; checkpoints saved at one world size resume at another.
+
+How the ranks start: the 2-node runs as in a pod, two torchrun agents that rendezvous. The one-node
+runs as `python -m dlrm train` processes given torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
+LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), forked from a server that imported torch once
+(tests/forkrun.py): what they check is the numerics of W ranks, and an agent (~2 CPU-s) and a fresh
+interpreter per rank (~3.5 CPU-s: torch, then torch._dynamo at the first optimizer) were three
+quarters of this module's CPU (263 -> 65 CPU-s). torchrun itself is tested here by the 2-node runs
+and by every run-local, fault and lifecycle test.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from dlrm.io.checkpoint import whole_tables
 from dlrm.config import TrainConfig, load_config
 from dlrm.training.train import BUILTIN_CONFIGS, train
 from datasets import make_dataset
+from forkrun import ForkRunner
 from launcher.procs import free_port
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -47,13 +56,32 @@ def env() -> dict:
                 GLOO_SOCKET_IFNAME="lo")
 
 
-def torchrun(nproc: int, args: list[str], nnodes: int = 1, node_rank: int = 0, port: int | None = None,
-             wait: bool = True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--node_rank={node_rank}",
-           f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1", f"--master_port={port or free_port()}",
+@pytest.fixture(scope="session")
+def forked():
+    server = ForkRunner().start(env())
+    yield server
+    server.close()
+
+
+def ranks(forked: ForkRunner, nproc: int, args: list[str]) -> str:
+    """`python -m dlrm train` as `nproc` ranks of one node, each with the environment torchrun gives
+    its workers; rank 0's output first, then the others' (torchrun interleaves them)."""
+    cmd = [sys.executable, "-m", "dlrm", "train", "--config", "tiny", *[a for o in args for a in ("--set", o)]]
+    port = str(free_port())
+    members = [(cmd, dict(env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for r in range(nproc)]
+    results = forked.run_group(members, cwd=ROOT, timeout=400)
+    log = "".join(r.stdout + r.stderr for r in results)
+    assert all(r.returncode == 0 for r in results), ([r.returncode for r in results], log[-12000:])
+    return log
+
+
+def torchrun_node(node_rank: int, port: int, args: list[str]) -> subprocess.Popen:
+    """One of 2 nodes of 2 processes: a torchrun agent, as a pod starts it; `finish` waits for it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node_rank}",
+           "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
            "-m", "dlrm", "train", "--config", "tiny", *[a for o in args for a in ("--set", o)]]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return finish(proc) if wait else proc
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc) -> str:
@@ -103,20 +131,20 @@ def baseline(dataset, tmp_path_factory):
 
 
 @pytest.mark.parametrize("world,sharding", [(2, "table"), (4, "table"), (2, "row"), (4, "row")])
-def test_ranks_follow_single_process(dataset, baseline, tmp_path, world, sharding):
+def test_ranks_follow_single_process(dataset, baseline, forked, tmp_path, world, sharding):
     out = tmp_path / "run"
-    log = torchrun(world, overrides(dataset, out, **{"dist.sharding": sharding}))
+    log = ranks(forked, world, overrides(dataset, out, **{"dist.sharding": sharding}))
     assert "plan: 5 tables" in log and f"{world} ranks" in log
     if sharding == "row":
         assert "row-wise tables: cat_0.bin, cat_1.bin, cat_2.bin, cat_3.bin, cat_4.bin" in log
     assert_same_run(baseline, out)
 
 
-def test_mixed_plan_row_wise_largest_table(dataset, baseline, tmp_path):
+def test_mixed_plan_row_wise_largest_table(dataset, baseline, forked, tmp_path):
     # a budget that fits the 1000-row table only when split: row-wise for it, table-wise for the rest
     # (58796 B = 50 KiB of tables and all-to-all buffers + 7596 B of replicated dense arches)
     out = tmp_path / "run"
-    log = torchrun(3, overrides(dataset, out, **{"dist.device_memory": "58796"}))
+    log = ranks(forked, 3, overrides(dataset, out, **{"dist.device_memory": "58796"}))
     assert "row-wise tables: cat_4.bin\n" in log, log
     assert_same_run(baseline, out)
 
@@ -124,20 +152,20 @@ def test_mixed_plan_row_wise_largest_table(dataset, baseline, tmp_path):
 def test_two_nodes_of_two_processes(dataset, baseline, tmp_path):
     out, port = tmp_path / "run", free_port()
     args = overrides(dataset, out, **{"dist.sharding": "row"})
-    nodes = [torchrun(2, args, nnodes=2, node_rank=r, port=port, wait=False) for r in (0, 1)]
+    nodes = [torchrun_node(r, port, args) for r in (0, 1)]
     logs = [finish(p) for p in nodes]
     assert "4 ranks" in logs[0]
     assert_same_run(baseline, out)
 
 
 @pytest.mark.parametrize("first,load_at,train_at", [(4, 1, 2), (1, 2, 4)])
-def test_checkpoint_resumes_at_another_world_size(dataset, baseline, tmp_path, first, load_at, train_at):
+def test_checkpoint_resumes_at_another_world_size(dataset, baseline, forked, tmp_path, first, load_at, train_at):
     """Save at step 10 with `first` ranks. Load at `load_at` ranks: the same exact AUC on load. Train
     on from it at `train_at` ranks to step 20: the tail of the uninterrupted single-process run's
     losses, which needs every resharded row and optimizer state right (so no load-only run at
     `train_at` too: one more job, checking less)."""
     def run(world: int, args: list[str]) -> None:
-        torchrun(world, args) if world > 1 else single(args)
+        ranks(forked, world, args) if world > 1 else single(args)
 
     def resuming(name: str) -> Path:
         out = tmp_path / name
@@ -178,25 +206,26 @@ def multi_hot_baseline(multi_hot_dataset, tmp_path_factory):
 
 
 @pytest.mark.parametrize("world,sharding", [(2, "table"), (4, "table"), (2, "row"), (4, "row")])
-def test_dcn_multi_hot_ranks_follow_single_process(multi_hot_dataset, multi_hot_baseline, tmp_path, world, sharding):
+def test_dcn_multi_hot_ranks_follow_single_process(multi_hot_dataset, multi_hot_baseline, forked, tmp_path, world,
+                                                   sharding):
     out = tmp_path / "run"
-    log = torchrun(world, overrides(multi_hot_dataset, out, **DCN, **{"dist.sharding": sharding}))
+    log = ranks(forked, world, overrides(multi_hot_dataset, out, **DCN, **{"dist.sharding": sharding}))
     assert "multi-hot: 15 ids per row over 5 tables (hotness 3,1,4,2,5)" in log, log
     assert_same_run(multi_hot_baseline, out)
 
 
-def test_dcn_multi_hot_two_nodes_and_resume_at_another_world_size(multi_hot_dataset, multi_hot_baseline, tmp_path):
+def test_dcn_multi_hot_two_nodes_and_resume_at_another_world_size(multi_hot_dataset, multi_hot_baseline, forked, tmp_path):
     """2 nodes x 2 processes follow the one-process run; their step-10 checkpoint resumes on 2 ranks
     and the run goes on as the uninterrupted one."""
     out, port = tmp_path / "run", free_port()
     args = overrides(multi_hot_dataset, out, **DCN, **{"dist.sharding": "row", "checkpoint_every": 10,
                                                       "checkpoint_keep": 0})
-    nodes = [torchrun(2, args, nnodes=2, node_rank=r, port=port, wait=False) for r in (0, 1)]
+    nodes = [torchrun_node(r, port, args) for r in (0, 1)]
     logs = [finish(p) for p in nodes]
     assert "4 ranks" in logs[0]
     assert_same_run(multi_hot_baseline, out)
     cont = tmp_path / "cont"
     shutil.copytree(out / "checkpoints" / "ckpt-000000010", cont / "checkpoints" / "ckpt-000000010")
-    torchrun(2, overrides(multi_hot_dataset, cont, **DCN, resume="true", checkpoint_keep=0))
+    ranks(forked, 2, overrides(multi_hot_dataset, cont, **DCN, resume="true", checkpoint_keep=0))
     assert torch.allclose(torch.tensor(losses(cont)), torch.tensor(losses(multi_hot_baseline)[10:]), rtol=1e-5, atol=0)
     assert abs(summary(cont)["auc"] - summary(multi_hot_baseline)["auc"]) < 1e-4

@@ -23,6 +23,7 @@ import torch
 import torch._inductor
 
 from datasets import make_dataset
+from test_dist_train import forked, ranks  # noqa: F401 (forked: the fork server fixture, used by name)
 from dlrm.serving import folder as serving
 from dlrm.io.checkpoint import Piece, latest_checkpoint, load_checkpoint
 from dlrm.config import TrainConfig, from_dict, load_config
@@ -188,11 +189,9 @@ def test_fp16_tables(run1, dataset, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_four_rank_checkpoint_parity(dataset, tmp_path):
-    from test_dist_train import torchrun
-
+def test_four_rank_checkpoint_parity(dataset, forked, tmp_path):
     run = tmp_path / "run"
-    torchrun(4, overrides(dataset, run, **{"dist.sharding": "row"}))  # every table split over the 4 ranks
+    ranks(forked, 4, overrides(dataset, run, **{"dist.sharding": "row"}))  # every table split over the 4 ranks
     meta = json.loads((run / "checkpoints/ckpt-000000020/metadata.json").read_text())
     holders = {}
     for fname, pieces in meta["files"].items():
