@@ -3,11 +3,13 @@
 
 FAULT_HANG_AT_STEP=N makes rank FAULT_HANG_RANK (default 1) stop participating before step N for
 FAULT_HANG_S seconds (default 1 h), as a hung peer would: the rest of the job blocks in its next
-collective. The variables are the test's; the product reads none of them.
+collective. SIGUSR1 ends the hang early (a test that has seen what it waited for need not sit out
+the rest). The variables and the signal are the test's; the product reads none of them.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,16 +18,35 @@ HANG_AT, HANG_RANK, HANG_S = "FAULT_HANG_AT_STEP", "FAULT_HANG_RANK", "FAULT_HAN
 SCRIPT = str(Path(__file__).resolve())
 
 
+class _Released(Exception):
+    """Raised by the SIGUSR1 handler into a parked rank's sleep."""
+
+
 def install() -> None:
     from dlrm.training.train import Trainer
 
     hang_at, hang_rank = int(os.environ.get(HANG_AT) or 0), int(os.environ.get(HANG_RANK) or 1)
     real_step = Trainer.train_step
+    state = {"parked": False, "released": False}
+
+    def release(signum, frame):
+        state["released"] = True
+        if state["parked"]:  # raise only inside the park's try: anywhere else it would kill the trainer
+            raise _Released
+
+    signal.signal(signal.SIGUSR1, release)
 
     def train_step(self, batch):
         if self.step + 1 == hang_at and self.runtime.rank == hang_rank:
             print(f"test hook: rank {self.runtime.rank} hangs before step {hang_at}", flush=True)
-            time.sleep(float(os.environ.get(HANG_S) or 3600))
+            try:
+                state["parked"] = True
+                if not state["released"]:
+                    time.sleep(float(os.environ.get(HANG_S) or 3600))
+            except _Released:
+                pass
+            finally:
+                state["parked"] = False
         return real_step(self, batch)
 
     Trainer.train_step = train_step
