@@ -55,7 +55,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # The suite starts hundreds of Python processes that load the dlrm/ and launcher/ modules. Where
-# PYTHONDONTWRITEBYTECODE is set (this machine sets it) none of them caches its bytecode, so
+# PYTHONDONTWRITEBYTECODE is set (containers often set it) none of them caches its bytecode, so
 # each would compile the sources again (~0.2 CPU-s a process): compile them once, up front.
 # compileall skips what is current, and __pycache__/ is git-ignored.
 bytecode: setup

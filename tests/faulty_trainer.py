@@ -11,42 +11,25 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 HANG_AT, HANG_RANK, HANG_S = "FAULT_HANG_AT_STEP", "FAULT_HANG_RANK", "FAULT_HANG_S"
 SCRIPT = str(Path(__file__).resolve())
 
 
-class _Released(Exception):
-    """Raised by the SIGUSR1 handler into a parked rank's sleep."""
-
-
 def install() -> None:
+    # SIGUSR1 is blocked before `import torch` starts any thread (threads inherit the mask), so one
+    # sent at any time waits, pending, for the park below to take it: no handler, no race.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     from dlrm.training.train import Trainer
 
     hang_at, hang_rank = int(os.environ.get(HANG_AT) or 0), int(os.environ.get(HANG_RANK) or 1)
     real_step = Trainer.train_step
-    state = {"parked": False, "released": False}
-
-    def release(signum, frame):
-        state["released"] = True
-        if state["parked"]:  # raise only inside the park's try: anywhere else it would kill the trainer
-            raise _Released
-
-    signal.signal(signal.SIGUSR1, release)
 
     def train_step(self, batch):
         if self.step + 1 == hang_at and self.runtime.rank == hang_rank:
             print(f"test hook: rank {self.runtime.rank} hangs before step {hang_at}", flush=True)
-            try:
-                state["parked"] = True
-                if not state["released"]:
-                    time.sleep(float(os.environ.get(HANG_S) or 3600))
-            except _Released:
-                pass
-            finally:
-                state["parked"] = False
+            signal.sigtimedwait({signal.SIGUSR1}, float(os.environ.get(HANG_S) or 3600))
         return real_step(self, batch)
 
     Trainer.train_step = train_step

@@ -98,8 +98,7 @@ def test_two_trainers_on_one_run_folder(tmp_path, dataset):
         second = trainer(dataset, run, "--set", "epochs=3", "--set", "optim.warmup_steps=1",
                          "--set", "optim.decay_start_step=14", "--set", "optim.decay_steps=10")
         out2, err2 = second.communicate(timeout=120)
-        if first.poll() is None:
-            first.send_signal(signal.SIGUSR1)  # seen: end the park instead of sitting out its 20 s
+        first.send_signal(signal.SIGUSR1)  # seen: end the park instead of sitting out its 20 s (a no-op once it exited)
         out1, err1 = first.communicate(timeout=300)
     finally:
         first.kill()
