@@ -33,7 +33,8 @@ def s3_env(cfg) -> list[EnvVar]:
 
 def job_env(cfg, git_revision: str) -> list[EnvVar]:
     """The job's identity, which the trainer writes into its run record (run.json, dlrm.training.runlog.JOB_ENV)."""
-    values = {"name": cfg.name, "config_sha256": config_sha256(cfg), "git_revision": git_revision, "image": cfg.image}
+    values = {"name": cfg.name, "config_sha256": config_sha256(cfg), "git_revision": git_revision, "image": cfg.image,
+              "dataset": cfg.dataset}  # the job's dataset, not the pods' mount: part of the run's identity
     return [EnvVar(JOB_ENV[k], v) for k, v in values.items()]
 
 

@@ -16,6 +16,7 @@ from launcher import command as cmd
 from launcher.config import load_job_config
 from launcher.encode import MANIFESTS_DIR
 from launcher.render import render_objects, to_yaml
+from launcher.run_identity import run_id
 
 GOLDEN = Path(__file__).with_name("golden")
 REV = "0123456789abcdef"
@@ -135,9 +136,9 @@ def test_training_container():
     assert f"data.dataset={cmd.DATASET_MOUNT}" in args and "out=s3://dlrm-runs/dlrm-criteo-fl15" in args
     assert meta["annotations"][cmd.OUTPUT_ANNOTATION] == "s3://dlrm-runs/dlrm-criteo-fl15"
     # a restart continues this job's own run (its run id), never one it was not asked to (no --resume)
-    sha = meta["annotations"]["dlrm-k8s.io/config-sha256"]
-    assert "--resume" not in args and f"run_id=dlrm-criteo-fl15-{sha[:12]}" in args
+    assert "--resume" not in args and f"run_id={run_id(load_job_config('criteo-fl15', overrides={'nodes': 2}))}" in args
     env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["DLRM_JOB_DATASET"] == "s3://dlrm-datasets/criteo-1tb/fl15"  # the job's, for run.json
     assert env["DLRM_JOB_NAME"] == "dlrm-criteo-fl15" and env["DLRM_GIT_REVISION"] == REV
     assert env["DLRM_JOB_CONFIG_SHA256"] == meta["annotations"]["dlrm-k8s.io/config-sha256"]
     assert env["DLRM_IMAGE"] == c["image"]

@@ -1,5 +1,6 @@
-"""Run identity, launcher side (issue 19): every job renders its run id (<name>-<12 hex of its config
-hash>, pure), --resume only when asked, and a profile's default output follows the job's name."""
+"""Run identity, launcher side (issues 19, 28): every job renders its run id (<name>-<12 hex of its
+identity's hash>, pure), which every config field is classified into or out of (placement is out),
+--resume only when asked, and a profile's default output follows the job's name."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,9 @@ import pytest
 import yaml
 
 from launcher.cli_render import add_job_arguments, plan_from_args
-from launcher.config import load_job_config
-from launcher.run_identity import config_sha256, run_id
+from dlrm.training.runlog import JOB_ENV
+from launcher.config import JobConfig, load_job_config
+from launcher.run_identity import IDENTITY, NOT_IDENTITY, covers, identity, identity_sha256, leaves, run_id
 
 
 def rendered(*flags: str) -> tuple[dict, list[str], dict]:
@@ -28,16 +30,55 @@ def arg(command: list[str], key: str) -> str:
     return value
 
 
-def test_run_id_is_the_name_and_the_config_hash_and_pure():
+def test_every_config_field_is_classified_exactly_once():
+    """A field added to JobConfig (or TrainConfig) fails here until IDENTITY or NOT_IDENTITY names it."""
+    paths = [path for path, _ in leaves(JobConfig())]
+    unclassified = [p for p in paths if not any(covers(e, p) for e in IDENTITY + NOT_IDENTITY)]
+    twice = [p for p in paths if sum(covers(e, p) for e in IDENTITY + NOT_IDENTITY) > 1]
+    stale = [e for e in IDENTITY + NOT_IDENTITY if not any(covers(e, p) for p in paths)]
+    assert (unclassified, twice, stale) == ([], [], [])
+    assert len(paths) > 90 and "train.data.batch_size" in identity(JobConfig())
+
+
+def test_the_job_level_identity_reaches_the_run_record():
+    """What render compares with a run's output: train.* from its config.yaml, the rest from run.json's job."""
+    assert [e for e in IDENTITY if not e.startswith("train.") and e not in JOB_ENV] == []
+
+
+def test_run_id_is_the_name_and_the_identity_hash_and_pure():
     a, b = load_job_config("criteo-fl15"), load_job_config("criteo-fl15")
-    assert run_id(a) == run_id(b) == f"dlrm-criteo-fl15-{config_sha256(a)[:12]}"
-    assert run_id(load_job_config("criteo-fl15", overrides=["train.epochs=2"])) != run_id(a)  # another run
+    assert run_id(a) == run_id(b) == f"dlrm-criteo-fl15-{identity_sha256(a)[:12]}"
     assert run_id(load_job_config("criteo-fl15", overrides={"name": "exp-b"})).startswith("exp-b-")
+
+
+BASE = {"nodes": 1, "gpus_per_node": 2}
+
+
+@pytest.mark.parametrize("change", [
+    {"nodes": 2, "gpus_per_node": 1}, {"nodes": 4, "gpus_per_node": 8}, {"image": "reg.io/dlrm:2@sha256:" + "a" * 64},
+    {"namespace": "team-b", "api": "trainjob"}, {"resources": {"memory_per_gpu": "40Gi"}},
+    {"cluster": {"efa": 4, "gpu_product": "NVIDIA-A100"}}, {"scheduling": {"gang": "kueue", "queue": "q"}},
+    {"storage": {"mode": "mount"}}, {"train": {"dist": {"sharding": "row"}, "log_every": 7, "checkpoint_every": 50,
+                                               "data": {"eval_batch_size": 1024, "prefetch": 4}, "compile": True}},
+])
+def test_placement_and_cadence_keep_the_run(change):
+    base = load_job_config("criteo-fl15", overrides=BASE)
+    assert run_id(load_job_config("criteo-fl15", overrides={**BASE, **change})) == run_id(base)
+
+
+@pytest.mark.parametrize("change", [
+    {"train": {"seed": 1}}, {"train": {"data": {"batch_size": 32768}}}, {"train": {"optim": {"lr": 12.0}}},
+    {"train": {"model": {"top_mlp": [512, 256]}}}, {"train": {"epochs": 2}}, {"train": {"amp": "none"}},
+    {"dataset": "s3://dlrm-datasets/criteo-1tb/fl3"}, {"name": "exp-b"},
+])
+def test_what_the_experiment_is_makes_another_run(change):
+    base = load_job_config("criteo-fl15", overrides=BASE)
+    assert run_id(load_job_config("criteo-fl15", overrides={**BASE, **change})) != run_id(base)
 
 
 def test_the_job_renders_its_run_id_and_no_resume():
     annotations, command, train = rendered()
-    assert arg(command, "run_id") == f"dlrm-criteo-fl15-{annotations['dlrm-k8s.io/config-sha256'][:12]}"
+    assert arg(command, "run_id") == run_id(load_job_config("criteo-fl15"))
     assert "--resume" not in command and train["resume"] is False and train["run_id"] == ""
 
 
@@ -45,7 +86,7 @@ def test_resume_is_passed_only_when_asked():
     _, plain, _ = rendered()
     _, command, train = rendered("--resume")
     assert "--resume" in command and train["resume"] is True
-    assert arg(command, "run_id") != arg(plain, "run_id")  # the config differs: so does its run
+    assert arg(command, "run_id") == arg(plain, "run_id")  # asking to continue is no other experiment
 
 
 def test_another_name_never_writes_into_the_profiles_run_output():
@@ -85,6 +126,5 @@ def test_status_finds_a_cluster_jobs_run_id_in_its_command():
     for api in ("pytorchjob", "trainjob"):
         job = next(o for o in plan_from_args(p.parse_args(["--profile", "criteo-fl15", "--api", api])).objects
                    if o["kind"] in ("PyTorchJob", "TrainJob"))
-        sha = job["metadata"]["annotations"]["dlrm-k8s.io/config-sha256"]
-        assert run_id_of_job(job) == f"dlrm-criteo-fl15-{sha[:12]}", api
+        assert run_id_of_job(job) == run_id(load_job_config("criteo-fl15")), api
     assert run_id_of_job({"spec": {"x": ["--set", "out=/o"]}}) == ""

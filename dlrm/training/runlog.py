@@ -50,7 +50,7 @@ from dlrm.training import progress
 
 # Set by the launcher in the training container (launcher/render.py): the job's identity, for run.json.
 JOB_ENV = {"name": "DLRM_JOB_NAME", "config_sha256": "DLRM_JOB_CONFIG_SHA256",
-           "git_revision": "DLRM_GIT_REVISION", "image": "DLRM_IMAGE"}
+           "git_revision": "DLRM_GIT_REVISION", "image": "DLRM_IMAGE", "dataset": "DLRM_JOB_DATASET"}
 # Files of a run's output, relative to `out` (launcher/results.py fetches these).
 CONFIG, RECORD, METRICS, PLOT, TENSORBOARD, MODEL_DIR = (
     "config.yaml", "run.json", "metrics.jsonl", "metrics.png", "tensorboard", "model")
