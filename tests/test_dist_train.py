@@ -63,13 +63,14 @@ def forked():
     server.close()
 
 
-def ranks(forked: ForkRunner, nproc: int, args: list[str]) -> str:
-    """`python -m dlrm train` as `nproc` ranks of one node, each with the environment torchrun gives
-    its workers; rank 0's output first, then the others' (torchrun interleaves them)."""
+def ranks(forked: ForkRunner, nproc: int, args: list[str], per_node: int = 0) -> str:
+    """`python -m dlrm train` as `nproc` ranks, `per_node` to a node (default: all on one), each with
+    the environment torchrun gives its workers; rank 0's output first, then the others' (torchrun
+    interleaves them)."""
     cmd = [sys.executable, "-m", "dlrm", "train", "--config", "tiny", *[a for o in args for a in ("--set", o)]]
-    port = str(free_port())
-    members = [(cmd, dict(env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for r in range(nproc)]
+    port, per_node = str(free_port()), per_node or nproc
+    members = [(cmd, dict(env(), RANK=str(r), LOCAL_RANK=str(r % per_node), WORLD_SIZE=str(nproc),
+                          LOCAL_WORLD_SIZE=str(per_node), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for r in range(nproc)]
     results = forked.run_group(members, cwd=ROOT, timeout=400)
     log = "".join(r.stdout + r.stderr for r in results)
     assert all(r.returncode == 0 for r in results), ([r.returncode for r in results], log[-12000:])
@@ -182,6 +183,23 @@ def test_checkpoint_resumes_at_another_world_size(dataset, baseline, forked, tmp
     run(train_at, overrides(dataset, cont, resume="true", checkpoint_keep=0))
     assert torch.allclose(torch.tensor(losses(cont)), torch.tensor(losses(baseline)[10:]), rtol=1e-5, atol=0)
     assert abs(summary(cont)["auc"] - summary(baseline)["auc"]) < 1e-4
+
+
+def test_a_resized_job_continues_its_run(dataset, baseline, forked, tmp_path):
+    """The same job on 1 node x 1 process, then resized to 2 nodes x 1 process: the launcher renders
+    both the same run id, so the second continues the first's run in its output (no --resume) from
+    its step-10 checkpoint, resharded, says so in one line, and ends as the unresized run does."""
+    from launcher.config import load_job_config
+    from launcher.run_identity import run_id
+
+    rid = run_id(load_job_config("synthetic-smoke", overrides={"nodes": 1, "gpus_per_node": 1}))
+    assert run_id(load_job_config("synthetic-smoke", overrides={"nodes": 2, "gpus_per_node": 1})) == rid
+    out = tmp_path / "run"
+    single(overrides(dataset, out, max_steps=10, run_id=rid))
+    log = ranks(forked, 2, overrides(dataset, out, run_id=rid, checkpoint_keep=0), per_node=1)
+    assert (f"resuming run {rid} at step 10: resized from 1x1 to 2x1 ranks, checkpoint resharded; "
+            f"global batch 101 as before, 101 -> 51 a rank\n") in log, log
+    assert_same_run(baseline, out)  # steps 1-10 at one rank, 11-20 at two: the unresized run's losses and weights
 
 
 # -- DLRM-DCNv2 on multi-hot data (MLPerf's model): cross layers, Adagrad as the reference, ids

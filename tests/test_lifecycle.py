@@ -246,3 +246,31 @@ def test_a_sigterm_the_loop_never_reaches_ends_the_process_after_the_wait():
     assert done.returncode == PREEMPTED_EXIT and time.monotonic() - t0 < 15, done
     assert done.stdout.splitlines() == ["after busy", "released"]
     assert "no training step finished for 1 s (a hung peer or read?): exiting without a checkpoint" in done.stderr
+
+
+class _Plan:
+    def __init__(self, shards):
+        self.shards = shards
+
+    def to_dict(self):
+        return {"shards": self.shards}
+
+
+@pytest.mark.parametrize("placed,saved,now,line", [
+    # 2 ranks on one node -> 2 nodes of one: the same plan, nothing resharded
+    ((2, 2), (2, "A"), (2, 1, "A"), "resuming run r at step 10: resized from 1x2 to 2x1 ranks, checkpoint shards as saved"),
+    # run.json recorded another start's placement (a start at 4 ranks that failed before its checkpoint)
+    ((4, 4), (2, "A"), (4, 4, "B"), "resuming run r at step 10: resized from 2 to 1x4 ranks, checkpoint resharded; "
+                                      "global batch 101 as before, 51 -> 26 a rank"),
+    ((2, 1), (2, "A"), (2, 1, "B"), "resuming run r at step 10: 2x1 ranks as before, checkpoint resharded"),
+    ((2, 1), (2, "A"), (2, 1, "A"), None),  # a restart where it ran
+    (None, (2, "A"), (2, 2, "A"), None),  # run.json from before placements were recorded, the same world size
+])
+def test_a_continued_run_says_how_it_was_resized(placed, saved, now, line):
+    from types import SimpleNamespace
+
+    from dlrm.training.lifecycle import RunIdentity, resize_line
+
+    meta = {"step": 10, "world_size": saved[0], "plan": {"shards": saved[1]}}
+    runtime = SimpleNamespace(world_size=now[0], local_world_size=now[1])
+    assert resize_line(RunIdentity("r", True, placed), meta, _Plan(now[2]), runtime, 101) == line

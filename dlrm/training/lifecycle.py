@@ -6,9 +6,11 @@
 
 Run identity: a folder holding a run (run.json, or a complete checkpoint) is continued only when
 asked: `resume` (the user), or `run_id` equal to the one its run.json records (the same job
-restarted: the launcher renders run_id from the job name and its config). Anything else is
-refused before a byte is written, so a second experiment never rotates away the first one's
-checkpoints. Rank 0 decides and every rank learns the outcome in one collective.
+restarted, or resized: the launcher renders run_id from the job name and what the experiment is,
+never its placement, launcher/run_identity.py). Anything else is refused before a byte is written,
+so a second experiment never rotates away the first one's checkpoints. Rank 0 decides and every
+rank learns the outcome in one collective. A run continued at another world size loads its
+checkpoint resharded and says so in one line (`resize_line`).
 
 Preemption: Kubernetes ends a pod with SIGTERM and, a grace period later, SIGKILL (torchrun
 forwards SIGTERM to its trainers). The handler only sets a flag; the loop's next check-in,
@@ -45,6 +47,8 @@ class Diverged(UserError):
 class RunIdentity:
     run_id: str
     continuing: bool  # a run is there and this process continues it (resume from its checkpoints)
+    # (world size, ranks per node) its run.json records: where the run's last start ran
+    placed: tuple[int, int] | None = None
 
 
 def _recorded(cfg, ckpt_uri: str) -> tuple[dict | None, list[str]]:
@@ -68,7 +72,9 @@ def decide_identity(cfg, ckpt_uri: str) -> RunIdentity:
         return RunIdentity(cfg.run_id or uuid.uuid4().hex[:12], False)
     there = (record or {}).get("run_id") or ""
     if cfg.resume or (cfg.run_id and cfg.run_id == there):
-        return RunIdentity(cfg.run_id or there or uuid.uuid4().hex[:12], True)
+        placed = tuple((record or {}).get(k) for k in ("world_size", "ranks_per_node"))
+        placed = placed if all(isinstance(n, int) and n >= 1 for n in placed) else None
+        return RunIdentity(cfg.run_id or there or uuid.uuid4().hex[:12], True, placed)
     step = f"step {int(ckpts[-1][5:]):,}" if ckpts else "no checkpoint yet"
     where = cfg.out if record is not None else ckpt_uri
     raise UserError(f"{where} holds another run (run_id {there or 'unknown'}, {step}); pass --resume "
@@ -89,6 +95,27 @@ def claim_identity(cfg, ckpt_uri: str, runtime) -> RunIdentity:
             raise outcome
         raise UserError(f"rank 0 refused the run's output folder {cfg.out} (its error is printed above)")
     return outcome
+
+
+def resize_line(run: RunIdentity, meta: dict, plan, runtime, global_batch: int) -> str | None:
+    """The line a run continued from checkpoint metadata `meta` at another placement prints, or None
+    where nothing moved: the ranks before (nodes x ranks per node where run.json recorded them for the
+    checkpoint's world size) and now, whether the checkpoint was resharded to this run's plan, and the
+    global batch, which the run's identity keeps, against each rank's share of it."""
+    step, saved_world, saved_plan = meta["step"], meta.get("world_size", runtime.world_size), meta.get("plan")
+    per_node = run.placed[1] if run.placed and run.placed[0] == saved_world else None
+    before = f"{saved_world // per_node}x{per_node}" if per_node else f"{saved_world}"
+    now = f"{runtime.world_size // runtime.local_world_size}x{runtime.local_world_size}"
+    resharded = saved_plan != json.loads(json.dumps(plan.to_dict()))
+    if not resharded and (before == now or (not per_node and saved_world == runtime.world_size)):
+        return None
+    line = f"resuming run {run.run_id} at step {step:,}: " + (
+        f"resized from {before} to {now} ranks" if before != now else f"{now} ranks as before")
+    line += ", checkpoint resharded" if resharded else ", checkpoint shards as saved"
+    if saved_world != runtime.world_size:
+        line += (f"; global batch {global_batch:,} as before, {-(-global_batch // saved_world):,} -> "
+                 f"{-(-global_batch // runtime.world_size):,} a rank")
+    return line
 
 
 def warn_unless_shared(ckpt_uri: str, runtime) -> None:

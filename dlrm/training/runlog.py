@@ -86,7 +86,8 @@ def _sha256_file(path: Path) -> str | None:
         return None
 
 
-def run_record(cfg, plan, config_text: str, world_size: int, device: str, first_step: int) -> dict:
+def run_record(cfg, plan, config_text: str, world_size: int, device: str, first_step: int,
+               ranks_per_node: int = 1) -> dict:
     """Everything needed to reproduce the run or tell two runs apart."""
     import torch
 
@@ -105,6 +106,7 @@ def run_record(cfg, plan, config_text: str, world_size: int, device: str, first_
                     "feature_spec_sha256": _sha256_file(dataset / "feature_spec.yaml")},
         "plan": plan.to_dict(),
         "world_size": world_size,
+        "ranks_per_node": ranks_per_node,  # with world_size, the placement a resized restart names
         "device": device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -149,14 +151,14 @@ class RunLog:
 
     # -- the run's phases ----------------------------------------------------------------------
 
-    def start(self, cfg, plan, world_size: int, device: str) -> None:
+    def start(self, cfg, plan, world_size: int, device: str, ranks_per_node: int = 1) -> None:
         if not self.enabled:
             return
         from dlrm.config import dump_yaml
 
         text = dump_yaml(cfg)
         atomic_write(self.local / CONFIG, text)
-        record = run_record(cfg, plan, text, world_size, device, self.first_step)
+        record = run_record(cfg, plan, text, world_size, device, self.first_step, ranks_per_node)
         atomic_write(self.local / RECORD, json.dumps(record, indent=1) + "\n")
         self.sync(force=True, strict=True)
 

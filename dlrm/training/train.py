@@ -30,7 +30,8 @@ from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
 from dlrm.metrics import roc_auc
 from dlrm.io.checkpoint import checkpoint_name, save_checkpoint
-from dlrm.training.lifecycle import PREEMPTED_EXIT, Diverged, StopOnSigterm, claim_identity, warn_unless_shared
+from dlrm.training.lifecycle import (PREEMPTED_EXIT, Diverged, StopOnSigterm, claim_identity, resize_line,
+                                     warn_unless_shared)
 from dlrm.training.optim import Optimizers
 from dlrm.training.precision import LossScaler, amp_dtype, autocast
 from dlrm.data.identity import dataset_identity
@@ -264,6 +265,8 @@ class Trainer:
             self.opt.dense.load_state_dict(dense["optimizer"])
             self.step, self.epoch, self.position = meta["step"], meta["data"]["epoch"], meta["data"]["position"]
             self.saved_step = self.step
+            if runtime.is_main and (line := resize_line(self.run, meta, self.plan, runtime, cfg.data.batch_size)):
+                print(line, flush=True)  # the same run at another placement
             if runtime.is_main:
                 print(f"resumed from {self.ckpt_uri}/{name}: step {self.step}, epoch {self.epoch}, batch {self.position}")
 
@@ -271,7 +274,7 @@ class Trainer:
         self.log = RunLog(self.cfg.out, enabled=self.runtime.is_main, total_steps=self.total_steps,
                           epochs=-(-self.total_steps // self.batches_per_epoch), first_step=self.step,
                           sync_every_s=self.cfg.sync_every_s)
-        self.log.start(self.cfg, self.plan, self.runtime.world_size, str(self.device))
+        self.log.start(self.cfg, self.plan, self.runtime.world_size, str(self.device), self.runtime.local_world_size)
         self.model.train()
         self.train_time, self.train_samples, self.first_step, self.checked_step = 0.0, 0, self.step, self.step
         self.window_loss = torch.zeros((), device=self.device)
