@@ -24,6 +24,7 @@ from dlrm.io.fsutil import atomic_write, local_path
 from dlrm.training.runlog import git_revision  # one definition: the trainer records it too (run.json)
 from launcher.config import JobConfig, load_job_config
 from launcher.encode import plan_job
+from launcher.output_check import check_output
 from launcher.plan import JobPlan
 from launcher.render import file_name, to_yaml
 from launcher.validate import validate_objects
@@ -91,14 +92,16 @@ def feature_spec_tables(location: str) -> tuple[list[int], list[int]]:
 
 
 def plan_from_args(args: argparse.Namespace) -> JobPlan:
-    """Flags -> config -> plan, refused unless its objects validate: render, submit, run-local and
-    images/docker_job.py all get their job here, and report a bad one the same way."""
+    """Flags -> config -> plan, refused unless its objects validate and its readable run output holds no
+    other run (launcher.output_check): render, submit, run-local and images/docker_job.py all get their
+    job here, and report a bad one the same way."""
     cfg = job_from_args(args)
     tables, hotness = feature_spec_tables(args.feature_spec) if getattr(args, "feature_spec", None) else (None, None)
     plan = plan_job(cfg, git_revision=git_revision(Path(__file__).resolve().parent), tables=tables, hotness=hotness)
     errors = validate_objects(plan.objects, crd=getattr(args, "crd", None))
     if errors:  # a rendering bug or a value no schema accepts: never hand it to the cluster
         raise UserError(f"rendered objects are invalid ({len(errors)} errors; nothing was written or submitted): " + "; ".join(errors))
+    check_output(cfg)  # another experiment's run in a readable output: refused now, not after the pods start
     return plan
 
 

@@ -387,3 +387,42 @@ def setup_local_job(ctx: Ctx, args: dict) -> None:
 
 
 SETUPS["local_job"] = setup_local_job
+
+
+# -- run identity (issue 28): another experiment's run in a job's s3:// output ----------------------------
+
+
+def setup_s3_run(ctx: Ctx, args: dict) -> None:
+    """The moto S3 server at {endpoint}, a bucket {bucket}, test keys in env, and at s3://{bucket}/run
+    what the trainer of the synthetic-smoke job with train.out there and `set` overrides leaves:
+    run.json (its run id, or `run_id`; the pods' DLRM_JOB_* values) and config.yaml. They must be
+    left as they were."""
+    import json
+
+    import boto3
+    from s3_fixtures import _start
+
+    from dlrm.config import dump_yaml
+    from launcher.config import load_job_config
+    from launcher.run_identity import run_id
+
+    endpoint, bucket = _start(), f"identity-{os.getpid()}-{next(_buckets)}"
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    cfg = load_job_config("synthetic-smoke", overrides=[f"train.out=s3://{bucket}/run", *args.get("set", [])])
+    record = json.dumps({"run_id": args.get("run_id") or run_id(cfg), "job": {"name": cfg.name, "dataset": cfg.dataset}})
+    files = {"run/run.json": record.encode(), "run/config.yaml": dump_yaml(cfg.train).encode()}
+    for key, body in files.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    ctx.values.update(endpoint=endpoint, bucket=bucket)
+    ctx.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+                   AWS_ENDPOINT_URL=endpoint)
+
+    def kept():
+        assert {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in files} == files, "the run was changed"
+
+    ctx.after.append(kept)
+
+
+SETUPS["s3_run"] = setup_s3_run

@@ -448,3 +448,25 @@ def test_status_and_results_read_the_runs_s3_output(api, capsys, s3_bucket, tmp_
     assert "run output: /output inside the pods" in text and "train.out to s3://" in text
     rc, _, err = run(capsys, "results", "dlrm-smoke")
     assert rc == 2 and "its output is /output inside the pods" in err
+
+
+def test_submit_over_another_experiments_run_sends_nothing(api, capsys, s3_bucket):
+    """The job's s3:// output holds a run of the same job with another seed: refused before any request,
+    not once its pods start; the same job resized (other nodes and GPUs) goes through."""
+    import json
+
+    import boto3
+
+    from launcher.config import load_job_config
+    from launcher.run_identity import run_id
+
+    out = f"s3://{s3_bucket}/run"
+    other = load_job_config("synthetic-smoke", overrides=[f"train.out={out}", "train.seed=8"])
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=s3_bucket, Key="run/run.json", Body=json.dumps({"run_id": run_id(other), "job": {"name": "dlrm-smoke"}}))
+    s3.put_object(Bucket=s3_bucket, Key="run/config.yaml", Body=b"seed: 8\n")
+    rc, _, err = run(capsys, "submit", *JOB, "--set", f"train.out={out}")
+    assert rc == 2 and api.requests == [], err
+    assert f"error: train.out {out} holds run {run_id(other)}, not this job's run" in err and "train.seed 8 -> 7." in err
+    rc, _, err = run(capsys, "submit", *JOB, "--set", f"train.out={out}", "--set", "train.seed=8", "--nodes", "1")
+    assert rc == 0 and [r.method for r in api.requests] == ["POST", "POST"], err

@@ -128,3 +128,51 @@ def test_status_finds_a_cluster_jobs_run_id_in_its_command():
                    if o["kind"] in ("PyTorchJob", "TrainJob"))
         assert run_id_of_job(job) == run_id(load_job_config("criteo-fl15")), api
     assert run_id_of_job({"spec": {"x": ["--set", "out=/o"]}}) == ""
+
+
+# -- render / submit read the job's s3:// output (launcher.output_check) -----------------------------------
+
+
+def record_run(bucket: str, overrides: list[str], run: str = "") -> str:
+    """At s3://bucket/run, what the trainer of the synthetic-smoke job (train.out there, `overrides`)
+    leaves: run.json (its run id, the pods' DLRM_JOB_* values) and config.yaml. Returns train.out."""
+    import json
+
+    import boto3
+
+    from dlrm.config import dump_yaml
+
+    out = f"s3://{bucket}/run"
+    cfg = load_job_config("synthetic-smoke", overrides=[f"train.out={out}", *overrides])
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="run/run.json", Body=json.dumps({"run_id": run or run_id(cfg), "job": {
+        "name": cfg.name, "dataset": cfg.dataset, "image": cfg.image}}))
+    s3.put_object(Bucket=bucket, Key="run/config.yaml", Body=dump_yaml(cfg.train))
+    return out
+
+
+def render_main(capsys, *flags: str) -> tuple[int, str]:
+    from launcher.__main__ import main
+
+    rc = main(["render", "--profile", "synthetic-smoke", *flags])
+    return rc, capsys.readouterr().err
+
+
+def test_a_resized_job_renders_over_its_own_run_and_resume_over_another(s3_bucket, capsys, tmp_path):
+    out = record_run(s3_bucket, ["nodes=1", "gpus_per_node=1", "image=dlrm-k8s-train:old"])
+    rc, err = render_main(capsys, "--nodes", "2", "--gpus", "2", "--set", f"train.out={out}", "--out", str(tmp_path / "a"))
+    assert rc == 0 and "note:" not in err and "error:" not in err, err  # the same run, at another placement
+    out = record_run(s3_bucket, ["train.epochs=2"])
+    rc, err = render_main(capsys, "--set", f"train.out={out}", "--out", str(tmp_path / "b"))
+    assert rc == 2 and "another experiment: train.epochs 2 -> 1." in err and not (tmp_path / "b").exists(), err
+    rc, err = render_main(capsys, "--set", f"train.out={out}", "--resume", "--out", str(tmp_path / "b"))
+    assert rc == 0 and "error:" not in err, err
+
+
+def test_an_unreadable_output_is_no_check_said_once(s3_env, capsys, monkeypatch):
+    rc, err = render_main(capsys, "--set", "train.out=s3://no-such-bucket-x/run")
+    assert rc == 0 and err.count("note: cannot read the run output s3://no-such-bucket-x/run (no such bucket") == 1, err
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    rc, err = render_main(capsys, "--set", "train.out=s3://b/run")
+    assert rc == 0 and err.count("note:") == 1 and "(no AWS credentials for s3://b/run" in err, err

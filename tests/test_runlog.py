@@ -162,6 +162,7 @@ def test_training_into_s3_leaves_the_run_there(tmp_path, dataset, s3_bucket, mon
     monkeypatch.setenv("DLRM_JOB_NAME", "smoke")
     monkeypatch.setenv("DLRM_IMAGE", "registry/dlrm-k8s-train@sha256:" + "ab" * 32)
     monkeypatch.setenv("DLRM_JOB_CONFIG_SHA256", "c" * 64)
+    monkeypatch.setenv("DLRM_JOB_DATASET", "s3://datasets/tiny")
     out = f"s3://{s3_bucket}/runs/t"
     cfg = load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"],
                       overrides=[f"data.dataset={dataset}", f"out={out}", "max_steps=12", "log_every=4",
@@ -181,7 +182,17 @@ def test_training_into_s3_leaves_the_run_there(tmp_path, dataset, s3_bucket, mon
 
     assert record["dataset"]["manifest_sha256"] == hashlib.sha256(b'{"files": []}\n').hexdigest()
     assert record["train_config_sha256"] == hashlib.sha256(s3_text(s3_bucket, "runs/t/config.yaml").encode()).hexdigest()
-    assert record["plan"]["world_size"] == 1 and record["torch"]
+    assert record["plan"]["world_size"] == 1 and record["torch"] and record["ranks_per_node"] == 1
+    # what render and submit read back as the run's identity (launcher.output_check) is the job's
+    import yaml
+
+    from launcher.config import JobConfig
+    from launcher.output_check import recorded_identity
+    from launcher.run_identity import identity
+
+    job = JobConfig(name="smoke", dataset="s3://datasets/tiny", train=cfg)
+    config = yaml.safe_load(s3_text(s3_bucket, "runs/t/config.yaml"))
+    assert recorded_identity(record, config, list(identity(job))) == identity(job)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = tmp_path / "tb"
