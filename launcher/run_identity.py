@@ -1,7 +1,7 @@
 """A job's run identity (issues 19, 28): which run its pods continue, rendered into every training command.
 
-    run_id(cfg)     # "dlrm-criteo-fl15-3f9a61c0d2b7": the job's name and the hash of identity(cfg)
-    identity(cfg)   # {"dataset": "s3://...", "name": ..., "train.seed": 12345, "train.model.embedding_dim": 128, ...}
+    run_id(cfg)     # "dlrm-criteo-fl15-28327efa4656": the job's name and the hash of identity(cfg)
+    identity(cfg)   # {"name": "dlrm-criteo-fl15", "dataset": "s3://...", "train.seed": 12345, ...}
 
 The run is the experiment (what is trained, on what data, how, for how long), not its placement:
 the same job on 2 nodes instead of 1, on a rebuilt image or in another namespace renders the same run
@@ -13,9 +13,11 @@ the operator restarted, the identical job applied again, or the same experiment 
 --resume says so; otherwise it refuses to train over it, and so do render and submit where they can
 read the output (launcher.output_check). train.run_id is always "" in a job config (JobConfig.validate).
 
-Every field of JobConfig is classified below, IDENTITY or NOT_IDENTITY, by dotted path; an entry naming
-a section covers every field under it. tests/test_run_identity.py walks the config tree and fails on
-a field no entry covers, or one two entries cover: a new field is decided here before it ships.
+Every field of JobConfig is classified below, IDENTITY or NOT_IDENTITY, by dotted path. An IDENTITY
+entry may name a section (train.model: every field under it, a new one included: at worst a new run);
+NOT_IDENTITY names each field. tests/test_run_identity.py walks the config tree and fails on a field no
+entry covers, one two entries cover, or a NOT_IDENTITY entry that is no single field: a new field is
+decided here before it ships.
 """
 from __future__ import annotations
 
@@ -46,16 +48,30 @@ IDENTITY = (
     "train.amp", "train.tf32",
 )
 
+
+def _each(section: str, names: str) -> tuple[str, ...]:
+    return tuple(f"{section}.{name}" for name in names.split())
+
+
+# Field by field: a new field outside IDENTITY's sections fails the test until it is decided here.
 NOT_IDENTITY = (
     # Placement: how many pods and GPUs run it, where, on what. A checkpoint reshards to any world size
     # with the same global batch; the device and the planner's budget and sharding choose only where each
     # table lives; an image or its pull settings change the code that runs, not the experiment (run.json
-    # records each start's image).
-    "nodes", "gpus_per_node", "max_gpus_per_node", "image", "namespace", "api", "resources", "cluster",
-    "scheduling", "trainjob", "train.device", "train.dist",
+    # records each start's image); the rest is how Kubernetes schedules, secures, retries and ends the pods.
+    "nodes", "gpus_per_node", "max_gpus_per_node", "image", "namespace", "api", "train.device",
+    *_each("train.dist", "device_memory memory_reserve sharding collective_timeout_s"),
+    *_each("resources", "cpu_per_gpu memory_per_gpu shm_per_gpu cpu_request cpu_limit memory_request memory_limit shm_size"),
+    *_each("cluster", "gpu_product node_selector tolerations service_account efa extra_resources nccl_env env "
+                      "image_pull_policy image_pull_secrets run_as_user run_as_group ttl_seconds_after_finished "
+                      "backoff_limit active_deadline_seconds clean_pod_policy termination_grace_seconds"),
+    *_each("scheduling", "gang queue priority_class workload_priority min_available"),
+    *_each("trainjob", "cluster_runtime schedule_timeout_seconds"),
     # How data and output reach the pods, and the launcher's own table-size hint for its plan check: the
     # trainer reads the dataset at `dataset` whatever the storage, and `out` is where the run is, not what.
-    "storage", "s3", "train_tables", "train.data.dataset", "train.out", "train.checkpoint_dir",
+    *_each("storage", "mode claim stage_size stage_host_path mount_size output_claim output_path"),
+    *_each("s3", "region endpoint_url secret role_arn"),
+    "train_tables", "train.data.dataset", "train.out", "train.checkpoint_dir",
     # Watching and keeping the run: logging, evaluation and checkpoint cadence, uploads, the plot, the same
     # arithmetic compiled. None changes a weight (target_auc, above, is what makes an eval stop a run).
     "train.log_every", "train.eval_every", "train.evals_per_epoch", "train.eval_max_batches",
@@ -66,7 +82,9 @@ NOT_IDENTITY = (
     # The identity's own inputs and outcome: train.resume asks to continue another run; run_id is this result.
     "train.resume", "train.run_id",
     # Not the training run: a preprocess job renders no run id; the export Job reads the finished run.
-    "kind", "preprocess", "export", "export_table_dtype", "export_triton",
+    "kind", "export", "export_table_dtype", "export_triton",
+    *_each("preprocess", "image input output frequency_threshold vocabulary_days engine"),
+    *_each("preprocess.spark", "spark_version driver_cores driver_memory executors executor_cores executor_memory service_account"),
 )
 
 
