@@ -265,7 +265,7 @@ class _Plan:
     ((2, 1), (2, "A"), (2, 1, "B"), "resuming run r at step 10: 2x1 ranks as before, checkpoint resharded"),
     ((2, 1), (2, "A"), (2, 1, "A"), None),  # a restart where it ran
     (None, (2, "A"), (2, 2, "A"), None),  # run.json from before placements were recorded, the same world size
-])
+], ids=["moved", "unknown-before", "replanned", "restarted", "unrecorded"])
 def test_a_continued_run_says_how_it_was_resized(placed, saved, now, line):
     from types import SimpleNamespace
 
