@@ -87,8 +87,7 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "kueue_queue": kueue_queue(cfg),  # CPU/memory totals, resolved from the per-GPU figures
         "pod_security_context": pods.pod_security(cfg),
         "container_security_context": pods.CONTAINER_SECURITY,
-        "node_selector": dict(sorted({**cfg.cluster.node_selector,
-                                       **({"nvidia.com/gpu.product": cfg.cluster.gpu_product} if cfg.cluster.gpu_product else {})}.items())),
+        "node_selector": pods.node_selector(cfg),
         "cmd": cmd,
         "tj": trainjob,
         **_preprocess_context(cfg),

@@ -112,6 +112,14 @@ class Pod:
     security: dict[str, Any] = field(default_factory=dict)
     main_name: str = CONTAINER  # the job API's name for the training container (TrainJob: `node`)
     grace_seconds: int | None = None  # terminationGracePeriodSeconds; None: Kubernetes' default (30 s)
+    # From the fabric preset and cluster.pod (launcher/fabrics.py, launcher/podblock.py): pod metadata, host
+    # networking, other PodSpec fields by their API names, and init containers as the user wrote them.
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    host_network: bool = False
+    dns_policy: str = ""
+    spec_extra: dict[str, Any] = field(default_factory=dict)
+    extra_init: list[dict] = field(default_factory=list)
 
     @property
     def main(self) -> Container:
