@@ -259,6 +259,10 @@ def _check_choices(c: JobConfig) -> None:
                          f"put it in a Secret and set s3.secret (or use s3.role_arn)")
     for key in c.cluster.extra_resources:
         names.check_key("cluster.extra_resources key", key, need_prefix=True)
+    if c.scheduling.topology.level:  # Kueue's TAS reads the pod sets' annotation only on a job it admits
+        names.check_key("scheduling.topology.level", c.scheduling.topology.level)
+        _fail_unless(bool(kueue_queue(c)), f"scheduling.topology.level={c.scheduling.topology.level} is Kueue's "
+                     f"topology-aware scheduling: it needs a Kueue queue (scheduling.queue, with scheduling.gang none or kueue)")
 
 
 # Set by the job controllers (the training operator, Trainer's torch plugin) in the training container.

@@ -31,14 +31,13 @@ from typing import Annotated
 
 from dlrm.errors import ConfigError
 from dlrm.typed import Range
+from dlrm.dist.netcheck import FABRIC_ENV, FABRICS as NET_FABRICS, PROFILE_ENV
 from launcher.plan import Container, EnvVar, Mount, Volume
 
-FABRICS = ("none", "efa", "gke-tcpx", "gke-tcpxo", "gke-rdma", "azure-ib", "oci-roce")
-# The trainer reads it (dlrm/dist/netcheck.py): a fabric that NCCL does not use is an error there.
-FABRIC_ENV = "DLRM_FABRIC"
-# A shell profile of NCCL settings the node's plugin installer writes; the trainer sources it before
-# NCCL starts (dlrm/dist/netcheck.py), so the ~40 FASTRAK/gIB variables stay the installer's.
-PROFILE_ENV = "DLRM_NCCL_ENV_PROFILE"
+# The trainer's network check (dlrm/dist/netcheck.py) knows each fabric's transport and what it needs;
+# FABRIC_ENV tells it the preset, PROFILE_ENV names the installer's NCCL profile it sources before NCCL
+# starts (so the ~40 FASTRAK/gIB variables stay the installer's).
+FABRICS = ("none", *NET_FABRICS)
 
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -78,8 +77,7 @@ class Preset:
     privileged: bool = False
     host_network: bool = False
     profile: str = ""  # the installer's NCCL env profile (PROFILE_ENV)
-    sidecar: str = ""  # gke-tcpx | gke-tcpxo: the rxdm daemon's native sidecar
-    needs: str = ""  # what NCCL needs that, when missing, leaves it on sockets (the netcheck error's hint)
+    sidecar: bool = False  # GKE TCPX/TCPXO: the rxdm daemon as a native sidecar
 
 
 # Google's TCPX nccl-config.yaml: CPU bindings of the A3 High's NICs, by NUMA node.
@@ -92,8 +90,7 @@ PRESETS: dict[str, Preset] = {
         selector_label=INSTANCE_TYPE_LABEL,
         # aws-ofi-nccl >= 1.7 needs none of FI_PROVIDER / FI_EFA_USE_DEVICE_RDMA; older ones do, and they are harmless.
         env={"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "FI_EFA_FORK_SAFE": "1",
-             "NCCL_BUFFSIZE": "8388608", "NCCL_P2P_NET_CHUNKSIZE": "524288"},
-        needs="the image's aws-ofi-nccl and libfabric (BASE_IMAGE with the EFA installer), or the EFA device plugin"),
+             "NCCL_BUFFSIZE": "8388608", "NCCL_P2P_NET_CHUNKSIZE": "524288"}),
     "gke-tcpx": Preset(
         nodes={"a3-highgpu-8g": 4}, selector_label=GKE_ACCELERATOR_LABEL,
         selector_values={"a3-highgpu-8g": "nvidia-h100-80gb"},
@@ -108,39 +105,35 @@ PRESETS: dict[str, Preset] = {
              "NCCL_GPUDIRECTTCPX_TX_BINDINGS": _TCPX_TX, "NCCL_GPUDIRECTTCPX_RX_BINDINGS": _TCPX_RX,
              "NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS": "500000"},
         host_paths=(("nvidia-libs", f"{GKE_NVIDIA_HOST}/lib64", "/usr/local/nvidia/lib64"), ("tcpx-socket", "/run/tcpx", "/run/tcpx")),
-        capabilities=("IPC_LOCK",), sidecar="gke-tcpx",
-        needs="the nccl-tcpx-installer DaemonSet (its plugin in /home/kubernetes/bin/nvidia/lib64) and the tcpx-daemon sidecar"),
+        capabilities=("IPC_LOCK",), sidecar=True),
     "gke-tcpxo": Preset(
         nodes={"a3-megagpu-8g": 8}, selector_label=GKE_ACCELERATOR_LABEL,
         selector_values={"a3-megagpu-8g": "nvidia-h100-mega-80gb"},
         env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "NCCL_FASTRAK_LLCM_DEVICE_DIRECTORY": "/dev/aperture_devices",
              "NCCL_LIB_DIR": "/usr/local/nvidia/lib64"},
         host_paths=(("nvidia", GKE_NVIDIA_HOST, "/usr/local/nvidia"), ("aperture-devices", "/dev/aperture_devices", "/dev/aperture_devices")),
-        capabilities=("IPC_LOCK",), profile="/usr/local/nvidia/lib64/nccl-env-profile.sh", sidecar="gke-tcpxo",
-        needs="the nccl-tcpxo-installer and nri-device-injector DaemonSets, and the tcpxo-daemon sidecar"),
+        capabilities=("IPC_LOCK",), profile="/usr/local/nvidia/lib64/nccl-env-profile.sh", sidecar=True),
     "gke-rdma": Preset(
         nodes={"a3-ultragpu-8g": 8, "a4-highgpu-8g": 8}, selector_label=GKE_ACCELERATOR_LABEL,
         selector_values={"a3-ultragpu-8g": "nvidia-h200-141gb", "a4-highgpu-8g": "nvidia-b200"},
-        env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "NCCL_PLUGIN_PATH": "/usr/local/gib/lib64",
+        # Google's gIB troubleshooting page: gIB's lib64 first on the loader's path, then the driver's
+        env={"LD_LIBRARY_PATH": "/usr/local/gib/lib64:/usr/local/nvidia/lib64", "NCCL_PLUGIN_PATH": "/usr/local/gib/lib64",
              "NCCL_SOCKET_IFNAME": "eth0,eth1"},
         host_paths=(("nvidia", GKE_NVIDIA_HOST, "/usr/local/nvidia"), ("gib", GKE_GIB_HOST, "/usr/local/gib")),
-        profile="/usr/local/gib/scripts/set_nccl_env.sh",
-        needs="the nccl-rdma-installer DaemonSet (gIB in /home/kubernetes/bin/gib) and the rdma-0..7 networks"),
+        profile="/usr/local/gib/scripts/set_nccl_env.sh"),
     "azure-ib": Preset(
         nodes={"Standard_ND96isr_H100_v5": 8, "Standard_ND96isr_H200_v5": 8}, selector_label=INSTANCE_TYPE_LABEL,
         env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_PCI_RELAXED_ORDERING": "1",
              "NCCL_IB_QPS_PER_CONNECTION": "4", "NCCL_IGNORE_CPU_AFFINITY": "1", "NCCL_P2P_NET_CHUNKSIZE": "524288",
              "NCCL_PXN_DISABLE": "1", "NCCL_MIN_NCHANNELS": "32", "UCX_TLS": "rc", "UCX_NET_DEVICES": "mlx5_ib0:1"},
-        capabilities=("IPC_LOCK",),  # without it `ulimit -l` stays 64 KiB and verbs cannot pin memory
-        needs="the Network Operator's RDMA device plugin (rdma/ib), IPC_LOCK, and the image's libibverbs (rdma-core)"),
+        capabilities=("IPC_LOCK",)),  # without it `ulimit -l` stays 64 KiB and verbs cannot pin memory
     "oci-roce": Preset(
         nodes={"BM.GPU.H100.8": 16, "BM.GPU.H200.8": 8}, selector_label=INSTANCE_TYPE_LABEL,
         env={"NCCL_CUMEM_ENABLE": "0", "NCCL_IB_SPLIT_DATA_ON_QPS": "0",
              "NCCL_IB_GID_INDEX": "3", "NCCL_IB_TC": "41", "NCCL_IB_SL": "0", "NCCL_IB_TIMEOUT": "22",
              "NCCL_SOCKET_IFNAME": "eth0", "NCCL_IGNORE_CPU_AFFINITY": "1"},
         host_paths=(("infiniband", "/dev/infiniband", "/dev/infiniband"),),
-        capabilities=("IPC_LOCK",), privileged=True, host_network=True,
-        needs="hostNetwork with the node's /dev/infiniband and a privileged container, and the image's libibverbs"),
+        capabilities=("IPC_LOCK",), privileged=True, host_network=True),
 }
 DEFAULT_NODE = {"efa": "p5.48xlarge", "gke-tcpx": "a3-highgpu-8g", "gke-tcpxo": "a3-megagpu-8g", "gke-rdma": "a3-ultragpu-8g",
                 "azure-ib": "Standard_ND96isr_H100_v5", "oci-roce": "BM.GPU.H100.8"}
@@ -219,7 +212,7 @@ def _interfaces(networks: list[str]) -> str:
     return json.dumps(items, separators=(",", ":"))
 
 
-def _daemon(cfg, preset: Preset) -> tuple[Container, list[Volume]]:
+def _daemon(cfg) -> tuple[Container, list[Volume]]:
     """The rxdm daemon (tcpgpudmarxd) as a native sidecar: it runs as long as the trainer and serves
     its GPU-to-NIC data path; the host's sysfs and procfs let it program the NICs' flow steering."""
     o, fabric = cfg.cluster.fabric_options, cfg.cluster.fabric
@@ -274,7 +267,7 @@ def wiring(cfg) -> Wiring:
         w.annotations = {"networking.gke.io/default-interface": "eth0",
                          "networking.gke.io/interfaces": _interfaces(o.networks or GKE_NETWORKS[c.fabric])}
     if preset.sidecar:
-        sidecar, vols = _daemon(cfg, preset)
+        sidecar, vols = _daemon(cfg)
         # GKE's device injection (NRI on A3 Mega, the GPU plugin on A3 High) by container name: the
         # daemon reaches the GPUs without a GPU request of its own.
         gpus = [f"/dev/nvidia{i}" for i in range(8)] + ["/dev/nvidiactl", "/dev/nvidia-uvm"]

@@ -117,30 +117,36 @@ def dns_policy(p: PodConfig) -> str:
     return p.dns_policy or ("ClusterFirstWithHostNet" if p.host_network else "")
 
 
+# The PodSpec fields cluster.pod sets beside what the launcher renders (launcher.plan.Pod.spec_extra).
+SPEC_FIELDS = ("affinity", "topologySpreadConstraints", "schedulerName", "runtimeClassName")
+
+
 def spec_fields(p: PodConfig) -> dict[str, Any]:
-    """The PodSpec fields it sets beside what the launcher renders, by their API names."""
+    """The PodSpec fields it sets beside what the launcher renders, by their API names (SPEC_FIELDS)."""
     out = {"affinity": p.affinity, "topologySpreadConstraints": p.topology_spread_constraints,
            "schedulerName": p.scheduler_name, "runtimeClassName": p.runtime_class_name}
     return {k: v for k, v in out.items() if v}
 
 
-# One machine runs every replica as a process (launcher/run_local.py): these have no meaning there.
+# One machine runs every replica as a process (launcher/run_local.py): what a pod asks of its node that
+# has no meaning there, by the PodSpec field that asks it.
 LOCAL_LIMITS = {
-    "affinity": "affinity and topology_spread_constraints place pods on nodes; every replica runs on this machine",
-    "topology_spread_constraints": "",
-    "scheduler_name": "scheduler_name: no scheduler places local processes",
-    "runtime_class_name": "runtime_class_name: the processes run without a container runtime",
-    "host_network": "host_network: local processes already share this machine's network",
-    "capabilities": "capabilities: local processes keep this user's privileges",
-    "volumes": "volumes and mounts beyond the job's own are not created on this machine",
-    "mounts": "",
-    "init_containers": "init_containers and sidecars are not run",
-    "env_from": "env_from and env references (Secrets, ConfigMaps) are not resolved on this machine",
-    "env": "",
+    "affinity": "places pods on nodes; every replica runs on this machine",
+    "topologySpreadConstraints": "spreads pods over nodes; every replica runs on this machine",
+    "schedulerName": "no scheduler places local processes",
+    "runtimeClassName": "the processes run without a container runtime",
 }
 
 
-def local_limits(cfg) -> list[str]:
-    """What run-local says it does not apply, one line each (labels and annotations mean nothing locally
-    either, but change nothing a process does)."""
-    return [f"cluster.pod.{LOCAL_LIMITS[k]}" for k in set_fields(cfg.cluster.pod) if LOCAL_LIMITS.get(k)]
+def local_limits(pod) -> list[str]:
+    """What run-local cannot apply of a plan's pod (launcher.plan.Pod), one line each. Labels and
+    annotations mean nothing locally either, but change nothing a process does."""
+    lines = [f"pod {k}: {LOCAL_LIMITS[k]}" for k in pod.spec_extra if k in LOCAL_LIMITS]
+    if pod.host_network:
+        lines.append("pod hostNetwork: local processes already share this machine's network")
+    caps = (pod.main.security.get("capabilities") or {}).get("add") or []
+    if caps or pod.main.security.get("privileged"):
+        lines.append(f"container {pod.main.name}: {'privileged, ' if pod.main.security.get('privileged') else ''}"
+                     f"capabilities {', '.join(caps) or 'none'} not granted: local processes keep this user's privileges")
+    lines += [f"init container {c.get('name')}: not run locally" for c in pod.extra_init]
+    return lines

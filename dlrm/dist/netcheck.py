@@ -1,0 +1,199 @@
+"""The network check at the start of every distributed run: which transport, and how fast.
+
+    prepare(backend)                                   # before the process group: NCCL's profile and INIT/NET log
+    net = check(runtime, allreduce_bytes, alltoall_bytes, mode="on")
+    net   # {"backend": "nccl", "transport": "AWS Libfabric", "fabric": "efa",
+          #  "all_reduce": {"bytes": B, "seconds": t, "busbw_GBps": x}, "all_to_all": {...}}
+
+A fabric whose pod wiring is incomplete does not fail: NCCL quietly falls back to TCP sockets and
+the job runs at a few GB/s instead of hundreds. So rank 0 says which network NCCL picked (parsed
+from NCCL's own INFO lines, `Using network ...`), and times one all-reduce and one all-to-all at the
+job's own message sizes. Bus bandwidth as nccl-tests computes it (its PERFORMANCE.md): algbw =
+bytes / time; all-reduce busbw = algbw x 2(n-1)/n, all-to-all busbw = algbw x (n-1)/n, where
+`bytes` is one rank's buffer. With a fabric preset (DLRM_FABRIC, set by the launcher's pods) and
+NCCL on Socket, the run stops naming the preset and what is likely missing (`mode="warn"`: a
+warning). On gloo (CPU) it reports its TCP transport and the same two figures. Cost: a few
+collectives, capped in size, once.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dlrm.errors import UserError
+
+# Set by the launcher's fabric presets (launcher/fabrics.py) in the training container.
+FABRIC_ENV = "DLRM_FABRIC"
+PROFILE_ENV = "DLRM_NCCL_ENV_PROFILE"  # a shell script of NCCL settings the node's plugin installer writes
+# What NCCL says when each fabric's wiring works (its `Using network <name>` line), and what is likely
+# missing when it says Socket instead.
+FABRICS = {
+    "efa": ("AWS Libfabric", "aws-ofi-nccl and libfabric in the image (BASE_IMAGE with the EFA installer), "
+                             "or vpc.amazonaws.com/efa from the EFA device plugin"),
+    "gke-tcpx": ("GPUDirectTCPX", "the nccl-tcpx-installer DaemonSet's plugin in /usr/local/nvidia/lib64, "
+                                  "or the tcpx-daemon sidecar"),
+    "gke-tcpxo": ("FasTrak", "the nccl-tcpxo-installer and nri-device-injector DaemonSets, or the tcpxo-daemon sidecar"),
+    "gke-rdma": ("gIB", "the nccl-rdma-installer DaemonSet (gIB in /home/kubernetes/bin/gib), or the rdma-0..7 networks"),
+    "azure-ib": ("IB", "rdma/ib from the Network Operator's device plugin, IPC_LOCK, or libibverbs in the image"),
+    "oci-roce": ("IB", "hostNetwork with /dev/infiniband, a privileged container, or libibverbs in the image"),
+}
+SOCKET = "Socket"
+NCCL_LOG = "dlrm-nccl.%h.%p.log"  # NCCL_DEBUG_FILE's name (NCCL fills in the host and pid)
+# Enough to time a collective without a measurable cost: NCCL's buffers beyond this reach full speed
+# on every fabric here; gloo over TCP on a CPU test machine stays tiny.
+MAX_BYTES = {"nccl": 256 << 20, "gloo": 1 << 20}
+ITERS = {"nccl": 5, "gloo": 2}
+
+_USING = re.compile(r"NCCL INFO Using network (\S+(?: \S+)*?)\s*$")
+_DEVICES = re.compile(r"NCCL INFO NET/(IB|Socket|OFI|gIB|GPUDirectTCPX|FasTrak)\b(.*)$")
+
+
+def transport_from_log(text: str) -> dict:
+    """{"transport": "AWS Libfabric" | "IB" | "gIB" | "FasTrak" | "Socket" | ..., "detail": "..."} from NCCL INFO lines
+    ({} when none says: NCCL_DEBUG unset, or no communicator yet). `Using network X` names the net plugin NCCL
+    picked; the NET/<plugin> lines beside it name the devices (the provider, the HCAs, the socket interface)."""
+    transport, detail = "", ""
+    for line in text.splitlines():
+        line = line.rstrip()
+        m = _USING.search(line)
+        if m and not transport:
+            transport = m.group(1)
+            transport = "IB" if transport.startswith("IBext") else transport  # HPC-X's IB plugin (IBext_v8)
+        d = _DEVICES.search(line)
+        if d and not detail and ("Using" in d.group(2) or "Selected" in d.group(2) or "Initializing" in d.group(2)):
+            detail = f"NET/{d.group(1)}{d.group(2)}".strip()
+    return {"transport": transport, "detail": detail} if transport else {}
+
+
+def source_profile(path: str, environ=os.environ) -> list[str]:
+    """The variables a shell profile exports, put into `environ` unless set already (the pod's env wins);
+    returns their names. The installer's script is the one place its many NCCL settings are kept."""
+    out = subprocess.run(["bash", "-c", '. "$1" >/dev/null 2>&1 && env -0', "profile", path],
+                         capture_output=True, check=False, timeout=30)
+    if out.returncode != 0:
+        raise UserError(f"{PROFILE_ENV}={path}: sourcing it failed (exit {out.returncode})")
+    before = dict(os.environ)
+    added = []
+    for item in out.stdout.split(b"\0"):
+        name, sep, value = item.decode(errors="replace").partition("=")
+        # NCCL and libfabric read their variables when NCCL starts; the loader's (LD_LIBRARY_PATH) are the pod's
+        if sep and name not in environ and before.get(name) != value and name.startswith(("NCCL_", "FI_")):
+            environ[name] = value
+            added.append(name)
+    return added
+
+
+def prepare(backend: str, environ=os.environ) -> None:
+    """Before the process group, on NCCL: the fabric's NCCL profile sourced, and NCCL's INIT and NET
+    lines written to a file the check reads (unless NCCL_DEBUG is the user's own: then it reads none)."""
+    if backend != "nccl":
+        return
+    profile = environ.get(PROFILE_ENV)
+    if profile and Path(profile).is_file():
+        source_profile(profile, environ)
+    elif profile:
+        print(f"warning: {PROFILE_ENV}={profile} does not exist: the node's NCCL plugin installer has not run "
+              f"(or its folder is not mounted)", file=sys.stderr, flush=True)
+    if "NCCL_DEBUG" not in environ and "NCCL_DEBUG_FILE" not in environ:
+        environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
+                       NCCL_DEBUG_FILE=str(Path(tempfile.gettempdir()) / NCCL_LOG))
+
+
+def _nccl_log(environ=os.environ) -> str:
+    pattern = environ.get("NCCL_DEBUG_FILE", "")
+    if not pattern:
+        return ""
+    path = Path(pattern.replace("%h", socket.gethostname()).replace("%p", str(os.getpid())))
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def bus_bandwidth(op: str, nbytes: int, seconds: float, world: int) -> float:
+    """nccl-tests' busbw in GB/s (1e9 bytes) for one rank's buffer of `nbytes` moved in `seconds`."""
+    algbw = nbytes / max(seconds, 1e-12) / 1e9
+    factor = {"all_reduce": 2 * (world - 1) / world, "all_to_all": (world - 1) / world}[op]
+    return algbw * factor
+
+
+def _timed(runtime, op: str, nbytes: int) -> dict:
+    """One rank buffer of ~nbytes (capped, a multiple of the world size), one warm-up, then the mean of
+    ITERS runs; the slowest rank's time counts (a collective ends when its last rank does)."""
+    import torch  # here, not at the top: the launcher reads this module's constants without torch
+    import torch.distributed as dist
+
+    world, backend = runtime.world_size, runtime.backend
+    elems = max(world, min(nbytes, MAX_BYTES[backend]) // 4 // world * world)
+    x = torch.ones(elems, dtype=torch.float32, device=runtime.device)
+    y = torch.empty_like(x)
+    run = (lambda: dist.all_reduce(x)) if op == "all_reduce" else (lambda: dist.all_to_all_single(y, x))
+    run()
+    _sync(runtime)
+    t0 = time.perf_counter()
+    for _ in range(ITERS[backend]):
+        run()
+    _sync(runtime)
+    elapsed = torch.tensor([(time.perf_counter() - t0) / ITERS[backend]], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    seconds = float(elapsed.item())
+    return {"bytes": elems * 4, "seconds": round(seconds, 6),
+            "busbw_GBps": round(bus_bandwidth(op, elems * 4, seconds, world), 3)}
+
+
+def _sync(runtime) -> None:
+    import torch
+
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize(runtime.device)
+
+
+def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "on", environ=os.environ) -> dict | None:
+    """The transport and both bandwidths, the same dict on every rank (rank 0's transport); None for one
+    process or mode off. Raises UserError (mode on) when a fabric preset is set and NCCL runs on Socket."""
+    if not runtime.distributed or mode == "off":
+        return None
+    fabric = environ.get(FABRIC_ENV, "none")
+    net: dict = {"backend": runtime.backend, "fabric": fabric}
+    result = {"all_reduce": _timed(runtime, "all_reduce", allreduce_bytes),
+              "all_to_all": _timed(runtime, "all_to_all", alltoall_bytes)}
+    if runtime.backend == "nccl":
+        found = transport_from_log(_nccl_log(environ)) or {
+            "transport": "unknown", "detail": "NCCL_DEBUG is set by the job: its own INFO lines say `Using network ...`"}
+    else:  # gloo: TCP over the interface GLOO_SOCKET_IFNAME names, else the one the hostname resolves to
+        found = {"transport": "TCP", "detail": f"interface {environ.get('GLOO_SOCKET_IFNAME') or 'of the hostname'}"}
+    import torch.distributed as dist
+
+    shared = [found]
+    dist.broadcast_object_list(shared, src=0)  # rank 0's view, so every rank decides alike
+    net.update(shared[0], **result)
+    message = fabric_unused(net)
+    if message and mode == "on":
+        raise UserError(f"{message}; set train.dist.network_check=warn to run anyway")
+    if message and runtime.is_main:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    return net
+
+
+def fabric_unused(net: dict) -> str:
+    """Why the fabric preset the pod was rendered for is not carrying NCCL's traffic ("" when it is, or
+    when there is no preset, or on gloo, which never uses one)."""
+    expected = FABRICS.get(net.get("fabric", "none"))
+    if net.get("backend") != "nccl" or not expected or net.get("transport") != SOCKET:
+        return ""
+    return (f"cluster.fabric={net['fabric']}: NCCL runs on Socket (TCP), not {expected[0]}: the fabric is not in use "
+            f"(all-reduce {net['all_reduce']['busbw_GBps']:.1f} GB/s); likely missing: {expected[1]}")
+
+
+def summary(net: dict | None) -> str:
+    """The progress line's part: 'net NCCL AWS Libfabric, all-reduce 412.3 GB/s, all-to-all 96.1 GB/s'."""
+    if not net:
+        return ""
+    return (f"net {net['backend'].upper()} {net['transport']}, all-reduce {net['all_reduce']['busbw_GBps']:.3g} GB/s, "
+            f"all-to-all {net['all_to_all']['busbw_GBps']:.3g} GB/s")
