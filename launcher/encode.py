@@ -9,6 +9,7 @@ holds the shared macros (names, labels, security contexts, the plan's pod as a p
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -32,6 +33,10 @@ MANIFESTS_DIR = next(p for p in (Path(__file__).resolve().parent.parent / "manif
                                  Path(__file__).resolve().parent / "manifests") if p.is_dir())
 
 
+# libyaml's safe loader where PyYAML has it (the same documents, parsed ~10x faster), else PyYAML's own.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def toyaml(value) -> str:
     """One YAML scalar (or flow collection) that cannot break out of its place in the document."""
     return json.dumps(value, sort_keys=True, ensure_ascii=True)
@@ -44,6 +49,7 @@ def dns_label(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1)  # compiled templates are kept: compiling them was half of a render
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(MANIFESTS_DIR)),
@@ -138,7 +144,7 @@ def encode_objects(cfg: JobConfig, plan, git_revision: str = "unknown") -> list[
     for name in _templates(cfg):
         text = env.get_template(f"{name}.yaml.j2").render(ctx)
         try:
-            obj = yaml.safe_load(text)
+            obj = yaml.load(text, Loader=SAFE_LOADER)
         except yaml.YAMLError as e:  # a template bug, not a user error: keep the traceback
             raise RuntimeError(f"manifests/{name}.yaml.j2 rendered invalid YAML: {e}\n{text}") from e
         objs.append(obj)

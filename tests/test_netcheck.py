@@ -3,6 +3,8 @@ the verdict on a fabric NCCL does not use, the installer's profile. The check it
 2-node gloo run of tests/test_dist_train.py (its figures in run.json and the first progress line)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dlrm.dist import netcheck
@@ -64,16 +66,28 @@ def test_a_fabric_on_sockets_names_the_preset_and_the_missing_piece():
     assert fabric_unused(_net(backend="gloo", transport="TCP")) == ""
 
 
-def test_prepare_sources_the_installers_profile_and_logs_nccl_to_a_file(tmp_path):
+def test_prepare_sources_the_installers_profile_and_switches_nccls_start_up_lines_on(tmp_path):
     profile = tmp_path / "nccl-env-profile.sh"
     profile.write_text("export NCCL_FASTRAK_NUM_FLOWS=2\nexport NCCL_BUFFSIZE=8388608\nexport PATH=/nowhere:$PATH\n")
-    env = {netcheck.PROFILE_ENV: str(profile), "NCCL_BUFFSIZE": "4194304"}
+    env = {netcheck.PROFILE_ENV: str(profile), "NCCL_BUFFSIZE": "4194304", "NCCL_DEBUG": "WARN"}
     netcheck.prepare("nccl", env)
     assert env["NCCL_FASTRAK_NUM_FLOWS"] == "2" and env["NCCL_BUFFSIZE"] == "4194304"  # the pod's own value wins
-    assert "PATH" not in env and env["NCCL_DEBUG"] == "INFO" and env["NCCL_DEBUG_FILE"].endswith(netcheck.NCCL_LOG)
-    mine = {"NCCL_DEBUG": "WARN"}
-    netcheck.prepare("nccl", mine)
-    assert mine == {"NCCL_DEBUG": "WARN"}  # the job's own NCCL logging is left alone
+    assert "PATH" not in env
+    # the job's WARN becomes INFO of the start-up subsystems, which the check keeps to itself (QUIET_ENV)
+    assert (env["NCCL_DEBUG"], env["NCCL_DEBUG_SUBSYS"], env[netcheck.QUIET_ENV]) == ("INFO", "INIT,NET", "1")
+    for own in ({"NCCL_DEBUG": "INFO"}, {"NCCL_DEBUG_FILE": "/tmp/nccl.%h.%p"}):
+        mine = dict(own)
+        netcheck.prepare("nccl", mine)
+        assert mine == own  # the job's own NCCL logging is left alone
     gloo: dict = {}
     netcheck.prepare("gloo", gloo)
     assert gloo == {}
+
+
+def test_nccls_start_up_lines_are_kept_for_the_check_and_its_own_info_lines_not_shown(capfd):
+    env = {netcheck.QUIET_ENV: "1"}
+    with netcheck.captured_init("nccl", env):  # what NCCL writes to stdout while the process group starts
+        os.write(1, b"host:1:2 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/RoCE ; OOB eth0:10.0.0.2<0>\n"
+                    b"host:1:2 [0] NCCL INFO Using network IB\nhost:1:2 [0] NCCL WARN Could not find real path\n")
+    assert transport_from_log(netcheck._nccl_log(env))["transport"] == "IB"
+    assert capfd.readouterr().out == "host:1:2 [0] NCCL WARN Could not find real path\n"

@@ -1,7 +1,8 @@
 """The network check at the start of every distributed run: which transport, and how fast.
 
-    prepare(backend)                                   # before the process group: NCCL's profile and INIT/NET log
-    net = check(runtime, allreduce_bytes, alltoall_bytes, mode="on")
+    prepare(backend)                                   # before the process group: NCCL's profile, INIT/NET INFO on
+    with captured_init(backend): dist.init_process_group(...)   # NCCL's start-up lines kept for the check
+    net = check(runtime, allreduce_bytes, alltoall_bytes, mode="fail")
     net   # {"backend": "nccl", "transport": "AWS Libfabric", "fabric": "efa",
           #  "all_reduce": {"bytes": B, "seconds": t, "busbw_GBps": x}, "all_to_all": {...}}
 
@@ -17,6 +18,8 @@ collectives, capped in size, once.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import socket
@@ -44,7 +47,6 @@ FABRICS = {
     "oci-roce": ("IB", "hostNetwork with /dev/infiniband, a privileged container, or libibverbs in the image"),
 }
 SOCKET = "Socket"
-NCCL_LOG = "dlrm-nccl.%h.%p.log"  # NCCL_DEBUG_FILE's name (NCCL fills in the host and pid)
 # Enough to time a collective without a measurable cost: NCCL's buffers beyond this reach full speed
 # on every fabric here; gloo over TCP on a CPU test machine stays tiny.
 MAX_BYTES = {"nccl": 256 << 20, "gloo": 1 << 20}
@@ -91,7 +93,7 @@ def source_profile(path: str, environ=os.environ) -> list[str]:
 
 def prepare(backend: str, environ=os.environ) -> None:
     """Before the process group, on NCCL: the fabric's NCCL profile sourced, and NCCL's INIT and NET
-    lines written to a file the check reads (unless NCCL_DEBUG is the user's own: then it reads none)."""
+    INFO lines switched on (the job's own NCCL_DEBUG=INFO or NCCL_DEBUG_FILE is kept as it is)."""
     if backend != "nccl":
         return
     profile = environ.get(PROFILE_ENV)
@@ -100,15 +102,57 @@ def prepare(backend: str, environ=os.environ) -> None:
     elif profile:
         print(f"warning: {PROFILE_ENV}={profile} does not exist: the node's NCCL plugin installer has not run "
               f"(or its folder is not mounted)", file=sys.stderr, flush=True)
-    if "NCCL_DEBUG" not in environ and "NCCL_DEBUG_FILE" not in environ:
-        environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
-                       NCCL_DEBUG_FILE=str(Path(tempfile.gettempdir()) / NCCL_LOG))
+    if "NCCL_DEBUG_FILE" not in environ and environ.get("NCCL_DEBUG", "").upper() not in ("INFO", "TRACE"):
+        # NCCL reads these once, when it starts; WARN lines still print whatever the subsystems
+        environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS=environ.get("NCCL_DEBUG_SUBSYS", "INIT,NET"),
+                       **{QUIET_ENV: "1"})
+
+
+QUIET_ENV = "DLRM_NETCHECK_QUIET"  # set by prepare: INFO lines are ours, not the job's; not shown
+_init_log: list[str] = []  # what NCCL printed while the process group started (captured_init)
+
+
+@contextlib.contextmanager
+def captured_init(backend: str, environ=os.environ):
+    """Around init_process_group (which starts NCCL's communicator when given the device): NCCL's
+    lines on stdout are kept for the check, and passed on to stdout, less the INFO lines prepare()
+    switched on for it. Only file descriptor 1 is redirected, and only for this window."""
+    if backend != "nccl" or "NCCL_DEBUG_FILE" in environ:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            _flush_c_stdout()
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+    _init_log[:] = [text]
+    quiet = environ.get(QUIET_ENV) == "1"
+    shown = "".join(line for line in text.splitlines(keepends=True) if not (quiet and " NCCL INFO " in line))
+    if shown:
+        sys.stdout.write(shown)
+        sys.stdout.flush()
+
+
+def _flush_c_stdout() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)  # NCCL's own buffered writes, before the descriptor goes back
+    except (OSError, AttributeError):
+        pass
 
 
 def _nccl_log(environ=os.environ) -> str:
+    """NCCL's INFO lines from its start: the job's own NCCL_DEBUG_FILE, else what captured_init kept."""
     pattern = environ.get("NCCL_DEBUG_FILE", "")
     if not pattern:
-        return ""
+        return "".join(_init_log)
     path = Path(pattern.replace("%h", socket.gethostname()).replace("%p", str(os.getpid())))
     try:
         return path.read_text(errors="replace")
@@ -154,10 +198,10 @@ def _sync(runtime) -> None:
         torch.cuda.synchronize(runtime.device)
 
 
-def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "on", environ=os.environ) -> dict | None:
+def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "fail", environ=os.environ) -> dict | None:
     """The transport and both bandwidths, the same dict on every rank (rank 0's transport); None for one
-    process or mode off. Raises UserError (mode on) when a fabric preset is set and NCCL runs on Socket."""
-    if not runtime.distributed or mode == "off":
+    process or mode skip. Raises UserError (mode fail) when a fabric preset is set and NCCL runs on Socket."""
+    if not runtime.distributed or mode == "skip":
         return None
     fabric = environ.get(FABRIC_ENV, "none")
     net: dict = {"backend": runtime.backend, "fabric": fabric}
@@ -165,7 +209,7 @@ def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "on", 
               "all_to_all": _timed(runtime, "all_to_all", alltoall_bytes)}
     if runtime.backend == "nccl":
         found = transport_from_log(_nccl_log(environ)) or {
-            "transport": "unknown", "detail": "NCCL_DEBUG is set by the job: its own INFO lines say `Using network ...`"}
+            "transport": "unknown", "detail": "NCCL printed no `Using network` line while it started"}
     else:  # gloo: TCP over the interface GLOO_SOCKET_IFNAME names, else the one the hostname resolves to
         found = {"transport": "TCP", "detail": f"interface {environ.get('GLOO_SOCKET_IFNAME') or 'of the hostname'}"}
     import torch.distributed as dist
@@ -174,7 +218,7 @@ def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "on", 
     dist.broadcast_object_list(shared, src=0)  # rank 0's view, so every rank decides alike
     net.update(shared[0], **result)
     message = fabric_unused(net)
-    if message and mode == "on":
+    if message and mode == "fail":
         raise UserError(f"{message}; set train.dist.network_check=warn to run anyway")
     if message and runtime.is_main:
         print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -194,9 +194,10 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
     if network_check and not dist.is_initialized():
         netcheck.prepare(backend)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=dev if dev.type == "cuda" else None)
+        with netcheck.captured_init(backend) if network_check else contextlib.nullcontext():
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout_s),
+                                    device_id=dev if dev.type == "cuda" else None)
     elif (dist.get_rank(), dist.get_world_size()) != (rank, world):
         raise UserError(f"a process group is already up as rank {dist.get_rank()} of {dist.get_world_size()}, "
                         f"but the env says rank {rank} of {world}")
@@ -206,4 +207,4 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
 
 def runtime_from_config(cfg) -> Runtime:
     """init_runtime with a TrainConfig's device and collective timeout."""
-    return init_runtime(cfg.device, cfg.dist.collective_timeout_s, network_check=cfg.dist.network_check != "off")
+    return init_runtime(cfg.device, cfg.dist.collective_timeout_s, network_check=cfg.dist.network_check != "skip")
