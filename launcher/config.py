@@ -112,7 +112,8 @@ class ClusterConfig:
     fabric: Literal[fabrics.FABRICS] = "none"
     instance_type: str = ""  # the fabric's node type (p5en.48xlarge, a3-megagpu-8g...); "" -> the preset's default
     fabric_options: fabrics.FabricOptions = field(default_factory=fabrics.FabricOptions)
-    efa: Annotated[int, Range(ge=0, le=64)] = 0  # fabric=efa: vpc.amazonaws.com/efa per pod; 0 -> the instance type's count
+    # fabric=efa: vpc.amazonaws.com/efa per pod for an instance type the preset does not list; 0 -> the listed type's count
+    efa: Annotated[int, Range(ge=0, le=64)] = 0
     pod: podblock.PodConfig = field(default_factory=podblock.PodConfig)  # what the typed config does not model
     extra_resources: dict[str, Annotated[int, Range(ge=1, le=2**31 - 1)]] = field(default_factory=dict)  # e.g. rdma/hca_shared_devices_a: 1
     nccl_env: dict[str, str] = field(default_factory=dict)  # NCCL_* and FI_* settings

@@ -32,6 +32,7 @@ from typing import Annotated
 from dlrm.errors import ConfigError
 from dlrm.typed import Range
 from dlrm.dist.netcheck import FABRIC_ENV, FABRICS as NET_FABRICS, PROFILE_ENV
+from launcher import names
 from launcher.plan import Container, EnvVar, Mount, Volume
 
 # The trainer's network check (dlrm/dist/netcheck.py) knows each fabric's transport and what it needs;
@@ -185,13 +186,15 @@ def check(cfg) -> None:
             _fail(f"cluster.instance_type={c.instance_type} is read by a fabric preset: set cluster.fabric "
                   f"({', '.join(FABRICS[1:])}), or use cluster.node_selector")
         return
+    names.check_name("cluster.instance_type", c.instance_type, names.LABEL_VALUE, optional=True)  # a node label's value
     preset, node = PRESETS[c.fabric], node_type(cfg)
-    if node not in preset.nodes:
+    if node not in preset.nodes and not (c.fabric == "efa" and c.efa):
         _fail(f"cluster.instance_type={node!r} is not a node type of cluster.fabric={c.fabric} "
-              f"(known: {', '.join(preset.nodes)})")
+              f"(known: {', '.join(preset.nodes)})" + ("; for another EFA instance type give its count, cluster.efa"
+                                                         if c.fabric == "efa" else ""))
     if c.efa and c.fabric != "efa":
         _fail(f"cluster.efa={c.efa} with cluster.fabric={c.fabric}: EFA devices are AWS's; leave cluster.efa 0")
-    if c.fabric == "efa" and c.efa and c.efa != preset.nodes[node]:
+    if c.fabric == "efa" and c.efa and node in preset.nodes and c.efa != preset.nodes[node]:
         _fail(f"cluster.efa={c.efa}: {node} has {preset.nodes[node]} EFA devices and a pod that asks for another "
               f"count never schedules; leave cluster.efa 0 (the instance type's count)")
     if c.fabric in DAEMONS and not o.daemon_image and (o.plugin_version or DEFAULT_PLUGIN[c.fabric]) not in DAEMONS[c.fabric]:
@@ -252,7 +255,7 @@ def wiring(cfg) -> Wiring:
         w.volumes.append(Volume(name, "hostPath", {"path": host}))
         w.mounts.append(Mount(name, path))
     if c.fabric == "efa":
-        w.devices[EFA_RESOURCE] = preset.nodes[node]
+        w.devices[EFA_RESOURCE] = preset.nodes.get(node) or c.efa
         if o.efa_hugepages:
             w.devices["hugepages-2Mi"] = o.efa_hugepages
     elif c.fabric == "azure-ib":

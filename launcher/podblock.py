@@ -148,5 +148,4 @@ def local_limits(pod) -> list[str]:
     if caps or pod.main.security.get("privileged"):
         lines.append(f"container {pod.main.name}: {'privileged, ' if pod.main.security.get('privileged') else ''}"
                      f"capabilities {', '.join(caps) or 'none'} not granted: local processes keep this user's privileges")
-    lines += [f"init container {c.get('name')}: not run locally" for c in pod.extra_init]
     return lines

@@ -117,12 +117,13 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     main.security = train_security(fabric, extra.capabilities)
     if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
         main.env, main.env_from = main.env + secret_key_env(cfg), []
-    return Pod(containers=[main], init_containers=init + fabric.sidecars, volumes=train_volumes(cfg) + fabric.volumes + extra_volumes(cfg),
+    init += fabric.sidecars + [user_container(raw) for raw in extra.init_containers]
+    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg) + fabric.volumes + extra_volumes(cfg),
                security=pod_security(cfg), main_name=name, grace_seconds=c.termination_grace_seconds,
                labels=dict(sorted(extra.labels.items())), annotations=dict(sorted({**fabric.annotations, **extra.annotations}.items())),
                host_network=fabric.host_network or extra.host_network,
                dns_policy=podblock.dns_policy(extra) or ("ClusterFirstWithHostNet" if fabric.host_network else ""),
-               spec_extra=podblock.spec_fields(extra), extra_init=list(extra.init_containers))
+               spec_extra=podblock.spec_fields(extra))
 
 
 def node_selector(cfg) -> dict[str, str]:
@@ -170,6 +171,22 @@ def extra_mounts(cfg) -> list[Mount]:
             raise ConfigError(f"cluster.pod.mounts[{i}].{unknown[0]}: not supported here (only {', '.join(sorted(MOUNT_FIELDS))})")
         out.append(Mount(m["name"], m["mountPath"], bool(m.get("readOnly", False)), m.get("subPath", "")))
     return out
+
+
+def user_container(c: dict) -> Container:
+    """cluster.pod's init container (a core/v1 Container, schema-checked) as the plan reads it, and as
+    launcher/decode.py reads it back from a rendered file; rendered as written (Container.raw)."""
+    resources = c.get("resources") or {}
+    return Container(
+        c["name"], image=c.get("image", ""), command=[str(a) for a in c.get("command") or []], args=[str(a) for a in c.get("args") or []],
+        env=[EnvVar(e["name"], None if "value" not in e else str(e["value"]), e.get("valueFrom")) for e in c.get("env") or []],
+        env_from=list(c.get("envFrom") or []), mounts=[Mount(m["name"], m["mountPath"], bool(m.get("readOnly", False)), m.get("subPath", ""))
+                                                        for m in c.get("volumeMounts") or []],
+        ports=[Port(str(p.get("name", "")), p.get("containerPort", 0)) for p in c.get("ports") or []],
+        requests=dict(resources.get("requests") or {}), limits=dict(resources.get("limits") or {}),
+        security=dict(c.get("securityContext") or {}), pull_policy=c.get("imagePullPolicy", "IfNotPresent"),
+        working_dir=c.get("workingDir", ""),
+        sidecar=c.get("restartPolicy") == "Always", raw=c)
 
 
 def extra_volumes(cfg) -> list[Volume]:

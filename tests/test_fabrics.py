@@ -15,6 +15,9 @@ import pytest
 from dlrm.errors import ConfigError
 from launcher import pods, podblock
 from launcher.config import load_job_config
+from launcher.decode import plan_from_objects
+from launcher.encode import plan_job
+from launcher.local_steps import plan_steps
 from launcher.render import render_objects, to_yaml
 from launcher.validate import validate_objects
 from test_render import GOLDEN, REV
@@ -164,6 +167,14 @@ def test_efa_count_comes_from_the_instance_type(node, count):
         load_job_config("synthetic-smoke", overrides={"cluster": {"fabric": "efa", "instance_type": node, "efa": count + 1}})
 
 
+
+def test_efa_on_an_unlisted_instance_type_takes_its_count_from_cluster_efa():
+    cfg = load_job_config("synthetic-smoke", overrides={"cluster": {"fabric": "efa", "instance_type": "p4d.24xlarge", "efa": 4}})
+    assert pods.train_pod(cfg).main.limits["vpc.amazonaws.com/efa"] == 4
+    with pytest.raises(ConfigError, match=r"'p4d.24xlarge' is not a node type of cluster.fabric=efa .*give its count, cluster.efa"):
+        load_job_config("synthetic-smoke", overrides={"cluster": {"fabric": "efa", "instance_type": "p4d.24xlarge"}})
+
+
 def test_cluster_specific_values_are_parameters():
     cfg = load_job_config("synthetic-smoke", overrides={"cluster": {"fabric": "gke-tcpxo", "fabric_options": {
         "networks": [f"a3mega-net-{i}" for i in range(8)],
@@ -224,3 +235,27 @@ def test_pod_block_keys_with_dots_through_set_and_what_run_local_cannot_apply():
         "pod schedulerName: no scheduler places local processes",
         "pod hostNetwork: local processes already share this machine's network",
         "container pytorch: capabilities IPC_LOCK not granted: local processes keep this user's privileges"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_rendered_file_decodes_to_the_same_plan(name):
+    """run-local FILE sees what run-local --profile sees: the sidecars, host network and PodSpec fields included."""
+    profile, overrides = CASES[name]
+    plan = plan_job(load_job_config(profile, overrides=overrides), git_revision=REV)
+    decoded = plan_from_objects(render(name))
+    assert decoded.groups == plan.groups
+    pod = plan.groups[0].pod
+    assert podblock.local_limits(decoded.groups[0].pod) == podblock.local_limits(pod)
+
+
+def test_run_local_runs_no_init_container_of_another_image(tmp_path):
+    cfg = load_job_config("synthetic-smoke", overrides={"cluster": {"fabric": "gke-tcpxo", "pod": {"init_containers": [
+        {"name": "wait-for-dns", "image": "busybox:1.36", "command": ["sh", "-c", "nslookup kubernetes.default"]}]}}})
+    plan = plan_job(cfg)
+    (replica,) = plan.replicas
+    folders = {v.name: tmp_path / v.name for v in plan.pod(replica).volumes}
+    said: list[str] = []
+    steps = plan_steps(plan, replica, {}, folders, said.append)
+    assert [s.container for s in steps] == ["pytorch"]
+    assert said[:2] == ["master-0: sidecar init container tcpxo-daemon is not run locally",
+                        "master-0: init container wait-for-dns is not run locally: its image busybox:1.36 is not this machine"]

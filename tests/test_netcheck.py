@@ -91,3 +91,10 @@ def test_nccls_start_up_lines_are_kept_for_the_check_and_its_own_info_lines_not_
                     b"host:1:2 [0] NCCL INFO Using network IB\nhost:1:2 [0] NCCL WARN Could not find real path\n")
     assert transport_from_log(netcheck._nccl_log(env))["transport"] == "IB"
     assert capfd.readouterr().out == "host:1:2 [0] NCCL WARN Could not find real path\n"
+
+
+def test_a_failed_start_shows_every_line_nccl_printed(capfd):
+    with pytest.raises(RuntimeError, match="NCCL error"), netcheck.captured_init("nccl", {netcheck.QUIET_ENV: "1"}):
+        os.write(1, b"host:1:2 [0] NCCL INFO NET/IB : No device found.\n")
+        raise RuntimeError("NCCL error: unhandled system error")
+    assert capfd.readouterr().out == "host:1:2 [0] NCCL INFO NET/IB : No device found.\n"

@@ -116,16 +116,18 @@ _init_log: list[str] = []  # what NCCL printed while the process group started (
 def captured_init(backend: str, environ=os.environ):
     """Around init_process_group (which starts NCCL's communicator when given the device): NCCL's
     lines on stdout are kept for the check, and passed on to stdout, less the INFO lines prepare()
-    switched on for it. Only file descriptor 1 is redirected, and only for this window."""
+    switched on for it (all of them when the start fails: they say why). Only file descriptor 1 is
+    redirected, and only for this window."""
     if backend != "nccl" or "NCCL_DEBUG_FILE" in environ:
         yield
         return
     sys.stdout.flush()
-    saved = os.dup(1)
+    saved, failed = os.dup(1), True
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 1)
         try:
             yield
+            failed = False
         finally:
             sys.stdout.flush()
             _flush_c_stdout()
@@ -133,12 +135,10 @@ def captured_init(backend: str, environ=os.environ):
             os.close(saved)
             tmp.seek(0)
             text = tmp.read().decode(errors="replace")
-    _init_log[:] = [text]
-    quiet = environ.get(QUIET_ENV) == "1"
-    shown = "".join(line for line in text.splitlines(keepends=True) if not (quiet and " NCCL INFO " in line))
-    if shown:
-        sys.stdout.write(shown)
-        sys.stdout.flush()
+            _init_log[:] = [text]
+            quiet = environ.get(QUIET_ENV) == "1" and not failed
+            sys.stdout.write("".join(line for line in text.splitlines(keepends=True) if not (quiet and " NCCL INFO " in line)))
+            sys.stdout.flush()
 
 
 def _flush_c_stdout() -> None:
