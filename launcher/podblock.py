@@ -41,6 +41,10 @@ class PodConfig:
     env_from: list[dict[str, Any]] = field(default_factory=list)  # core/v1 EnvFromSource: a Secret's or ConfigMap's keys
 
 
+RESERVED_ANNOTATIONS = {
+    "sidecar.istio.io/inject": "is the launcher's: a training pod never gets a service mesh sidecar",
+    "kueue.x-k8s.io/podset-required-topology": "is rendered from scheduling.topology (level, mode=required): set that",
+    "kueue.x-k8s.io/podset-preferred-topology": "is rendered from scheduling.topology (level, mode=preferred): set that"}
 # (field, the k8s.json definition of one item; list: each item)
 SCHEMAS = {"affinity": "Affinity", "topology_spread_constraints": "TopologySpreadConstraint", "volumes": "Volume",
            "mounts": "VolumeMount", "init_containers": "Container", "env": "EnvVar", "env_from": "EnvFromSource"}
@@ -81,9 +85,16 @@ def check(cfg) -> None:
     names.check_labels("cluster.pod.labels", p.labels)
     for key in p.annotations:
         names.check_key("cluster.pod.annotations key", key)
+    # what the launcher writes itself (manifests/_helpers.j2): the job's labels, the mesh opt-out, Kueue's TAS keys
+    for key in p.labels:
+        if key.startswith("app.kubernetes.io/"):
+            raise ConfigError(f"cluster.pod.labels: {key} is one of the job's own labels (app.kubernetes.io/*); leave it out")
+    for key, why in RESERVED_ANNOTATIONS.items():
+        if key in p.annotations:
+            raise ConfigError(f"cluster.pod.annotations: {key} {why}")
     for i, cap in enumerate(p.capabilities):
         if not cap.isupper() or not cap.replace("_", "").isalnum():
-            raise ConfigError(f"cluster.pod.capabilities[{i}]={cap!r}: expected a Linux capability name without CAP_ "
+            raise ConfigError(f"cluster.pod.capabilities[{i}]={cap!r}: expected a Linux capability name in capitals "
                               f"(IPC_LOCK, NET_ADMIN, SYS_PTRACE)")
     for path in ("scheduler_name", "runtime_class_name"):
         names.check_name(f"cluster.pod.{path}", getattr(p, path), names.SUBDOMAIN, optional=True)

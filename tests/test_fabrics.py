@@ -259,3 +259,20 @@ def test_run_local_runs_no_init_container_of_another_image(tmp_path):
     assert [s.container for s in steps] == ["pytorch"]
     assert said[:2] == ["master-0: sidecar init container tcpxo-daemon is not run locally",
                         "master-0: init container wait-for-dns is not run locally: its image busybox:1.36 is not this machine"]
+
+
+@pytest.mark.parametrize("overrides,error", [
+    ({"cluster": {"pod": {"labels": {"app.kubernetes.io/name": "x"}}}}, r"cluster.pod.labels: app.kubernetes.io/name is one of the job's own"),
+    ({"cluster": {"pod": {"annotations": {"kueue.x-k8s.io/podset-required-topology": "x"}}}},
+     r"kueue.x-k8s.io/podset-required-topology is rendered from scheduling.topology"),
+    ({"cluster": {"pod": {"volumes": [{"name": "shm", "emptyDir": {}}]}}}, r"cluster.pod.volumes\[0\].name='shm': the launcher renders"),
+    ({"cluster": {"pod": {"mounts": [{"name": "nope", "mountPath": "/x"}]}}}, r"cluster.pod.mounts\[0\].name='nope': no such volume"),
+    ({"cluster": {"pod": {"capabilities": ["ipc_lock"]}}}, r"cluster.pod.capabilities\[0\]='ipc_lock': expected a Linux capability"),
+    ({"cluster": {"pod": {"dns_policy": "ClusterFirstWithHostNet"}}}, r"ClusterFirstWithHostNet is for host_network=true"),
+    ({"cluster": {"pod": {"env": [{"name": "HOME", "value": "/x"}]}}}, r"cluster.pod.env\[0\].name=HOME: already set"),
+    ({"api": "trainjob", "trainjob": {"cluster_runtime": "torch-distributed"},
+      "cluster": {"pod": {"env_from": [{"secretRef": {"name": "s"}}]}}}, r"cluster.pod.env_from cannot reach trainjob.cluster_runtime"),
+])
+def test_pod_block_refusals(overrides, error):
+    with pytest.raises(ConfigError, match=error):
+        pods.train_pod(load_job_config("synthetic-smoke", overrides=overrides))
