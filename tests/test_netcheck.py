@@ -53,7 +53,7 @@ def test_bus_bandwidth_is_nccl_tests():
 
 
 def _net(**kw) -> dict:
-    return {"backend": "nccl", "fabric": "efa", "transport": "Socket", "all_reduce": {"busbw_GBps": 3.9}, **kw}
+    return {"backend": "nccl", "fabric": "efa", "nodes": 2, "transport": "Socket", "all_reduce": {"busbw_GBps": 3.9}, **kw}
 
 
 def test_a_fabric_on_sockets_names_the_preset_and_the_missing_piece():
@@ -64,6 +64,7 @@ def test_a_fabric_on_sockets_names_the_preset_and_the_missing_piece():
     assert fabric_unused(_net(transport="AWS Libfabric")) == ""
     assert fabric_unused(_net(fabric="none")) == ""
     assert fabric_unused(_net(backend="gloo", transport="TCP")) == ""
+    assert fabric_unused(_net(nodes=1)) == ""  # 8 ranks of one node: NVLink, no network
 
 
 def test_prepare_sources_the_installers_profile_and_switches_nccls_start_up_lines_on(tmp_path):

@@ -204,7 +204,8 @@ def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "fail"
     if not runtime.distributed or mode == "skip":
         return None
     fabric = environ.get(FABRIC_ENV, "none")
-    net: dict = {"backend": runtime.backend, "fabric": fabric}
+    # one node's ranks talk over NVLink / shared memory: its network matters only across nodes
+    net: dict = {"backend": runtime.backend, "fabric": fabric, "nodes": runtime.world_size // max(runtime.local_world_size, 1)}
     result = {"all_reduce": _timed(runtime, "all_reduce", allreduce_bytes),
               "all_to_all": _timed(runtime, "all_to_all", alltoall_bytes)}
     if runtime.backend == "nccl":
@@ -226,10 +227,10 @@ def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "fail"
 
 
 def fabric_unused(net: dict) -> str:
-    """Why the fabric preset the pod was rendered for is not carrying NCCL's traffic ("" when it is, or
-    when there is no preset, or on gloo, which never uses one)."""
+    """Why the fabric preset the pod was rendered for is not carrying NCCL's traffic ("" when it is, when
+    there is no preset, on gloo, which never uses one, or on one node, whose ranks need no network)."""
     expected = FABRICS.get(net.get("fabric", "none"))
-    if net.get("backend") != "nccl" or not expected or net.get("transport") != SOCKET:
+    if net.get("backend") != "nccl" or not expected or net.get("transport") != SOCKET or net.get("nodes", 2) < 2:
         return ""
     return (f"cluster.fabric={net['fabric']}: NCCL runs on Socket (TCP), not {expected[0]}: the fabric is not in use "
             f"(all-reduce {net['all_reduce']['busbw_GBps']:.1f} GB/s); likely missing: {expected[1]}")
