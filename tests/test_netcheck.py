@@ -67,6 +67,13 @@ def test_a_fabric_on_sockets_names_the_preset_and_the_missing_piece():
     assert fabric_unused(_net(nodes=1)) == ""  # 8 ranks of one node: NVLink, no network
 
 
+def test_a_short_memlock_limit_is_named_for_a_fabric_on_nccl():
+    assert "ulimit -l) is 64 KiB" in netcheck.memlock_short(_net(memlock_bytes=65536))
+    assert netcheck.memlock_short(_net(memlock_bytes=None)) == ""  # unlimited
+    assert netcheck.memlock_short(_net(memlock_bytes=65536, fabric="none")) == ""
+    assert netcheck.memlock_short(_net(memlock_bytes=65536, backend="gloo")) == ""
+
+
 def test_prepare_sources_the_installers_profile_and_switches_nccls_start_up_lines_on(tmp_path):
     profile = tmp_path / "nccl-env-profile.sh"
     profile.write_text("export NCCL_FASTRAK_NUM_FLOWS=2\nexport NCCL_BUFFSIZE=8388608\nexport PATH=/nowhere:$PATH\n")

@@ -205,7 +205,8 @@ def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "fail"
         return None
     fabric = environ.get(FABRIC_ENV, "none")
     # one node's ranks talk over NVLink / shared memory: its network matters only across nodes
-    net: dict = {"backend": runtime.backend, "fabric": fabric, "nodes": runtime.world_size // max(runtime.local_world_size, 1)}
+    net: dict = {"backend": runtime.backend, "fabric": fabric, "nodes": runtime.world_size // max(runtime.local_world_size, 1),
+                 "memlock_bytes": memlock_limit()}
     result = {"all_reduce": _timed(runtime, "all_reduce", allreduce_bytes),
               "all_to_all": _timed(runtime, "all_to_all", alltoall_bytes)}
     if runtime.backend == "nccl":
@@ -221,9 +222,34 @@ def check(runtime, allreduce_bytes: int, alltoall_bytes: int, mode: str = "fail"
     message = fabric_unused(net)
     if message and mode == "fail":
         raise UserError(f"{message}; set train.dist.network_check=warn to run anyway")
-    if message and runtime.is_main:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+    for warning in [message, memlock_short(net)]:
+        if warning and runtime.is_main:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     return net
+
+
+# RDMA pins NCCL's buffers (hundreds of MiB per GPU); a limit below this cannot hold them.
+MIN_MEMLOCK = 1 << 30
+
+
+def memlock_limit() -> int | None:
+    """This process's RLIMIT_MEMLOCK in bytes; None: unlimited."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def memlock_short(net: dict) -> str:
+    """Why verbs (EFA, IB, RoCE, GPUDirect-TCPX's IPC) may fail to pin memory: the pods run as a non-root
+    user, for whom an added IPC_LOCK capability is not effective (Kubernetes sets no ambient capabilities),
+    so the container runtime's memlock limit is what counts."""
+    limit = net.get("memlock_bytes")
+    if net.get("fabric", "none") == "none" or net.get("backend") != "nccl" or limit is None or limit >= MIN_MEMLOCK:
+        return ""
+    return (f"cluster.fabric={net['fabric']}: the memlock limit (ulimit -l) is {limit // 1024} KiB, too little for RDMA "
+            f"to pin NCCL's buffers, and IPC_LOCK does not lift it for a non-root user: the node's container runtime "
+            f"must give containers an unlimited memlock limit (containerd's LimitMEMLOCK=infinity)")
 
 
 def fabric_unused(net: dict) -> str:
