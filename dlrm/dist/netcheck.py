@@ -37,7 +37,7 @@ PROFILE_ENV = "DLRM_NCCL_ENV_PROFILE"  # a shell script of NCCL settings the nod
 # What NCCL says when each fabric's wiring works (its `Using network <name>` line), and what is likely
 # missing when it says Socket instead.
 FABRICS = {
-    "efa": ("AWS Libfabric", "aws-ofi-nccl and libfabric in the image (BASE_IMAGE with the EFA installer), "
+    "efa": ("AWS Libfabric", "aws-ofi-nccl and libfabric in the image (build it with EFA_INSTALLER_VERSION), "
                              "or vpc.amazonaws.com/efa from the EFA device plugin"),
     "gke-tcpx": ("GPUDirectTCPX", "the nccl-tcpx-installer DaemonSet's plugin in /usr/local/nvidia/lib64, "
                                   "or the tcpx-daemon sidecar"),
