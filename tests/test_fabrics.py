@@ -276,3 +276,16 @@ def test_run_local_runs_no_init_container_of_another_image(tmp_path):
 def test_pod_block_refusals(overrides, error):
     with pytest.raises(ConfigError, match=error):
         pods.train_pod(load_job_config("synthetic-smoke", overrides=overrides))
+
+
+def test_pod_block_through_a_stock_cluster_runtimes_patch():
+    patchable = {k: POD_BLOCK[k] for k in ("labels", "annotations", "affinity", "volumes", "mounts", "capabilities", "env")}
+    objs = render_objects(load_job_config("criteo-fl15", overrides={
+        "api": "trainjob", "nodes": 2, "trainjob": {"cluster_runtime": "torch-distributed"}, "cluster": {"pod": patchable}}), REV)
+    job = next(o for o in objs if o["kind"] == "TrainJob")
+    template = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert template["metadata"]["labels"]["topology.kubernetes.io/zone"] == "us-east-1a"
+    assert template["spec"]["affinity"] == POD_BLOCK["affinity"] and POD_BLOCK["volumes"][0] in template["spec"]["volumes"]
+    assert template["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] == ["SYS_PTRACE"]
+    assert {"name": "WANDB_API_KEY", "valueFrom": POD_BLOCK["env"][0]["valueFrom"]} in job["spec"]["trainer"]["env"]
+    assert validate_objects(objs) == []
