@@ -84,6 +84,10 @@ class DistConfig:
     memory_reserve: Annotated[str, ByteSize()] = "4Gi"  # kept free per rank for activations, allocator slack, CUDA context
     sharding: Literal["auto", "table", "row"] = "auto"  # row: split every table by rows over all ranks
     collective_timeout_s: AtLeast1 = 600  # a hung collective fails the job after this long
+    # The network check at the start of a distributed run (dlrm/dist/netcheck.py): fail: a fabric preset
+    # with NCCL on TCP sockets stops the run; warn: it is a warning; skip: no check (no transport, no bandwidth).
+    # (Not on/off: YAML reads those as booleans.)
+    network_check: Literal["fail", "warn", "skip"] = "fail"
 
 
 @dataclass

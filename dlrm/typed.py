@@ -252,19 +252,26 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def override_key(key: str) -> list[str]:
+    """`a.b\\.c` -> ["a", "b.c"]: a dot escaped with a backslash stays in the key (Helm's --set
+    convention), for map keys that hold dots (labels such as topology.kubernetes.io/zone)."""
+    return [part.replace("\\.", ".") for part in re.split(r"(?<!\\)\.", key)]
+
+
 def parse_override(text: str) -> dict:
-    """`a.b.c=VALUE` -> {"a": {"b": {"c": VALUE}}}, VALUE parsed as YAML (so 3, 0.5, true, [1,2])."""
+    """`a.b.c=VALUE` -> {"a": {"b": {"c": VALUE}}}, VALUE parsed as YAML (so 3, 0.5, true, [1,2]);
+    `\\.` in KEY is a literal dot (override_key)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. optim.lr=0.5")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    if not key or any(not part for part in override_key(key)):
         raise ConfigError(f"override {text!r}: empty key segment")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    for part in reversed(key.split(".")):
+    for part in reversed(override_key(key)):
         value = {part: value}
     return value
 

@@ -41,7 +41,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", choices=("pytorchjob", "trainjob"),
                    help="job API: PyTorchJob (Kubeflow training operator v1, the default) or TrainJob (Kubeflow Trainer v2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override any config field, e.g. --set train.epochs=2 --set cluster.efa=4; repeatable")
+                   help="override any config field, e.g. --set train.epochs=2 --set cluster.fabric=efa; a dot inside a "
+                        "key is escaped as in Helm: --set 'cluster.pod.labels.topology\\.kubernetes\\.io/zone=us-east-1a'; repeatable")
     p.add_argument("--resume", action="store_true",
                    help="continue the run already in the job's output though its config differs (train.resume); without it "
                         "the job continues only its own run (same name and config) and refuses to train over another")

@@ -21,7 +21,7 @@ from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, loa
 from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import is_s3_uri, local_path, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
-from launcher import names
+from launcher import fabrics, names, podblock
 from launcher.command import OUTPUT_MOUNT, train_out
 from launcher.resources import check_host_memory, check_resources, pod_resources  # noqa: F401 (API)
 
@@ -80,6 +80,14 @@ class S3Config:
 
 
 @dataclass
+class TopologyConfig:
+    # A level of the cluster's Kueue Topology: a node label such as cloud.google.com/gce-topology-block,
+    # topology.k8s.aws/network-node-layer-3, oci.oraclecloud.com/rdma.local_block_id, kubernetes.io/hostname
+    level: str = ""  # "" -> no topology request
+    mode: Literal["required", "preferred"] = "required"  # required: wait for room in one domain; preferred: best effort
+
+
+@dataclass
 class SchedulingConfig:
     gang: Literal["none", "kueue", "volcano", "scheduler-plugins"] = "none"
     # Kueue's LocalQueue (gang none or kueue: label kueue.x-k8s.io/queue-name, Kueue admits the whole
@@ -90,6 +98,8 @@ class SchedulingConfig:
     # and what it may preempt, without changing the pods' own priority. Needs a Kueue queue.
     workload_priority: str = ""
     min_available: NonNegative = 0  # gang size; 0 -> every replica (nodes)
+    # Kueue topology-aware scheduling: all pods within one domain of this node label (README "Cloud GPU fabrics")
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
 
 
 @dataclass
@@ -98,7 +108,13 @@ class ClusterConfig:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)  # added to the nvidia.com/gpu one
     service_account: str = ""
-    efa: Annotated[int, Range(ge=0, le=64)] = 0  # vpc.amazonaws.com/efa devices per pod
+    # The GPU network's pod wiring (launcher/fabrics.py): none, efa, gke-tcpx, gke-tcpxo, gke-rdma, azure-ib, oci-roce
+    fabric: Literal[fabrics.FABRICS] = "none"
+    instance_type: str = ""  # the fabric's node type (p5en.48xlarge, a3-megagpu-8g...); "" -> the preset's default
+    fabric_options: fabrics.FabricOptions = field(default_factory=fabrics.FabricOptions)
+    # fabric=efa: vpc.amazonaws.com/efa per pod for an instance type the preset does not list; 0 -> the listed type's count
+    efa: Annotated[int, Range(ge=0, le=64)] = 0
+    pod: podblock.PodConfig = field(default_factory=podblock.PodConfig)  # what the typed config does not model
     extra_resources: dict[str, Annotated[int, Range(ge=1, le=2**31 - 1)]] = field(default_factory=dict)  # e.g. rdma/hca_shared_devices_a: 1
     nccl_env: dict[str, str] = field(default_factory=dict)  # NCCL_* and FI_* settings
     env: dict[str, str] = field(default_factory=dict)
@@ -208,6 +224,8 @@ class JobConfig:
         _check_choices(self)
         _check_names(self)
         check_resources(self)
+        fabrics.check(self)
+        podblock.check(self)
         _check_storage(self)
         if self.kind == "train" and self.api == "trainjob":
             _check_trainjob(self)
@@ -242,6 +260,10 @@ def _check_choices(c: JobConfig) -> None:
                          f"put it in a Secret and set s3.secret (or use s3.role_arn)")
     for key in c.cluster.extra_resources:
         names.check_key("cluster.extra_resources key", key, need_prefix=True)
+    if c.scheduling.topology.level:  # Kueue's TAS reads the pod sets' annotation only on a job it admits
+        names.check_key("scheduling.topology.level", c.scheduling.topology.level)
+        _fail_unless(bool(kueue_queue(c)), f"scheduling.topology.level={c.scheduling.topology.level} is Kueue's "
+                     f"topology-aware scheduling: it needs a Kueue queue (scheduling.queue, with scheduling.gang none or kueue)")
 
 
 # Set by the job controllers (the training operator, Trainer's torch plugin) in the training container.
@@ -269,6 +291,10 @@ def _check_trainjob(c: JobConfig) -> None:
     # A runtime patch may set volumes, mounts, security contexts, node selector, tolerations, pull
     # secrets and the service account (trainer.kubeflow.org/v1alpha1 PodSpecPatch), nothing else.
     runtime = f"trainjob.cluster_runtime={t.cluster_runtime}"
+    preset = fabrics.PRESETS.get(c.cluster.fabric)
+    _fail_unless(not (preset and (preset.sidecar or preset.host_network)),
+                 f"cluster.fabric={c.cluster.fabric} needs {'a sidecar' if preset and preset.sidecar else 'hostNetwork'}, "
+                 f"which a TrainJob cannot add to {runtime}: leave trainjob.cluster_runtime empty (a TrainingRuntime is rendered with the job)")
     _fail_unless(c.storage.mode != "stage",
                  f"storage.mode=stage needs the stage init container, which a runtime patch cannot add to {runtime}: "
                  f"use storage.mode=mount, or leave trainjob.cluster_runtime empty (a TrainingRuntime is rendered with the job)")

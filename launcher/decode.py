@@ -12,6 +12,7 @@ from dlrm.errors import UserError
 from dlrm.io.fsutil import load_yaml_file_all
 from launcher.plan import (MASTER_PORT, NODE_ROLE, PORT_NAME, ROLES, Container, EnvVar, JobPlan, Mount, Pod, Port,
                            ReplicaGroup, RunPolicy, Volume)
+from launcher.podblock import SPEC_FIELDS
 from launcher.trainjob import ANCESTOR_LABEL, ANCESTOR_TRAINER, DEFAULT_RUNTIME_KIND, MASTER_PORT as TRAINER_PORT, NODE
 
 
@@ -98,6 +99,9 @@ def _pod(raw, where: str) -> Pod:
         init_containers=[_container(c, f"{where}.spec.initContainers[{i}]")
                          for i, c in enumerate(_typed(spec.get("initContainers"), list, f"{where}.spec.initContainers", []))],
         volumes=volumes, security=_typed(spec.get("securityContext"), dict, f"{where}.spec.securityContext", {}),
+        host_network=_typed(spec.get("hostNetwork"), bool, f"{where}.spec.hostNetwork", False),
+        dns_policy=_typed(spec.get("dnsPolicy"), str, f"{where}.spec.dnsPolicy", ""),
+        spec_extra={k: spec[k] for k in SPEC_FIELDS if k in spec},
         grace_seconds=_typed(spec.get("terminationGracePeriodSeconds"), int, f"{where}.spec.terminationGracePeriodSeconds", None))
 
 

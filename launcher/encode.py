@@ -9,6 +9,7 @@ holds the shared macros (names, labels, security contexts, the plan's pod as a p
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -32,6 +33,10 @@ MANIFESTS_DIR = next(p for p in (Path(__file__).resolve().parent.parent / "manif
                                  Path(__file__).resolve().parent / "manifests") if p.is_dir())
 
 
+# libyaml's safe loader where PyYAML has it (the same documents, parsed ~10x faster), else PyYAML's own.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def toyaml(value) -> str:
     """One YAML scalar (or flow collection) that cannot break out of its place in the document."""
     return json.dumps(value, sort_keys=True, ensure_ascii=True)
@@ -44,6 +49,7 @@ def dns_label(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1)  # compiled templates are kept: compiling them was half of a render
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(MANIFESTS_DIR)),
@@ -87,8 +93,7 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "kueue_queue": kueue_queue(cfg),  # CPU/memory totals, resolved from the per-GPU figures
         "pod_security_context": pods.pod_security(cfg),
         "container_security_context": pods.CONTAINER_SECURITY,
-        "node_selector": dict(sorted({**cfg.cluster.node_selector,
-                                       **({"nvidia.com/gpu.product": cfg.cluster.gpu_product} if cfg.cluster.gpu_product else {})}.items())),
+        "node_selector": pods.node_selector(cfg),
         "cmd": cmd,
         "tj": trainjob,
         **_preprocess_context(cfg),
@@ -139,7 +144,7 @@ def encode_objects(cfg: JobConfig, plan, git_revision: str = "unknown") -> list[
     for name in _templates(cfg):
         text = env.get_template(f"{name}.yaml.j2").render(ctx)
         try:
-            obj = yaml.safe_load(text)
+            obj = yaml.load(text, Loader=SAFE_LOADER)
         except yaml.YAMLError as e:  # a template bug, not a user error: keep the traceback
             raise RuntimeError(f"manifests/{name}.yaml.j2 rendered invalid YAML: {e}\n{text}") from e
         objs.append(obj)

@@ -122,6 +122,9 @@ def plan_steps(plan: JobPlan, replica: Replica, world: dict[str, str], folders: 
         if init and c.sidecar:
             say(f"{replica.name}: sidecar init container {c.name} is not run locally")
             continue
+        if init and c.image != main.image:  # this machine stands in for the job's image only (cluster.pod's own)
+            say(f"{replica.name}: init container {c.name} is not run locally: its image {c.image} is not this machine")
+            continue
         rewrite = mount_rewriter(c, folders)
         env = {k: rewrite(v) for k, v in container_env(c, plan.pod_name(replica), say).items()}
         env.update(world if not init else {k: v for k, v in world.items() if k == "CUDA_VISIBLE_DEVICES"})

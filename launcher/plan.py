@@ -99,6 +99,9 @@ class Container:
     pull_policy: str = "IfNotPresent"
     working_dir: str = ""
     sidecar: bool = False  # an init container with restartPolicy Always
+    # cluster.pod's init container as the admin wrote it: rendered as is (fields the plan does not model
+    # included); the fields above are what run-local reads of it, as it reads them from a rendered file
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def env_k8s(self) -> list[dict]:
         return [e.to_k8s() for e in self.env]
@@ -112,6 +115,15 @@ class Pod:
     security: dict[str, Any] = field(default_factory=dict)
     main_name: str = CONTAINER  # the job API's name for the training container (TrainJob: `node`)
     grace_seconds: int | None = None  # terminationGracePeriodSeconds; None: Kubernetes' default (30 s)
+    # From the fabric preset and cluster.pod (launcher/fabrics.py, launcher/podblock.py): the pod's own labels
+    # and annotations beside the job's (rendered; nothing that runs a plan reads them, so a plan decoded from
+    # a file, which cannot tell them from the job's, compares equal), host networking, and other PodSpec
+    # fields by their API names.
+    labels: dict[str, str] = field(default_factory=dict, compare=False)
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+    host_network: bool = False
+    dns_policy: str = ""
+    spec_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def main(self) -> Container:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
-from launcher import command as cmd, trainjob
+from launcher import command as cmd, fabrics, podblock, trainjob
 from launcher.resources import pod_resources
 from launcher.run_identity import config_sha256, run_id
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
@@ -99,25 +99,103 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     if s.mode == "stage":  # copies and verifies the dataset before training starts; a failed copy fails the pod
         init.append(Container("stage", command=cmd.STAGE_COMMAND + cmd.stage_args(cfg.dataset), limits=limits(cfg),
                               mounts=[Mount("stage", cmd.STAGE_MOUNT), Mount("tmp", cmd.TMP_MOUNT)], **common))
-    devices = {"nvidia.com/gpu": cfg.gpus_per_node, **({"vpc.amazonaws.com/efa": c.efa} if c.efa else {}),
-               **dict(sorted(c.extra_resources.items()))}
+    fabric, extra = fabrics.wiring(cfg), c.pod
+    devices = {"nvidia.com/gpu": cfg.gpus_per_node, **fabric.devices, **dict(sorted(c.extra_resources.items()))}
     mounts = [Mount("config", cmd.CONFIG_DIR, read_only=True)]
     if s.mode == "stage":
         mounts.append(Mount("stage", cmd.STAGE_MOUNT, read_only=True))
     else:
         mounts.append(Mount("dataset", cmd.DATASET_MOUNT, read_only=True, sub_path=cfg.dataset if s.mode == "pvc" else ""))
     mounts += [Mount("output", cmd.OUTPUT_MOUNT, sub_path=(s.output_path or f"runs/{cfg.name}") if s.output_claim else ""),
-               Mount("tmp", cmd.TMP_MOUNT), Mount("shm", cmd.SHM_MOUNT)]
+               Mount("tmp", cmd.TMP_MOUNT), Mount("shm", cmd.SHM_MOUNT), *fabric.mounts, *extra_mounts(cfg)]
     if cfg.api == "trainjob":  # Trainer's `node` container; its torch plugin adds the rendezvous port itself
         name, ports = trainjob.NODE, []
     else:
         name, ports = CONTAINER, [Port(PORT_NAME, MASTER_PORT)]
     main = Container(name, command=cmd.TRAIN_COMMAND + cmd.train_args(dataset_path(cfg), cmd.train_out(cfg.train.out), run_id(cfg), cfg.train.resume),
                      ports=ports, limits={**limits(cfg), **devices}, mounts=mounts, **common)
+    main.env, main.env_from = train_env(cfg, main.env, fabric), main.env_from + list(extra.env_from)
+    main.security = train_security(fabric, extra.capabilities)
     if cfg.api == "trainjob" and cfg.trainjob.cluster_runtime:
         main.env, main.env_from = main.env + secret_key_env(cfg), []
-    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg), security=pod_security(cfg), main_name=name,
-               grace_seconds=c.termination_grace_seconds)
+    init += fabric.sidecars + [user_container(raw) for raw in extra.init_containers]
+    return Pod(containers=[main], init_containers=init, volumes=train_volumes(cfg) + fabric.volumes + extra_volumes(cfg),
+               security=pod_security(cfg), main_name=name, grace_seconds=c.termination_grace_seconds,
+               labels=dict(sorted(extra.labels.items())), annotations=dict(sorted({**fabric.annotations, **extra.annotations}.items())),
+               host_network=fabric.host_network or extra.host_network,
+               dns_policy=podblock.dns_policy(extra) or ("ClusterFirstWithHostNet" if fabric.host_network else ""),
+               spec_extra=podblock.spec_fields(extra))
+
+
+def node_selector(cfg) -> dict[str, str]:
+    """The training pods' nodeSelector: the fabric's node type, cluster.node_selector, the GPU product (later wins)."""
+    c = cfg.cluster
+    gpu = {"nvidia.com/gpu.product": c.gpu_product} if c.gpu_product else {}
+    return dict(sorted({**fabrics.wiring(cfg).node_selector, **c.node_selector, **gpu}.items()))
+
+
+def train_env(cfg, env: list[EnvVar], fabric: fabrics.Wiring) -> list[EnvVar]:
+    """The training container's env: the launcher's, the fabric preset's (a name the user sets in
+    cluster.env / nccl_env keeps the user's value), then cluster.pod.env's references."""
+    user = set(cfg.cluster.env) | set(cfg.cluster.nccl_env)
+    env = env + [e for e in fabric.env if e.name not in user]
+    taken = {e.name for e in env}
+    for i, e in enumerate(cfg.cluster.pod.env):
+        if e["name"] in taken:
+            raise ConfigError(f"cluster.pod.env[{i}].name={e['name']}: already set (by the launcher, the fabric preset or "
+                              f"cluster.env); set it in one place")
+        env.append(EnvVar(e["name"], e.get("value"), e.get("valueFrom")))
+    return env
+
+
+def train_security(fabric: fabrics.Wiring, capabilities: list[str]) -> dict:
+    """CONTAINER_SECURITY plus the capabilities the fabric and cluster.pod add (a privileged fabric
+    container, OCI's RoCE on the host network, may escalate: the API refuses privileged without it)."""
+    security = dict(CONTAINER_SECURITY)
+    add = sorted(set(fabric.capabilities) | set(capabilities))
+    if add:
+        security["capabilities"] = {"drop": ["ALL"], "add": add}
+    if fabric.privileged:
+        security.update(privileged=True, allowPrivilegeEscalation=True)
+    return security
+
+
+# A VolumeMount's fields the plan carries (launcher.plan.Mount); others are refused rather than dropped.
+MOUNT_FIELDS = {"name", "mountPath", "readOnly", "subPath"}
+
+
+def extra_mounts(cfg) -> list[Mount]:
+    out = []
+    for i, m in enumerate(cfg.cluster.pod.mounts):
+        unknown = sorted(set(m) - MOUNT_FIELDS)
+        if unknown:
+            raise ConfigError(f"cluster.pod.mounts[{i}].{unknown[0]}: not supported here (only {', '.join(sorted(MOUNT_FIELDS))})")
+        out.append(Mount(m["name"], m["mountPath"], bool(m.get("readOnly", False)), m.get("subPath", "")))
+    return out
+
+
+def user_container(c: dict) -> Container:
+    """cluster.pod's init container (a core/v1 Container, schema-checked) as the plan reads it, and as
+    launcher/decode.py reads it back from a rendered file; rendered as written (Container.raw)."""
+    resources = c.get("resources") or {}
+    return Container(
+        c["name"], image=c.get("image", ""), command=[str(a) for a in c.get("command") or []], args=[str(a) for a in c.get("args") or []],
+        env=[EnvVar(e["name"], None if "value" not in e else str(e["value"]), e.get("valueFrom")) for e in c.get("env") or []],
+        env_from=list(c.get("envFrom") or []), mounts=[Mount(m["name"], m["mountPath"], bool(m.get("readOnly", False)), m.get("subPath", ""))
+                                                        for m in c.get("volumeMounts") or []],
+        ports=[Port(str(p.get("name", "")), p.get("containerPort", 0)) for p in c.get("ports") or []],
+        requests=dict(resources.get("requests") or {}), limits=dict(resources.get("limits") or {}),
+        security=dict(c.get("securityContext") or {}), pull_policy=c.get("imagePullPolicy", "IfNotPresent"),
+        working_dir=c.get("workingDir", ""),
+        sidecar=c.get("restartPolicy") == "Always", raw=c)
+
+
+def extra_volumes(cfg) -> list[Volume]:
+    out = []
+    for v in cfg.cluster.pod.volumes:
+        (kind,) = [k for k in v if k != "name"] or ["emptyDir"]
+        out.append(Volume(v["name"], kind, v.get(kind) or {}))
+    return out
 
 
 def export_pod(cfg) -> Pod:

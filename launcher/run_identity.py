@@ -60,12 +60,18 @@ NOT_IDENTITY = (
     # table lives; an image or its pull settings change the code that runs, not the experiment (run.json
     # records each start's image); the rest is how Kubernetes schedules, secures, retries and ends the pods.
     "nodes", "gpus_per_node", "max_gpus_per_node", "image", "namespace", "api", "train.device",
-    *_each("train.dist", "device_memory memory_reserve sharding collective_timeout_s"),
+    *_each("train.dist", "device_memory memory_reserve sharding collective_timeout_s network_check"),
     *_each("resources", "cpu_per_gpu memory_per_gpu shm_per_gpu cpu_request cpu_limit memory_request memory_limit shm_size"),
     *_each("cluster", "gpu_product node_selector tolerations service_account efa extra_resources nccl_env env "
                       "image_pull_policy image_pull_secrets run_as_user run_as_group ttl_seconds_after_finished "
-                      "backoff_limit active_deadline_seconds clean_pod_policy termination_grace_seconds"),
+                      "backoff_limit active_deadline_seconds clean_pod_policy termination_grace_seconds fabric instance_type"),
+    # The node's GPU network and the raw pod block: how the pods reach each other and where they run.
+    *_each("cluster.fabric_options", "networks plugin_version daemon_image efa_hugepages rdma_resource rdma_count "
+                                     "topology_file topology_configmap ib_hca"),
+    *_each("cluster.pod", "labels annotations affinity topology_spread_constraints scheduler_name runtime_class_name "
+                          "host_network dns_policy capabilities volumes mounts init_containers env env_from"),
     *_each("scheduling", "gang queue priority_class workload_priority min_available"),
+    *_each("scheduling.topology", "level mode"),
     *_each("trainjob", "cluster_runtime schedule_timeout_seconds"),
     # How data and output reach the pods, and the launcher's own table-size hint for its plan check: the
     # trainer reads the dataset at `dataset` whatever the storage, and `out` is where the run is, not what.

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dlrm.errors import UserError
+from launcher import podblock
 from launcher.decode import load_plan_file, plan_from_objects
 from launcher.local_jobs import (LOGS, PODS, RUNNING, LocalJobRecord, error_line, live_replicas, local_workdir,
                                  output_of_argv, process_id, run_id_of_argv)
@@ -173,6 +174,8 @@ class LocalJob:
         deadline = start + self.deadline_s if self.deadline_s else None
         folders = {r.name: volume_folders(self.plan, r, self.workdir, self.volumes, self.say) for r in self.replicas}
         self.say(f"job {self.name}: {self.plan.nnodes} node(s) x {self.plan.nproc_per_node} process(es), workdir {self.workdir}")
+        for line in podblock.local_limits(self.plan.groups[0].pod):  # one pod for every replica of a training job
+            self.say(f"not applied on one machine: {line}")
         quiet = lambda message: None  # noqa: E731 - planning notes are printed for the first attempt only
         for attempt in range(self.max_restarts + 1):
             port = free_port()

@@ -157,6 +157,15 @@ def test_two_nodes_of_two_processes(dataset, baseline, tmp_path):
     logs = [finish(p) for p in nodes]
     assert "4 ranks" in logs[0]
     assert_same_run(baseline, out)
+    # the network check (dlrm.dist.netcheck) ran once, before training: gloo's transport and both bus
+    # bandwidths at the job's sizes (one rank's all-to-all share: 101 rows x 5 tables x dim 8 x 4 B / 4 ranks,
+    # cut to whole float32 elements per rank)
+    net = json.loads((out / "run.json").read_text())["network"]
+    assert (net["backend"], net["transport"], net["fabric"], net["nodes"]) == ("gloo", "TCP", "none", 2), net
+    assert net["all_to_all"]["bytes"] == (4 * 101 * 5 * 8 // 4) // 16 * 16, net
+    assert all(net[op]["busbw_GBps"] > 0 and net[op]["seconds"] > 0 for op in ("all_reduce", "all_to_all")), net
+    progress = [line for line in logs[0].splitlines() if line.startswith("step ")]
+    assert "| net GLOO TCP, all-reduce " in progress[0] and "net GLOO" not in "".join(progress[1:]), progress[:2]
 
 
 @pytest.mark.parametrize("first,load_at,train_at", [(4, 1, 2), (1, 2, 4)])

@@ -37,7 +37,7 @@ CASES = {
     "pvc-kueue-efa-secret": ("criteo-fl15", {
         "nodes": 4, "dataset": "criteo/fl15", "storage": {"mode": "pvc", "claim": "datasets"},
         "s3": {"secret": "aws-creds"}, "scheduling": {"gang": "kueue", "queue": "gpu-queue"},
-        "cluster": {"efa": 32, "extra_resources": {"rdma/hca_shared_devices_a": 1},
+        "cluster": {"fabric": "efa", "extra_resources": {"rdma/hca_shared_devices_a": 1},
                     "nccl_env": {"FI_PROVIDER": "efa", "NCCL_DEBUG": "INFO"},
                     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
                     "image_pull_secrets": ["regcred"], "service_account": "trainer", "active_deadline_seconds": 86400}}),
@@ -58,7 +58,7 @@ CASES.update({
         "api": "trainjob", "nodes": 2, "trainjob": {"cluster_runtime": "torch-distributed"},
         "storage": {"mode": "mount", "output_claim": "runs"}, "s3": {"secret": "aws-creds", "role_arn": "arn:aws:iam::123456789012:role/dlrm"},
         "scheduling": {"gang": "kueue", "queue": "gpu-queue"},
-        "cluster": {"efa": 32, "image_pull_secrets": ["regcred"], "gpu_product": "NVIDIA-H100-80GB-HBM3",
+        "cluster": {"fabric": "efa", "image_pull_secrets": ["regcred"], "gpu_product": "NVIDIA-H100-80GB-HBM3",
                     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]}}),
 })
 

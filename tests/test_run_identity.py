@@ -58,7 +58,7 @@ BASE = {"nodes": 1, "gpus_per_node": 2}
 @pytest.mark.parametrize("change", [
     {"nodes": 2, "gpus_per_node": 1}, {"nodes": 4, "gpus_per_node": 8}, {"image": "reg.io/dlrm:2@sha256:" + "a" * 64},
     {"namespace": "team-b", "api": "trainjob"}, {"resources": {"memory_per_gpu": "40Gi"}},
-    {"cluster": {"efa": 4, "gpu_product": "NVIDIA-A100"}}, {"scheduling": {"gang": "kueue", "queue": "q"}},
+    {"cluster": {"fabric": "efa", "instance_type": "p5.48xlarge", "gpu_product": "NVIDIA-A100"}}, {"scheduling": {"gang": "kueue", "queue": "q"}},
     {"storage": {"mode": "mount"}}, {"train": {"dist": {"sharding": "row"}, "log_every": 7, "checkpoint_every": 50,
                                                "data": {"eval_batch_size": 1024, "prefetch": 4}, "compile": True}},
 ])

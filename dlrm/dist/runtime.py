@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dlrm.dist import netcheck
 from dlrm.dist.plan import MAX_WORLD_SIZE
 from dlrm.errors import UserError
 
@@ -164,8 +165,9 @@ def pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = None) -> Runtime:
-    """The process group from torchrun's env; one process (no group) when WORLD_SIZE is unset or 1."""
+def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = None, network_check: bool = False) -> Runtime:
+    """The process group from torchrun's env; one process (no group) when WORLD_SIZE is unset or 1.
+    `network_check`: NCCL set up for dlrm.dist.netcheck first (the fabric's profile, its INFO log to a file)."""
     env = os.environ if env is None else env
     world = _env_int(env, "WORLD_SIZE") if env.get("WORLD_SIZE") not in (None, "") else 1
     if not 1 <= world <= MAX_WORLD_SIZE:
@@ -189,10 +191,13 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
         torch.cuda.set_device(dev)
     global _timeout_s
     _timeout_s = timeout_s
+    if network_check and not dist.is_initialized():
+        netcheck.prepare(backend)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=dev if dev.type == "cuda" else None)
+        with netcheck.captured_init(backend) if network_check else contextlib.nullcontext():
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout_s),
+                                    device_id=dev if dev.type == "cuda" else None)
     elif (dist.get_rank(), dist.get_world_size()) != (rank, world):
         raise UserError(f"a process group is already up as rank {dist.get_rank()} of {dist.get_world_size()}, "
                         f"but the env says rank {rank} of {world}")
@@ -202,4 +207,4 @@ def init_runtime(device: str = "auto", timeout_s: int = 600, env: dict | None = 
 
 def runtime_from_config(cfg) -> Runtime:
     """init_runtime with a TrainConfig's device and collective timeout."""
-    return init_runtime(cfg.device, cfg.dist.collective_timeout_s)
+    return init_runtime(cfg.device, cfg.dist.collective_timeout_s, network_check=cfg.dist.network_check != "skip")

@@ -11,7 +11,8 @@ A run's output (`out`: a folder, or s3://bucket/prefix/run):
 
     config.yaml      the resolved TrainConfig
     run.json         the run record: the job's config hash, git revision, image, the dataset's
-                     _manifest.json hash, the plan, torch and device (rewritten at each (re)start)
+                     _manifest.json hash, the plan, torch and device, the network check (dlrm.dist.netcheck:
+                     transport and bus bandwidths; null for one process) (rewritten at each (re)start)
     metrics.jsonl    one strict-JSON object per logged step, per eval, and a final summary (NaN -> null)
     metrics.png      loss and AUC against step (at the end)
     tensorboard/     event files: train/loss, train/lr, train/samples_per_s, eval/auc, eval/loss
@@ -128,6 +129,7 @@ class RunLog:
         self._last_sync = time.monotonic()
         self._synced: dict[str, tuple[int, int]] = {}  # key -> (size, mtime_ns) at its last upload
         self._tb = None
+        self._network_line = ""
         if not enabled:
             return
         self.store = open_store(self.out)
@@ -151,14 +153,18 @@ class RunLog:
 
     # -- the run's phases ----------------------------------------------------------------------
 
-    def start(self, cfg, plan, world_size: int, device: str, ranks_per_node: int = 1) -> None:
+    def start(self, cfg, plan, world_size: int, device: str, ranks_per_node: int = 1, network: dict | None = None) -> None:
+        """`network`: dlrm.dist.netcheck's figures, into run.json and the first progress line."""
         if not self.enabled:
             return
         from dlrm.config import dump_yaml
+        from dlrm.dist.netcheck import summary
 
+        self._network_line = summary(network)
         text = dump_yaml(cfg)
         atomic_write(self.local / CONFIG, text)
         record = run_record(cfg, plan, text, world_size, device, self.first_step, ranks_per_node)
+        record["network"] = network
         atomic_write(self.local / RECORD, json.dumps(record, indent=1) + "\n")
         self.sync(force=True, strict=True)
 
@@ -173,7 +179,9 @@ class RunLog:
         width = len(f"{self.total_steps:,}")
         print(f"step {step:>{width},}/{self.total_steps:,} ({100 * step / max(self.total_steps, 1):5.1f}%) | "
               f"epoch {epoch + 1}/{self.epochs} | loss {loss:.5f} | lr {lr:.4g} | {samples_per_s:,.0f} samples/s | "
-              f"elapsed {duration(elapsed)} | ETA {duration(eta) if eta == eta else '-'}", flush=True)
+              f"elapsed {duration(elapsed)} | ETA {duration(eta) if eta == eta else '-'}"
+              f"{' | ' + self._network_line if self._network_line else ''}", flush=True)
+        self._network_line = ""  # the first line only
         self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": samples_per_s})
         if self.progress:
             self.progress.train(step=step, loss=loss, samples_per_s=samples_per_s, eta_s=eta)

@@ -23,6 +23,7 @@ from dlrm.config import TrainConfig, load_config, to_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import SPLITS, FeatureSpec
+from dlrm.dist import netcheck
 from dlrm.dist.hostmem import check_host_memory
 from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize, plan_for_config
 from dlrm.dist.runtime import Runtime, collective, runtime_from_config
@@ -220,6 +221,10 @@ class Trainer:
         self.opt = Optimizers(model.dense_parameters(), [self.weight], cfg.optim)
         self.pieces_by_rank = model.pieces_by_rank()
         self.scaler = LossScaler(self.dtype == torch.float16)
+        # the job's own message sizes: the dense gradients' all-reduce, one rank's share of the pooled-embedding all-to-all
+        self.network = netcheck.check(runtime, 4 * sum(p.numel() for p in model.dense_parameters()),
+                                      4 * cfg.data.batch_size * len(spec.table_sizes) * cfg.model.embedding_dim // runtime.world_size,
+                                      cfg.dist.network_check)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -274,7 +279,8 @@ class Trainer:
         self.log = RunLog(self.cfg.out, enabled=self.runtime.is_main, total_steps=self.total_steps,
                           epochs=-(-self.total_steps // self.batches_per_epoch), first_step=self.step,
                           sync_every_s=self.cfg.sync_every_s)
-        self.log.start(self.cfg, self.plan, self.runtime.world_size, str(self.device), self.runtime.local_world_size)
+        self.log.start(self.cfg, self.plan, self.runtime.world_size, str(self.device), self.runtime.local_world_size,
+                       network=self.network)
         self.model.train()
         self.train_time, self.train_samples, self.first_step, self.checked_step = 0.0, 0, self.step, self.step
         self.window_loss = torch.zeros((), device=self.device)
