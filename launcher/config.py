@@ -90,6 +90,19 @@ class SchedulingConfig:
     # and what it may preempt, without changing the pods' own priority. Needs a Kueue queue.
     workload_priority: str = ""
     min_available: NonNegative = 0  # gang size; 0 -> every replica (nodes)
+    # The training pods' schedulerName for gang volcano / scheduler-plugins ("" -> GANG_SCHEDULERS'): the
+    # scheduler that reads the PodGroup. scheduler-plugins runs as a second scheduler whose profile name
+    # its installer chose (the upstream chart's: scheduler-plugins-scheduler).
+    scheduler_name: str = ""
+
+
+# The scheduler each gang needs the pods to name, by default (docs/trainjob.md, "Gang scheduling").
+GANG_SCHEDULERS = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins-scheduler"}
+
+
+def gang_scheduler(c) -> str:
+    """The training pods' schedulerName ("" for the default scheduler: gang none or kueue)."""
+    return (c.scheduling.scheduler_name or GANG_SCHEDULERS[c.scheduling.gang]) if c.scheduling.gang in GANG_SCHEDULERS else ""
 
 
 @dataclass
@@ -148,6 +161,21 @@ class TrainJobConfig:
     # torch-distributed), our pod settings applied through the TrainJob's runtime patches.
     cluster_runtime: str = ""
     schedule_timeout_seconds: NonNegative = 60  # scheduling.gang=scheduler-plugins: the coscheduling PodGroup's timeout
+    # What cluster_runtime is: "stock" (e.g. torch-distributed): our whole pod goes in through runtime
+    # patches, so staging and gang policies are refused; "admin": a dlrm runtime of the admin's bundle
+    # (`python -m launcher admin`) that holds our pod template, so the TrainJob carries only what varies
+    # per job (image, command, args, env, resources, the config, dataset and output volumes).
+    runtime_source: Literal["stock", "admin"] = "stock"
+
+
+@dataclass
+class AdminConfig:
+    """`python -m launcher admin` (launcher/admin.py): the cluster admin's bundle for a site values file."""
+    runtime: str = "dlrm"  # the ClusterTrainingRuntime's name: users set trainjob.cluster_runtime to it
+    # Who may submit TrainJobs in `namespace` (the RoleBinding's subjects, kind Group).
+    user_groups: list[str] = field(default_factory=lambda: ["dlrm-users"])
+    # GKE workload identity: the pods' ServiceAccount gets iam.gke.io/gcp-service-account (s3.role_arn: IRSA's).
+    gcp_service_account: str = ""
 
 
 @dataclass
@@ -173,6 +201,7 @@ class JobConfig:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     trainjob: TrainJobConfig = field(default_factory=TrainJobConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # After training, a batch/v1 Job runs `dlrm export` of the final checkpoint into <output>/model
     # (needs storage.output_claim: it reads the run from the same claim). See manifests/exportjob.yaml.j2.
     export: bool = False
@@ -226,6 +255,13 @@ def _check_choices(c: JobConfig) -> None:
                  f"scheduling.min_available={c.scheduling.min_available} exceeds nodes={c.nodes}")
     _fail_unless(c.scheduling.gang != "kueue" or bool(c.scheduling.queue),
                  "scheduling.gang=kueue needs scheduling.queue (the LocalQueue name)")
+    _fail_unless(c.scheduling.gang != "scheduler-plugins" or not c.scheduling.queue,
+                 f"scheduling.queue={c.scheduling.queue} with scheduling.gang=scheduler-plugins: its PodGroup has no queue, so "
+                 f"the job would run outside it; leave scheduling.queue empty, or use gang=kueue (a Kueue LocalQueue) or "
+                 f"gang=volcano (a Volcano queue)")
+    _fail_unless(not c.scheduling.scheduler_name or c.scheduling.gang in GANG_SCHEDULERS,
+                 f"scheduling.scheduler_name={c.scheduling.scheduler_name} is for gang volcano or scheduler-plugins "
+                 f"(the scheduler that reads their PodGroup), got gang={c.scheduling.gang}")
     _fail_unless(not c.scheduling.workload_priority or bool(kueue_queue(c)),
                  f"scheduling.workload_priority={c.scheduling.workload_priority} is Kueue's WorkloadPriorityClass: it needs "
                  f"a Kueue queue (scheduling.queue, with scheduling.gang none or kueue; got gang={c.scheduling.gang}, "
@@ -264,20 +300,25 @@ def _check_trainjob(c: JobConfig) -> None:
     _fail_unless(c.scheduling.min_available in (0, c.nodes),
                  f"scheduling.min_available={c.scheduling.min_available} cannot be expressed ({where}): Trainer's gang "
                  f"policies always require every node (PodGroup minMember = numNodes); leave it 0")
+    _fail_unless(t.runtime_source == "stock" or bool(t.cluster_runtime),
+                 f"trainjob.runtime_source={t.runtime_source} says what trainjob.cluster_runtime is, which is empty: set it to "
+                 f"the admin bundle's runtime (admin.runtime, `python -m launcher admin`)")
     if not t.cluster_runtime:
+        return
+    runtime = f"trainjob.cluster_runtime={t.cluster_runtime}"
+    _fail_unless(not c.scheduling.priority_class,
+                 f"scheduling.priority_class cannot be set through a runtime patch of {runtime}: "
+                 f"leave trainjob.cluster_runtime empty, or use a runtime whose pod template sets it")
+    if t.runtime_source == "admin":  # the admin's runtime holds the stage init container and the gang policy
         return
     # A runtime patch may set volumes, mounts, security contexts, node selector, tolerations, pull
     # secrets and the service account (trainer.kubeflow.org/v1alpha1 PodSpecPatch), nothing else.
-    runtime = f"trainjob.cluster_runtime={t.cluster_runtime}"
     _fail_unless(c.storage.mode != "stage",
                  f"storage.mode=stage needs the stage init container, which a runtime patch cannot add to {runtime}: "
                  f"use storage.mode=mount, or leave trainjob.cluster_runtime empty (a TrainingRuntime is rendered with the job)")
     _fail_unless(c.scheduling.gang in ("none", "kueue"),
                  f"scheduling.gang={c.scheduling.gang} is the runtime's podGroupPolicy, which a TrainJob cannot patch: "
                  f"pick a ClusterTrainingRuntime that has it and set scheduling.gang=none, or leave trainjob.cluster_runtime empty")
-    _fail_unless(not c.scheduling.priority_class,
-                 f"scheduling.priority_class cannot be set through a runtime patch of {runtime}: "
-                 f"leave trainjob.cluster_runtime empty, or use a runtime whose pod template sets it")
 
 
 def _check_names(c: JobConfig) -> None:
@@ -296,6 +337,7 @@ def _check_names(c: JobConfig) -> None:
     for i, secret in enumerate(c.cluster.image_pull_secrets):
         names.check_name(f"cluster.image_pull_secrets[{i}]", secret, names.SUBDOMAIN)
     names.check_name("scheduling.queue", c.scheduling.queue, names.LABELLED_NAME, optional=True)
+    names.check_name("scheduling.scheduler_name", c.scheduling.scheduler_name, names.SUBDOMAIN, optional=True)
     names.check_name("scheduling.workload_priority", c.scheduling.workload_priority, names.LABELLED_NAME, optional=True)
     names.check_name("cluster.gpu_product", c.cluster.gpu_product, names.LABEL_VALUE)  # a node label's value
     names.check_labels("cluster.node_selector", c.cluster.node_selector)

@@ -170,7 +170,7 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
         return [(f"PyTorchJob {r}", s["template"]["spec"]) for r, s in obj["spec"]["pytorchReplicaSpecs"].items()]
     if kind == "Job":
         return [("Job", obj["spec"]["template"]["spec"])]
-    if kind == "TrainingRuntime":  # a TrainJob's pods, as its runtime templates them
+    if kind in ("TrainingRuntime", "ClusterTrainingRuntime"):  # a TrainJob's pods, as its runtime templates them
         return [(f"TrainingRuntime {j['name']}", j["template"]["spec"]["template"]["spec"])
                 for j in obj["spec"]["template"]["spec"]["replicatedJobs"]]
     if kind == "TrainJob":  # on a ClusterTrainingRuntime: our security settings are its runtime patch
@@ -183,7 +183,12 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
 @pytest.mark.parametrize("name", sorted(ALL_CASES))
 def test_pods_run_non_root_without_privileges(name):
     profile, overrides = ALL_CASES[name]
-    objs = render_objects(load_job_config(profile, overrides=overrides), git_revision="0123abc")
+    cfg = load_job_config(profile, overrides=overrides)
+    objs = render_objects(cfg, git_revision="0123abc")
+    if cfg.api == "trainjob" and cfg.trainjob.runtime_source == "admin":  # its pods are the admin runtime's
+        from launcher.admin import bundle_objects
+
+        objs = [o for o in objs if o["kind"] != "TrainJob"] + bundle_objects(cfg)
     checked = 0
     for obj in objs:
         for where, spec in pod_specs(obj):
