@@ -81,7 +81,9 @@ def readme(cfg: JobConfig, objs: list[dict]) -> str:
               f"stage container's `{cmd.STAGE_SOURCE_ENV}` (Trainer upserts them by name). Their values file:", "",
               "```yaml", "api: trainjob", f"namespace: {ns}", "trainjob:", f"  cluster_runtime: {runtime}",
               "  runtime_source: admin", "storage:", f"  mode: {cfg.storage.mode}", "dataset: s3://bucket/their-dataset",
-              "train:", "  out: s3://bucket/runs/{name}", "```", "",
+              "train:", "  out: s3://bucket/runs/{name}",
+              *(["scheduling:", f"  gang: {cfg.scheduling.gang}"] + ([f"  queue: {cfg.scheduling.queue}"] if cfg.scheduling.queue else [])
+                if cfg.scheduling.gang != "none" or cfg.scheduling.queue else []), "```", "",
               "```sh",
               "python -m launcher submit --values user.yaml --nodes 2 --gpus 8",
               f"python -m launcher validate job.yaml --runtime clustertrainingruntime-{runtime}.yaml   # offline, before submitting",

@@ -26,6 +26,14 @@ from launcher.command import OUTPUT_MOUNT, train_out
 from launcher.resources import check_host_memory, check_resources, pod_resources  # noqa: F401 (API)
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
+# The example buckets the profiles name: no cluster has them, so `submit` refuses a job still using them.
+PLACEHOLDER_BUCKETS = ("dlrm-datasets", "dlrm-runs")
+
+
+def placeholder_fields(c) -> list[str]:
+    """The `field=value`s of a config that still point at a profile's example bucket (PLACEHOLDER_BUCKETS)."""
+    fields = {"dataset": c.dataset, "train.out": c.train.out, "train.checkpoint_dir": c.train.checkpoint_dir}
+    return [f"{k}={v}" for k, v in fields.items() if is_s3_uri(v) and parse_s3_uri(v)[0] in PLACEHOLDER_BUCKETS]
 
 # Suffixes appended to `name` (the operator's pods and services are <name>-master-0 and
 # <name>-worker-<i>; Spark's driver is <name>-driver). All must stay DNS-1035 labels.

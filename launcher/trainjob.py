@@ -33,6 +33,8 @@ MASTER_PORT = 29500  # constants.ContainerTrainerPort
 PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 COMPLETION_INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+# Trainer's Volcano plugin sets its PodGroup's queue from this annotation (the runtime's, or the TrainJob's).
+VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 # TrainJob.spec.managedBy's allowed values (CRD CEL rule).
@@ -147,7 +149,7 @@ def trainjob_errors(job: dict, label: str, runtimes: dict[tuple[str, str, str], 
     errors += _patch_errors(spec.get("runtimePatches") or [], label)
     runtime = runtimes.get((kind, "" if kind == "ClusterTrainingRuntime" else meta.get("namespace", ""), ref.get("name")))
     if runtime is not None:
-        errors += _against_runtime(spec, runtime, label)
+        errors += _against_runtime(spec, runtime, label, meta.get("annotations"))
     return errors
 
 
@@ -175,10 +177,14 @@ def _patch_errors(patches: list, label: str) -> list[str]:
     return errors
 
 
-def _against_runtime(spec: dict, runtime: dict, label: str) -> list[str]:
-    """What a TrainJob needs of the runtime it references, when that runtime is rendered with it."""
+def _against_runtime(spec: dict, runtime: dict, label: str, annotations: dict | None = None) -> list[str]:
+    """What a TrainJob needs of the runtime it references, when that runtime is rendered with it (or given)."""
     errors = []
     where = f"{runtime['kind']}/{runtime['metadata'].get('name')}"
+    if VOLCANO_QUEUE_ANNOTATION in (annotations or {}) and "volcano" not in ((runtime.get("spec") or {}).get("podGroupPolicy") or {}):
+        errors.append(f"{label}: metadata.annotations.{VOLCANO_QUEUE_ANNOTATION}: only Trainer's Volcano plugin reads it, and {where} "
+                      f"has no podGroupPolicy.volcano: the job would run outside the queue, not ganged; render it with the "
+                      f"runtime's scheduling.gang")
     ml = (runtime.get("spec") or {}).get("mlPolicy") or {}
     if "torch" not in ml:
         errors.append(f"{label}: spec.runtimeRef: {where} has no mlPolicy.torch, so no PET_* environment is injected "

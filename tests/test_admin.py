@@ -4,18 +4,186 @@ from S3 on 2 nodes) against it, and per-dataset stage folders shared by two jobs
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launcher.__main__ import main
 from launcher.admin import bundle_objects
-from launcher.config import load_job_config
-from launcher.render import to_yaml
+from launcher.config import PROFILES_DIR, load_job_config
+from launcher.render import render_objects, to_yaml
 
-# A site whose runtime stages from S3 onto a node folder; users' jobs reference it.
-STAGE_SITE = ["storage.mode=stage", "storage.stage_host_path=/mnt/nvme/dlrm-stage", "dataset=s3://site-bucket/default"]
+GOLDEN = Path(__file__).with_name("golden")
+REV = "0123456789abcdef"
 USER = ["api=trainjob", "trainjob.cluster_runtime=dlrm", "trainjob.runtime_source=admin"]
+# Site values -> the bundle, golden in tests/golden/admin-<case>.yaml (kustomization + objects) and .md (README).
+SITES = {
+    "stage-volcano-irsa": ["namespace=ml", "storage.mode=stage", "storage.stage_host_path=/mnt/nvme/dlrm-stage",
+                           "scheduling.gang=volcano", "scheduling.queue=research", "scheduling.priority_class=high",
+                           "s3.role_arn=arn:aws:iam::123456789012:role/dlrm", "nodes=2"],
+    "mount-kueue-gke": ["namespace=ml", "storage.mode=mount", "scheduling.gang=kueue", "scheduling.queue=gpu-queue",
+                        "admin.gcp_service_account=dlrm@proj.iam.gserviceaccount.com", "admin.user_groups=[ml-team, oncall]",
+                        "cluster.efa=4", "nodes=4", "admin.runtime=dlrm-h100"],
+    "scheduler-plugins": ["storage.mode=stage", "scheduling.gang=scheduler-plugins", "scheduling.scheduler_name=coscheduler"],
+}
+# Cluster-scoped kinds: an admin's alone (a user's Role cannot create them).
+CLUSTER_SCOPED = {"PersistentVolume", "ClusterTrainingRuntime", "ClusterRole", "ClusterRoleBinding", "Namespace",
+                  "StorageClass", "PriorityClass", "ResourceFlavor", "ClusterQueue", "CustomResourceDefinition"}
+
+
+def site(case: str, extra=()):
+    return load_job_config("criteo-fl15", overrides=[*SITES[case], *extra])
+
+
+@pytest.mark.parametrize("case", sorted(SITES))
+def test_bundle_golden_and_valid(case):
+    from launcher.admin import kustomization, runtime_config
+    from launcher.admin_readme import readme
+    from launcher.validate import validate_objects
+
+    objs = bundle_objects(site(case), REV)
+    assert validate_objects(objs) == []
+    texts = {f"admin-{case}.yaml": kustomization(objs) + "---\n" + to_yaml(objs),
+             f"admin-{case}.md": readme(runtime_config(site(case)), objs)}
+    for name, text in texts.items():
+        if os.environ.get("UPDATE_GOLDEN") == "1":
+            (GOLDEN / name).write_text(text)
+        assert text == (GOLDEN / name).read_text(), f"{name} differs; if intended, UPDATE_GOLDEN=1 pytest tests/test_admin.py"
+
+
+def test_bundle_holds_what_each_site_needs_and_users_get_no_cluster_rights():
+    kinds = {case: [o["kind"] for o in bundle_objects(site(case))] for case in SITES}
+    assert kinds["stage-volcano-irsa"] == ["ServiceAccount", "ConfigMap", "ClusterTrainingRuntime", "Role", "RoleBinding"]
+    assert kinds["mount-kueue-gke"] == ["ServiceAccount", "PersistentVolume", "PersistentVolumeClaim", "ConfigMap",
+                                        "ClusterTrainingRuntime", "Role", "RoleBinding", "ResourceFlavor", "ClusterQueue",
+                                        "LocalQueue"]
+    objs = {o["kind"]: o for o in bundle_objects(site("mount-kueue-gke"))}
+    rules = objs["Role"]["rules"]
+    assert not [r for r in rules if set(r["resources"]) & {"trainingruntimes", "clustertrainingruntimes", "persistentvolumes",
+                                                          "persistentvolumeclaims", "serviceaccounts"}]
+    assert {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+            "verbs": ["create", "get", "list", "watch", "delete"]} in rules
+    assert [s["name"] for s in objs["RoleBinding"]["subjects"]] == ["ml-team", "oncall"]
+    assert objs["ServiceAccount"]["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": "dlrm@proj.iam.gserviceaccount.com"}
+    pod = objs["ClusterTrainingRuntime"]["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == objs["ServiceAccount"]["metadata"]["name"] == "dlrm-h100"
+    assert "metadata" in objs["ClusterTrainingRuntime"] and "namespace" not in objs["ClusterTrainingRuntime"]["metadata"]
+    # the users' jobs mount the dataset through the bundle's claim, by the name both compute
+    user = render_objects(load_job_config("criteo-fl15", overrides=[*SITES["mount-kueue-gke"], *USER, "trainjob.cluster_runtime=dlrm-h100"]))
+    (job,) = [o for o in user if o["kind"] == "TrainJob"]
+    patch = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    volumes = {v["name"]: v for v in patch["template"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dataset"]["persistentVolumeClaim"]["claimName"] == objs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert objs["PersistentVolume"]["spec"]["claimRef"] == {"namespace": "ml", "name": objs["PersistentVolumeClaim"]["metadata"]["name"]}
+    assert objs["ClusterQueue"]["spec"]["resourceGroups"][0]["flavors"][0]["resources"] == [
+        {"name": "cpu", "nominalQuota": "256"}, {"name": "memory", "nominalQuota": "3200Gi"},
+        {"name": "nvidia.com/gpu", "nominalQuota": "32"}, {"name": "vpc.amazonaws.com/efa", "nominalQuota": "16"}]
+    assert objs["LocalQueue"]["spec"]["clusterQueue"] == objs["ClusterQueue"]["metadata"]["name"]
+    assert [o["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") for o in user if o["kind"] == "TrainJob"] == ["gpu-queue"]
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+def test_no_default_profile_render_holds_a_cluster_scoped_object(profile):
+    apis = ["pytorchjob", "trainjob"] if load_job_config(profile).kind == "train" else ["pytorchjob"]
+    for api in apis:
+        for obj in render_objects(load_job_config(profile, overrides={"api": api})):
+            assert obj["kind"] not in CLUSTER_SCOPED and obj["metadata"].get("namespace"), (profile, api, obj["kind"])
+
+
+def test_render_shows_the_profiles_example_buckets_with_a_warning(capsys, monkeypatch):
+    monkeypatch.setattr("launcher.cli_render.git_revision", lambda *a: "0123abc")  # no git under a loaded machine
+    assert main(["render", "--profile", "criteo-fl15"]) == 0  # `submit` refuses them (tests/bad_inputs/admin_bundle.yaml)
+    out, err = capsys.readouterr()
+    assert "s3://dlrm-runs/dlrm-criteo-fl15" in out
+    assert "warning: dataset=s3://dlrm-datasets/criteo-1tb/fl15, train.out=s3://dlrm-runs/dlrm-criteo-fl15: the profile's example buckets" in err
+    assert main(["render", "--profile", "criteo-fl15", "--set", "dataset=s3://mine/ds", "--set", "train.out=s3://mine/runs"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_kustomize_builds_the_bundle(tmp_path):
+    from launcher.admin import write_bundle
+
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed: `kubectl kustomize` cannot build the bundle here")
+    objs = bundle_objects(site("mount-kueue-gke"))
+    write_bundle(objs, "readme", tmp_path / "bundle")
+    # gcloud's kubectl wrapper checks for updates over the network now and then: not here
+    env = {**os.environ, "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1", "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    try:
+        proc = subprocess.run(["kubectl", "kustomize", str(tmp_path / "bundle")], capture_output=True, text=True, env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.skip("`kubectl kustomize` did not answer within 120 s (a kubectl wrapper waiting on the network?)")
+    assert proc.returncode == 0, proc.stderr
+    built = list(yaml.safe_load_all(proc.stdout))
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    assert sorted(built, key=key) == sorted(objs, key=key)
+
+
+def test_writing_the_bundle_replaces_an_earlier_one_and_refuses_a_foreign_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dlrm.training.runlog.git_revision", lambda *a: "0123abc")
+    out = tmp_path / "bundle"
+    assert main(["admin", "--set", "storage.mode=mount", "--out", str(out)]) == 0
+    first = sorted(p.name for p in out.iterdir())
+    assert "persistentvolume-default-dlrm-dataset-3d11b1362eda.yaml" in first and "kustomization.yaml" in first
+    assert main(["admin", "--set", "storage.mode=stage", "--out", str(out)]) == 0  # no stale PV left beside the new bundle
+    assert not [p for p in out.iterdir() if p.name.startswith("persistentvolume")] and (out / "README.md").is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["admin", "--out", str(tmp_path / "mine")]) == 2
+    assert "holds files the admin bundle did not write (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_a_trainjob_is_validated_against_the_admins_runtime(tmp_path, capsys):
+    for case in ("stage-volcano-irsa", "mount-kueue-gke"):
+        (tmp_path / f"{case}.yaml").write_text(to_yaml([o for o in bundle_objects(site(case)) if o["kind"] == "ClusterTrainingRuntime"]))
+    for name, case, sets, error in [
+        ("ok", "stage-volcano-irsa", ["storage.mode=stage"], None),
+        # the runtime stages: a job that does not name its dataset would train on the runtime's default
+        ("mounted", "stage-volcano-irsa", ["storage.mode=mount"], "stages a dataset (init container 'stage') and the job does not set"),
+        # a job rendered to stage, on a runtime without the stage container: nothing would stage its dataset
+        ("no-stager", "mount-kueue-gke", ["storage.mode=stage", "trainjob.cluster_runtime=dlrm-h100"], "pod has no init container 'stage'"),
+        # a Volcano queue on a runtime without Volcano's gang: nothing would read it
+        ("no-volcano", "mount-kueue-gke", ["storage.mode=mount", "trainjob.cluster_runtime=dlrm-h100"],
+         "only Trainer's Volcano plugin reads it, and ClusterTrainingRuntime/dlrm-h100 has no podGroupPolicy.volcano"),
+    ]:
+        job = tmp_path / f"{name}.yaml"
+        job.write_text(to_yaml(render_objects(load_job_config("criteo-fl15", overrides=[*SITES["stage-volcano-irsa"], *USER, *sets,
+                                                                                      "scheduling.priority_class="]))))
+        rc = main(["validate", str(job), "--runtime", str(tmp_path / f"{case}.yaml")])
+        err = capsys.readouterr().err
+        assert (rc, error is None or error in err) == (1 if error else 0, True), err
+    assert main(["validate", str(tmp_path / "ok.yaml"), "--runtime", str(tmp_path / "ok.yaml")]) == 1
+    assert "no TrainingRuntime or ClusterTrainingRuntime in it" in capsys.readouterr().err
+
+
+def test_staging_keys_the_node_folder_by_the_datasets_manifest(tmp_path, s3_bucket):
+    from launcher.data.transfer import S3Options, push, stage_keyed
+
+    opts = S3Options(progress=False, log=lambda s: None)
+    for name, data in (("a", b"one"), ("b", b"two")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part.bin").write_bytes(data)
+        push(tmp_path / name, f"s3://{s3_bucket}/{name}", opts)
+    root = tmp_path / "node"
+    root.mkdir()
+    a = stage_keyed(f"s3://{s3_bucket}/a", root, tmp_path / "pod1" / "ds", opts)
+    b = stage_keyed(f"s3://{s3_bucket}/b", root, tmp_path / "pod2" / "ds", opts)
+    again = stage_keyed(f"s3://{s3_bucket}/a", root, tmp_path / "pod3" / "ds", opts)
+    assert a != b and again == a and (a / "part.bin").read_bytes() == b"one" and (b / "part.bin").read_bytes() == b"two"
+    assert (tmp_path / "pod3" / "ds").resolve() == a.resolve() and (tmp_path / "pod2" / "ds" / "part.bin").read_bytes() == b"two"
+    root.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("running as root: every folder is writable")
+        with pytest.raises(Exception, match="stage folder .*: not writable for uid .*install -d -o"):
+            stage_keyed(f"s3://{s3_bucket}/b", root, tmp_path / "pod4" / "ds", opts)
+    finally:
+        root.chmod(0o755)
 
 
 def _trainer_missing() -> str:
@@ -55,7 +223,8 @@ def test_jobs_on_the_admin_runtime_stage_their_own_datasets_and_train(tmp_path, 
         assert f"{nodes} node(s) x 1 process(es)" in out and "final AUC" in out
     # `logs --local` finds a TrainJob's replicas by node rank (node-0-N, not worker-N)
     assert main(["logs", "job-a", "--local", "--workdir", str(tmp_path / "wd-a"), "--node", "1"]) == 0
-    assert capsys.readouterr().out == (tmp_path / "wd-a" / "logs" / "node-0-1.log").read_text() != ""
+    shown, log = capsys.readouterr().out, (tmp_path / "wd-a" / "logs" / "node-0-1.log").read_text()
+    assert shown.splitlines()[-1] == log.splitlines()[-1] != ""  # the stage container's progress bars differ in \r only
     copies = sorted(p.name for p in stage.iterdir() if p.is_dir())
     assert len(copies) == 2 and all(c.startswith("dataset-") for c in copies), copies
     import hashlib

@@ -94,6 +94,7 @@ def test_cli_render_submit_and_api_requests_hold_no_secret(secret_env, tmp_path)
         kubeconfig.write_text(kubeconfig.read_text().replace("secret-token", KUBE_TOKEN))
         env = dict(secret_env, KUBECONFIG=str(kubeconfig))
         job = ["--profile", "criteo-fl15", "--set", "storage.mode=stage", "--set", "dataset=s3://data/criteo",
+               "--set", "train.out=s3://runs/{name}",
                "--set", "s3.secret=aws-creds", "--set", "s3.endpoint_url=http://minio:9000", "--name", "sec"]
         outputs = []
         r = run_cli("launcher", "render", *job, "--out", str(tmp_path / "yaml"), env=env, cwd=tmp_path)
