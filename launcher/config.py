@@ -267,6 +267,9 @@ def _check_choices(c: JobConfig) -> None:
                  f"scheduling.queue={c.scheduling.queue} with scheduling.gang=scheduler-plugins: its PodGroup has no queue, so "
                  f"the job would run outside it; leave scheduling.queue empty, or use gang=kueue (a Kueue LocalQueue) or "
                  f"gang=volcano (a Volcano queue)")
+    _fail_unless(not c.scheduling.min_available or c.scheduling.gang in GANG_SCHEDULERS,
+                 f"scheduling.min_available={c.scheduling.min_available} is a Volcano or scheduler-plugins PodGroup's size, "
+                 f"got gang={c.scheduling.gang}: nothing would read it (Kueue admits the whole job); leave it 0")
     _fail_unless(not c.scheduling.scheduler_name or c.scheduling.gang in GANG_SCHEDULERS,
                  f"scheduling.scheduler_name={c.scheduling.scheduler_name} is for gang volcano or scheduler-plugins "
                  f"(the scheduler that reads their PodGroup), got gang={c.scheduling.gang}")
