@@ -29,14 +29,14 @@ from pathlib import Path
 from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import atomic_write, local_path
 from dlrm.typed import parse_quantity
-from launcher import names, trainjob
+from launcher import command as cmd, names, trainjob
 from launcher.build import build_plan
 from launcher.config import JobConfig, kueue_queue
 from launcher.encode import encode_objects
 from launcher.render import file_name, to_yaml
 from launcher.resources import pod_resources
+from launcher.validate import KUEUE_API, validate_objects
 
-KUEUE_API = "kueue.x-k8s.io/v1beta2"  # Kueue v0.15+ (schemas/kueue.json: v0.19.2's CRDs)
 KUSTOMIZATION = "kustomization.yaml"
 README = "README.md"
 # What `submit`, `status`, `logs`, `list` and `cancel` of a TrainJob on the admin's runtime send
@@ -91,7 +91,8 @@ def bundle_objects(site: JobConfig, git_revision: str = "unknown") -> list[dict]
     if kueue_queue(cfg):
         templates += ["resourceflavor", "clusterqueue", "localqueue"]
     runtime = cfg.admin.runtime
-    return encode_objects(cfg, plan, git_revision, templates, runtime_kind="ClusterTrainingRuntime",
+    # train_out: no run-output annotation on the runtime; each TrainJob carries its own run's
+    return encode_objects(cfg, plan, git_revision, templates, runtime_kind="ClusterTrainingRuntime", train_out=cmd.OUTPUT_MOUNT,
                           users_role=f"{runtime}-users", user_rules=USER_RULES, kueue={"API_VERSION": KUEUE_API},
                           kueue_flavor=f"{runtime}-gpu", kueue_cluster_queue=runtime, kueue_quotas=kueue_quotas(cfg))
 
@@ -109,9 +110,10 @@ def write_bundle(objs: list[dict], readme: str, out: Path) -> list[Path]:
     files = {KUSTOMIZATION: kustomization(objs), README: readme, **{file_name(o): to_yaml([o]) for o in objs}}
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: not a folder")
-    foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and (p.suffix == ".yaml" or p.name == README))) \
-        if out.is_dir() else []
-    if foreign or (out.is_dir() and any(out.iterdir()) and not (out / KUSTOMIZATION).is_file()):
+    held = list(out.iterdir()) if out.is_dir() else []
+    # An earlier bundle: a kustomization.yaml beside objects' YAML files and the README, nothing else.
+    foreign = sorted(p.name for p in held if not (p.is_file() and (p.suffix == ".yaml" or p.name == README)))
+    if held and (foreign or not (out / KUSTOMIZATION).is_file()):
         raise UserError(f"--out {out} holds files the admin bundle did not write ({', '.join(foreign[:3]) or 'no ' + KUSTOMIZATION}): "
                         f"write the bundle into a folder of its own (an earlier bundle there is replaced whole)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,11 +141,13 @@ def add_arguments(p: argparse.ArgumentParser, command: str = "admin") -> None:
 def main(args: argparse.Namespace) -> int:
     from dlrm.training.runlog import git_revision
     from launcher.admin_readme import readme
-    from launcher.config import load_job_config
-    from launcher.validate import validate_objects
+    from launcher.config import load_job_config, placeholder_fields
 
     out = local_path(args.out, "--out", "launcher admin", "write the bundle into a local folder and copy that")
     site = load_job_config(args.profile, values=args.values, overrides=args.overrides)
+    if placeholder_fields(site):  # the runtime's defaults: a TrainJob that names no dataset or output gets them
+        print(f"warning: {', '.join(placeholder_fields(site))}: the profile's example buckets, the runtime's defaults; set "
+              f"dataset / train.out in the site values", file=sys.stderr)
     objs = bundle_objects(site, git_revision(Path(__file__).resolve().parent))
     errors = validate_objects(objs)
     if errors:  # a rendering bug or a value no schema accepts: never hand it to the cluster

@@ -36,6 +36,7 @@ SCHEMAS_DIR = Path(__file__).with_name("schemas")
 VENDORED_CRD = SCHEMAS_DIR / "kubeflow.org_pytorchjobs.yaml"  # upstream, byte for byte (schemas/README.md)
 BASE_URI = "https://dlrm-k8s.invalid/schemas/"
 K8S = "k8s.json#/$defs/"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"  # Kueue v0.15+: the admin bundle's queue examples (launcher/admin.py)
 # (apiVersion, kind) -> the schema an object of that type must match.
 SCHEMA_OF = {
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob.json",
@@ -48,9 +49,7 @@ SCHEMA_OF = {
     ("rbac.authorization.k8s.io/v1", "Role"): K8S + "io.k8s.api.rbac.v1.Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): K8S + "io.k8s.api.rbac.v1.RoleBinding",
     # Kueue v0.19.2's CRDs, made strict (schemas/vendor_kueue.py): the admin bundle's queue examples.
-    ("kueue.x-k8s.io/v1beta2", "ResourceFlavor"): "kueue.json#/$defs/ResourceFlavor",
-    ("kueue.x-k8s.io/v1beta2", "ClusterQueue"): "kueue.json#/$defs/ClusterQueue",
-    ("kueue.x-k8s.io/v1beta2", "LocalQueue"): "kueue.json#/$defs/LocalQueue",
+    **{(KUEUE_API, kind): f"kueue.json#/$defs/{kind}" for kind in ("ResourceFlavor", "ClusterQueue", "LocalQueue")},
     # Kubeflow Trainer v2.3, from its own API models (schemas/vendor_trainer.py).
     (trainjob.API_VERSION, "TrainJob"): "trainer.json#/$defs/TrainJob",
     (trainjob.API_VERSION, "TrainingRuntime"): "trainer.json#/$defs/TrainingRuntime",
