@@ -86,6 +86,35 @@ def test_bundle_holds_what_each_site_needs_and_users_get_no_cluster_rights():
     assert [o["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") for o in user if o["kind"] == "TrainJob"] == ["gpu-queue"]
 
 
+@pytest.mark.parametrize("api", ["pytorchjob", "trainjob"])
+@pytest.mark.parametrize("gang, queue", [("volcano", "research"), ("scheduler-plugins", ""), ("kueue", "gpu-queue")])
+def test_gang_renders_what_each_scheduler_reads(api, gang, queue):
+    """Volcano and scheduler-plugins schedule only pods naming them (schedulerName) and read a PodGroup
+    (the training operator's from schedulingPolicy, Trainer's from podGroupPolicy); Kueue reads its label."""
+    objs = render_objects(load_job_config("synthetic-smoke", overrides={"api": api, "nodes": 3,
+                                                                        "scheduling": {"gang": gang, "queue": queue}}))
+    job = next(o for o in objs if o["kind"] in ("PyTorchJob", "TrainJob"))
+    if api == "pytorchjob":
+        pods = [r["template"]["spec"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+        group = job["spec"]["runPolicy"].get("schedulingPolicy")
+    else:
+        runtime = next(o for o in objs if o["kind"] == "TrainingRuntime")
+        pods = [runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]]
+        group = runtime["spec"].get("podGroupPolicy")
+    schedulers = {p.get("schedulerName") for p in pods}
+    labels, annotations = job["metadata"]["labels"], job["metadata"]["annotations"]
+    if gang == "kueue":
+        assert labels["kueue.x-k8s.io/queue-name"] == queue and group is None and schedulers == {None}
+        return
+    assert "kueue.x-k8s.io/queue-name" not in labels
+    assert schedulers == {"volcano" if gang == "volcano" else "scheduler-plugins-scheduler"}
+    if api == "pytorchjob":
+        assert group == ({"minAvailable": 3, "queue": queue} if gang == "volcano" else {"minAvailable": 3})
+    else:
+        assert group == ({"volcano": {}} if gang == "volcano" else {"coscheduling": {"scheduleTimeoutSeconds": 60}})
+        assert annotations.get("scheduling.volcano.sh/queue-name") == (queue or None)
+
+
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
 def test_no_default_profile_render_holds_a_cluster_scoped_object(profile):
     apis = ["pytorchjob", "trainjob"] if load_job_config(profile).kind == "train" else ["pytorchjob"]
