@@ -2,6 +2,7 @@
 defined once, and the Trainer admission rules that no schema expresses.
 
     errors = trainer_errors(objects)        # every TrainJob / (Cluster)TrainingRuntime among them
+    pods = apply_runtime_patches(runtime, job)   # the runtime as Trainer builds the job's JobSet from it
 
 Facts, from Trainer v2.3's sources (pkg/constants, the torch plugin, the JobSet plugin):
 a TrainJob references a runtime; the runtime's replicated job labelled
