@@ -8,6 +8,7 @@ the local interpreters (run-local, images/docker_job.py) alike. Paths come from 
 from __future__ import annotations
 
 import hashlib
+
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd, trainjob

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TextIO
 
 from dlrm.errors import UserError
+from dlrm.io.fsutil import load_yaml_file_all
 from launcher.decode import load_plan_file, plan_from_objects
-from launcher.validate import load_objects
 from launcher.local_jobs import (LOGS, PODS, RUNNING, LocalJobRecord, error_line, live_replicas, local_workdir,
                                  output_of_argv, process_id, run_id_of_argv)
 from launcher.local_steps import (COMMAND_MAP, Step, container_env, expand_vars, mount_rewriter,  # noqa: F401 (API)
@@ -315,7 +315,8 @@ def main(args) -> int:
 
         plan = plan_from_args(args)
     if args.runtime:  # the pods come from the admin's runtime as Trainer builds them, not from the config
-        runtime = [o for o in load_objects([args.runtime])[0][1] if isinstance(o, dict) and o.get("kind") != "TrainJob"]
+        runtime = [o for o in load_yaml_file_all(args.runtime, "runtime file (--runtime)", UserError)
+                   if isinstance(o, dict) and o.get("kind") != "TrainJob"]
         plan = plan_from_objects([o for o in plan.objects if o.get("kind") not in ("TrainingRuntime", "ClusterTrainingRuntime")]
                                  + runtime, f"{args.runtime} + the job")
     volumes = {}
