@@ -205,14 +205,36 @@ def test_staging_keys_the_node_folder_by_the_datasets_manifest(tmp_path, s3_buck
     again = stage_keyed(f"s3://{s3_bucket}/a", root, tmp_path / "pod3" / "ds", opts)
     assert a != b and again == a and (a / "part.bin").read_bytes() == b"one" and (b / "part.bin").read_bytes() == b"two"
     assert (tmp_path / "pod3" / "ds").resolve() == a.resolve() and (tmp_path / "pod2" / "ds" / "part.bin").read_bytes() == b"two"
-    root.chmod(0o555)
-    try:
-        if os.access(root, os.W_OK):
-            pytest.skip("running as root: every folder is writable")
-        with pytest.raises(Exception, match="stage folder .*: not writable for uid .*install -d -o"):
-            stage_keyed(f"s3://{s3_bucket}/b", root, tmp_path / "pod4" / "ds", opts)
-    finally:
-        root.chmod(0o755)
+    # a pod staging the same dataset waits for the node's lock (another pod's stage holds it), then reuses the copy
+    import fcntl
+    import threading
+
+    waiting = threading.Event()
+    patient = S3Options(progress=False, log=lambda s: waiting.set() if "waiting for it" in s else None)
+    link = tmp_path / "pod5" / "ds"
+    with open(root / f".{a.name}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        stager = threading.Thread(target=stage_keyed, args=(f"s3://{s3_bucket}/a", root, link, patient))
+        stager.start()
+        assert waiting.wait(60) and not link.exists()
+    stager.join(60)
+    assert link.resolve() == a.resolve()
+
+
+def test_staging_refuses_a_stage_folder_it_cannot_write(tmp_path):
+    """Checked before any S3 request: a missing folder (the hostPath is type Directory) or a root-owned one."""
+    from dlrm.errors import UserError
+    from launcher.data.transfer import S3Options, stage_keyed
+
+    opts = S3Options(progress=False, log=lambda s: None)
+    with pytest.raises(UserError, match="stage folder .*missing: not a folder for uid .*install -d -o"):
+        stage_keyed("s3://bucket/ds", tmp_path / "missing", tmp_path / "link", opts)
+    root = tmp_path / "node"
+    root.mkdir(mode=0o555)
+    if os.access(root, os.W_OK):
+        pytest.skip("running as root, to whom every folder is writable: the missing folder was checked")
+    with pytest.raises(UserError, match="stage folder .*node: not writable for uid .*install -d -o"):
+        stage_keyed("s3://bucket/ds", root, tmp_path / "link", opts)
 
 
 def _trainer_missing() -> str:
