@@ -116,3 +116,9 @@ test-images: setup
 
 clean:
 	rm -rf runs data .pytest_cache build dist *.egg-info
+
+# The cluster admin's bundle (launcher/admin.py), a kustomize base: make admin VALUES=site.yaml [OUT=admin]
+# [SET="admin.runtime=dlrm-h100"], then `kubectl apply -k admin` (its README.md says what to install first).
+.PHONY: admin
+admin: setup
+	@$(VPY) -m launcher admin --profile $(PROFILE) $(foreach v,$(VALUES),--values $(v)) $(foreach s,$(SET),--set '$(s)') --out $(or $(OUT),admin)

@@ -21,6 +21,7 @@ COMMANDS = {
     "results": ("launcher.results", "download a run's config, metrics, plot, TensorBoard events and run record"),
     "run-local": ("launcher.run_local", "run a rendered PyTorchJob or TrainJob as local processes (CPU)"),
     "data": ("launcher.data.cli", "push, pull, verify and stage datasets on S3"),
+    "admin": ("launcher.admin", "write the cluster admin's bundle (ClusterTrainingRuntime, RBAC, ...) as a kustomize base"),
 }
 
 

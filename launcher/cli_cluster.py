@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 
 from dlrm.errors import UserError
 from launcher import plan, trainjob
-from launcher.cli_render import add_job_arguments, plan_from_args
+from launcher.cli_render import add_job_arguments, job_from_args, plan_from_args
+from launcher.config import placeholder_fields
 from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
 from launcher.render import to_yaml
 from launcher.cli_local import local_cancel, local_list, local_logs, local_status
@@ -40,9 +41,8 @@ CONTAINER = {"pytorchjob": plan.CONTAINER, "trainjob": trainjob.NODE}
 # Everything the launcher renders carries these (manifests/_helpers.j2); cancel deletes by them.
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY = "app.kubernetes.io/managed-by=dlrm-launcher"
-# Cleaned up by cancel along with the job: its config and the mount mode's dataset claim (and volume).
-OWNED_KINDS = (("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"))
-# A TrainJob's own TrainingRuntime (rendered with it, named after it): deleted too, where Trainer is installed.
+# Cleaned up by cancel along with the job: its config (and a dataset claim and volume rendered by an
+# earlier launcher's mount mode). A TrainJob's own TrainingRuntime (rendered with it, named after it): deleted too, where Trainer is installed.
 OWNED_RUNTIME = (trainjob.API_VERSION, "TrainingRuntime")
 # A ServiceAccount may be shared by many jobs (cluster.service_account): finding it is not an error.
 SHARED_KINDS = {"ServiceAccount"}
@@ -94,6 +94,10 @@ def submit(args: argparse.Namespace) -> int:
     if not args.namespace:
         args.namespace = k8s.resolve_namespace(args.context, None, fallback="") or None
     objs = plan_from_args(args).objects
+    placeholders = placeholder_fields(job_from_args(args))
+    if placeholders and not args.dry_run:  # no cluster has them: the job would fail after scheduling
+        raise UserError(f"{', '.join(placeholders)}: the profile's example buckets; set dataset / train.out to yours "
+                        f"(--set dataset=s3://... --set train.out=s3://.../{{name}}, or a values file)")
     if args.dry_run:
         sys.stdout.write(to_yaml(objs))
         return 0
@@ -335,11 +339,14 @@ def cancel(args: argparse.Namespace) -> int:
     except (k8s.NotFound, k8s.NotServed):
         print(f"job {args.name} not found in namespace {cluster.namespace}; removing what is left of it")
     selector = f"{INSTANCE_LABEL}={args.name},{MANAGED_BY}"
-    deleted = {kind: _delete_all(cluster, api_version, kind, selector) for api_version, kind in OWNED_KINDS[:2]}
-    try:  # a cluster without Trainer (or a Role without it) has no TrainingRuntimes of ours to leave behind
-        deleted["TrainingRuntime"] = _delete_all(cluster, *OWNED_RUNTIME, selector)
-    except (k8s.NotServed, k8s.Forbidden):
-        pass
+    deleted = {"ConfigMap": _delete_all(cluster, "v1", "ConfigMap", selector)}
+    # A Role without them (the admin bundle's: the dataset's claim and the runtime are the admin's) has no
+    # claims or TrainingRuntimes of ours to leave behind; nor has a cluster without Trainer TrainingRuntimes.
+    for api_version, kind in (("v1", "PersistentVolumeClaim"), OWNED_RUNTIME):
+        try:
+            deleted[kind] = _delete_all(cluster, api_version, kind, selector)
+        except (k8s.NotServed, k8s.Forbidden):
+            deleted[kind] = 0
     if deleted["PersistentVolumeClaim"]:
         # The mount mode's static PV is cluster-scoped: listing it may need more than the minimal Role.
         try:

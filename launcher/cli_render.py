@@ -22,7 +22,7 @@ from pathlib import Path
 from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_write, local_path
 from dlrm.training.runlog import git_revision  # one definition: the trainer records it too (run.json)
-from launcher.config import JobConfig, load_job_config
+from launcher.config import JobConfig, load_job_config, placeholder_fields
 from launcher.encode import plan_job
 from launcher.output_check import check_output
 from launcher.plan import JobPlan
@@ -158,7 +158,12 @@ def exchange(a: Path, b: Path) -> None:
 def main(args: argparse.Namespace) -> int:
     out = args.out and local_path(args.out, "--out", "launcher render", "render into a local folder and copy that, "
                                   "or apply stdout: render | kubectl apply -f -")
-    objs = plan_from_args(args).objects
+    plan = plan_from_args(args)
+    objs = plan.objects
+    placeholders = placeholder_fields(job_from_args(args))
+    if placeholders:  # shown as the profile has them; `submit` refuses them
+        print(f"warning: {', '.join(placeholders)}: the profile's example buckets; set dataset / train.out to yours "
+              f"before submitting", file=sys.stderr)
     if not out:
         sys.stdout.write(to_yaml(objs))
         return 0

@@ -13,11 +13,18 @@ from dlrm.training.runlog import MODEL_DIR
 CONFIG_DIR = "/etc/dlrm"  # the ConfigMap <name>-config
 CONFIG_FILE = "train.yaml"  # its key: the resolved dlrm.config.TrainConfig
 DATASET_MOUNT = "/data/dataset"  # pvc, hostPath and mount modes: the dataset, read-only
-STAGE_MOUNT = "/stage"  # stage mode: the init container's copy lives in STAGE_MOUNT/dataset
-STAGED_DATASET = f"{STAGE_MOUNT}/dataset"
+# stage mode: the node's stage folder (storage.stage_host_path) or an emptyDir. It holds one copy per
+# dataset, in dataset-<its manifest's sha256 prefix> (launcher.data.transfer.stage_keyed), so jobs
+# staging different datasets onto one node never share a copy and jobs staging the same one reuse it.
+STAGE_MOUNT = "/stage"
 OUTPUT_MOUNT = "/output"  # the run folder (metrics, plots, checkpoints unless checkpoint_dir is s3://)
 TMP_MOUNT = "/tmp"  # writable emptyDir: the root filesystem is read-only
 SHM_MOUNT = "/dev/shm"
+# The training container's dataset in stage mode: a link in the pod's own /tmp (an emptyDir both
+# containers mount) that the stage init container points at this job's copy under STAGE_MOUNT.
+STAGED_DATASET = f"{TMP_MOUNT}/staged-dataset"
+# The stage container's dataset, as env: a TrainJob patches it per job into an admin's runtime.
+STAGE_SOURCE_ENV = "DLRM_STAGE_SOURCE"
 PREPROCESS_INPUT = "/data/input"
 PREPROCESS_OUTPUT = "/data/output"
 # On a training job whose run output is s3:// (train.out): where `launcher status/results` find it.
@@ -47,8 +54,10 @@ def train_args(dataset: str, out: str, run_id: str, resume: bool = False) -> lis
             "--set", f"run_id={run_id}", *(["--resume"] if resume else [])]
 
 
-def stage_args(source: str, dest: str = STAGED_DATASET) -> list[str]:
-    return [source, dest]
+def stage_args(source: str = f"$({STAGE_SOURCE_ENV})", root: str = STAGE_MOUNT, link: str = STAGED_DATASET) -> list[str]:
+    """Arguments after STAGE_COMMAND: the dataset (by default the container's STAGE_SOURCE_ENV, which
+    Kubernetes expands), copied into its own folder under `root`, `link` pointed at that folder."""
+    return [source, root, "--link", link]
 
 
 def preprocess_args(input: str, output: str, frequency_threshold: int, engine: str,

@@ -26,6 +26,14 @@ from launcher.command import OUTPUT_MOUNT, train_out
 from launcher.resources import check_host_memory, check_resources, pod_resources  # noqa: F401 (API)
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
+# The example buckets the profiles name: no cluster has them, so `submit` refuses a job still using them.
+PLACEHOLDER_BUCKETS = ("dlrm-datasets", "dlrm-runs")
+
+
+def placeholder_fields(c) -> list[str]:
+    """The `field=value`s of a config that still point at a profile's example bucket (PLACEHOLDER_BUCKETS)."""
+    fields = {"dataset": c.dataset, "train.out": c.train.out, "train.checkpoint_dir": c.train.checkpoint_dir}
+    return [f"{k}={v}" for k, v in fields.items() if is_s3_uri(v) and parse_s3_uri(v)[0] in PLACEHOLDER_BUCKETS]
 
 # Suffixes appended to `name` (the operator's pods and services are <name>-master-0 and
 # <name>-worker-<i>; Spark's driver is <name>-driver). All must stay DNS-1035 labels.
@@ -100,6 +108,19 @@ class SchedulingConfig:
     min_available: NonNegative = 0  # gang size; 0 -> every replica (nodes)
     # Kueue topology-aware scheduling: all pods within one domain of this node label (README "Cloud GPU fabrics")
     topology: TopologyConfig = field(default_factory=TopologyConfig)
+    # The training pods' schedulerName for gang volcano / scheduler-plugins ("" -> GANG_SCHEDULERS'): the
+    # scheduler that reads the PodGroup. scheduler-plugins runs as a second scheduler whose profile name
+    # its installer chose (the upstream chart's: scheduler-plugins-scheduler).
+    scheduler_name: str = ""
+
+
+# The scheduler each gang needs the pods to name, by default (docs/trainjob.md, "Gang scheduling").
+GANG_SCHEDULERS = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins-scheduler"}
+
+
+def gang_scheduler(c) -> str:
+    """The training pods' schedulerName ("" for the default scheduler: gang none or kueue)."""
+    return (c.scheduling.scheduler_name or GANG_SCHEDULERS[c.scheduling.gang]) if c.scheduling.gang in GANG_SCHEDULERS else ""
 
 
 @dataclass
@@ -164,6 +185,21 @@ class TrainJobConfig:
     # torch-distributed), our pod settings applied through the TrainJob's runtime patches.
     cluster_runtime: str = ""
     schedule_timeout_seconds: NonNegative = 60  # scheduling.gang=scheduler-plugins: the coscheduling PodGroup's timeout
+    # What cluster_runtime is: "stock" (e.g. torch-distributed): our whole pod goes in through runtime
+    # patches, so staging and gang policies are refused; "admin": a dlrm runtime of the admin's bundle
+    # (`python -m launcher admin`) that holds our pod template, so the TrainJob carries only what varies
+    # per job (image, command, args, env, resources, the config, dataset and output volumes).
+    runtime_source: Literal["stock", "admin"] = "stock"
+
+
+@dataclass
+class AdminConfig:
+    """`python -m launcher admin` (launcher/admin.py): the cluster admin's bundle for a site values file."""
+    runtime: str = "dlrm"  # the ClusterTrainingRuntime's name: users set trainjob.cluster_runtime to it
+    # Who may submit TrainJobs in `namespace` (the RoleBinding's subjects, kind Group).
+    user_groups: list[str] = field(default_factory=lambda: ["dlrm-users"])
+    # GKE workload identity: the pods' ServiceAccount gets iam.gke.io/gcp-service-account (s3.role_arn: IRSA's).
+    gcp_service_account: str = ""
 
 
 @dataclass
@@ -189,6 +225,7 @@ class JobConfig:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     trainjob: TrainJobConfig = field(default_factory=TrainJobConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # After training, a batch/v1 Job runs `dlrm export` of the final checkpoint into <output>/model
     # (needs storage.output_claim: it reads the run from the same claim). See manifests/exportjob.yaml.j2.
     export: bool = False
@@ -244,6 +281,16 @@ def _check_choices(c: JobConfig) -> None:
                  f"scheduling.min_available={c.scheduling.min_available} exceeds nodes={c.nodes}")
     _fail_unless(c.scheduling.gang != "kueue" or bool(c.scheduling.queue),
                  "scheduling.gang=kueue needs scheduling.queue (the LocalQueue name)")
+    _fail_unless(c.scheduling.gang != "scheduler-plugins" or not c.scheduling.queue,
+                 f"scheduling.queue={c.scheduling.queue} with scheduling.gang=scheduler-plugins: its PodGroup has no queue, so "
+                 f"the job would run outside it; leave scheduling.queue empty, or use gang=kueue (a Kueue LocalQueue) or "
+                 f"gang=volcano (a Volcano queue)")
+    _fail_unless(not c.scheduling.min_available or c.scheduling.gang in GANG_SCHEDULERS,
+                 f"scheduling.min_available={c.scheduling.min_available} is a Volcano or scheduler-plugins PodGroup's size, "
+                 f"got gang={c.scheduling.gang}: nothing would read it (Kueue admits the whole job); leave it 0")
+    _fail_unless(not c.scheduling.scheduler_name or c.scheduling.gang in GANG_SCHEDULERS,
+                 f"scheduling.scheduler_name={c.scheduling.scheduler_name} is for gang volcano or scheduler-plugins "
+                 f"(the scheduler that reads their PodGroup), got gang={c.scheduling.gang}")
     _fail_unless(not c.scheduling.workload_priority or bool(kueue_queue(c)),
                  f"scheduling.workload_priority={c.scheduling.workload_priority} is Kueue's WorkloadPriorityClass: it needs "
                  f"a Kueue queue (scheduling.queue, with scheduling.gang none or kueue; got gang={c.scheduling.gang}, "
@@ -286,11 +333,19 @@ def _check_trainjob(c: JobConfig) -> None:
     _fail_unless(c.scheduling.min_available in (0, c.nodes),
                  f"scheduling.min_available={c.scheduling.min_available} cannot be expressed ({where}): Trainer's gang "
                  f"policies always require every node (PodGroup minMember = numNodes); leave it 0")
+    _fail_unless(t.runtime_source == "stock" or bool(t.cluster_runtime),
+                 f"trainjob.runtime_source={t.runtime_source} says what trainjob.cluster_runtime is, which is empty: set it to "
+                 f"the admin bundle's runtime (admin.runtime, `python -m launcher admin`)")
     if not t.cluster_runtime:
+        return
+    runtime = f"trainjob.cluster_runtime={t.cluster_runtime}"
+    _fail_unless(not c.scheduling.priority_class,
+                 f"scheduling.priority_class cannot be set through a runtime patch of {runtime}: "
+                 f"leave trainjob.cluster_runtime empty, or use a runtime whose pod template sets it")
+    if t.runtime_source == "admin":  # the admin's runtime holds the stage init container, the gang policy and the fabric
         return
     # A runtime patch may set volumes, mounts, security contexts, node selector, tolerations, pull
     # secrets and the service account (trainer.kubeflow.org/v1alpha1 PodSpecPatch), nothing else.
-    runtime = f"trainjob.cluster_runtime={t.cluster_runtime}"
     preset = fabrics.PRESETS.get(c.cluster.fabric)
     _fail_unless(not (preset and (preset.sidecar or preset.host_network)),
                  f"cluster.fabric={c.cluster.fabric} needs {'a sidecar' if preset and preset.sidecar else 'hostNetwork'}, "
@@ -301,9 +356,6 @@ def _check_trainjob(c: JobConfig) -> None:
     _fail_unless(c.scheduling.gang in ("none", "kueue"),
                  f"scheduling.gang={c.scheduling.gang} is the runtime's podGroupPolicy, which a TrainJob cannot patch: "
                  f"pick a ClusterTrainingRuntime that has it and set scheduling.gang=none, or leave trainjob.cluster_runtime empty")
-    _fail_unless(not c.scheduling.priority_class,
-                 f"scheduling.priority_class cannot be set through a runtime patch of {runtime}: "
-                 f"leave trainjob.cluster_runtime empty, or use a runtime whose pod template sets it")
 
 
 def _check_names(c: JobConfig) -> None:
@@ -322,6 +374,7 @@ def _check_names(c: JobConfig) -> None:
     for i, secret in enumerate(c.cluster.image_pull_secrets):
         names.check_name(f"cluster.image_pull_secrets[{i}]", secret, names.SUBDOMAIN)
     names.check_name("scheduling.queue", c.scheduling.queue, names.LABELLED_NAME, optional=True)
+    names.check_name("scheduling.scheduler_name", c.scheduling.scheduler_name, names.SUBDOMAIN, optional=True)
     names.check_name("scheduling.workload_priority", c.scheduling.workload_priority, names.LABELLED_NAME, optional=True)
     names.check_name("cluster.gpu_product", c.cluster.gpu_product, names.LABEL_VALUE)  # a node label's value
     names.check_labels("cluster.node_selector", c.cluster.node_selector)

@@ -83,12 +83,13 @@ RENDERS = {
     "": "the job's objects and their pods (see each key)",
     "resources": "the containers' resources.requests/limits; the /dev/shm emptyDir's sizeLimit",
     "train": "the ConfigMap <name>-config's train.yaml, which every rank reads (`dlrm train --config /etc/dlrm/train.yaml`)",
-    "storage": "the dataset and output volumes (PVC, hostPath, Mountpoint S3 PV/PVC, staging emptyDir)",
+    "storage": "the dataset and output volumes (PVC, hostPath, the admin bundle's Mountpoint S3 PVC, staging)",
     "s3": "pod env (AWS_REGION, AWS_ENDPOINT_URL, the Secret's keys) and an IRSA ServiceAccount",
     "cluster": "the pods' placement, security context, env and the job's run policy",
-    "scheduling": "Kueue labels, Volcano/coscheduling gang policies, priorityClassName",
+    "scheduling": "Kueue labels, Volcano/coscheduling gang policies and schedulerName, priorityClassName",
     "preprocess": "kind=preprocess: the batch Job or SparkApplication",
     "trainjob": "api=trainjob: the TrainJob's runtimeRef and the TrainingRuntime (or runtime patches)",
+    "admin": "`python -m launcher admin`: the admin bundle's ClusterTrainingRuntime, RBAC and ServiceAccount (launcher/admin.py)",
 }
 
 

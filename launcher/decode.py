@@ -13,7 +13,8 @@ from dlrm.io.fsutil import load_yaml_file_all
 from launcher.plan import (MASTER_PORT, NODE_ROLE, PORT_NAME, ROLES, Container, EnvVar, JobPlan, Mount, Pod, Port,
                            ReplicaGroup, RunPolicy, Volume)
 from launcher.podblock import SPEC_FIELDS
-from launcher.trainjob import ANCESTOR_LABEL, ANCESTOR_TRAINER, DEFAULT_RUNTIME_KIND, MASTER_PORT as TRAINER_PORT, NODE
+from launcher.trainjob import (ANCESTOR_LABEL, ANCESTOR_TRAINER, DEFAULT_RUNTIME_KIND, MASTER_PORT as TRAINER_PORT, NODE,
+                               apply_runtime_patches)
 
 
 _REQUIRED = object()
@@ -190,8 +191,9 @@ def plan_from_trainjob(objects: list[dict], where: str = "objects"):
                     and o["metadata"].get("name") == ref_name), None)
     if runtime is None:
         raise UserError(f"{label}: its runtime {kind} {ref_name!r} is not among the objects"
-                        + (": a ClusterTrainingRuntime lives on the cluster; render with trainjob.cluster_runtime empty "
-                           "to run the job locally" if kind == "ClusterTrainingRuntime" else ""))
+                        + (": a ClusterTrainingRuntime lives on the cluster; pass its file (run-local --runtime FILE, "
+                           "e.g. the admin bundle's), or render with trainjob.cluster_runtime empty" if kind == "ClusterTrainingRuntime" else ""))
+    runtime = apply_runtime_patches(runtime, {"spec": spec})  # the pods Trainer builds: the job's patches applied
     rt = f"{kind} {ref_name}"
     rt_spec = _typed(runtime.get("spec"), dict, f"{rt}: spec", {})
     ml = _typed(rt_spec.get("mlPolicy"), dict, f"{rt}: spec.mlPolicy", {})

@@ -75,7 +75,10 @@ def _train_yaml(cfg: JobConfig, dataset: str) -> str:
 
 def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
     bucket, prefix = parse_s3_uri(cfg.dataset) if is_s3_uri(cfg.dataset) else ("", "")
-    service_account = cfg.cluster.service_account or (cfg.name if cfg.s3.role_arn else "")
+    identity = cfg.s3.role_arn or cfg.admin.gcp_service_account
+    service_account = cfg.cluster.service_account or (cfg.name if identity else "")
+    if cfg.api == "trainjob" and cfg.trainjob.runtime_source == "admin":  # the admin's runtime names its own
+        service_account = ""
     return {
         "cfg": cfg,
         "plan": plan,
@@ -85,8 +88,13 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "train_yaml": _train_yaml(cfg, pods.dataset_path(cfg)),
         "bucket": bucket,
         "prefix": prefix + "/" if prefix else "",
-        "pv_name": f"{cfg.namespace}-{cfg.name}-dataset",
+        "dataset_claim": pods.mount_claim(cfg),
+        "pv_name": f"{cfg.namespace}-{pods.mount_claim(cfg)}",
         "service_account": service_account,
+        "runtime_kind": "TrainingRuntime",  # launcher.admin renders the same template as a ClusterTrainingRuntime
+        "per_job_volumes": pods.PER_JOB_VOLUMES,
+        "stage_container": pods.STAGE_CONTAINER,
+        "stage_env": [e.to_k8s() for e in pods.stage_env(cfg)] if cfg.storage.mode == "stage" else [],
         "env": [e.to_k8s() for e in pods.container_env(cfg)],
         "train_out": cmd.train_out(cfg.train.out),
         "resources": pod_resources(cfg),
@@ -121,11 +129,12 @@ def _preprocess_context(cfg: JobConfig) -> dict:
 def _templates(cfg: JobConfig) -> list[str]:
     """Which objects this config needs, in apply order."""
     names = []
-    if cfg.s3.role_arn:
+    admin_runtime = cfg.api == "trainjob" and cfg.trainjob.runtime_source == "admin"
+    if cfg.s3.role_arn and not admin_runtime:
         names.append("serviceaccount")
     if cfg.kind == "train":
-        if cfg.storage.mode == "mount":
-            names += ["persistentvolume", "persistentvolumeclaim"]
+        # storage.mode=mount: the PV is cluster-scoped, so it and its claim come from the admin's bundle
+        # (launcher/admin.py); a user's job only names the claim (pods.mount_claim).
         if cfg.api == "trainjob":  # the runtime first: the TrainJob's admission looks it up
             names += ["configmap", *([] if cfg.trainjob.cluster_runtime else ["trainingruntime"]), "trainjob"]
         else:
@@ -136,12 +145,14 @@ def _templates(cfg: JobConfig) -> list[str]:
     return names
 
 
-def encode_objects(cfg: JobConfig, plan, git_revision: str = "unknown") -> list[dict]:
-    """The Kubernetes objects of `plan` (made by launcher.build.build_plan from `cfg`), in apply order."""
+def encode_objects(cfg: JobConfig, plan, git_revision: str = "unknown", templates: list[str] | None = None,
+                   **context) -> list[dict]:
+    """The Kubernetes objects of `plan` (made by launcher.build.build_plan from `cfg`), in apply order:
+    the job's, or the named `templates` with `context` added (launcher.admin's bundle)."""
     env = _environment()
-    ctx = _context(cfg, plan, git_revision)
+    ctx = {**_context(cfg, plan, git_revision), **context}
     objs = []
-    for name in _templates(cfg):
+    for name in templates if templates is not None else _templates(cfg):
         text = env.get_template(f"{name}.yaml.j2").render(ctx)
         try:
             obj = yaml.load(text, Loader=SAFE_LOADER)

@@ -98,6 +98,9 @@ def check(cfg) -> None:
                               f"(IPC_LOCK, NET_ADMIN, SYS_PTRACE)")
     for path in ("scheduler_name", "runtime_class_name"):
         names.check_name(f"cluster.pod.{path}", getattr(p, path), names.SUBDOMAIN, optional=True)
+    if p.scheduler_name and cfg.scheduling.gang in ("volcano", "scheduler-plugins"):
+        raise ConfigError(f"cluster.pod.scheduler_name={p.scheduler_name} with scheduling.gang={cfg.scheduling.gang}: the gang's "
+                          f"scheduler names the pods' scheduler; set scheduling.scheduler_name instead")
     if p.dns_policy == "ClusterFirstWithHostNet" and not p.host_network:
         raise ConfigError("cluster.pod.dns_policy=ClusterFirstWithHostNet is for host_network=true pods")
     taken = {"volumes": ["config", "dataset", "stage", "output", "tmp", "shm"],
@@ -132,10 +135,12 @@ def dns_policy(p: PodConfig) -> str:
 SPEC_FIELDS = ("affinity", "topologySpreadConstraints", "schedulerName", "runtimeClassName")
 
 
-def spec_fields(p: PodConfig) -> dict[str, Any]:
-    """The PodSpec fields it sets beside what the launcher renders, by their API names (SPEC_FIELDS)."""
+def spec_fields(p: PodConfig, gang_scheduler: str = "") -> dict[str, Any]:
+    """The PodSpec fields it sets beside what the launcher renders, by their API names (SPEC_FIELDS).
+    `gang_scheduler`: the scheduler a gang needs (launcher.config.gang_scheduler; without it the default
+    scheduler places the pods one by one); check() refuses a cluster.pod.scheduler_name beside it."""
     out = {"affinity": p.affinity, "topologySpreadConstraints": p.topology_spread_constraints,
-           "schedulerName": p.scheduler_name, "runtimeClassName": p.runtime_class_name}
+           "schedulerName": gang_scheduler or p.scheduler_name, "runtimeClassName": p.runtime_class_name}
     return {k: v for k, v in out.items() if v}
 
 

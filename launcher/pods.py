@@ -7,9 +7,12 @@ the local interpreters (run-local, images/docker_job.py) alike. Paths come from 
 """
 from __future__ import annotations
 
+import hashlib
+
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
 from launcher import command as cmd, fabrics, podblock, trainjob
+from launcher.config import gang_scheduler
 from launcher.resources import pod_resources
 from launcher.run_identity import config_sha256, run_id
 from launcher.plan import CONTAINER, MASTER_PORT, PORT_NAME, Container, EnvVar, Mount, Pod, Port, Volume
@@ -91,16 +94,41 @@ def dataset_verify(cfg) -> str:
     return "sizes" if verify == "auto" and cfg.storage.mode == "mount" else verify
 
 
+STAGE_CONTAINER = "stage"  # the init container that copies an s3:// dataset onto the node (storage.mode=stage)
+
+
+def stage_env(cfg) -> list[EnvVar]:
+    """What the stage container copies: the one per-job value in it (a TrainJob patches it into an admin's runtime)."""
+    return [EnvVar(cmd.STAGE_SOURCE_ENV, cfg.dataset)]
+
+
+# The pod volumes that differ between jobs on one runtime: a TrainJob patches them into the admin's runtime.
+PER_JOB_VOLUMES = ("config", "dataset", "output")
+
+
+def mount_claim(cfg) -> str:
+    """storage.mode=mount: the PersistentVolumeClaim (of the admin's bundle, beside its cluster-scoped PV)
+    that mounts `dataset`: storage.claim, else a name derived from the dataset URI, which the bundle
+    and every job of it compute alike."""
+    return cfg.storage.claim or f"dlrm-dataset-{hashlib.sha256(cfg.dataset.encode()).hexdigest()[:12]}"
+
+
+def pod_devices(cfg) -> dict[str, int]:
+    """One training pod's extended resources: its GPUs, its fabric's devices, then cluster.extra_resources."""
+    return {"nvidia.com/gpu": cfg.gpus_per_node, **fabrics.wiring(cfg).devices, **dict(sorted(cfg.cluster.extra_resources.items()))}
+
+
 def train_pod(cfg, git_revision: str = "unknown") -> Pod:
     s, c = cfg.storage, cfg.cluster
     common = dict(image=cfg.image, env=container_env(cfg, git_revision), env_from=env_from(cfg), requests=requests(cfg),
                   security=dict(CONTAINER_SECURITY), pull_policy=c.image_pull_policy)
     init = []
     if s.mode == "stage":  # copies and verifies the dataset before training starts; a failed copy fails the pod
-        init.append(Container("stage", command=cmd.STAGE_COMMAND + cmd.stage_args(cfg.dataset), limits=limits(cfg),
-                              mounts=[Mount("stage", cmd.STAGE_MOUNT), Mount("tmp", cmd.TMP_MOUNT)], **common))
+        init.append(Container(STAGE_CONTAINER, command=cmd.STAGE_COMMAND + cmd.stage_args(), limits=limits(cfg),
+                              mounts=[Mount("stage", cmd.STAGE_MOUNT), Mount("tmp", cmd.TMP_MOUNT)],
+                              **{**common, "env": common["env"] + stage_env(cfg)}))
     fabric, extra = fabrics.wiring(cfg), c.pod
-    devices = {"nvidia.com/gpu": cfg.gpus_per_node, **fabric.devices, **dict(sorted(c.extra_resources.items()))}
+    devices = pod_devices(cfg)
     mounts = [Mount("config", cmd.CONFIG_DIR, read_only=True)]
     if s.mode == "stage":
         mounts.append(Mount("stage", cmd.STAGE_MOUNT, read_only=True))
@@ -124,7 +152,7 @@ def train_pod(cfg, git_revision: str = "unknown") -> Pod:
                labels=dict(sorted(extra.labels.items())), annotations=dict(sorted({**fabric.annotations, **extra.annotations}.items())),
                host_network=fabric.host_network or extra.host_network,
                dns_policy=podblock.dns_policy(extra) or ("ClusterFirstWithHostNet" if fabric.host_network else ""),
-               spec_extra=podblock.spec_fields(extra))
+               spec_extra=podblock.spec_fields(extra, gang_scheduler(cfg)))
 
 
 def node_selector(cfg) -> dict[str, str]:
@@ -221,9 +249,11 @@ def train_volumes(cfg) -> list[Volume]:
     elif s.mode == "hostPath":
         vols.append(Volume("dataset", "hostPath", {"path": cfg.dataset, "type": "Directory"}))
     elif s.mode == "mount":
-        vols.append(Volume("dataset", "persistentVolumeClaim", {"claimName": f"{cfg.name}-dataset", "readOnly": True}))
+        vols.append(Volume("dataset", "persistentVolumeClaim", {"claimName": mount_claim(cfg), "readOnly": True}))
     elif s.stage_host_path:
-        vols.append(Volume("stage", "hostPath", {"path": s.stage_host_path, "type": "DirectoryOrCreate"}))
+        # Directory, not DirectoryOrCreate: the kubelet would create it owned by root, which the
+        # stage container (uid run_as_user, never root) cannot write; the admin creates it once per node.
+        vols.append(Volume("stage", "hostPath", {"path": s.stage_host_path, "type": "Directory"}))
     else:
         vols.append(Volume("stage", "emptyDir", {"sizeLimit": s.stage_size}))
     vols.append(Volume("output", "persistentVolumeClaim", {"claimName": s.output_claim}) if s.output_claim

@@ -35,6 +35,7 @@ from typing import TextIO
 
 from dlrm.errors import UserError
 from launcher import podblock
+from dlrm.io.fsutil import load_yaml_file_all
 from launcher.decode import load_plan_file, plan_from_objects
 from launcher.local_jobs import (LOGS, PODS, RUNNING, LocalJobRecord, error_line, live_replicas, local_workdir,
                                  output_of_argv, process_id, run_id_of_argv)
@@ -298,6 +299,8 @@ def add_arguments(parser, command: str = "run-local") -> None:
     parser.add_argument("--max-restarts", type=int, help="whole-job restarts allowed "
                         "(default: the job's runPolicy.backoffLimit, a TrainJob's failurePolicy.maxRestarts)")
     parser.add_argument("--volume", action="append", default=[], metavar="NAME=DIR", help="use DIR for the pod volume NAME (repeatable)")
+    parser.add_argument("--runtime", metavar="FILE", help="the ClusterTrainingRuntime a TrainJob references (e.g. the admin "
+                        "bundle's clustertrainingruntime-*.yaml): its pod, with the job's runtime patches, is what runs")
     parser.add_argument("--grace", type=float, help="seconds between SIGTERM and SIGKILL when stopping replicas "
                                                    f"(default: the pods' terminationGracePeriodSeconds, else {K8S_GRACE_S})")
 
@@ -314,6 +317,11 @@ def main(args) -> int:
         from launcher.cli_render import plan_from_args
 
         plan = plan_from_args(args)
+    if args.runtime:  # the pods come from the admin's runtime as Trainer builds them, not from the config
+        runtime = [o for o in load_yaml_file_all(args.runtime, "runtime file (--runtime)", UserError)
+                   if isinstance(o, dict) and o.get("kind") != "TrainJob"]
+        plan = plan_from_objects([o for o in plan.objects if o.get("kind") not in ("TrainingRuntime", "ClusterTrainingRuntime")]
+                                 + runtime, f"{args.runtime} + the job")
     volumes = {}
     for item in args.volume:
         name, sep, folder = item.partition("=")

@@ -2,6 +2,7 @@
 defined once, and the Trainer admission rules that no schema expresses.
 
     errors = trainer_errors(objects)        # every TrainJob / (Cluster)TrainingRuntime among them
+    pods = apply_runtime_patches(runtime, job)   # the runtime as Trainer builds the job's JobSet from it
 
 Facts, from Trainer v2.3's sources (pkg/constants, the torch plugin, the JobSet plugin):
 a TrainJob references a runtime; the runtime's replicated job labelled
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dlrm.errors import UserError
 from dlrm.training.runlog import duration  # one format for an ETA: the trainer's log line's
+from launcher.command import STAGE_SOURCE_ENV
 from launcher.names import DNS1035_LABEL
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -32,6 +34,8 @@ MASTER_PORT = 29500  # constants.ContainerTrainerPort
 PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 COMPLETION_INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+# Trainer's Volcano plugin sets its PodGroup's queue from this annotation (the runtime's, or the TrainJob's).
+VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 # TrainJob.spec.managedBy's allowed values (CRD CEL rule).
@@ -146,7 +150,7 @@ def trainjob_errors(job: dict, label: str, runtimes: dict[tuple[str, str, str], 
     errors += _patch_errors(spec.get("runtimePatches") or [], label)
     runtime = runtimes.get((kind, "" if kind == "ClusterTrainingRuntime" else meta.get("namespace", ""), ref.get("name")))
     if runtime is not None:
-        errors += _against_runtime(spec, runtime, label)
+        errors += _against_runtime(spec, runtime, label, meta.get("annotations"))
     return errors
 
 
@@ -174,10 +178,14 @@ def _patch_errors(patches: list, label: str) -> list[str]:
     return errors
 
 
-def _against_runtime(spec: dict, runtime: dict, label: str) -> list[str]:
-    """What a TrainJob needs of the runtime it references, when that runtime is rendered with it."""
+def _against_runtime(spec: dict, runtime: dict, label: str, annotations: dict | None = None) -> list[str]:
+    """What a TrainJob needs of the runtime it references, when that runtime is rendered with it (or given)."""
     errors = []
     where = f"{runtime['kind']}/{runtime['metadata'].get('name')}"
+    if VOLCANO_QUEUE_ANNOTATION in (annotations or {}) and "volcano" not in ((runtime.get("spec") or {}).get("podGroupPolicy") or {}):
+        errors.append(f"{label}: metadata.annotations.{VOLCANO_QUEUE_ANNOTATION}: only Trainer's Volcano plugin reads it, and {where} "
+                      f"has no podGroupPolicy.volcano: the job would run outside the queue, not ganged; render it with the "
+                      f"runtime's scheduling.gang")
     ml = (runtime.get("spec") or {}).get("mlPolicy") or {}
     if "torch" not in ml:
         errors.append(f"{label}: spec.runtimeRef: {where} has no mlPolicy.torch, so no PET_* environment is injected "
@@ -191,19 +199,129 @@ def _against_runtime(spec: dict, runtime: dict, label: str) -> list[str]:
     for i, p in enumerate(spec.get("runtimePatches") or []):
         rjobs = ((((p.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")) or []
         for j, rjob in enumerate(rjobs):
+            at = f"spec.runtimePatches[{i}].trainingRuntimeSpec.template.spec.replicatedJobs[{j}]"
             if rjob.get("name") not in names:
-                errors.append(f"{label}: spec.runtimePatches[{i}].trainingRuntimeSpec.template.spec.replicatedJobs[{j}].name: "
-                              f"{where} has no replicated job {rjob.get('name')!r} (it has {sorted(n for n in names if n)})")
+                errors.append(f"{label}: {at}.name: {where} has no replicated job {rjob.get('name')!r} (it has {sorted(n for n in names if n)})")
+                continue
+            target = _pod_spec(next(r for r in runtime["spec"]["template"]["spec"]["replicatedJobs"] if r.get("name") == rjob.get("name")))
+            for key in ("containers", "initContainers"):
+                have = [c.get("name") for c in target.get(key) or []]
+                for k, c in enumerate(_pod_spec(rjob).get(key) or []):
+                    if c.get("name") not in have:  # Trainer would patch nothing: the job runs without what it patched in
+                        errors.append(f"{label}: {at}.template.spec.template.spec.{key}[{k}].name: {where}'s {rjob['name']!r} "
+                                      f"pod has no {key[:-1] if key == 'containers' else 'init container'} {c.get('name')!r} "
+                                      f"(it has {have}): the runtime is not the one the job was rendered for")
+    errors += _patched_pod_errors(spec, runtime, label, where)
     return errors
 
 
-def trainer_errors(objs: list[dict], labels: list[str], version: str = DEFAULT_TRAINER_VERSION) -> list[str]:
-    """Every rule of Trainer `version` over the objects (labels[i] names objs[i] in messages)."""
+def _pod_spec(rjob: dict) -> dict:
+    return ((((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+
+
+def _upsert(items: list, patch: list, key: str) -> list:
+    """Trainer's pkg/apply upsert: an item of `patch` replaces the one of the same `key`, else is appended."""
+    out = [dict(x) for x in items]
+    for item in patch:
+        at = next((n for n, x in enumerate(out) if x.get(key) == item.get(key)), None)
+        if at is None:
+            out.append(dict(item))
+        else:
+            out[at] = dict(item)
+    return out
+
+
+def apply_runtime_patches(runtime: dict, job: dict) -> dict:
+    """The runtime as Trainer builds a TrainJob's JobSet from it: each of the job's runtime patches applied
+    to the pods of the replicated job it names (volumes, and each named container's env and volume mounts
+    upserted by name; the pod's other patched fields replace the runtime's). A copy; the inputs are untouched."""
+    import copy
+
+    rt = copy.deepcopy(runtime)
+    rjobs = (((rt.get("spec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")
+    patches = (job.get("spec") or {}).get("runtimePatches")
+    if not isinstance(rjobs, list) or not isinstance(patches, list):  # malformed: the decoder or the schema says where
+        return rt
+    by_name = {r.get("name"): r for r in rjobs if isinstance(r, dict)}
+    for p in patches:
+        for rjob in ((((p.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")) or []:
+            if not isinstance(rjob, dict) or rjob.get("name") not in by_name:
+                continue
+            pod = _pod_spec(by_name[rjob["name"]])
+            for k, v in _pod_spec(rjob).items():
+                if k == "volumes":
+                    pod["volumes"] = _upsert(pod.get("volumes") or [], v, "name")
+                elif k in ("containers", "initContainers"):
+                    for c in v:
+                        target = next((t for t in pod.get(k) or [] if t.get("name") == c.get("name")), None)
+                        if target is None:
+                            continue
+                        for field in ("env", "volumeMounts"):
+                            if field in c:
+                                target[field] = _upsert(target.get(field) or [], c[field], "name")
+                        if "securityContext" in c:
+                            target["securityContext"] = c["securityContext"]
+                else:
+                    pod[k] = v
+    return rt
+    for rjob in patches:
+            if not isinstance(rjob, dict) or rjob.get("name") not in rjobs:
+                continue
+            pod, patch = _pod_spec(rjobs[rjob["name"]]), _pod_spec(rjob)
+            for k, v in patch.items():
+                if k == "volumes":
+                    pod["volumes"] = _upsert(pod.get("volumes") or [], v, "name")
+                elif k in ("containers", "initContainers"):
+                    for c in v:
+                        target = next((t for t in pod.get(k) or [] if t.get("name") == c.get("name")), None)
+                        if target is None:
+                            continue
+                        for field, fkey in (("env", "name"), ("volumeMounts", "name")):
+                            if field in c:
+                                target[field] = _upsert(target.get(field) or [], c[field], fkey)
+                        if "securityContext" in c:
+                            target["securityContext"] = c["securityContext"]
+                else:
+                    pod[k] = v
+    return rt
+
+
+def _patched_pod_errors(spec: dict, runtime: dict, label: str, where: str) -> list[str]:
+    """The trainer pod as the runtime and the job's patches make it: every mount names a volume, and a
+    runtime that stages a dataset is told this job's (else it stages the runtime's default)."""
+    found = trainer_job(apply_runtime_patches(runtime, {"spec": spec}))
+    if found is None:
+        return []
+    pod, errors = _pod_spec(found[1]), []
+    volumes = {v.get("name") for v in pod.get("volumes") or []}
+    for key in ("initContainers", "containers"):
+        for c in pod.get(key) or []:
+            for m in c.get("volumeMounts") or []:
+                if m.get("name") not in volumes:
+                    errors.append(f"{label}: {where}'s container {c.get('name')!r}, patched, mounts volume {m.get('name')!r}, "
+                                  f"which the pod lacks (it has {sorted(v for v in volumes if v)})")
+    patched = {e.get("name") for p in spec.get("runtimePatches") or [] for r in
+               ((((p.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")) or []
+               for c in _pod_spec(r).get("initContainers") or [] for e in c.get("env") or []}
+    for c in pod.get("initContainers") or [] if runtime.get("kind") == "ClusterTrainingRuntime" else []:  # not the job's own
+        if any(f"$({STAGE_SOURCE_ENV})" in str(a) for a in (c.get("command") or []) + (c.get("args") or [])) \
+                and STAGE_SOURCE_ENV not in patched:
+            errors.append(f"{label}: spec.runtimePatches: {where} stages a dataset (init container {c.get('name')!r}) and the "
+                          f"job does not set its {STAGE_SOURCE_ENV}, so it would train on the runtime's default dataset; render "
+                          f"the job with storage.mode=stage")
+    return errors
+
+
+def trainer_errors(objs: list[dict], labels: list[str], version: str = DEFAULT_TRAINER_VERSION,
+                   known_runtimes: list[dict] = ()) -> list[str]:
+    """Every rule of Trainer `version` over the objects (labels[i] names objs[i] in messages); a TrainJob
+    is also checked against `known_runtimes` (those on the cluster: `validate --runtime FILE`)."""
     if version not in TRAINER_VERSIONS:
         raise UserError(f"Trainer version {version!r}: the rules known are those of {', '.join(TRAINER_VERSIONS)}")
     runtimes = {(o["kind"], "" if o["kind"] == "ClusterTrainingRuntime" else (o.get("metadata") or {}).get("namespace", ""),
                  (o.get("metadata") or {}).get("name")): o
-                for o in objs if isinstance(o, dict) and o.get("apiVersion") == API_VERSION and o.get("kind") in RUNTIME_KINDS}
+                for o in [*known_runtimes, *objs]
+                if isinstance(o, dict) and o.get("apiVersion") == API_VERSION and o.get("kind") in RUNTIME_KINDS}
     errors = []
     for obj, label in zip(objs, labels):
         if not isinstance(obj, dict) or obj.get("apiVersion") != API_VERSION:

@@ -36,6 +36,7 @@ SCHEMAS_DIR = Path(__file__).with_name("schemas")
 VENDORED_CRD = SCHEMAS_DIR / "kubeflow.org_pytorchjobs.yaml"  # upstream, byte for byte (schemas/README.md)
 BASE_URI = "https://dlrm-k8s.invalid/schemas/"
 K8S = "k8s.json#/$defs/"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"  # Kueue v0.15+: the admin bundle's queue examples (launcher/admin.py)
 # (apiVersion, kind) -> the schema an object of that type must match.
 SCHEMA_OF = {
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob.json",
@@ -45,6 +46,10 @@ SCHEMA_OF = {
     ("v1", "PersistentVolume"): K8S + "io.k8s.api.core.v1.PersistentVolume",
     ("v1", "PersistentVolumeClaim"): K8S + "io.k8s.api.core.v1.PersistentVolumeClaim",
     ("v1", "ServiceAccount"): K8S + "io.k8s.api.core.v1.ServiceAccount",
+    ("rbac.authorization.k8s.io/v1", "Role"): K8S + "io.k8s.api.rbac.v1.Role",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): K8S + "io.k8s.api.rbac.v1.RoleBinding",
+    # Kueue v0.19.2's CRDs, made strict (schemas/vendor_kueue.py): the admin bundle's queue examples.
+    **{(KUEUE_API, kind): f"kueue.json#/$defs/{kind}" for kind in ("ResourceFlavor", "ClusterQueue", "LocalQueue")},
     # Kubeflow Trainer v2.3, from its own API models (schemas/vendor_trainer.py).
     (trainjob.API_VERSION, "TrainJob"): "trainer.json#/$defs/TrainJob",
     (trainjob.API_VERSION, "TrainingRuntime"): "trainer.json#/$defs/TrainingRuntime",
@@ -56,7 +61,7 @@ REPLICA_TYPES = ("Master", "Worker")
 @functools.lru_cache(maxsize=None)
 def _registry() -> referencing.Registry:
     resources = []
-    for name in ("k8s.json", "pytorchjob.json", "sparkapplication.json", "trainer.json"):
+    for name in ("k8s.json", "pytorchjob.json", "sparkapplication.json", "trainer.json", "kueue.json"):
         contents = json.loads((SCHEMAS_DIR / name).read_text())
         resources.append((BASE_URI + name, referencing.Resource.from_contents(contents)))
     return referencing.Registry().with_resources(resources)
@@ -198,10 +203,11 @@ def crd_validator(path: str) -> tuple[str, jsonschema.Draft202012Validator]:
 
 
 def validate_objects(objs: list[dict], crd: str | Path | None = None,
-                     trainer_version: str = trainjob.DEFAULT_TRAINER_VERSION) -> list[str]:
+                     trainer_version: str = trainjob.DEFAULT_TRAINER_VERSION, runtimes: list[dict] = ()) -> list[str]:
     """Every problem in `objs`, as '<Kind>/<name>: <path>: <message>'; empty means valid.
     Objects of the kind `crd` (a CRD file) defines are checked against it; PyTorchJobs otherwise
-    against the vendored upstream CRD (Trainer's CRDs are not vendored: trainer.json stands in)."""
+    against the vendored upstream CRD (Trainer's CRDs are not vendored: trainer.json stands in). A TrainJob
+    referencing one of `runtimes` (those on the cluster, e.g. the admin bundle's) is checked against it."""
     crds = {"PyTorchJob": VENDORED_CRD}
     if crd:
         crds[crd_validator(str(crd))[0]] = Path(crd)
@@ -226,7 +232,7 @@ def validate_objects(objs: list[dict], crd: str | Path | None = None,
             errors += webhook_errors(obj, label)
         if key[1] in crds:  # the upstream CRD of this kind: the vendored PyTorchJob one, or --crd's
             errors += [f"{e} (CRD {crds[key[1]].name})" for e in _schema_errors(crd_validator(str(crds[key[1]]))[1], obj, label)]
-    return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean], trainer_version)
+    return errors + trainjob.trainer_errors([o for o, _ in clean], [lbl for _, lbl in clean], trainer_version, runtimes)
 
 
 def load_objects(paths: list[str | Path]) -> list[tuple[str, list]]:

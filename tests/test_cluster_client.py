@@ -250,6 +250,19 @@ def test_cancel_deletes_the_job_in_the_foreground_and_its_config(api, capsys):
     assert rc == 2 and "nothing named dlrm-smoke" in err
 
 
+def test_cancel_under_the_admin_bundles_role_skips_the_claims_and_runtimes_it_may_not_list(api, capsys):
+    """The bundle's Role (launcher/admin.py) has no persistentvolumeclaims or trainingruntimes: cancel goes on."""
+    api.add(CLUSTER_RUNTIMES, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime",
+                               "metadata": {"name": "dlrm"}, "spec": {}})
+    assert run(capsys, "submit", *JOB, "--api", "trainjob", "--set", "trainjob.cluster_runtime=dlrm",
+               "--set", "trainjob.runtime_source=admin")[0] == 0
+    api.fail("GET", "/persistentvolumeclaims", 403)
+    api.fail("GET", "/trainingruntimes", 403)
+    rc, out, err = run(capsys, "cancel", "dlrm-smoke")
+    assert rc == 0 and "TrainJob/dlrm-smoke deleted" in out and "ConfigMap/dlrm-smoke-config deleted" in out, err
+    assert [k for k in api.objects if k[0] != CLUSTER_RUNTIMES] == []  # the admin's runtime stays
+
+
 def test_cancel_cleans_a_leftover_config_without_a_job(api, capsys):
     """A submit that died between its two creates leaves a ConfigMap; cancel must still clear the name."""
     assert run(capsys, "submit", *JOB)[0] == 0

@@ -117,7 +117,7 @@ def test_corrupt_object_fails_the_staging_pod_before_training(data, s3_bucket, s
     assert "[master-0] " not in text  # the trainer container never started ([master-0/stage] is the init one)
     run_dir = tmp_path.joinpath(*RUN)
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "config.yaml").exists()
-    staged = tmp_path / "pods" / "master-0" / "stage" / "dataset"
+    (staged,) = (tmp_path / "pods" / "master-0" / "stage").glob("dataset-*")  # the dataset's own folder (its manifest's hash)
     assert not (staged / ".verified").exists() and not (staged / key).exists()
 
 
@@ -134,7 +134,7 @@ def test_staged_dataset_trains_to_completion(data, s3_bucket, s3_endpoint, tmp_p
     rc = run.join()
     text = run.text()
     assert rc == 0, text[-6000:]
-    staged = tmp_path / "pods" / "master-0" / "stage" / "dataset"
+    (staged,) = (tmp_path / "pods" / "master-0" / "stage").glob("dataset-*")  # the dataset's own folder (its manifest's hash)
     assert (staged / ".verified").is_file() and (staged / "feature_spec.yaml").is_file()
     s = summary(tmp_path.joinpath(*RUN))
     assert s["step"] == 6 and s["auc"] > 0.5, s

@@ -4,6 +4,7 @@ Regenerate the golden files after an intended change with:  UPDATE_GOLDEN=1 pyte
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -60,6 +61,10 @@ CASES.update({
         "scheduling": {"gang": "kueue", "queue": "gpu-queue"},
         "cluster": {"fabric": "efa", "image_pull_secrets": ["regcred"], "gpu_product": "NVIDIA-H100-80GB-HBM3",
                     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]}}),
+    # ...and on the admin bundle's runtime (launcher/admin.py): only what varies per job (tests/golden/admin-*).
+    "trainjob-admin-runtime-stage": ("criteo-fl15", {
+        "api": "trainjob", "nodes": 2, "trainjob": {"cluster_runtime": "dlrm", "runtime_source": "admin"},
+        "storage": {"mode": "stage", "output_claim": "runs"}, "scheduling": {"gang": "volcano", "queue": "research"}}),
 })
 
 
@@ -161,18 +166,17 @@ def test_training_container():
     assert train["model"]["embedding_dim"] == 128 and train["optim"]["lr"] == 24.0
 
 
-def test_mount_mode_static_pv():
+def test_mount_mode_names_the_admins_claim_and_renders_nothing_cluster_scoped():
     objs = render("criteo-fl15-nodes1")
-    assert [o["kind"] for o in objs] == ["PersistentVolume", "PersistentVolumeClaim", "ConfigMap", "PyTorchJob"]
-    pv, pvc = objs[0], objs[1]
-    assert pv["spec"]["csi"]["driver"] == "s3.csi.aws.com"
-    assert pv["spec"]["csi"]["volumeAttributes"] == {"bucketName": "dlrm-datasets"}
-    assert pv["spec"]["csi"]["volumeHandle"] == "s3-default-dlrm-criteo-fl15-dataset"  # namespace + name: unique
-    assert {"read-only", "region us-east-1", "prefix criteo-1tb/fl15/"} <= set(pv["spec"]["mountOptions"])
-    assert pv["spec"]["claimRef"] == {"namespace": "default", "name": pvc["metadata"]["name"]}
-    assert pvc["spec"]["volumeName"] == pv["metadata"]["name"] and pvc["spec"]["storageClassName"] == ""
+    assert [o["kind"] for o in objs] == ["ConfigMap", "PyTorchJob"]  # the PV and its claim are the admin bundle's
     volumes = {v["name"]: v for v in pod(by_kind(objs, "PyTorchJob"))["volumes"]}
-    assert volumes["dataset"]["persistentVolumeClaim"] == {"claimName": pvc["metadata"]["name"], "readOnly": True}
+    claim = volumes["dataset"]["persistentVolumeClaim"]
+    assert claim == {"claimName": "dlrm-dataset-" + hashlib.sha256(b"s3://dlrm-datasets/criteo-1tb/fl15").hexdigest()[:12],
+                     "readOnly": True}
+    other = render_objects(load_job_config("criteo-fl15", overrides={"dataset": "s3://dlrm-datasets/other"}))
+    assert {v["name"]: v for v in pod(by_kind(other, "PyTorchJob"))["volumes"]}["dataset"]["persistentVolumeClaim"] != claim
+    named = render_objects(load_job_config("criteo-fl15", overrides={"storage": {"claim": "criteo"}}))
+    assert {v["name"]: v for v in pod(by_kind(named, "PyTorchJob"))["volumes"]}["dataset"]["persistentVolumeClaim"]["claimName"] == "criteo"
 
 
 def test_stage_irsa_minio_volcano():
@@ -183,8 +187,10 @@ def test_stage_irsa_minio_volcano():
     assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 2, "queue": "research", "priorityClass": "high"}
     spec = pod(job)
     assert spec["serviceAccountName"] == sa["metadata"]["name"] and spec["priorityClassName"] == "high"
+    assert spec["schedulerName"] == "volcano"  # the operator's PodGroup is read by Volcano only
     (init,) = spec["initContainers"]
-    assert init["command"] == cmd.STAGE_COMMAND + ["s3://dlrm-datasets/criteo-1tb/fl15", cmd.STAGED_DATASET]
+    assert init["command"] == cmd.STAGE_COMMAND + [f"$({cmd.STAGE_SOURCE_ENV})", cmd.STAGE_MOUNT, "--link", cmd.STAGED_DATASET]
+    assert {"name": cmd.STAGE_SOURCE_ENV, "value": "s3://dlrm-datasets/criteo-1tb/fl15"} in init["env"]
     assert init["image"] == spec["containers"][0]["image"]
     assert {"name": "AWS_ENDPOINT_URL", "value": "http://minio.minio:9000"} in init["env"]
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -200,7 +206,8 @@ def test_stage_irsa_minio_volcano():
 def test_stage_on_host_nvme():
     spec = pod(by_kind(render("stage-hostpath"), "PyTorchJob"))
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["stage"]["hostPath"] == {"path": "/mnt/nvme/dlrm", "type": "DirectoryOrCreate"}
+    # Directory: DirectoryOrCreate would make it root-owned, which the stage container (uid 1000) cannot write
+    assert volumes["stage"]["hostPath"] == {"path": "/mnt/nvme/dlrm", "type": "Directory"}
 
 
 def test_pvc_kueue_efa_secret():

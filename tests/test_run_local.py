@@ -217,10 +217,10 @@ def _trainer_missing() -> str:
 @pytest.mark.dist
 @pytest.mark.slow
 @pytest.mark.skipif(bool(_trainer_missing()), reason=_trainer_missing() or "-")
-@pytest.mark.parametrize("api, master, worker", [("pytorchjob", "master-0", "worker-0"), ("trainjob", "node-0-0", "node-0-1")])
+# A TrainJob's 2-node run is tests/test_admin.py's: on the admin bundle's runtime, staging from S3.
+@pytest.mark.parametrize("api, master, worker", [("pytorchjob", "master-0", "worker-0")])
 def test_rendered_synthetic_smoke_trains_on_two_nodes(tmp_path, capsys, monkeypatch, api, master, worker):
-    """The manifest `submit` would send, run as 2 nodes x 2 processes of the real trainer (gloo, CPU):
-    a PyTorchJob, and a TrainJob with the TrainingRuntime rendered beside it."""
+    """The manifest `submit` would send, run as 2 nodes x 2 processes of the real trainer (gloo, CPU): a PyTorchJob."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a pod's environment: the worker's log is torchrun's warning
     from dlrm.__main__ import main as dlrm_main
 

@@ -94,6 +94,7 @@ def test_cli_render_submit_and_api_requests_hold_no_secret(secret_env, tmp_path)
         kubeconfig.write_text(kubeconfig.read_text().replace("secret-token", KUBE_TOKEN))
         env = dict(secret_env, KUBECONFIG=str(kubeconfig))
         job = ["--profile", "criteo-fl15", "--set", "storage.mode=stage", "--set", "dataset=s3://data/criteo",
+               "--set", "train.out=s3://runs/{name}",
                "--set", "s3.secret=aws-creds", "--set", "s3.endpoint_url=http://minio:9000", "--name", "sec"]
         outputs = []
         r = run_cli("launcher", "render", *job, "--out", str(tmp_path / "yaml"), env=env, cwd=tmp_path)
@@ -170,7 +171,7 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
         return [(f"PyTorchJob {r}", s["template"]["spec"]) for r, s in obj["spec"]["pytorchReplicaSpecs"].items()]
     if kind == "Job":
         return [("Job", obj["spec"]["template"]["spec"])]
-    if kind == "TrainingRuntime":  # a TrainJob's pods, as its runtime templates them
+    if kind in ("TrainingRuntime", "ClusterTrainingRuntime"):  # a TrainJob's pods, as its runtime templates them
         return [(f"TrainingRuntime {j['name']}", j["template"]["spec"]["template"]["spec"])
                 for j in obj["spec"]["template"]["spec"]["replicatedJobs"]]
     if kind == "TrainJob":  # on a ClusterTrainingRuntime: our security settings are its runtime patch
@@ -183,7 +184,12 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
 @pytest.mark.parametrize("name", sorted(ALL_CASES))
 def test_pods_run_non_root_without_privileges(name):
     profile, overrides = ALL_CASES[name]
-    objs = render_objects(load_job_config(profile, overrides=overrides), git_revision="0123abc")
+    cfg = load_job_config(profile, overrides=overrides)
+    objs = render_objects(cfg, git_revision="0123abc")
+    if cfg.api == "trainjob" and cfg.trainjob.runtime_source == "admin":  # its pods are the admin runtime's
+        from launcher.admin import bundle_objects
+
+        objs = [o for o in objs if o["kind"] != "TrainJob"] + bundle_objects(cfg)
     checked = 0
     for obj in objs:
         for where, spec in pod_specs(obj):

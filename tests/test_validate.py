@@ -123,9 +123,11 @@ def test_crd_errors(tmp_path, job):
         validate_objects([job], crd=not_crd)
 
 
-def test_core_objects_are_checked_strictly(rendered):
-    objs = copy.deepcopy(rendered["criteo-fl15-nodes1"])
-    pv, pvc, cm = objs[0], objs[1], objs[2]
+def test_core_objects_are_checked_strictly():
+    from launcher.admin import bundle_objects  # the mount mode's PV and claim are the admin bundle's
+
+    objs = copy.deepcopy(bundle_objects(load_job_config("criteo-fl15")))
+    pv, pvc, cm = (next(o for o in objs if o["kind"] == k) for k in ("PersistentVolume", "PersistentVolumeClaim", "ConfigMap"))
     pv["spec"]["csi"]["volumeAtributes"] = {}
     pvc["spec"]["accessModes"] = "ReadOnlyMany"
     cm["data"] = {"train.yaml": 3}

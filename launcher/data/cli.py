@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     p = sub.add_parser("stage", help="pull, verify and mark a folder usable by the trainer (init container)")
     p.add_argument("uri", metavar="S3_URI")
     p.add_argument("dest", metavar="DIR")
+    p.add_argument("--link", metavar="PATH", help="stage into DIR/dataset-<manifest hash> (DIR: a node's stage folder "
+                                                  "shared by jobs; locked while staging) and point the symlink PATH at it")
     _s3_options(p)
 
 
@@ -88,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
         transfer.push(args.src, args.uri, opts, dry_run=args.dry_run, verify_remote=args.verify_remote)
     elif action == "pull":
         transfer.pull(args.uri, args.dest, opts, dry_run=args.dry_run)
+    elif action == "stage" and args.link:
+        transfer.stage_keyed(args.uri, args.dest, args.link, opts)
     elif action == "stage":
         transfer.stage(args.uri, args.dest, opts)
     else:

@@ -368,16 +368,19 @@ def verify(target: str, opts: S3Options = S3Options(), *, client=None) -> Report
     return _compare(manifest, scan_dir(root), lambda k: sha256_file(root / k), opts)
 
 
-def stage(uri: str, dest: str | os.PathLike, opts: S3Options = S3Options(), *, client=None) -> Result:
-    """The init container's step: pull `uri` into `dest`, every file checked against the manifest,
-    the `.verified` record written last. Skipped when the local manifest is the remote one and the
-    record still matches every file's size and mtime (a file changed since is hashed again)."""
+def stage(uri: str, dest: str | os.PathLike, opts: S3Options = S3Options(), *, client=None,
+          manifest_bytes: bytes | None = None) -> Result:
+    """The init container's step: pull `uri` into `dest`, every file checked against the manifest
+    (`manifest_bytes` when the caller already fetched it), the `.verified` record written last.
+    Skipped when the local manifest is the remote one and the record still matches every file's size
+    and mtime (a file changed since is hashed again)."""
     bucket, prefix = parse_s3_uri(uri)
     dest = Path(dest)
     with s3_errors(uri):
         client = _client(opts, client)
-        check_bucket(client, uri)
-        manifest_bytes = fetch_manifest(client, bucket, prefix)
+        if manifest_bytes is None:
+            check_bucket(client, uri)
+            manifest_bytes = fetch_manifest(client, bucket, prefix)
         manifest = Manifest.from_bytes(manifest_bytes, _uri(bucket, prefix, MANIFEST_NAME))
         local = dest / MANIFEST_NAME
         if local.is_file() and local.read_bytes() == manifest_bytes and is_verified(dest):
@@ -393,3 +396,41 @@ def stage(uri: str, dest: str | os.PathLike, opts: S3Options = S3Options(), *, c
     opts.log(f"staged {uri} -> {dest}: fetched {res.sent} files ({res.bytes / MiB:.1f} MiB), "
              f"kept {res.skipped}; record {MARKER_NAME} written")
     return res
+
+
+STAGED_PREFIX = "dataset-"  # <stage root>/dataset-<manifest sha256, 16 hex>: one copy per dataset content
+
+
+def stage_keyed(uri: str, root: str | os.PathLike, link: str | os.PathLike, opts: S3Options = S3Options(), *,
+                client=None) -> Path:
+    """Stage `uri` into its own folder under `root` (a node's stage folder shared by every job there),
+    named by its manifest's hash, and point `link` (in the pod's own /tmp) at it. Jobs staging different
+    datasets (or one dataset pushed again with other content) get different folders; jobs staging the
+    same one take turns under a lock on the node, and the second finds the first's verified copy."""
+    import fcntl
+
+    bucket, prefix = parse_s3_uri(uri)
+    root, link = Path(root), Path(link)
+    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"stage folder {root}: {'not a folder' if not root.is_dir() else 'not writable'} for uid "
+                        f"{os.getuid()}: create it on every node, owned by that user "
+                        f"(install -d -o {os.getuid()} -g {os.getgid()} -m 0775 PATH; see the admin bundle's README)")
+    with s3_errors(uri):
+        client = _client(opts, client)
+        check_bucket(client, uri)
+        manifest_bytes = fetch_manifest(client, bucket, prefix)
+    dest = root / f"{STAGED_PREFIX}{hashlib.sha256(manifest_bytes).hexdigest()[:16]}"
+    with open(root / f".{dest.name}.lock", "a") as lock:  # flock: released by the kernel if this pod dies
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            opts.log(f"another pod on this node is staging the same dataset into {dest}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        stage(uri, dest, opts, client=client, manifest_bytes=manifest_bytes)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(dest.resolve(), target_is_directory=True)
+    os.replace(tmp, link)  # a link of an earlier attempt of this pod is replaced whole
+    opts.log(f"{link} -> {dest}")
+    return dest

@@ -21,6 +21,8 @@ ROOTS = {
     "io.k8s.api.core.v1.PersistentVolumeClaim",
     "io.k8s.api.core.v1.ServiceAccount",
     "io.k8s.api.batch.v1.Job",
+    "io.k8s.api.rbac.v1.Role",  # the admin bundle (launcher/admin.py)
+    "io.k8s.api.rbac.v1.RoleBinding",
     "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
 }
 PREFIXES = ("/api/_definitions.json#/$defs/", "#/$defs/")
