@@ -41,6 +41,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="job API: PyTorchJob (Kubeflow training operator v1, the default) or TrainJob (Kubeflow Trainer v2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. --set train.epochs=2 --set cluster.efa=4; repeatable")
+    p.add_argument("--set-list", metavar="'K=V K2=V2 ...'", default="",
+                   help="several --set in one string (make's SET), split at whitespace outside {} [] and quotes, so "
+                        "'cluster.node_selector={pool: gpu-a}' stays one; applied before the --set flags")
     p.add_argument("--resume", action="store_true",
                    help="continue the run already in the job's output though its config differs (train.resume); without it "
                         "the job continues only its own run (same name and config) and refuses to train over another")
@@ -51,12 +54,39 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                                                  "or a TrainJob (Trainer's trainer.kubeflow.org_trainjobs.yaml)")
 
 
+_OPEN, _CLOSE = "{[", {"}": "{", "]": "["}
+
+
+def split_set_list(text: str) -> list[str]:
+    """'a=1 b={x: 1, y: 2} c="p q"' -> ['a=1', 'b={x: 1, y: 2}', 'c="p q"']: words split at whitespace
+    outside braces, brackets and quoted scalars (make's SET: a shell would split the flow value)."""
+    words, word, stack, quote = [], "", [], ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"" and word[-1:] in ("", "=", "{", "[", ",", ":", " "):  # a YAML quoted scalar, not it's
+            quote = ch
+        elif ch in _OPEN:
+            stack.append(ch)
+        elif ch in _CLOSE:
+            if not stack or stack.pop() != _CLOSE[ch]:
+                raise UserError(f"--set-list {text!r}: unbalanced {ch!r}; expected KEY=VALUE words, a value's {{}} and [] balanced")
+        elif ch.isspace() and not stack:
+            words, word = words + [word] * bool(word), ""
+            continue
+        word += ch
+    if quote or stack:
+        raise UserError(f"--set-list {text!r}: unclosed {quote or stack[-1]!r}; expected KEY=VALUE words, a value's quotes, {{}} and [] closed")
+    return words + [word] * bool(word)
+
+
 def job_from_args(args: argparse.Namespace) -> JobConfig:
     """Profile <- --values <- the named flags <- --set (so --set wins), validated."""
     flags = {"nodes": args.nodes, "gpus_per_node": args.gpus, "image": args.image,
              "namespace": args.namespace, "name": args.name, "api": args.api}
     # JSON is YAML: each flag's value keeps its type through dlrm.config.parse_override.
-    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    overrides += split_set_list(getattr(args, "set_list", "")) + list(args.overrides)
     if getattr(args, "resume", False):
         overrides.append("train.resume=true")
     return load_job_config(args.profile, values=args.values, overrides=overrides)

@@ -302,7 +302,7 @@ def add_arguments(parser, command: str = "run-local") -> None:
 def main(args) -> int:
     if args.file:
         given = [f"--{f}" for f in ("nodes", "gpus", "image", "namespace", "name", "api") if getattr(args, f) is not None]
-        given += [flag for flag, v in (("--values", args.values), ("--set", args.overrides),
+        given += [flag for flag, v in (("--values", args.values), ("--set", args.overrides), ("--set-list", args.set_list),
                                        ("--feature-spec", args.feature_spec), ("--resume", args.resume)) if v]
         if given:
             raise UserError(f"{args.file} is already rendered: drop {given[0]}, or render with --profile instead")
