@@ -32,7 +32,7 @@ from dlrm.metrics import roc_auc
 from dlrm.io.checkpoint import checkpoint_name, save_checkpoint
 from dlrm.training.lifecycle import PREEMPTED_EXIT, Diverged, StopOnSigterm, claim_identity, warn_unless_shared
 from dlrm.training.optim import Optimizers
-from dlrm.training.precision import LossScaler, amp_dtype, autocast
+from dlrm.training.precision import LossScaler, amp_dtype, auto_amp, autocast
 from dlrm.data.identity import dataset_identity
 from dlrm.training.resume import resume_latest
 from dlrm.training.runlock import claim_outputs
@@ -156,6 +156,8 @@ class Trainer:
         self.runtime, self.sigterm, self.cfg = runtime, sigterm, cfg
         self.device = runtime.device
         self.dtype = amp_dtype(cfg, self.device)
+        if cfg.amp == "auto" and runtime.is_main:
+            print("amp auto: {} ({})".format(*auto_amp(self.device)), flush=True)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
