@@ -13,7 +13,6 @@ import argparse
 import ctypes
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from dlrm.training.runlog import git_revision  # one definition: the trainer rec
 from launcher.config import JobConfig, load_job_config
 from launcher.encode import plan_job
 from launcher.plan import JobPlan
-from launcher.render import file_name, to_yaml
+from launcher.render import RENDERED_FILE, file_name, to_yaml
 from launcher.validate import validate_objects
 
 
@@ -135,10 +134,6 @@ def plan_from_args(args: argparse.Namespace) -> JobPlan:
 def add_arguments(p: argparse.ArgumentParser, command: str = "render") -> None:
     add_job_arguments(p)
     p.add_argument("--out", metavar="DIR", help="write NN-<kind>-<name>.yaml per object here instead of stdout")
-
-
-# What `render --out` writes: NN-<kind>-<name>.yaml. Only such files are an earlier render's.
-RENDERED_FILE = re.compile(r"^[0-9]{2,}-[a-z0-9]+-[a-z0-9.-]+\.yaml$")
 
 
 def write_rendered(objs: list[dict], out: Path) -> list[Path]:

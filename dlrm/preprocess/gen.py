@@ -109,13 +109,14 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from dlrm.errors import UserError
+    from dlrm.io.fsutil import local_path
 
+    out = local_path(args.out, "--out", "dlrm synth-raw", "write the day files to a local folder; preprocess reads local files")
     for flag, value, low in (("--days", args.days, 2), ("--lines", args.lines, 1), ("--bad-lines", args.bad_lines, 0)):
         if not low <= value <= 10_000_000:
             raise UserError(f"{flag} {value}: expected a whole number from {low} to 10,000,000")
     if args.bad_lines > args.lines:
         raise UserError(f"--bad-lines {args.bad_lines}: more than --lines {args.lines}")
-    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: not a folder")
     foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("day_")) if out.is_dir() else []
