@@ -103,8 +103,8 @@ demo-data: setup ## only the demo's dataset, data/demo (600,000 synthetic rows)
 	@bash scripts/demo.sh $(VPY) --data-only
 
 RAW_DAYS ?= 3
-RAW_LINES ?= 20000
-raw-sample: setup ## raw Criteo-format day files to try preprocessing: data/criteo-sample [RAW_DAYS=3 RAW_LINES=20000]
+RAW_LINES ?= 6400
+raw-sample: setup ## raw Criteo-format day files to try preprocessing: data/criteo-sample [RAW_DAYS=3 RAW_LINES=6400]
 	@$(VPY) -m dlrm synth-raw --out data/criteo-sample --days $(call q,$(RAW_DAYS)) --lines $(call q,$(RAW_LINES))
 
 # moto's S3 server in the foreground until Ctrl-C, its data in memory; moto comes with the dev extras,

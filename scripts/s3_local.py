@@ -6,6 +6,7 @@ its buckets made, in the foreground until Ctrl-C. Objects live in memory: they g
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 import threading
@@ -34,9 +35,17 @@ def main(argv: list[str]) -> int:
     s3 = boto3.client("s3", endpoint_url=url, region_name=ENV["AWS_REGION"], aws_access_key_id=ENV["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"])
     for bucket in args.buckets:
-        s3.create_bucket(Bucket=bucket)
+        try:
+            s3.create_bucket(Bucket=bucket)
+        except s3.exceptions.ClientError as e:
+            server.stop()
+            print(f"error: bucket {bucket!r}: {e.response['Error']['Message']} (3-63 lowercase letters, digits, '-' and '.')",
+                  file=sys.stderr)
+            return 2
     print(f"S3 at {url} with bucket(s) {', '.join(args.buckets) or '(none)'}, in memory until Ctrl-C. In another shell:")
     print("  export AWS_ENDPOINT_URL=" + url + " " + " ".join(f"{k}={v}" for k, v in ENV.items()), flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, a kill, or make started in the background (SIGINT ignored)
+        signal.signal(sig, signal.default_int_handler)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

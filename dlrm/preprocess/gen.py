@@ -102,7 +102,8 @@ def generate_days(folder: str | Path, days: int = 3, lines: int | list[int] = 10
 def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="folder for day_0 ... day_<DAYS-1> (new, empty, or an earlier synth-raw's)")
     p.add_argument("--days", type=int, default=3, help="day files (at least 2: the last is the test/validation day; default 3)")
-    p.add_argument("--lines", type=int, default=20000, help="lines per day (default 20000)")
+    # 2 training days of 6,400 lines: 50 batches of `--config tiny`, its whole lr schedule in one epoch
+    p.add_argument("--lines", type=int, default=6400, help="lines per day (default 6400)")
     p.add_argument("--bad-lines", type=int, default=0, help="damaged lines per day, of every kind preprocess skips and counts")
     p.add_argument("--seed", type=int, default=0)
 
