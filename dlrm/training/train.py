@@ -156,8 +156,6 @@ class Trainer:
         self.runtime, self.sigterm, self.cfg = runtime, sigterm, cfg
         self.device = runtime.device
         self.dtype = amp_dtype(cfg, self.device)
-        if cfg.amp == "auto" and runtime.is_main:
-            print("amp auto: {} ({})".format(*auto_amp(self.device)), flush=True)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
@@ -168,6 +166,8 @@ class Trainer:
         except BaseException:
             self.claim.release()  # refused (a plan that does not fit, too little host memory): the output stays free
             raise
+        if cfg.amp == "auto" and runtime.is_main:  # once the run is accepted: a refused one prints its error alone
+            print("amp auto: {} ({})".format(*auto_amp(self.device)), flush=True)
         self.step, self.epoch, self.position = 0, 0, 0
         self.auc, self.eval_loss, self.saved_step = math.nan, math.nan, None
 
