@@ -6,6 +6,7 @@ make runs for real against a stand-in venv (this interpreter), so no test instal
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -87,9 +88,11 @@ def test_values_with_spaces_and_quotes_stay_one_word(venv, target):
 def test_help_lists_every_target_once():
     r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    phony = (ROOT / "Makefile").read_text().split(".PHONY:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ").split()
+    text = (ROOT / "Makefile").read_text()
+    phony = text.split(".PHONY:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ").split()
+    rules = re.findall(r"^([a-z][a-z0-9-]*):(?!=)", text, flags=re.M)  # every named rule, ## comment or not
     listed = [line.split()[0] for line in r.stdout.split("\nvariables")[0].splitlines() if line.startswith("  ")]
-    assert sorted(listed) == sorted(phony), (listed, phony)
+    assert sorted(listed) == sorted(phony) == sorted(set(rules)), (listed, phony, rules)
     assert "{pool: gpu-a}" in r.stdout  # says how SET splits
 
 
