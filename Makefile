@@ -38,7 +38,7 @@ JOB_ARGS = --profile $(call q,$(PROFILE)) $(foreach v,$(VALUES),--values $(call 
   $(if $(FEATURE_SPEC),--feature-spec $(call q,$(FEATURE_SPEC))) $(if $(SET),--set-list $(call q,$(SET))) $(if $(RESUME),--resume)
 JOB_ARGS += $(if $(QUEUE),--set $(call q,scheduling.queue=$(QUEUE)))  # QUEUE=: Kueue's LocalQueue (README, Kueue)
 JOB_ARGS += $(if $(PRIORITY),--set $(call q,scheduling.workload_priority=$(PRIORITY)))  # PRIORITY=: Kueue's WorkloadPriorityClass
-# The flags every job command shares: NAME, NAMESPACE, API, BACKEND=local
+# A job by name, for status, logs, results and cancel: NAME (positional), NAMESPACE, API
 JOB_REF = $(if $(NAME),$(call q,$(NAME))) $(if $(NAMESPACE),--namespace $(call q,$(NAMESPACE))) $(if $(API),--api $(call q,$(API)))
 
 .PHONY: help setup setup-dev bytecode lint test test-fast demo demo-data raw-sample s3-local bench bench-gpu render submit status \
