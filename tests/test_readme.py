@@ -141,3 +141,19 @@ def test_readme_console_commands_run_as_written(tmp_path):
         elif why := matches(sample, lines):
             problems.append(f"$ {command}\n  {why}; printed:\n  " + "\n  ".join(lines[:12]))
     assert not problems, "\n".join(problems)
+
+
+def demo_differences(log: str, readme: str | None = None) -> str:
+    """'' when a `make demo` log fits the README's sample of it (AUCs and losses exactly: the demo is
+    seeded; times and speeds any), else what does not; the figures to compare are in its last line."""
+    runs = commands(console_blocks(readme or (ROOT / "README.md").read_text()))
+    sample = next(out for command, out in runs if command.split("#")[0].strip() == "make demo")
+    return matches(sample, log.splitlines())
+
+
+if __name__ == "__main__":  # make demo 2>&1 | tee demo.log; .venv/bin/python tests/test_readme.py demo.log
+    text = Path(sys.argv[1]).read_text()
+    why = demo_differences(text)
+    print(f"README: {why}" if why else "the log fits the README's make demo sample")
+    print("this run:", text.strip().splitlines()[-1])
+    sys.exit(1 if why else 0)
