@@ -12,6 +12,7 @@ from dlrm.cli import run
 
 COMMANDS = {
     "synth": ("dlrm.data.synth", "write a learnable synthetic dataset in the split-binary format"),
+    "synth-raw": ("dlrm.preprocess.gen", "write raw Criteo-format day files (TSV), small, to try preprocess on"),
     "train": ("dlrm.training.train", "train (and evaluate, checkpoint) a DLRM; one process or under torchrun"),
     "eval": ("dlrm.training.evaluate", "evaluate a checkpoint on a dataset's test split"),
     "export": ("dlrm.serving.export", "export a checkpoint as a torch.export program and AOTInductor packages for serving"),

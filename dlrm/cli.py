@@ -16,6 +16,19 @@ import sys
 from dlrm.errors import UserError
 
 
+def _import(module: str):
+    """The command's module; a dependency this Python lacks is one line saying which Python and what to do
+    (the usual cause: `python` is the system's, not the project's venv)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if not e.name or e.name.split(".")[0] in ("dlrm", "launcher"):
+            raise
+        print(f"error: {sys.executable} has no module {e.name!r}, which this command needs: use the project's venv "
+              f"(`make setup`, then `source .venv/bin/activate` in this shell, or call .venv/bin/python)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def run(prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None,
         pass_command: bool = False) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -26,12 +39,12 @@ def run(prog: str, description: str, commands: dict[str, tuple[str, str]], argv:
     for name, (module, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == wanted:  # the others keep a bare parser: their modules are never imported
-            add = importlib.import_module(module).add_arguments
+            add = _import(module).add_arguments
             add(p, name) if pass_command else add(p)
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DLRM_DEBUG") == "1"
     try:
-        rc = importlib.import_module(commands[args.command][0]).main(args)
+        rc = _import(commands[args.command][0]).main(args)
     except UserError as e:
         if debug:
             raise

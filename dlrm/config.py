@@ -112,7 +112,7 @@ class TrainConfig:
     run_id: str = ""
     target_auc: Annotated[float, Range(ge=0, le=1)] = 0.0  # stop once eval AUC reaches it; 0 disables
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA and on CPUs with AMX, else none (printed at start)
     tf32: bool = True
     compile: bool = False  # torch.compile the dense, interaction and over arches (worth it on GPUs)
     plot: bool = True

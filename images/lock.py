@@ -52,7 +52,7 @@ def closure(reqs: list[Requirement]) -> dict[str, metadata.Distribution]:
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
-            sys.exit(f"lock: {req.name} is required but not installed in {sys.prefix}; run `make setup` first")
+            sys.exit(f"lock: {req.name} is required but not installed in {sys.prefix}; run `make setup-dev` first (it brings the spark extra)")
         # A package reached again with new extras must be walked again for those extras.
         key_extras = tuple(sorted(req.extras))
         if name in found and not key_extras:

@@ -135,16 +135,19 @@ def add_arguments(p: argparse.ArgumentParser, command: str = "admin") -> None:
     p.add_argument("--profile", default="criteo-fl15", help="profile the site values are layered over (default %(default)s)")
     p.add_argument("--values", action="append", default=[], metavar="FILE", help="the site's values file(s); repeatable")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides", help="override a field; repeatable")
+    p.add_argument("--set-list", metavar="'K=V K2=V2 ...'", default="",
+                   help="several --set in one string (make's SET), split as `render --set-list` splits it")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the kustomize base (`kubectl apply -k DIR`)")
 
 
 def main(args: argparse.Namespace) -> int:
     from dlrm.training.runlog import git_revision
     from launcher.admin_readme import readme
+    from launcher.cli_render import split_set_list
     from launcher.config import load_job_config, placeholder_fields
 
     out = local_path(args.out, "--out", "launcher admin", "write the bundle into a local folder and copy that")
-    site = load_job_config(args.profile, values=args.values, overrides=args.overrides)
+    site = load_job_config(args.profile, values=args.values, overrides=split_set_list(args.set_list) + args.overrides)
     if placeholder_fields(site):  # the runtime's defaults: a TrainJob that names no dataset or output gets them
         print(f"warning: {', '.join(placeholder_fields(site))}: the profile's example buckets, the runtime's defaults; set "
               f"dataset / train.out in the site values", file=sys.stderr)

@@ -13,7 +13,6 @@ import argparse
 import ctypes
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from launcher.config import JobConfig, load_job_config, placeholder_fields
 from launcher.encode import plan_job
 from launcher.output_check import check_output
 from launcher.plan import JobPlan
-from launcher.render import file_name, to_yaml
+from launcher.render import RENDERED_FILE, file_name, to_yaml
 from launcher.validate import validate_objects
 
 
@@ -43,6 +42,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. --set train.epochs=2 --set cluster.fabric=efa; a dot inside a "
                         "key is escaped as in Helm: --set 'cluster.pod.labels.topology\\.kubernetes\\.io/zone=us-east-1a'; repeatable")
+    p.add_argument("--set-list", metavar="'K=V K2=V2 ...'", default="",
+                   help="several --set in one string (make's SET), split at whitespace outside {} [] and quotes, so "
+                        "'cluster.node_selector={pool: gpu-a}' stays one; applied before the --set flags")
     p.add_argument("--resume", action="store_true",
                    help="continue the run already in the job's output though its config differs (train.resume); without it "
                         "the job continues only its own run (same name and config) and refuses to train over another")
@@ -53,12 +55,39 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                                                  "or a TrainJob (Trainer's trainer.kubeflow.org_trainjobs.yaml)")
 
 
+_OPEN, _CLOSE = "{[", {"}": "{", "]": "["}
+
+
+def split_set_list(text: str) -> list[str]:
+    """'a=1 b={x: 1, y: 2} c="p q"' -> ['a=1', 'b={x: 1, y: 2}', 'c="p q"']: words split at whitespace
+    outside braces, brackets and quoted scalars (make's SET: a shell would split the flow value)."""
+    words, word, stack, quote = [], "", [], ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"" and word[-1:] in ("", "=", "{", "[", ",", ":", " "):  # a YAML quoted scalar, not it's
+            quote = ch
+        elif ch in _OPEN:
+            stack.append(ch)
+        elif ch in _CLOSE:
+            if not stack or stack.pop() != _CLOSE[ch]:
+                raise UserError(f"--set-list {text!r}: unbalanced {ch!r}; expected KEY=VALUE words, a value's {{}} and [] balanced")
+        elif ch.isspace() and not stack:
+            words, word = words + [word] * bool(word), ""
+            continue
+        word += ch
+    if quote or stack:
+        raise UserError(f"--set-list {text!r}: unclosed {quote or stack[-1]!r}; expected KEY=VALUE words, a value's quotes, {{}} and [] closed")
+    return words + [word] * bool(word)
+
+
 def job_from_args(args: argparse.Namespace) -> JobConfig:
     """Profile <- --values <- the named flags <- --set (so --set wins), validated."""
     flags = {"nodes": args.nodes, "gpus_per_node": args.gpus, "image": args.image,
              "namespace": args.namespace, "name": args.name, "api": args.api}
     # JSON is YAML: each flag's value keeps its type through dlrm.config.parse_override.
-    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    overrides += split_set_list(getattr(args, "set_list", "")) + list(args.overrides)
     if getattr(args, "resume", False):
         overrides.append("train.resume=true")
     return load_job_config(args.profile, values=args.values, overrides=overrides)
@@ -109,10 +138,6 @@ def plan_from_args(args: argparse.Namespace) -> JobPlan:
 def add_arguments(p: argparse.ArgumentParser, command: str = "render") -> None:
     add_job_arguments(p)
     p.add_argument("--out", metavar="DIR", help="write NN-<kind>-<name>.yaml per object here instead of stdout")
-
-
-# What `render --out` writes: NN-<kind>-<name>.yaml. Only such files are an earlier render's.
-RENDERED_FILE = re.compile(r"^[0-9]{2,}-[a-z0-9]+-[a-z0-9.-]+\.yaml$")
 
 
 def write_rendered(objs: list[dict], out: Path) -> list[Path]:

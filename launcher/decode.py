@@ -161,8 +161,20 @@ def config_maps_of(objects: list[dict]) -> dict[str, dict[str, str]]:
 
 
 def load_plan_file(path) -> JobPlan:
-    """A rendered YAML file (one or many documents, or a `kind: List`) as a plan."""
-    docs = load_yaml_file_all(path, "rendered YAML file (from `python -m launcher render`)", UserError)
+    """A rendered YAML file (one or many documents, or a `kind: List`), or the folder `render --out`
+    wrote (its NN-<kind>-<name>.yaml files, in order), as a plan."""
+    from pathlib import Path
+
+    from launcher.render import RENDERED_FILE
+
+    if Path(path).is_dir():
+        files = sorted(f for f in Path(path).iterdir() if RENDERED_FILE.match(f.name) and f.is_file())
+        if not files:
+            raise UserError(f"{path}: a folder without rendered files (NN-<kind>-<name>.yaml, as `python -m launcher "
+                            f"render --out {path}` writes them)")
+        docs = [d for f in files for d in load_yaml_file_all(f, "rendered YAML file (from `python -m launcher render`)", UserError)]
+    else:
+        docs = load_yaml_file_all(path, "rendered YAML file (from `python -m launcher render`)", UserError)
     objs = []
     for i, d in enumerate(docs):
         if not isinstance(d, dict):

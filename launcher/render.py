@@ -8,6 +8,8 @@ parsed objects, so the same inputs give byte-identical YAML. Pure: no cluster, n
 """
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from launcher.config import JobConfig
@@ -34,3 +36,8 @@ def to_yaml(objs: list[dict]) -> str:
 def file_name(obj: dict) -> str:
     """`<kind>-<name>.yaml`, lowercase: one file per object for `render --out DIR`."""
     return f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+
+
+# What `render --out` writes: NN-<kind>-<name>.yaml (NN: the order to apply them in). Only such files
+# are a render's: `render --out` replaces them, `run-local DIR` reads them.
+RENDERED_FILE = re.compile(r"^[0-9]{2,}-[a-z0-9]+-[a-z0-9.-]+\.yaml$")

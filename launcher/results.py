@@ -140,6 +140,26 @@ def fetch(out: str, dest: str | Path) -> list[Path]:
     return written
 
 
+def missing_files(dest: Path, have: set[str]) -> str:
+    """What results did not find in a run, said as it is: a file the run's config never writes
+    (metrics.png under plot: false) is not listed, and a finished run's missing files are not "yet"."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((dest / CONFIG).read_text()) if CONFIG in have else None
+    except (OSError, yaml.YAMLError):
+        config = None
+    never = {PLOT} if isinstance(config, dict) and config.get("plot") is False else set()
+    missing = [k for k in (*RESULT_FILES, TENSORBOARD) if k not in have and k not in never]
+    if not missing:
+        return ""
+    try:
+        finished = METRICS in have and any(r.get("kind") == "summary" for r in read_metrics((dest / METRICS).read_text(errors="replace")))
+    except OSError:
+        finished = False
+    return f"; not there{'' if finished else ' (yet)'}: {', '.join(missing)}"
+
+
 def resolve_output(args: argparse.Namespace) -> str:
     """The run output that NAME means: a URI or folder given directly, a run-local job, a cluster job."""
     name = args.name
@@ -181,7 +201,5 @@ def main(args: argparse.Namespace) -> int:
     for f in files:
         print(f)
     have = {f.relative_to(dest).parts[0] for f in files}
-    missing = [k for k in (*RESULT_FILES, TENSORBOARD) if k not in have]
-    print(f"{len(files)} file(s) from {out} in {dest}" + (f"; not there (yet): {', '.join(missing)}" if missing else ""),
-          file=sys.stderr)
+    print(f"{len(files)} file(s) from {out} in {dest}{missing_files(dest, have)}", file=sys.stderr)
     return 0

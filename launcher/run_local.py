@@ -189,6 +189,9 @@ class LocalJob:
                 self.say(f"job {self.name} succeeded in {time.monotonic() - start:.0f}s ({self.restarts} restart(s))")
                 return 0
             replica, container, code = failure
+            if code == 130:  # stopped as asked, the trainers' SIGTERM checkpoints written: not an error
+                self.say(f"job {self.name} cancelled; its replicas have stopped (exit status 130)")
+                return code
             if replica == "":
                 self.say(f"error: job {self.name} {container}")
                 return code
@@ -270,15 +273,30 @@ class LocalJob:
         self._record.update(replica_pids=self._replica_pids)
 
     def _pump(self, proc: subprocess.Popen, prefix: str, log_path: Path) -> None:
-        """Copy the process's output, line by line and prefixed, to `out` and the replica's log file."""
+        """Copy the process's output, line by line and prefixed, to `out` and the replica's log file.
+        While the job is being stopped, torchrun's traceback for the SIGTERM it was sent (SignalException)
+        goes to the log file only: it is the stop itself, not a failure to read through."""
+        held: list[str] = []
         with open(log_path, "a") as log:
             for raw in proc.stdout:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 log.write(line + "\n")
                 log.flush()  # `launcher logs -f --local` reads this file as it grows
-                with self._lock:
-                    self.out.write(f"{prefix} {line}\n")
-                    self.out.flush()
+                if held or (self._stop.is_set() and line.startswith("Traceback (most recent call last)")):
+                    held.append(line)
+                    if line.startswith((" ", "Traceback")):
+                        continue  # the traceback goes on; its last line decides
+                    shown, held = ([] if "SignalException" in line else held), []
+                else:
+                    shown = [line]
+                self._show(prefix, shown)
+            self._show(prefix, held)  # the output ended inside a traceback
+
+    def _show(self, prefix: str, lines: list[str]) -> None:
+        with self._lock:
+            for line in lines:
+                self.out.write(f"{prefix} {line}\n")
+            self.out.flush()
 
 
 def run_job(job, workdir: str | Path, **kwargs) -> int:
@@ -293,7 +311,8 @@ def run_job(job, workdir: str | Path, **kwargs) -> int:
 def add_arguments(parser, command: str = "run-local") -> None:
     from launcher.cli_render import add_job_arguments
 
-    parser.add_argument("file", nargs="?", help="an already rendered YAML file (instead of --profile and the job flags)")
+    parser.add_argument("file", nargs="?", help="an already rendered YAML file, or the folder `render --out` wrote "
+                                                     "(instead of --profile and the job flags)")
     add_job_arguments(parser)
     parser.add_argument("--workdir", help="folder for volumes and logs (default runs/local/<job name>)")
     parser.add_argument("--max-restarts", type=int, help="whole-job restarts allowed "
@@ -308,7 +327,7 @@ def add_arguments(parser, command: str = "run-local") -> None:
 def main(args) -> int:
     if args.file:
         given = [f"--{f}" for f in ("nodes", "gpus", "image", "namespace", "name", "api") if getattr(args, f) is not None]
-        given += [flag for flag, v in (("--values", args.values), ("--set", args.overrides),
+        given += [flag for flag, v in (("--values", args.values), ("--set", args.overrides), ("--set-list", args.set_list),
                                        ("--feature-spec", args.feature_spec), ("--resume", args.resume)) if v]
         if given:
             raise UserError(f"{args.file} is already rendered: drop {given[0]}, or render with --profile instead")

@@ -42,7 +42,9 @@ def render(nodes: int, gpus: int, sets: list[str]) -> list[dict]:
     from launcher.config import load_job_config
     from launcher.render import render_objects
 
-    objects = render_objects(load_job_config("synthetic-smoke", overrides=[f"nodes={nodes}", f"gpus_per_node={gpus}", *sets]))
+    # amp none: the references train in fp32 (tiny.yaml), where the profile's auto would pick bf16 on an AMX CPU
+    objects = render_objects(load_job_config("synthetic-smoke", overrides=[f"nodes={nodes}", f"gpus_per_node={gpus}", "train.amp=none",
+                                                                           *sets]))
     return [_faulty(o) for o in objects]
 
 

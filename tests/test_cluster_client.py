@@ -455,6 +455,12 @@ def test_status_and_results_read_the_runs_s3_output(api, capsys, s3_bucket, tmp_
     assert rc == 0 and (tmp_path / "r" / "metrics.jsonl").read_text().count("\n") == 2
     assert (tmp_path / "r" / "config.yaml").is_file() and not (tmp_path / "r" / "checkpoints").exists()
     assert "not there (yet): run.json, metrics.png, tensorboard" in err
+    # a finished run whose config writes no plot: nothing is "yet", and metrics.png is not missed
+    s3.put_object(Bucket=s3_bucket, Key="runs/x/config.yaml", Body=b"seed: 1\nplot: false\n")
+    s3.put_object(Bucket=s3_bucket, Key="runs/x/metrics.jsonl", Body="".join(json.dumps(r) + "\n" for r in [
+        *records, {"kind": "summary", "step": 200, "auc": 0.71234}]))
+    rc, text, err = run(capsys, "results", "dlrm-smoke", "--out", str(tmp_path / "r2"))
+    assert rc == 0 and err.rstrip().endswith("; not there: run.json, tensorboard"), err
 
     del job["metadata"]["annotations"]
     rc, text, _ = run(capsys, "status", "dlrm-smoke")

@@ -9,6 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launcher"
@@ -222,3 +224,16 @@ def test_no_inline_python_imports_project_code_in_scripts():
     found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in scripts
              for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if INLINE_PROJECT_IMPORT.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_a_missing_dependency_names_the_python_and_the_venv(capsys):
+    """`python -m dlrm ...` from the system's Python (no venv activated): one line, not a traceback."""
+    import sys
+
+    from dlrm.cli import run
+
+    with pytest.raises(SystemExit) as stop:
+        run("python -m dlrm", "", {"train": ("a_module_nobody_installed", "-")}, ["train"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {sys.executable} has no module 'a_module_nobody_installed'") and "source .venv/bin/activate" in err

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -159,6 +160,24 @@ def test_stop_ends_the_run_and_its_processes(tmp_path):
     job.stop()
     runner.join(30)
     assert result["rc"] == 130 and not any(Path(f"/proc/{p}").exists() for p in pids)
+    last = job.out.getvalue().splitlines()[-1]  # one line, no error: (Ctrl-C, `cancel --local`)
+    assert last == "[run-local] job tiny cancelled; its replicas have stopped (exit status 130)", last
+
+
+def test_torchruns_traceback_for_the_stop_goes_to_the_log_only(tmp_path):
+    """A stopped job's console: torchrun's SignalException traceback is the stop itself (it stays in
+    the replica's log); any other traceback is shown whole."""
+    def traceback(last):
+        return ["Traceback (most recent call last):", '  File "run.py", line 1, in <module>', "    main()", last]
+
+    signal_tb = traceback("torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 15")
+    other_tb = traceback("ValueError: boom")
+    lines = ["stopped by SIGTERM at step 5", *signal_tb, *other_tb, "after"]
+    job = LocalJob(tiny_job(), tmp_path, out=io.StringIO())
+    job.stop()
+    job._pump(SimpleNamespace(stdout=[(line + "\n").encode() for line in lines]), "[m]", tmp_path / "m.log")
+    assert job.out.getvalue().splitlines() == [f"[m] {line}" for line in ["stopped by SIGTERM at step 5", *other_tb, "after"]]
+    assert (tmp_path / "m.log").read_text().splitlines() == lines
 
 
 def test_active_deadline_fails_the_job(tmp_path):
@@ -193,11 +212,15 @@ def test_bad_inputs_are_user_errors(tmp_path):
 
 
 def test_cli_runs_a_rendered_file_with_a_mapped_volume(tmp_path, capsys):
+    """run-local FILE, and the folder `render --out` writes (its NN-<kind>-<name>.yaml files) as well."""
+    from launcher.cli_render import write_rendered
+
     rendered = tmp_path / "job.yaml"
     rendered.write_text(yaml.safe_dump_all(tiny_job(nodes=1)))
+    write_rendered(tiny_job(nodes=1), tmp_path / "rendered")
     mine = tmp_path / "my-output"
     mine.mkdir()
-    rc = main(["run-local", str(rendered), "--workdir", str(tmp_path / "wd"), "--volume", f"output={mine}"])
+    rc = main(["run-local", str(tmp_path / "rendered"), "--workdir", str(tmp_path / "wd"), "--volume", f"output={mine}"])
     assert rc == 0 and (mine / "rank-0.json").is_file()
     assert "[master-0] hello from rank 0" in capsys.readouterr().out
     assert main(["run-local", str(rendered), "--nodes", "2"]) == 2

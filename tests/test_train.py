@@ -85,10 +85,13 @@ def test_cli_reports_bad_dataset(tmp_path, capsys):
 
 
 def test_eval_command_matches_training_auc(tmp_path, dataset, capsys):
+    """With amp auto (bf16 on an AMX CPU, else fp32): the choice is printed once, and eval makes the same one."""
     from dlrm.__main__ import main
+    from dlrm.training.precision import auto_amp
 
-    s = train(tiny(tmp_path, dataset, max_steps=20))
-    capsys.readouterr()
+    s = train(tiny(tmp_path, dataset, max_steps=20, amp="auto"))
+    chosen = [line for line in capsys.readouterr().out.splitlines() if line.startswith("amp auto:")]
+    assert chosen == ["amp auto: {} ({})".format(*auto_amp(torch.device("cpu")))]
     assert main(["eval", "--checkpoints", str(tmp_path / "run" / "checkpoints")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["step"] == 20 and out["auc"] == pytest.approx(s["auc"], abs=1e-9)

@@ -93,3 +93,39 @@ def generate_days(folder: str | Path, days: int = 3, lines: int | list[int] = 10
         else:
             (folder / f"day_{d}").write_bytes(data)
     return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m dlrm synth-raw`: the same generator, for a person trying `dlrm preprocess`.
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", required=True, help="folder for day_0 ... day_<DAYS-1> (new, empty, or an earlier synth-raw's)")
+    p.add_argument("--days", type=int, default=3, help="day files (at least 2: the last is the test/validation day; default 3)")
+    # 2 training days of 6,400 lines: 50 batches of `--config tiny`, its whole lr schedule in one epoch
+    p.add_argument("--lines", type=int, default=6400, help="lines per day (default 6400)")
+    p.add_argument("--bad-lines", type=int, default=0, help="damaged lines per day, of every kind preprocess skips and counts")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(args) -> int:
+    from dlrm.errors import UserError
+    from dlrm.io.fsutil import local_path
+
+    out = local_path(args.out, "--out", "dlrm synth-raw", "write the day files to a local folder; preprocess reads local files")
+    for flag, value, low in (("--days", args.days, 2), ("--lines", args.lines, 1), ("--bad-lines", args.bad_lines, 0)):
+        if not low <= value <= 10_000_000:
+            raise UserError(f"{flag} {value}: expected a whole number from {low} to 10,000,000")
+    if args.bad_lines > args.lines:
+        raise UserError(f"--bad-lines {args.bad_lines}: more than --lines {args.lines}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("day_")) if out.is_dir() else []
+    if foreign:
+        raise UserError(f"--out {out} holds {', '.join(foreign[:3])}: day files go into a new or empty folder")
+    for old in out.glob("day_*") if out.is_dir() else ():  # an earlier sample's days: never mixed with these
+        old.unlink()
+    generate_days(out, days=args.days, lines=args.lines, seed=args.seed, bad_lines=args.bad_lines)
+    print(f"wrote day_0 ... day_{args.days - 1} in {out}: {args.lines:,} lines each (label, {NUM_NUMERICAL} integers, "
+          f"{NUM_CATEGORICAL} hashed categoricals, tab-separated), {args.bad_lines} bad line(s) each")
+    return 0

@@ -34,7 +34,7 @@ from dlrm.io.checkpoint import checkpoint_name, save_checkpoint
 from dlrm.training.lifecycle import (PREEMPTED_EXIT, Diverged, StopOnSigterm, claim_identity, resize_line,
                                      warn_unless_shared)
 from dlrm.training.optim import Optimizers
-from dlrm.training.precision import LossScaler, amp_dtype, autocast
+from dlrm.training.precision import LossScaler, amp_dtype, auto_amp, autocast
 from dlrm.data.identity import dataset_identity
 from dlrm.training.resume import resume_latest
 from dlrm.training.runlock import claim_outputs
@@ -168,6 +168,8 @@ class Trainer:
         except BaseException:
             self.claim.release()  # refused (a plan that does not fit, too little host memory): the output stays free
             raise
+        if cfg.amp == "auto" and runtime.is_main:  # once the run is accepted: a refused one prints its error alone
+            print("amp auto: {} ({})".format(*auto_amp(self.device)), flush=True)
         self.step, self.epoch, self.position = 0, 0, 0
         self.auc, self.eval_loss, self.saved_step = math.nan, math.nan, None
 
