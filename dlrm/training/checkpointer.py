@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dlrm.dist.hostmem import snapshot_fits
+from dlrm.errors import UserError
 from dlrm.io.checkpoint import Piece, abandon, checkpoint_name, commit, write_dense, write_shard
 from dlrm.io.storage import open_store
 
@@ -43,9 +45,20 @@ class Outcome:
 
 
 class Checkpointer:
-    def __init__(self, uri: str, runtime, *, keep: int):
-        self.uri, self.runtime, self.keep = uri, runtime, keep
+    def __init__(self, uri: str, runtime, *, keep: int, on_error: str = "retry", background: bool = True,
+                 state: list[torch.Tensor] = ()):
+        """`state`: the tensors a background save copies (this rank's rows and row optimizer state):
+        when some node's host cannot hold that copy, every save is written in place, said once."""
+        self.uri, self.runtime, self.keep, self.on_error = uri, runtime, keep, on_error
         self.store = open_store(uri)
+        self.background = background
+        if background:
+            short = snapshot_fits(sum(t.numel() * t.element_size() for t in state), runtime)
+            if short:
+                self.background = False
+                if runtime.is_main:
+                    print(f"note: checkpoints are written in place, training waits for them: a host copy for "
+                          f"background writes does not fit ({short})", flush=True)
         self.group = None
         if runtime.distributed:  # collective: every rank creates it, at the same point, in its main thread
             import torch.distributed as dist
@@ -56,14 +69,17 @@ class Checkpointer:
         self._outcome: Outcome | None = None
         self.stall_s = 0.0  # the training thread's time inside save() and wait(): what checkpoints cost the run
         self.count = 0
+        self.note, self.retry, self.last_seconds = "", False, 0.0
 
     # -- the calls the trainer makes -------------------------------------------------------------
 
     def save(self, step: int, *, weight: torch.Tensor, row_state: dict[str, torch.Tensor],
-             pieces_by_rank: dict[int, list[Piece]], dense: dict | None, meta: dict, background: bool) -> None:
+             pieces_by_rank: dict[int, list[Piece]], dense: dict | None, meta: dict, final: bool = False) -> None:
         """Every rank, at the same step, after wait() took the previous save's outcome. In the
-        background: returns once the copy is taken; otherwise once written and committed (either
-        way, wait() gives the outcome). Rank 0 passes `dense`."""
+        background: returns once the copy is taken; `final` (or no room for a copy): once written
+        and committed (either way, wait() gives the outcome). Rank 0 passes `dense`."""
+        background = self.background and not final
+        self.retry = False
         assert self._thread is None and self._outcome is None, "wait() for the previous save first"
         t0 = time.perf_counter()
         job = dict(step=step, pieces_by_rank=pieces_by_rank, meta=meta, t0=t0)
@@ -110,6 +126,33 @@ class Checkpointer:
     def failed(self) -> bool:
         """A finished save failed and is not taken yet: this rank's vote to act on it now."""
         return not self.busy() and self._outcome is not None and self._outcome.error is not None
+
+    def settle(self, outcome: Outcome | None, log, final: bool = False) -> None:
+        """A save's outcome, the same on every rank: its line (RunLog.checkpoint); a failure goes on
+        the next progress line (take_note) and is retried at once (`retry`), or stops the run
+        (on_error=stop, and always for the final checkpoint: the run cannot end without it)."""
+        if outcome is None:
+            return
+        if outcome.error is None:
+            self.last_seconds = outcome.seconds
+            log.checkpoint(outcome.name, self.uri, outcome.seconds, background=self.background and not final)
+            return
+        if final or self.on_error == "stop":
+            log.sync(force=True)
+            raise UserError(f"checkpoint {self.uri}/{outcome.name} failed: {outcome.error}; its files were removed"
+                            f"{'' if final else ' (checkpoint_on_error=stop)'}")
+        self.note = f"checkpoint {outcome.name} FAILED ({outcome.error}): retrying"
+        self.retry = True
+
+    def take_note(self) -> str:
+        note, self.note = self.note, ""
+        return note
+
+    def print_share(self, run_s: float) -> None:
+        """Rank 0: what checkpoints cost the run, the training thread's time in them."""
+        if self.runtime.is_main and self.count:
+            print(f"checkpoints: {self.count} saved, training waited {self.stall_s:.2f}s for them: "
+                  f"{100 * self.stall_s / max(run_s, 1e-9):.1f}% of the run's {run_s:.1f}s", flush=True)
 
     # -- the work ------------------------------------------------------------------------------
 

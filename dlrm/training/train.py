@@ -23,11 +23,11 @@ from dlrm.config import TrainConfig, load_config, to_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import SPLITS, FeatureSpec
-from dlrm.dist.hostmem import check_host_memory, snapshot_fits
+from dlrm.dist.hostmem import check_host_memory
 from dlrm.dist.parallel import ShardedDLRM, build_model, local_loss, parallelize, plan_for_config
 from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
-from dlrm.errors import ConfigError, UserError
+from dlrm.errors import ConfigError
 from dlrm.metrics import roc_auc
 from dlrm.io.checkpoint import checkpoint_name
 from dlrm.training.checkpointer import Checkpointer
@@ -169,7 +169,7 @@ class Trainer:
             self.claim.release()  # refused (a plan that does not fit, too little host memory): the output stays free
             raise
         self.step, self.epoch, self.position = 0, 0, 0
-        self.auc, self.eval_loss, self.saved_step, self.last_ckpt_s = math.nan, math.nan, None, None
+        self.auc, self.eval_loss, self.saved_step = math.nan, math.nan, None
 
     def setup_data(self) -> None:
         """The dataset checked, the run's length, and its schedule checked against that length."""
@@ -223,20 +223,10 @@ class Trainer:
         self.scaler = LossScaler(self.dtype == torch.float16)
 
     def setup_checkpoints(self) -> None:
-        """The checkpointer; periodic saves in the background from a host copy when the config asks
-        for it and every node's host can hold the copy (otherwise in place, said once)."""
-        cfg, runtime = self.cfg, self.runtime
-        self.ckpt = Checkpointer(self.ckpt_uri, runtime, keep=cfg.checkpoint_keep)
-        self.ckpt_background = cfg.checkpoint_async
-        if cfg.checkpoint_async:
-            state = [self.weight, *self.opt.sparse.state_tensors(0).values()]
-            short = snapshot_fits(sum(t.numel() * t.element_size() for t in state), runtime)
-            if short:
-                self.ckpt_background = False
-                if runtime.is_main:
-                    print(f"note: checkpoints are written in place, training waits for them: a host copy for "
-                          f"background writes does not fit ({short})", flush=True)
-        self.ckpt_note, self.ckpt_retry, self.ckpt_due = "", False, False
+        cfg = self.cfg
+        self.ckpt = Checkpointer(self.ckpt_uri, self.runtime, keep=cfg.checkpoint_keep, on_error=cfg.checkpoint_on_error,
+                                 background=cfg.checkpoint_async, state=[self.weight, *self.opt.sparse.state_tensors(0).values()])
+        self.ckpt_due = False
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -357,11 +347,8 @@ class Trainer:
         stop, diverged, ckpt_failed, time_due = (bool(x) for x in self.runtime.all_reduce_sum(flags).tolist())
         if diverged:
             raise self.diverged()
-        if ckpt_failed:
-            self.checkpoint_outcome(self.ckpt.wait())
-        else:
-            self.checkpoint_outcome(self.ckpt.take_complete())
-        self.ckpt_due = time_due or self.ckpt_retry
+        self.ckpt.settle(self.ckpt.wait() if ckpt_failed else self.ckpt.take_complete(), self.log)
+        self.ckpt_due = time_due or self.ckpt.retry
         self.checked_step = self.step
         self.sigterm.stopping = stop  # agreed: the checkpoint may take what it takes
         return stop
@@ -370,8 +357,7 @@ class Trainer:
         elapsed = time.perf_counter() - self.window_t0
         window_loss = self.runtime.all_reduce_sum(self.window_loss)  # the ranks' shares add up to the mean
         self.log.train(step=self.step, epoch=self.epoch, loss=(window_loss / self.window_n).item(), lr=self.lr,
-                       samples_per_s=self.window_samples / max(elapsed, 1e-9), note=self.ckpt_note)
-        self.ckpt_note = ""
+                       samples_per_s=self.window_samples / max(elapsed, 1e-9), note=self.ckpt.take_note())
         self.window_loss.zero_()
         self.window_n, self.window_samples, self.window_t0 = 0, 0, time.perf_counter()
 
@@ -389,7 +375,7 @@ class Trainer:
     def checkpoint(self, final: bool = False) -> None:
         """Every rank's rows, rank 0's dense state and the metadata that makes it count (written
         last): periodic ones in the background (dlrm.training.checkpointer), the `final` one (the
-        run's end, a SIGTERM) in place, the one in flight finished first."""
+        run's end, a SIGTERM) in place, after the one in flight."""
         if self.saved_step == self.step:
             return  # resumed here, nothing trained since (a SIGTERM before the first step)
         cfg, runtime = self.cfg, self.runtime
@@ -398,44 +384,16 @@ class Trainer:
         at = (self.epoch + 1, 0) if self.position >= self.batches_per_epoch else (self.epoch, self.position)
         meta = {"data": {"epoch": at[0], "position": at[1]}, "config": to_dict(cfg), "plan": self.plan.to_dict(),
                 "dataset": self.dataset_id}
-        background = self.ckpt_background and not final
         with self.sigterm.busy():
-            self.checkpoint_outcome(self.ckpt.wait())  # at most one in flight
+            self.ckpt.settle(self.ckpt.wait(), self.log)  # at most one in flight
             self.ckpt.save(self.step, weight=self.weight.data, row_state=self.opt.sparse.state_tensors(0),
-                           pieces_by_rank=self.pieces_by_rank, dense=dense, meta=meta, background=background)
-            self.t_last_ckpt, self.ckpt_due, self.ckpt_retry = time.perf_counter(), False, False
-            if not background:
-                self.checkpoint_outcome(self.ckpt.wait(), final=final)
-        self.saved_step = self.step
-
-    def checkpoint_outcome(self, outcome, final: bool = False) -> None:
-        """A save's outcome, the same on every rank: its line; a failure on the next progress line,
-        then a retry at once or the run stopped (checkpoint_on_error; the final one always stops)."""
-        if outcome is None:
-            return
-        where = f"{self.ckpt_uri}/{outcome.name}"
-        if outcome.error is None:
-            self.last_ckpt_s = outcome.seconds
-            self.log.checkpoint(outcome.name, self.ckpt_uri, outcome.seconds, background=self.ckpt_background and not final)
-            return
-        if final or self.cfg.checkpoint_on_error == "stop":
-            self.log.sync(force=True)
-            raise UserError(f"checkpoint {where} failed: {outcome.error}; its files were removed"
-                            f"{'' if final else ' (checkpoint_on_error=stop)'}")
-        self.ckpt_note = f"checkpoint {outcome.name} FAILED ({outcome.error}): retrying"
-        self.ckpt_retry = True
-
-    # -- how a run ends --------------------------------------------------------------------------
-
-    def checkpoint_share(self) -> None:
-        """The line that says what checkpoints cost the run: the training thread's time in them."""
-        run_s = time.perf_counter() - self.t_run0
-        if self.runtime.is_main and self.ckpt.count:
-            print(f"checkpoints: {self.ckpt.count} saved, training waited {self.ckpt.stall_s:.2f}s for them: "
-                  f"{100 * self.ckpt.stall_s / max(run_s, 1e-9):.1f}% of the run's {run_s:.1f}s", flush=True)
+                           pieces_by_rank=self.pieces_by_rank, dense=dense, meta=meta, final=final)
+            if final:
+                self.ckpt.settle(self.ckpt.wait(), self.log, final=True)
+        self.t_last_ckpt, self.ckpt_due, self.saved_step = time.perf_counter(), False, self.step
 
     def finish(self) -> dict:
-        self.checkpoint_share()
+        self.ckpt.print_share(time.perf_counter() - self.t_run0)
         if math.isnan(self.auc):  # resumed from a finished run: evaluate what was loaded
             self.auc, self.eval_loss = evaluate(self.model, self.spec, self.cfg, self.runtime, self.dtype)
         oracle = (self.spec.metadata.get("synthetic") or {}).get("oracle_auc")
@@ -447,11 +405,11 @@ class Trainer:
 
     def preempted(self) -> dict:
         """After the agreed stop's checkpoint: the output uploaded, the lock released, how to go on."""
-        self.checkpoint_share()
+        self.ckpt.print_share(time.perf_counter() - self.t_run0)
         self.log.close()
         self.claim.release()
         where = f"{self.ckpt_uri}/{checkpoint_name(self.step)}"
-        took = f" (written in {self.last_ckpt_s:.1f}s)" if self.saved_step == self.step and self.last_ckpt_s is not None else ""
+        took = f" (written in {self.ckpt.last_seconds:.1f}s)" if self.saved_step == self.step and self.ckpt.last_seconds else ""
         if self.runtime.is_main:
             print(f"stopped by SIGTERM at step {self.step:,}/{self.total_steps:,} (exit {PREEMPTED_EXIT}): checkpoint {where}{took}; "
                   f"the same command with --resume (a restarted job: the same run_id) continues from it", flush=True)
