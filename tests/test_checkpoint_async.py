@@ -1,0 +1,84 @@
+"""Background checkpoints that fail: a full disk (RLIMIT_FSIZE) or a failed metadata write is
+reported on the next progress line, retried or stops the run (checkpoint_on_error), and never
+leaves a half checkpoint that counts. One process, tiny dims, in this process (the kill during a
+background write: tests/test_dist_train.py, 2 forked ranks, in a folder and on s3://)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import re
+import resource
+import signal
+
+import pytest
+import torch
+from datasets import make_dataset, tiny_config
+
+from dlrm.errors import UserError
+from dlrm.io import storage
+from dlrm.io.checkpoint import complete_checkpoints, whole_tables
+from dlrm.training.train import train
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    make_dataset(root, rows=2048, test_rows=512)
+    return root
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """A full disk for this process: a write past `nbytes` fails with EFBIG (SIGXFSZ ignored)."""
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_a_full_disk_stops_the_run_with_checkpoint_on_error_stop_and_leaves_no_half_checkpoint(tmp_path, dataset):
+    cfg = tiny_config(tmp_path, dataset, max_steps=6, checkpoint_every=2, checkpoint_on_error="stop",
+                      **{"optim.schedule_check": "warn"})
+    # the run's small files fit; a checkpoint's table file (~40 KB) does not
+    with file_size_limit(12_000), pytest.raises(UserError) as e, contextlib.redirect_stdout(io.StringIO()):
+        train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert re.match(rf"checkpoint {ckpts}/ckpt-0000000\d\d failed: rank 0: \[Errno 27\] File too large: "
+                    rf"'{ckpts}/ckpt-0000000\d\d/rank-0\.pt'; its files were removed \(checkpoint_on_error=stop\)$",
+                    str(e.value)), str(e.value)
+    assert complete_checkpoints(storage.open_store(ckpts)) == []
+    assert not [p for p in ckpts.rglob("*") if p.is_file()]  # no shard, no temp file left to fill the disk
+
+
+def test_a_failed_metadata_write_is_reported_on_the_next_progress_line_and_retried(tmp_path, dataset, monkeypatch):
+    """As an S3 PUT that fails: the step-2 checkpoint's metadata.json cannot be written, once."""
+    real, failed = storage.LocalStore.put_bytes, []
+
+    def put_bytes(self, key, data):
+        if key.endswith("/metadata.json") and not failed:
+            failed.append(key)
+            raise OSError(errno.EIO, "Input/output error", str(self._path(key)))
+        real(self, key, data)
+
+    monkeypatch.setattr(storage.LocalStore, "put_bytes", put_bytes)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        summary = train(tiny_config(tmp_path, dataset, max_steps=6, checkpoint_every=2, checkpoint_keep=0, log_every=1,
+                                    **{"optim.schedule_check": "warn"}))
+    text = out.getvalue()
+    assert failed == ["ckpt-000000002/metadata.json"] and summary["step"] == 6
+    ckpts = tmp_path / "run" / "checkpoints"
+    line = re.search(r"^step +(\d)/6 .* \| checkpoint ckpt-000000002 FAILED \(rank 0: \[Errno 5\] Input/output error: "
+                     rf"'{ckpts}/ckpt-000000002/metadata\.json'\): retrying$", text, re.M)
+    assert line, text
+    retried = f"ckpt-00000000{line.group(1)}"  # taken again at the step the failure was seen
+    names = complete_checkpoints(storage.open_store(ckpts))
+    assert "ckpt-000000002" not in names and retried in names and names[-1] == "ckpt-000000006", (names, text)
+    assert sorted(p.name for p in ckpts.iterdir()) == names  # the failed one's files went with it
+    assert re.search(r"^checkpoints: \d saved, training waited [\d.]+s for them: [\d.]+% of the run's [\d.]+s$", text, re.M)
+    tables, _ = whole_tables(str(ckpts), retried)  # verifies
+    assert all(torch.isfinite(t).all() for t in tables.values())
