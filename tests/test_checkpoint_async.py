@@ -75,10 +75,35 @@ def test_a_failed_metadata_write_is_reported_on_the_next_progress_line_and_retri
     line = re.search(r"^step +(\d)/6 .* \| checkpoint ckpt-000000002 FAILED \(rank 0: \[Errno 5\] Input/output error: "
                      rf"'{ckpts}/ckpt-000000002/metadata\.json'\): retrying$", text, re.M)
     assert line, text
-    retried = f"ckpt-00000000{line.group(1)}"  # taken again at the step the failure was seen
+    # taken again where the failure was seen: at a check-in (then on that step's line) or when the
+    # next save waited for it (that save is the retry, on the line after it)
     names = complete_checkpoints(storage.open_store(ckpts))
-    assert "ckpt-000000002" not in names and retried in names and names[-1] == "ckpt-000000006", (names, text)
+    seen = int(line.group(1))
+    retried = next(n for n in (f"ckpt-{seen:09d}", f"ckpt-{seen - 1:09d}") if n in names)
+    assert "ckpt-000000002" not in names and names[-1] == "ckpt-000000006", (names, text)
     assert sorted(p.name for p in ckpts.iterdir()) == names  # the failed one's files went with it
     assert re.search(r"^checkpoints: \d saved, training waited [\d.]+s for them: [\d.]+% of the run's [\d.]+s$", text, re.M)
     tables, _ = whole_tables(str(ckpts), retried)  # verifies
     assert all(torch.isfinite(t).all() for t in tables.values())
+
+
+def test_eval_of_the_latest_takes_the_newer_one_when_rotation_removed_it_mid_read(tmp_path, dataset, monkeypatch, capsys):
+    """`dlrm eval` without --name found ckpt-2 the latest; before it read it, the run committed
+    ckpt-4 and rotated ckpt-2 away. It evaluates ckpt-4 instead of calling ckpt-2 incomplete."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from dlrm.training import evaluate
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(tiny_config(tmp_path, dataset, max_steps=4, checkpoint_every=2, checkpoint_keep=0,
+                          **{"optim.schedule_check": "warn"}))
+    ckpts = tmp_path / "run" / "checkpoints"
+    monkeypatch.setattr(evaluate, "latest_checkpoint", lambda uri: "ckpt-000000002")  # listed before the rotation
+    shutil.rmtree(ckpts / "ckpt-000000002")  # ... which then removed it
+    args = SimpleNamespace(checkpoints=str(ckpts), name=None, dataset=None, max_batches=1)
+    assert evaluate.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == f"{ckpts}/ckpt-000000004"
+    with pytest.raises(UserError, match=r"ckpt-000000002/metadata\.json: missing; the checkpoint is incomplete"):
+        evaluate.main(SimpleNamespace(**{**vars(args), "name": "ckpt-000000002"}))  # asked for by name: an error

@@ -182,6 +182,13 @@ def complete_checkpoints(store) -> list[str]:
     return sorted(names)
 
 
+def newer_complete(store, name: str) -> str | None:
+    """The newest complete checkpoint when `name` no longer is one and a newer one is: what a reader
+    of the latest finds after rotation removed it mid-read (a run checkpointing as it is read)."""
+    names = complete_checkpoints(store)
+    return names[-1] if names and name not in names and names[-1] > name else None
+
+
 def latest_checkpoint(uri: str) -> str | None:
     names = complete_checkpoints(open_store(uri))
     return names[-1] if names else None
