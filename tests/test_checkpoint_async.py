@@ -10,6 +10,7 @@ import io
 import re
 import resource
 import signal
+import warnings
 
 import pytest
 import torch
@@ -107,3 +108,47 @@ def test_eval_of_the_latest_takes_the_newer_one_when_rotation_removed_it_mid_rea
     assert json.loads(capsys.readouterr().out)["checkpoint"] == f"{ckpts}/ckpt-000000004"
     with pytest.raises(UserError, match=r"ckpt-000000002/metadata\.json: missing; the checkpoint is incomplete"):
         evaluate.main(SimpleNamespace(**{**vars(args), "name": "ckpt-000000002"}))  # asked for by name: an error
+
+
+def test_export_dcp_loads_with_torch_distributed_checkpoint_tensor_by_tensor(tmp_path, dataset, capsys):
+    """An Adagrad run (per-row optimizer state too) exported by the command; dcp.load into an empty
+    state dict of the same layout gives back every tensor; dcp_to_torch_save (the module
+    `python -m torch.distributed.checkpoint.format_utils` runs) converts it. The 2-rank export:
+    tests/test_dist_train.py's kill test."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from dlrm.__main__ import main
+    from dlrm.io.checkpoint import whole_state
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(tiny_config(tmp_path, dataset, max_steps=2, **{"optim.optimizer": "adagrad", "optim.lr": 0.05,
+                                                             "optim.schedule_check": "warn"}))
+    ckpts, out = tmp_path / "run" / "checkpoints", tmp_path / "dcp"
+    assert main(["export-dcp", "--checkpoints", str(ckpts), "--out", str(out)]) == 0
+    assert f"exported {ckpts}/ckpt-000000002 as a torch.distributed.checkpoint to {out}" in capsys.readouterr().out
+    state = whole_state(str(ckpts))
+    assert set(state[2]["cat_0.bin"]) == {"weight", "sum"}  # row-wise Adagrad's state travels too
+    assert_dcp_matches(out, state)
+    dcp_to_torch_save(out, tmp_path / "model.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert saved["step"] == 2 and torch.equal(saved["tables.cat_0.bin.weight"], whole_tables(str(ckpts))[0]["cat_0.bin"])
+    assert main(["export-dcp", "--checkpoints", str(ckpts), "--out", str(out)]) == 2  # not over an export
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+
+
+def assert_dcp_matches(out, state) -> None:
+    """dcp.load of `out` into zeros of each tensor's shape equals `state` (whole_state's), tensor by tensor."""
+    import torch.distributed.checkpoint as dcp
+
+    _, meta, tables, dense = state
+    want = {f"tables.{t}.{k}": v for t, named in tables.items() for k, v in named.items()}
+    want.update({f"dense.model.{k}": v for k, v in dense["model"].items()})
+    got = {k: torch.zeros_like(v) for k, v in want.items()}
+    got["step"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to load in a single process"
+        dcp.load(got, storage_reader=dcp.FileSystemReader(str(out)), no_dist=True)
+    assert got.pop("step") == meta["step"]
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k

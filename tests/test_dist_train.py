@@ -241,7 +241,8 @@ def test_killed_during_a_background_checkpoint_resumes_from_the_previous_one(dat
     parks; training goes on (step 7 is logged) and rank 0 is SIGKILLed before step 8. The step-4
     checkpoint is the complete one (rotation never removed it while step 6 was written; step 6 has
     no metadata) and loads; in a folder, a --resume starts from it and ends with the uninterrupted
-    run's weights, and the rewritten step-6 checkpoint holds no temp file of the killed writer."""
+    run's weights, the rewritten step-6 checkpoint holds no temp file of the killed writer, and the
+    2-rank result exports to a DCP checkpoint (dlrm export-dcp) that loads tensor by tensor."""
     import faulty_trainer
 
     from dlrm.io.checkpoint import complete_checkpoints
@@ -281,3 +282,11 @@ def test_killed_during_a_background_checkpoint_resumes_from_the_previous_one(dat
     for k in ref_dense:
         assert torch.allclose(dense[k], ref_dense[k], rtol=1e-4, atol=1e-6), (k, (dense[k] - ref_dense[k]).abs().max())
     assert abs(summary(out)["auc"] - summary(baseline)["auc"]) < 1e-4
+    # a 2-rank checkpoint as a torch.distributed.checkpoint: dcp.load gives back every whole table
+    from test_checkpoint_async import assert_dcp_matches
+
+    from dlrm.io.checkpoint import whole_state
+    from dlrm.io.dcp_export import export_dcp
+
+    assert export_dcp(ckpts, tmp_path / "dcp") == "ckpt-000000020"
+    assert_dcp_matches(tmp_path / "dcp", whole_state(ckpts))

@@ -329,6 +329,14 @@ def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dic
 def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """A checkpoint's tables put back together {table: [rows, D]} from every rank's pieces, and its
     dense model state: for export, inspection, and comparing runs of different world sizes."""
+    _, _, tables, dense = whole_state(uri, name)
+    return {t: state["weight"] for t, state in tables.items()}, dense["model"]
+
+
+def whole_state(uri: str, name: str | None = None) -> tuple[str, dict, dict[str, dict[str, torch.Tensor]], dict]:
+    """Everything a checkpoint holds, independent of the world size that saved it: (name, metadata,
+    {table: {"weight": [rows, D], <per-row optimizer state>: [rows, ...]}}, dense {"model", "optimizer"}).
+    The newest complete checkpoint when `name` is None."""
     store = open_store(uri)
     name = name or (complete_checkpoints(store) or [None])[-1]
     if name is None:
@@ -337,13 +345,20 @@ def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Ten
     verify_sizes(store, name, meta)
     sums = meta.get("checksums") or {}
     parts: dict[str, list] = {}
+    clone = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731 - detached from the mmap'd file
     with tempfile.TemporaryDirectory() as tmp:
         for fname, pieces in meta["files"].items():
-            weight = _load_torch(store, f"{name}/{fname}", tmp, sums.get(fname))["weight"]
+            blob = _load_torch(store, f"{name}/{fname}", tmp, sums.get(fname))
+            named = {"weight": blob["weight"], **blob.get("row_state", {})}
             for p in map(lambda d: Piece(**d), pieces):
-                parts.setdefault(p.table, []).append((p.start, weight[p.offset: p.offset + p.end - p.start].clone()))
-        dense = {k: v.clone() for k, v in _load_torch(store, f"{name}/dense.pt", tmp, sums.get("dense.pt"))["model"].items()}
-    return {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}, dense
+                rows = slice(p.offset, p.offset + p.end - p.start)
+                parts.setdefault(p.table, []).append((p.start, {k: v[rows].clone() for k, v in named.items()}))
+        dense = torch.utils._pytree.tree_map(clone, _load_torch(store, f"{name}/dense.pt", tmp, sums.get("dense.pt")))
+    tables = {}
+    for t, ps in parts.items():
+        ps = [state for _, state in sorted(ps, key=lambda x: x[0])]
+        tables[t] = {k: torch.cat([state[k] for state in ps]) for k in ps[0]}
+    return name, meta, tables, dense
 
 
 def first_non_finite(tensors: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
