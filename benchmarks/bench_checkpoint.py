@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from benchmarks.bench_s3 import start_moto  # noqa: E402
 from dlrm.dist.runtime import Runtime  # noqa: E402
 from dlrm.io.checkpoint import Piece  # noqa: E402
+from dlrm.io.s3_settings import READ_TIMEOUT_ENV  # noqa: E402
 from dlrm.training.checkpointer import Checkpointer  # noqa: E402
 from launcher.procs import free_port  # noqa: E402
 
@@ -152,8 +153,9 @@ def main() -> None:
     port = free_port()
     moto = start_moto(port)
     EXCLUDE.add(moto.pid)
+    # moto assembles a 1 GiB multipart upload in memory, slower than S3's 20 s read timeout on a busy machine
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", **{READ_TIMEOUT_ENV: "600"})
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="bench")
