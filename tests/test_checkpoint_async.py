@@ -152,3 +152,27 @@ def assert_dcp_matches(out, state) -> None:
     assert got.keys() == want.keys()
     for k in want:
         assert torch.equal(got[k], want[k]), k
+
+
+def test_checkpoint_every_s_is_decided_at_check_ins(tmp_path, dataset):
+    """No step interval, a wall-clock one every check-in passes (log_every=1: every step checks in)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(tiny_config(tmp_path, dataset, max_steps=4, log_every=1, checkpoint_every_s=1e-9, checkpoint_keep=0,
+                          **{"optim.schedule_check": "warn"}))
+    names = complete_checkpoints(storage.open_store(tmp_path / "run" / "checkpoints"))
+    assert names == [f"ckpt-{s:09d}" for s in range(1, 5)]
+
+
+def test_a_host_without_room_for_the_copy_writes_in_place_said_once(tmp_path, monkeypatch, capsys):
+    from dlrm.dist import hostmem
+    from dlrm.dist.runtime import Runtime
+    from dlrm.training.checkpointer import Checkpointer
+
+    state = [torch.zeros(1000, 8), torch.zeros(1000)]  # 36,000 bytes to copy
+    monkeypatch.setattr(hostmem, "host_memory_available", lambda: 20_000)
+    assert not Checkpointer(str(tmp_path), Runtime(), keep=1, state=state).background
+    assert capsys.readouterr().out == ("note: checkpoints are written in place, training waits for them: a host copy for "
+                                       "background writes does not fit (the node of rank 0 needs 35.16 KiB for the copy, "
+                                       "19.53 KiB is available)\n")
+    monkeypatch.setattr(hostmem, "host_memory_available", lambda: 40_000)
+    assert Checkpointer(str(tmp_path), Runtime(), keep=1, state=state).background and not capsys.readouterr().out
