@@ -1,8 +1,8 @@
 """Checkpoints written while training goes on (dlrm.io.checkpoint is the format; this is the timing).
 
-    ckpt = Checkpointer(uri, runtime, keep=2)
-    ckpt.wait()                    # every rank, same step: the previous save's outcome (it waits for it)
-    ckpt.save(step, weight=..., row_state=..., pieces_by_rank=..., dense=..., meta=..., background=True)
+    ckpt = Checkpointer(uri, runtime, keep=2, on_error="retry", state=[weight, *row_state.values()])
+    ckpt.settle(ckpt.wait(), log)  # every rank, same step: the previous save's outcome (waited for), acted on
+    ckpt.save(step, weight=..., row_state=..., pieces_by_rank=..., dense=..., meta=...)   # final=True: in place
     ckpt.failed()                  # this rank's vote at a check-in: a finished save failed
     ckpt.take_complete()           # a finished save that counts, for its line
 
@@ -17,8 +17,8 @@ checkpoints: rotation runs only there, so it never removes the newest complete c
 newer one is still being written. A save that fails on any rank leaves no folder behind; every
 rank learns the same outcome (rank 0's verdict travels in a second gather).
 
-`background=False` (the final and the SIGTERM checkpoint, or a host without room for the copy)
-writes the live tensors in the caller's thread with the same sequence, no copy.
+`final=True` (the run's last checkpoint, the SIGTERM one), or every save on a host without room
+for the copy, writes the live tensors in the caller's thread with the same sequence, no copy.
 """
 from __future__ import annotations
 
