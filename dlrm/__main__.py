@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("dlrm.training.train", "train (and evaluate, checkpoint) a DLRM; one process or under torchrun"),
     "eval": ("dlrm.training.evaluate", "evaluate a checkpoint on a dataset's test split"),
     "export": ("dlrm.serving.export", "export a checkpoint as a torch.export program and AOTInductor packages for serving"),
+    "export-dcp": ("dlrm.io.dcp_export", "write a checkpoint (any world size) as a torch.distributed.checkpoint one"),
     "predict": ("dlrm.serving.predict", "score a dataset split with an exported model alone (no training code)"),
     "plan": ("dlrm.dist.plan_cli", "print the embedding sharding plan for a world size"),
     "preprocess": ("dlrm.preprocess.cli", "turn raw Criteo day files into the split-binary dataset"),

@@ -103,7 +103,16 @@ class TrainConfig:
     evals_per_epoch: Annotated[int, Range(ge=0, le=10000)] = 0
     eval_max_batches: NonNegative = 0  # 0: the whole test split
     checkpoint_every: NonNegative = 0  # 0: only at the end
+    # Also a checkpoint once this many seconds passed since the last one (rank 0's clock, agreed at a
+    # check-in: within 10 steps); 0: steps only. Bounds the work a kill loses on any hardware.
+    checkpoint_every_s: Annotated[float, Range(ge=0)] = 0.0
     checkpoint_keep: NonNegative = 2  # 0: keep every checkpoint
+    # Periodic checkpoints written by a background thread from a host copy while training goes on
+    # (dlrm.training.checkpointer); false, or a host without room for the copy: written in place.
+    checkpoint_async: bool = True
+    # A periodic checkpoint that fails (a full disk, an S3 error; reported on the next progress
+    # line, its files removed): retry takes one again at once, stop ends the run with the error.
+    checkpoint_on_error: Literal["retry", "stop"] = "retry"
     checkpoint_dir: str = ""  # "" -> <out>/checkpoints; s3://bucket/prefix also works
     sync_every_s: Annotated[float, Range(ge=0)] = 300.0  # out=s3://...: upload metrics and events at least this often (and at each eval)
     resume: bool = False

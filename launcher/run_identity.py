@@ -84,6 +84,7 @@ NOT_IDENTITY = (
     # arithmetic compiled. None changes a weight (target_auc, above, is what makes an eval stop a run).
     "train.log_every", "train.eval_every", "train.evals_per_epoch", "train.eval_max_batches",
     "train.data.eval_batch_size", "train.checkpoint_every", "train.checkpoint_keep", "train.sync_every_s",
+    "train.checkpoint_every_s", "train.checkpoint_async", "train.checkpoint_on_error",
     "train.plot", "train.compile",
     # How batches are read and checked: the same batches either way.
     "train.data.prefetch", "train.data.check_ids", "train.data.verify", "train.optim.schedule_check",

@@ -256,3 +256,64 @@ def test_dcn_multi_hot_two_nodes_and_resume_at_another_world_size(multi_hot_data
     ranks(forked, 2, overrides(multi_hot_dataset, cont, **DCN, resume="true", checkpoint_keep=0))
     assert torch.allclose(torch.tensor(losses(cont)), torch.tensor(losses(multi_hot_baseline)[10:]), rtol=1e-5, atol=0)
     assert abs(summary(cont)["auc"] - summary(multi_hot_baseline)["auc"]) < 1e-4
+
+
+# -- a kill while a background checkpoint is being written (2 forked ranks) ------------------------
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_killed_during_a_background_checkpoint_resumes_from_the_previous_one(dataset, baseline, forked, tmp_path, where,
+                                                                             request):
+    """Checkpoints every 2 steps, keeping 1. Rank 1's step-6 file is written half and its writer
+    parks; training goes on (step 7 is logged) and rank 0 is SIGKILLed before step 8. The step-4
+    checkpoint is the complete one (rotation never removed it while step 6 was written; step 6 has
+    no metadata) and loads; in a folder, a --resume starts from it and ends with the uninterrupted
+    run's weights, the rewritten step-6 checkpoint holds no temp file of the killed writer, and the
+    2-rank result exports to a DCP checkpoint (dlrm export-dcp) that loads tensor by tensor."""
+    import faulty_trainer
+
+    from dlrm.io.checkpoint import complete_checkpoints
+    from dlrm.io.storage import open_store
+
+    out = tmp_path / "run"
+    ckpts = str(out / "checkpoints")
+    if where == "s3":
+        ckpts = f"s3://{request.getfixturevalue('s3_bucket')}/ckpts"
+    args = overrides(dataset, out, checkpoint_every=2, checkpoint_keep=1, checkpoint_dir=ckpts)
+    hooks = {faulty_trainer.PARK_WRITE_AT: "6", faulty_trainer.HANG_S: "60", faulty_trainer.KILL_AT: "8"}
+    cmd = [sys.executable, "-m", "faulty_trainer", "train", "--config", "tiny", *[a for o in args for a in ("--set", o)]]
+    port = str(free_port())
+    members = [(cmd, dict(env(), **hooks, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for r in range(2)]
+    killed = forked.run_group(members, cwd=ROOT / "tests", timeout=120, grace=0.5)
+    log = "".join(r.stdout + r.stderr for r in killed)
+    assert killed[0].returncode == -9, log[-6000:]
+    assert "ckpt-000000006/rank-1.pt parks half-written" in log and "step  7/20" in log, log[-6000:]
+    store = open_store(ckpts)
+    assert complete_checkpoints(store) == ["ckpt-000000004"], store.list("")
+    if where == "folder":  # begun, never counted (on S3 the kill may land before the first object is whole)
+        assert list((out / "checkpoints" / "ckpt-000000006").glob(".rank-1.pt.*.tmp"))
+
+    if where == "s3":  # the previous checkpoint verifies and loads (a resume on S3 costs ~5 CPU-s; the folder's shows it)
+        whole_tables(ckpts, "ckpt-000000004")
+        return
+    log = ranks(forked, 2, overrides(dataset, out, resume="true", checkpoint_every=2, checkpoint_keep=0))
+    assert f"resumed from {ckpts}/ckpt-000000004: step 4" in log, log[-6000:]
+    assert "written in" in log and "(in the background)" in log
+    assert complete_checkpoints(store)[-1] == "ckpt-000000020"
+    assert not list((out / "checkpoints" / "ckpt-000000006").glob(".*"))  # the killed writer's temp file went
+    tables, dense = whole_tables(ckpts)
+    ref_tables, ref_dense = gathered(baseline)
+    for k in ref_tables:
+        assert torch.allclose(tables[k], ref_tables[k], rtol=1e-4, atol=1e-6), (k, (tables[k] - ref_tables[k]).abs().max())
+    for k in ref_dense:
+        assert torch.allclose(dense[k], ref_dense[k], rtol=1e-4, atol=1e-6), (k, (dense[k] - ref_dense[k]).abs().max())
+    assert abs(summary(out)["auc"] - summary(baseline)["auc"]) < 1e-4
+    # a 2-rank checkpoint as a torch.distributed.checkpoint: dcp.load gives back every whole table
+    from test_checkpoint_async import assert_dcp_matches
+
+    from dlrm.io.checkpoint import whole_state
+    from dlrm.io.dcp_export import export_dcp
+
+    assert export_dcp(ckpts, tmp_path / "dcp") == "ckpt-000000020"
+    assert_dcp_matches(tmp_path / "dcp", whole_state(ckpts))

@@ -75,3 +75,21 @@ def check_host_memory(plan, runtime) -> None:
     short = [r for r, e in enumerate(errors) if e]
     if short:
         raise UserError(f"rank {short[0]}'s host has too little memory for the plan (its error is printed above)")
+
+
+def snapshot_fits(need: int, runtime) -> str | None:
+    """Whether every node's host can hold a second copy of its ranks' checkpointed state (`need`
+    bytes for this rank: rows and row optimizer state; on a GPU the pinned buffers a background
+    checkpoint copies into). None when it can (or the host does not say), else why not; every rank
+    gets the same answer, so either all checkpoint in the background or none does."""
+    node = runtime.rank - runtime.local_rank
+    views = runtime.all_gather_object((node, need, host_memory_available()))
+    short = []
+    for n in sorted({v[0] for v in views}):
+        total = sum(v[1] for v in views if v[0] == n)
+        avail = [v[2] for v in views if v[0] == n and v[2] is not None]
+        if avail and total > min(avail):
+            from dlrm.dist.plan import human
+
+            short.append(f"the node of rank {n} needs {human(total)} for the copy, {human(min(avail))} is available")
+    return "; ".join(short) or None

@@ -182,36 +182,92 @@ def complete_checkpoints(store) -> list[str]:
     return sorted(names)
 
 
+def newer_complete(store, name: str) -> str | None:
+    """The newest complete checkpoint when `name` no longer is one and a newer one is: what a reader
+    of the latest finds after rotation removed it mid-read (a run checkpointing as it is read)."""
+    names = complete_checkpoints(store)
+    return names[-1] if names and name not in names and names[-1] > name else None
+
+
 def latest_checkpoint(uri: str) -> str | None:
     names = complete_checkpoints(open_store(uri))
     return names[-1] if names else None
+
+
+def write_shard(store, name: str, rank: int, *, weight: torch.Tensor, row_state: dict[str, torch.Tensor],
+                pieces: list[Piece]) -> dict:
+    """This rank's rows (fused weight [R, D], per-row optimizer state) and the pieces they hold,
+    as `name/rank-<rank>.pt`; its {"size", "sha256"}. A killed writer's temp file of the same
+    key (a save of this step cut short before a resume) goes first, so none is left inside."""
+    _drop_temp(store, name, f"rank-{rank}.pt")
+    return _put_torch(store, f"{name}/rank-{rank}.pt", {
+        "weight": weight.detach(),
+        "row_state": {k: v.detach() for k, v in row_state.items()},
+        "pieces": [asdict(p) for p in pieces],
+    })
+
+
+def write_dense(store, name: str, dense: dict) -> dict:
+    """Rank 0's replicated state {"model", "optimizer"} as `name/dense.pt`; its {"size", "sha256"}.
+    A stale metadata.json of this name (a checkpoint resume skipped) goes first: the folder must
+    not count as complete while its files are being replaced."""
+    if store.exists(f"{name}/{METADATA}"):
+        store.delete(f"{name}/{METADATA}")
+    _drop_temp(store, name, "dense.pt")
+    return _put_torch(store, f"{name}/dense.pt", dense)
+
+
+def commit(store, name: str, step: int, *, digests: dict[str, dict], pieces_by_rank: dict[int, list[Piece]],
+           meta: dict, keep: int) -> None:
+    """Rank 0, once every rank's file is durable: metadata.json (the checkpoint now counts), then
+    files of this folder it does not list (temp files of killed writers, another world size's
+    shards) and older checkpoints beyond `keep` go. `digests`: {file name: {"size", "sha256"}}."""
+    record = dict(meta, step=step, world_size=len(pieces_by_rank), checksums=dict(digests), files={
+        f"rank-{r}.pt": [asdict(p) for p in ps] for r, ps in sorted(pieces_by_rank.items())
+    })
+    store.put_bytes(f"{name}/{METADATA}", json.dumps(record, indent=1).encode())
+    for key in store.list(name):
+        if key.split("/", 1)[1] not in digests and key != f"{name}/{METADATA}":
+            store.delete(key)
+    _drop_temp(store, name, "")
+    rotate(store, keep, newest=name)
+
+
+def abandon(store, name: str) -> None:
+    """Rank 0, after a save failed on some rank (every rank past its write): the half-written
+    folder goes, so nothing of it is mistaken for a checkpoint or left to fill the disk."""
+    store.delete(f"{name}/{METADATA}")
+    store.delete(name)
+
+
+def _drop_temp(store, name: str, fname: str) -> None:
+    """Temp files of killed writers of `name/fname` (every file of `name` when fname is ""): a local
+    folder's `.<file>.<random>.tmp` (S3 writes are atomic per object: nothing to drop there)."""
+    folder = store.local_path(name)
+    if folder is not None and folder.is_dir():
+        for tmp in folder.glob(f".{fname}*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(uri: str, step: int, *, rank: int, weight: torch.Tensor, row_state: dict[str, torch.Tensor],
                     pieces_by_rank: dict[int, list[Piece]], dense: dict | None, meta: dict,
                     barrier=lambda: None, gather=lambda obj: [obj], keep: int = 2) -> str:
     """Every rank calls this; rank 0 (which must pass `dense`) writes metadata.json once every rank's
-    file is written. `gather(obj)` returns every rank's `obj` in rank order (Runtime.all_gather_object)."""
+    file is written. `gather(obj)` returns every rank's `obj` in rank order (Runtime.all_gather_object).
+    The trainer writes through dlrm.training.checkpointer (in the background); this is the same
+    sequence in the caller's thread."""
     store = open_store(uri)
     name = checkpoint_name(step)
-    digest = _put_torch(store, f"{name}/rank-{rank}.pt", {
-        "weight": weight.detach(),
-        "row_state": {k: v.detach() for k, v in row_state.items()},
-        "pieces": [asdict(p) for p in pieces_by_rank[rank]],
-    })
+    digest = write_shard(store, name, rank, weight=weight, row_state=row_state, pieces=pieces_by_rank[rank])
     if rank == 0:
-        dense_digest = _put_torch(store, f"{name}/dense.pt", dense)
+        dense_digest = write_dense(store, name, dense)
     # Every rank's file is in place before the metadata makes the checkpoint count; the digests
     # travel by collective, not through the store (a PyTorchJob's pods may each have their own /output).
     digests = gather(digest)
     if rank == 0:
         checksums = {f"rank-{r}.pt": digests[r] for r in sorted(pieces_by_rank)}
         checksums["dense.pt"] = dense_digest
-        record = dict(meta, step=step, world_size=len(pieces_by_rank), checksums=checksums, files={
-            f"rank-{r}.pt": [asdict(p) for p in ps] for r, ps in sorted(pieces_by_rank.items())
-        })
-        store.put_bytes(f"{name}/{METADATA}", json.dumps(record, indent=1).encode())
-        rotate(store, keep, newest=name)
+        commit(store, name, step, digests=checksums, pieces_by_rank=pieces_by_rank, meta=meta, keep=keep)
     barrier()
     return name
 
@@ -273,6 +329,14 @@ def load_checkpoint(uri: str, name: str, *, weight: torch.Tensor, row_state: dic
 def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """A checkpoint's tables put back together {table: [rows, D]} from every rank's pieces, and its
     dense model state: for export, inspection, and comparing runs of different world sizes."""
+    _, _, tables, dense = whole_state(uri, name)
+    return {t: state["weight"] for t, state in tables.items()}, dense["model"]
+
+
+def whole_state(uri: str, name: str | None = None) -> tuple[str, dict, dict[str, dict[str, torch.Tensor]], dict]:
+    """Everything a checkpoint holds, independent of the world size that saved it: (name, metadata,
+    {table: {"weight": [rows, D], <per-row optimizer state>: [rows, ...]}}, dense {"model", "optimizer"}).
+    The newest complete checkpoint when `name` is None."""
     store = open_store(uri)
     name = name or (complete_checkpoints(store) or [None])[-1]
     if name is None:
@@ -281,13 +345,20 @@ def whole_tables(uri: str, name: str | None = None) -> tuple[dict[str, torch.Ten
     verify_sizes(store, name, meta)
     sums = meta.get("checksums") or {}
     parts: dict[str, list] = {}
+    clone = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731 - detached from the mmap'd file
     with tempfile.TemporaryDirectory() as tmp:
         for fname, pieces in meta["files"].items():
-            weight = _load_torch(store, f"{name}/{fname}", tmp, sums.get(fname))["weight"]
+            blob = _load_torch(store, f"{name}/{fname}", tmp, sums.get(fname))
+            named = {"weight": blob["weight"], **blob.get("row_state", {})}
             for p in map(lambda d: Piece(**d), pieces):
-                parts.setdefault(p.table, []).append((p.start, weight[p.offset: p.offset + p.end - p.start].clone()))
-        dense = {k: v.clone() for k, v in _load_torch(store, f"{name}/dense.pt", tmp, sums.get("dense.pt"))["model"].items()}
-    return {t: torch.cat([w for _, w in sorted(ps, key=lambda x: x[0])]) for t, ps in parts.items()}, dense
+                rows = slice(p.offset, p.offset + p.end - p.start)
+                parts.setdefault(p.table, []).append((p.start, {k: v[rows].clone() for k, v in named.items()}))
+        dense = torch.utils._pytree.tree_map(clone, _load_torch(store, f"{name}/dense.pt", tmp, sums.get("dense.pt")))
+    tables = {}
+    for t, ps in parts.items():
+        ps = [state for _, state in sorted(ps, key=lambda x: x[0])]
+        tables[t] = {k: torch.cat([state[k] for state in ps]) for k in ps[0]}
+    return name, meta, tables, dense
 
 
 def first_non_finite(tensors: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:

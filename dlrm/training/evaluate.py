@@ -10,7 +10,9 @@ import json
 import math
 
 
-from dlrm.io.checkpoint import Piece, first_non_finite, latest_checkpoint, load_checkpoint
+from dlrm.io.checkpoint import (CheckpointCorrupt, Piece, first_non_finite, latest_checkpoint, load_checkpoint,
+                                newer_complete, read_metadata)
+from dlrm.io.storage import open_store
 from dlrm.config import TrainConfig, from_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.spec import FeatureSpec
@@ -29,13 +31,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from dlrm.training.train import amp_dtype, evaluate, pick_device
 
+    store = open_store(args.checkpoints)
     name = args.name or latest_checkpoint(args.checkpoints)
     if not name:
         raise UserError(f"{args.checkpoints}: no complete checkpoint (a checkpoint is complete once its metadata.json exists)")
-    from dlrm.io.checkpoint import read_metadata
-    from dlrm.io.storage import open_store
+    while True:
+        try:
+            meta, cfg, spec, model = _load(args, store, name)
+            break
+        except CheckpointCorrupt:
+            # the latest, taken while the run goes on: rotation may remove it once a newer one is
+            # complete; that one is what was asked for, not an error about the one gone
+            newer = None if args.name else newer_complete(store, name)
+            if newer is None:
+                raise
+            name = newer
+    bad = first_non_finite({"embedding tables": model.sparse_arch.embedding.weight,
+                            **{k: v for k, v in model.state_dict().items() if not k.startswith("sparse_arch.")}})
+    if bad:
+        raise UserError(f"{args.checkpoints}/{name}: {bad[0]} holds {bad[1]} non-finite values (NaN/inf) of {bad[2]}: "
+                        f"the run diverged before this checkpoint; evaluate an earlier one (--name)")
+    device = pick_device(cfg)
+    model.to(device)
+    auc, loss = evaluate(model, spec, cfg, device, amp_dtype(cfg, device))
+    if not math.isfinite(loss):  # finite weights, yet NaN/inf scores: inputs the model overflows on
+        raise UserError(f"{args.checkpoints}/{name}: the scores on {spec.root} test are not finite (loss {loss}); "
+                        f"no AUC reported")
+    print(json.dumps({"checkpoint": f"{args.checkpoints}/{name}", "step": meta["step"], "auc": auc, "loss": loss}))
+    return 0
 
-    meta = read_metadata(open_store(args.checkpoints), name)
+
+def _load(args, store, name: str):
+    """(metadata, config, feature spec, the whole model with the checkpoint's weights) of `name`."""
+    meta = read_metadata(store, name)
     cfg = from_dict(TrainConfig, meta["config"])
     if args.dataset:
         cfg.data.dataset = args.dataset
@@ -48,7 +76,6 @@ def main(args) -> int:
     differences = feature_differences(meta, dataset_identity(spec, rows=False))
     if differences:  # the model's shapes would not fit (a traceback from load_state_dict)
         raise UserError(f"{spec.root} does not fit checkpoint {args.checkpoints}/{name}: {'; '.join(differences)}")
-    device = pick_device(cfg)
     model = DLRM(len(spec.numerical), spec.table_sizes, cfg.model, seed=cfg.seed, hotness=spec.table_hotness,
                  padded=bool(spec.padded))
     opt = Optimizers(model.dense_parameters(), [model.sparse_arch.embedding.weight], cfg.optim)
@@ -57,14 +84,4 @@ def main(args) -> int:
     _, dense = load_checkpoint(args.checkpoints, name, weight=model.sparse_arch.embedding.weight.data,
                                row_state=opt.sparse.state_tensors(0), pieces=pieces)
     model.load_state_dict(dense["model"], strict=False)
-    bad = first_non_finite({"embedding tables": model.sparse_arch.embedding.weight, **dense["model"]})
-    if bad:
-        raise UserError(f"{args.checkpoints}/{name}: {bad[0]} holds {bad[1]} non-finite values (NaN/inf) of {bad[2]}: "
-                        f"the run diverged before this checkpoint; evaluate an earlier one (--name)")
-    model.to(device)
-    auc, loss = evaluate(model, spec, cfg, device, amp_dtype(cfg, device))
-    if not math.isfinite(loss):  # finite weights, yet NaN/inf scores: inputs the model overflows on
-        raise UserError(f"{args.checkpoints}/{name}: the scores on {spec.root} test are not finite (loss {loss}); "
-                        f"no AUC reported")
-    print(json.dumps({"checkpoint": f"{args.checkpoints}/{name}", "step": meta["step"], "auc": auc, "loss": loss}))
-    return 0
+    return meta, cfg, spec, model

@@ -168,7 +168,8 @@ class RunLog:
         atomic_write(self.local / RECORD, json.dumps(record, indent=1) + "\n")
         self.sync(force=True, strict=True)
 
-    def train(self, *, step: int, epoch: int, loss: float, lr: float, samples_per_s: float) -> None:
+    def train(self, *, step: int, epoch: int, loss: float, lr: float, samples_per_s: float, note: str = "") -> None:
+        """One progress line; `note` (a checkpoint that failed since the last line) ends it."""
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
@@ -180,7 +181,7 @@ class RunLog:
         print(f"step {step:>{width},}/{self.total_steps:,} ({100 * step / max(self.total_steps, 1):5.1f}%) | "
               f"epoch {epoch + 1}/{self.epochs} | loss {loss:.5f} | lr {lr:.4g} | {samples_per_s:,.0f} samples/s | "
               f"elapsed {duration(elapsed)} | ETA {duration(eta) if eta == eta else '-'}"
-              f"{' | ' + self._network_line if self._network_line else ''}", flush=True)
+              f"{' | ' + self._network_line if self._network_line else ''}{f' | {note}' if note else ''}", flush=True)
         self._network_line = ""  # the first line only
         self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": samples_per_s})
         if self.progress:
@@ -197,9 +198,10 @@ class RunLog:
             self.progress.eval(auc=auc, loss=loss)
         self.sync(force=True)
 
-    def checkpoint(self, name: str, where: str, seconds: float) -> None:
+    def checkpoint(self, name: str, where: str, seconds: float, background: bool = False) -> None:
         if self.enabled:
-            print(f"checkpoint {name} written in {seconds:.1f}s to {where}", flush=True)
+            print(f"checkpoint {name} written in {seconds:.1f}s{' (in the background)' if background else ''} to {where}",
+                  flush=True)
 
     def finish(self, summary: dict, plot: bool) -> dict:
         """Write the summary (and the plot), upload everything; `summary` gains the output's locations."""

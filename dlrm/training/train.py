@@ -30,7 +30,8 @@ from dlrm.dist.runtime import Runtime, collective, runtime_from_config
 from dlrm.dist.runtime import pick_device as _pick_device
 from dlrm.errors import ConfigError
 from dlrm.metrics import roc_auc
-from dlrm.io.checkpoint import checkpoint_name, save_checkpoint
+from dlrm.io.checkpoint import checkpoint_name
+from dlrm.training.checkpointer import Checkpointer
 from dlrm.training.lifecycle import (PREEMPTED_EXIT, Diverged, StopOnSigterm, claim_identity, resize_line,
                                      warn_unless_shared)
 from dlrm.training.optim import Optimizers
@@ -165,6 +166,7 @@ class Trainer:
         self.setup_outputs()
         try:
             self.setup_model()
+            self.setup_checkpoints()
         except BaseException:
             self.claim.release()  # refused (a plan that does not fit, too little host memory): the output stays free
             raise
@@ -228,6 +230,12 @@ class Trainer:
                                       4 * cfg.data.batch_size * len(spec.table_sizes) * cfg.model.embedding_dim // runtime.world_size,
                                       cfg.dist.network_check)
 
+    def setup_checkpoints(self) -> None:
+        cfg = self.cfg
+        self.ckpt = Checkpointer(self.ckpt_uri, self.runtime, keep=cfg.checkpoint_keep, on_error=cfg.checkpoint_on_error,
+                                 background=cfg.checkpoint_async, state=[self.weight, *self.opt.sparse.state_tensors(0).values()])
+        self.ckpt_due = False
+
     # -- the loop --------------------------------------------------------------------------------
 
     def fit(self) -> dict:
@@ -243,8 +251,8 @@ class Trainer:
                     self.log_progress()
                 if not stop and (self.done or self.due(self.eval_every)):
                     self.evaluate()  # may set done (target AUC)
-                if stop or self.done or self.due(cfg.checkpoint_every):
-                    self.checkpoint()
+                if stop or self.done or self.due(cfg.checkpoint_every) or self.ckpt_due:
+                    self.checkpoint(final=stop or self.done)
                 if stop or self.done:
                     break
                 self.t_step = time.perf_counter()  # eval and checkpoint time is not training time
@@ -287,6 +295,7 @@ class Trainer:
         self.train_time, self.train_samples, self.first_step, self.checked_step = 0.0, 0, self.step, self.step
         self.window_loss = torch.zeros((), device=self.device)
         self.window_n, self.window_samples, self.window_t0 = 0, 0, time.perf_counter()
+        self.t_run0 = self.t_last_ckpt = time.perf_counter()
 
     def batches(self):
         """This epoch's training batches (this rank's slice), from the current position on."""
@@ -339,11 +348,18 @@ class Trainer:
         if not (self.done or self.due(CHECK_IN_EVERY) or self.due(cfg.log_every) or self.due(self.eval_every)
                 or self.due(cfg.checkpoint_every)):
             return False
-        flags = torch.stack([torch.tensor(float(self.sigterm.requested), device=self.device),
-                             (~torch.isfinite(self.window_loss)).float()])
-        stop, diverged = (bool(x) for x in self.runtime.all_reduce_sum(flags).tolist())
+        # rank 0's clock decides a checkpoint_every_s checkpoint; a failed background save is acted on
+        # when any rank has seen it (every rank then waits for the same outcome)
+        time_due = self.runtime.is_main and bool(cfg.checkpoint_every_s) and (
+            time.perf_counter() - self.t_last_ckpt >= cfg.checkpoint_every_s)
+        flags = torch.tensor([float(self.sigterm.requested), 0.0, float(self.ckpt.failed()), float(time_due)],
+                             device=self.device)
+        flags[1] = (~torch.isfinite(self.window_loss)).float()
+        stop, diverged, ckpt_failed, time_due = (bool(x) for x in self.runtime.all_reduce_sum(flags).tolist())
         if diverged:
             raise self.diverged()
+        self.ckpt.settle(self.ckpt.wait() if ckpt_failed else self.ckpt.take_complete(), self.log)
+        self.ckpt_due = time_due or self.ckpt.retry
         self.checked_step = self.step
         self.sigterm.stopping = stop  # agreed: the checkpoint may take what it takes
         return stop
@@ -352,7 +368,7 @@ class Trainer:
         elapsed = time.perf_counter() - self.window_t0
         window_loss = self.runtime.all_reduce_sum(self.window_loss)  # the ranks' shares add up to the mean
         self.log.train(step=self.step, epoch=self.epoch, loss=(window_loss / self.window_n).item(), lr=self.lr,
-                       samples_per_s=self.window_samples / max(elapsed, 1e-9))
+                       samples_per_s=self.window_samples / max(elapsed, 1e-9), note=self.ckpt.take_note())
         self.window_loss.zero_()
         self.window_n, self.window_samples, self.window_t0 = 0, 0, time.perf_counter()
 
@@ -367,27 +383,28 @@ class Trainer:
                 print(f"target AUC {target} reached at step {self.step}: {self.auc:.4f}")
             self.done = True
 
-    def checkpoint(self) -> None:
-        """Every rank's rows, rank 0's dense state and the metadata that makes it count (written last)."""
+    def checkpoint(self, final: bool = False) -> None:
+        """Every rank's rows, rank 0's dense state and the metadata that makes it count (written
+        last): periodic ones in the background (dlrm.training.checkpointer), the `final` one (the
+        run's end, a SIGTERM) in place, after the one in flight."""
         if self.saved_step == self.step:
             return  # resumed here, nothing trained since (a SIGTERM before the first step)
         cfg, runtime = self.cfg, self.runtime
-        t0 = time.perf_counter()
         dense = {"model": self.model.dense_state_dict(), "optimizer": self.opt.dense.state_dict()} if runtime.is_main else None
         # the position after an epoch's last batch is the next epoch's start
         at = (self.epoch + 1, 0) if self.position >= self.batches_per_epoch else (self.epoch, self.position)
         meta = {"data": {"epoch": at[0], "position": at[1]}, "config": to_dict(cfg), "plan": self.plan.to_dict(),
                 "dataset": self.dataset_id}
         with self.sigterm.busy():
-            save_checkpoint(self.ckpt_uri, self.step, rank=runtime.rank, weight=self.weight.data,
-                            row_state=self.opt.sparse.state_tensors(0), pieces_by_rank=self.pieces_by_rank, dense=dense,
-                            meta=meta, barrier=runtime.barrier, gather=runtime.all_gather_object, keep=cfg.checkpoint_keep)
-        self.saved_step = self.step
-        self.log.checkpoint(checkpoint_name(self.step), self.ckpt_uri, time.perf_counter() - t0)
-
-    # -- how a run ends --------------------------------------------------------------------------
+            self.ckpt.settle(self.ckpt.wait(), self.log)  # at most one in flight
+            self.ckpt.save(self.step, weight=self.weight.data, row_state=self.opt.sparse.state_tensors(0),
+                           pieces_by_rank=self.pieces_by_rank, dense=dense, meta=meta, final=final)
+            if final:
+                self.ckpt.settle(self.ckpt.wait(), self.log, final=True)
+        self.t_last_ckpt, self.ckpt_due, self.saved_step = time.perf_counter(), False, self.step
 
     def finish(self) -> dict:
+        self.ckpt.print_share(time.perf_counter() - self.t_run0)
         if math.isnan(self.auc):  # resumed from a finished run: evaluate what was loaded
             self.auc, self.eval_loss = evaluate(self.model, self.spec, self.cfg, self.runtime, self.dtype)
         oracle = (self.spec.metadata.get("synthetic") or {}).get("oracle_auc")
@@ -399,17 +416,20 @@ class Trainer:
 
     def preempted(self) -> dict:
         """After the agreed stop's checkpoint: the output uploaded, the lock released, how to go on."""
+        self.ckpt.print_share(time.perf_counter() - self.t_run0)
         self.log.close()
         self.claim.release()
         where = f"{self.ckpt_uri}/{checkpoint_name(self.step)}"
+        took = f" (written in {self.ckpt.last_seconds:.1f}s)" if self.saved_step == self.step and self.ckpt.last_seconds else ""
         if self.runtime.is_main:
-            print(f"stopped by SIGTERM at step {self.step:,}/{self.total_steps:,} (exit {PREEMPTED_EXIT}): checkpoint {where}; "
+            print(f"stopped by SIGTERM at step {self.step:,}/{self.total_steps:,} (exit {PREEMPTED_EXIT}): checkpoint {where}{took}; "
                   f"the same command with --resume (a restarted job: the same run_id) continues from it", flush=True)
         return {"preempted": True, "step": self.step, "checkpoint": where}
 
     def diverged(self) -> Diverged:
         """The error for a non-finite loss: where it happened and what to change (the output uploaded first)."""
         o = self.cfg.optim
+        self.ckpt.wait()  # every rank stops here: a save in flight ends (committed or not) before the groups go
         self.log.sync(force=True)
         amp = f"amp={self.cfg.amp} computes in fp16: try amp=bf16 or none; " if self.dtype == torch.float16 else ""
         last = f"{self.ckpt_uri}/{checkpoint_name(self.saved_step)}" if self.saved_step is not None else "none yet"
