@@ -387,3 +387,38 @@ def setup_local_job(ctx: Ctx, args: dict) -> None:
 
 
 SETUPS["local_job"] = setup_local_job
+
+# -- issue 28 item 6: robustness by class (rows in tests/bad_inputs/classes.yaml) -----------------------
+
+
+def setup_live_run(ctx: Ctx, args: dict) -> None:
+    """{dataset}, and {live}: another run's output folder whose lock is held by a live process (this
+    one); `s3: true` puts {live} on the moto server (s3://{bucket}/live) instead. The lock must survive."""
+    import json
+
+    from dlrm.training.runlock import LOCK, _me
+
+    if args.get("s3"):
+        import boto3
+
+        setup_s3(ctx, {})
+        ctx.after.clear()  # the bucket holds the live run's lock
+        client = boto3.client("s3", endpoint_url=ctx.values["endpoint"], aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        client.put_object(Bucket=ctx.values["bucket"], Key=f"live/{LOCK}", Body=json.dumps(_me()).encode())
+        live = f"s3://{ctx.values['bucket']}/live"
+        ctx.values["live"] = live
+        return
+    _dataset(ctx)
+    live = ctx.tmp / "live"
+    live.mkdir()
+    (live / LOCK).write_text(json.dumps(_me()))
+    ctx.values["live"] = str(live)
+
+    def kept():
+        assert (live / LOCK).is_file(), "the live run's lock was removed"
+
+    ctx.after.append(kept)
+
+
+SETUPS["live_run"] = setup_live_run
