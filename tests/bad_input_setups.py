@@ -422,3 +422,33 @@ def setup_live_run(ctx: Ctx, args: dict) -> None:
 
 
 SETUPS["live_run"] = setup_live_run
+
+
+def setup_job_record(ctx: Ctx, args: dict) -> None:
+    """A run-local job record {tmp}/wd/job.json holding `record` (JSON as given: wrong on purpose).
+    `live_pid: true` starts a `sleep` and writes its pid as the record's `pid` (and, with `replica`,
+    as that replica's); it must still run afterwards: nothing unproven is signalled."""
+    import json
+    import subprocess
+
+    wd = ctx.tmp / "wd"
+    wd.mkdir()
+    record = {"name": "job", "workdir": str(wd), **args.get("record", {})}
+    if args.get("live_pid"):
+        proc = subprocess.Popen(["sleep", "120"])
+        ctx.stack.callback(proc.wait)
+        ctx.stack.callback(proc.kill)
+        if args.get("replica"):
+            record["replica_pids"] = {args["replica"]: [proc.pid, None]}
+        else:
+            record["pid"] = proc.pid
+
+        def not_signalled():
+            assert proc.poll() is None, f"the unproven process was signalled (exit {proc.returncode})"
+
+        ctx.after.append(not_signalled)
+    (wd / "job.json").write_text(json.dumps(record))
+    ctx.values["wd"] = str(wd)
+
+
+SETUPS["job_record"] = setup_job_record

@@ -1,0 +1,23 @@
+"""Issue 28 item 6, robustness by class: what a bad-input row (tests/bad_inputs/classes.yaml) cannot
+express, because the command succeeds or the check sits below a CLI."""
+from __future__ import annotations
+
+import json
+import os
+
+from launcher.cli_local import local_list
+
+
+def test_list_local_shows_the_other_jobs_and_names_the_bad_record(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name, record in (("good", {"state": "Succeeded", "started": "2026-01-01T00:00:00+00:00"}),
+                         ("nostate", {}), ("badtime", {"state": "Failed", "started": "yesterday"})):
+        wd = tmp_path / "runs" / "local" / name
+        wd.mkdir(parents=True)
+        (wd / "job.json").write_text(json.dumps({"name": name, "workdir": str(wd), **record}))
+    assert local_list(None) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["NAME", "good"]
+    assert "runs/local/nostate/job.json: not a run-local job record: no 'state'" in err
+    assert "runs/local/badtime/job.json: started: expected an ISO 8601 time" in err
+    assert os.path.exists(tmp_path / "runs" / "local" / "nostate" / "job.json")  # shown, not removed
