@@ -452,3 +452,25 @@ def setup_job_record(ctx: Ctx, args: dict) -> None:
 
 
 SETUPS["job_record"] = setup_job_record
+
+
+def setup_rendered_job(ctx: Ctx, args: dict) -> None:
+    """{job}: `launcher render --profile synthetic-smoke` (`api`: pytorchjob|trainjob) with each
+    `replace: {old: new}` applied to the YAML text."""
+    import contextlib as cl
+    import io
+
+    from launcher.__main__ import main
+
+    text = io.StringIO()
+    with cl.redirect_stdout(text):
+        assert main(["render", "--profile", "synthetic-smoke", "--api", args.get("api", "pytorchjob")]) == 0
+    rendered = text.getvalue()
+    for old, new in (args.get("replace") or {}).items():
+        assert old in rendered, old
+        rendered = rendered.replace(old, new)
+    (ctx.tmp / "job.yaml").write_text(rendered)
+    ctx.values["job"] = str(ctx.tmp / "job.yaml")
+
+
+SETUPS["rendered_job"] = setup_rendered_job

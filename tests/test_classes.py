@@ -21,3 +21,30 @@ def test_list_local_shows_the_other_jobs_and_names_the_bad_record(tmp_path, monk
     assert "runs/local/nostate/job.json: not a run-local job record: no 'state'" in err
     assert "runs/local/badtime/job.json: started: expected an ISO 8601 time" in err
     assert os.path.exists(tmp_path / "runs" / "local" / "nostate" / "job.json")  # shown, not removed
+
+
+def test_run_local_stops_its_replicas_on_sigterm_sighup_and_sigint():
+    """`timeout` sends SIGTERM, a closed terminal SIGHUP, Ctrl-C SIGINT: each takes the stop path
+    (the replicas run in sessions of their own: only run-local can stop them)."""
+    import signal
+    import threading
+
+    from launcher.run_local import stop_on_signals
+
+    class Job:
+        def __init__(self):
+            self.stopped = threading.Event()
+
+        def stop(self):
+            self.stopped.set()
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        for sig in saved:
+            job = Job()
+            stop_on_signals(job)
+            os.kill(os.getpid(), sig)
+            assert job.stopped.wait(5), signal.Signals(sig).name
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
