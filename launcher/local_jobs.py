@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_write, is_s3_uri, local_path
+from dlrm.io.fsutil import atomic_write, is_s3_uri, load_json_file, local_path
 from launcher.procs import running, start_time
 
 LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>
@@ -55,13 +55,13 @@ class LocalJobRecord:
         """The record of job `name` in its workdir; one of another job (a --workdir that is not this
         job's) is refused, unless `any_name`, so no command shows or stops a job it was not asked about."""
         path = local_workdir(name, workdir) / JOB_RECORD
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        if not path.exists():
             raise UserError(f"no run-local job {name!r}: {path} does not exist (run-local writes it; "
-                            f"--workdir DIR if the job ran with one)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: not a run-local job record ({e})") from None
+                            f"--workdir DIR if the job ran with one)")
+        try:
+            data = load_json_file(path, "run-local job record", UserError)
+        except UserError as e:
+            raise UserError(f"{path}: not a run-local job record ({str(e).removeprefix(f'{path}: ')})") from None
         if not isinstance(data, dict):
             raise UserError(f"{path}: not a run-local job record (a JSON object)")
         check_record(data, path)

@@ -474,3 +474,14 @@ def setup_rendered_job(ctx: Ctx, args: dict) -> None:
 
 
 SETUPS["rendered_job"] = setup_rendered_job
+
+
+def setup_sparse_file(ctx: Ctx, args: dict) -> None:
+    """{big}: a sparse file of `gib` GiB (zeros; it takes no disk space)."""
+    big = ctx.tmp / "big.yaml"
+    with open(big, "wb") as f:
+        f.truncate(int(args["gib"]) << 30)
+    ctx.values["big"] = str(big)
+
+
+SETUPS["sparse_file"] = setup_sparse_file

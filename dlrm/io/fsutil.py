@@ -14,6 +14,7 @@ the CLI (nor silently keeps the last of two equal keys) only if every loader goe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import stat
@@ -158,21 +159,50 @@ def load_yaml_all(text: str, where: str = "<string>", error: type[UserError] = C
         raise error(f"{where}: YAML nested too deeply") from None
 
 
-def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError) -> str:
-    """A user's text file, or a one-line error naming it (missing, a folder, unreadable, not UTF-8, a URI)."""
+MAX_TEXT_BYTES = 64 << 20  # a config, values, spec, manifest or record file; far above any real one
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError,
+               limit: int = MAX_TEXT_BYTES) -> bytes:
+    """A user's file read whole into memory, at most `limit` bytes: the one bounded reader, so /dev/urandom
+    or a 10 GB file given as a config is one line, not a hang or an OOM kill. Missing, a folder,
+    unreadable or a URI: a one-line `error` naming it."""
     if is_uri(os.fspath(path)):  # Path() would read 's3://b/x.yaml' as the local file 's3:/b/x.yaml'
         raise error(f"{os.fspath(path)}: a {what} must be a local file, not a URI; download it first")
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise error(f"{path}: is a folder, expected a {what}") from None
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
     except PermissionError:
         raise error(f"{path}: permission denied reading the {what}") from None
+    if len(data) > limit:
+        raise error(f"{path}: more than {limit >> 20} MiB, too large for a {what} (read whole into memory): "
+                    f"is it the right file?")
+    return data
+
+
+def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError,
+              limit: int = MAX_TEXT_BYTES) -> str:
+    """A user's text file (bounded, see read_bytes), or a one-line error naming it (also: not UTF-8)."""
+    try:
+        return read_bytes(path, what, error, limit).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_json_file(path: str | os.PathLike, what: str = "JSON file", error: type[UserError] = ConfigError,
+                   limit: int = MAX_TEXT_BYTES):
+    """A JSON file (bounded), every failure a one-line `error` naming it."""
+    try:
+        return json.loads(read_text(path, what, error, limit))
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply") from None
 
 
 def load_yaml_file(path: str | os.PathLike, what: str = "YAML file", error: type[UserError] = ConfigError):
