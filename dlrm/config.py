@@ -120,6 +120,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Every field against its annotation, then the cross-field checks; values in the message."""
         check_values(self)
+        from dlrm.io.fsutil import location
+
+        for name in ("out", "checkpoint_dir"):  # S3://b, s3:/b, gs://b would become local folders
+            location(getattr(self, name), name)
         m = self.model
         if m.interaction == "dot" and m.bottom_mlp[-1] != m.embedding_dim:
             raise ConfigError(f"dot interaction needs model.bottom_mlp[-1] == model.embedding_dim, "

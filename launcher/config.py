@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from dlrm import __version__
 from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
-from dlrm.io.fsutil import is_s3_uri, local_path, parse_s3_uri
+from dlrm.io.fsutil import is_s3_uri, is_uri, local_path, parse_s3_uri
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import names
 from launcher.command import OUTPUT_MOUNT, train_out
@@ -327,7 +327,7 @@ def _check_storage(c: JobConfig) -> None:
         _fail_unless(not is_s3, f"{where} reads a folder, got dataset={c.dataset!r}: use storage.mode=mount or stage for S3")
     if s.mode == "pvc":
         _fail_unless(bool(s.claim), f"{where} needs storage.claim (an existing PersistentVolumeClaim)")
-        _fail_unless(not c.dataset.startswith("/") and ".." not in c.dataset.split("/"),
+        _fail_unless(not c.dataset.startswith("/") and ".." not in c.dataset.split("/") and not is_uri(c.dataset),
                      f"{where}: dataset {c.dataset!r} must be a relative folder inside claim {s.claim!r}")
     if s.mode == "hostPath":
         _fail_unless(c.dataset.startswith("/"), f"{where}: dataset {c.dataset!r} must be an absolute node path")

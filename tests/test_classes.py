@@ -48,3 +48,23 @@ def test_run_local_stops_its_replicas_on_sigterm_sighup_and_sigint():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_a_symlinked_output_folder_is_followed_not_replaced(tmp_path):
+    """render --out and export --out build beside the folder and rename it into place: given a link,
+    the folder it names is replaced and the link stays."""
+    from dlrm.io.fsutil import local_path
+    from dlrm.serving.publish import publish, staging
+    from launcher.cli_render import write_rendered
+
+    for name in ("rendered", "export"):
+        (tmp_path / f"real-{name}").mkdir()
+        (tmp_path / name).symlink_to(tmp_path / f"real-{name}")
+    write_rendered([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}],
+                   local_path(tmp_path / "rendered", "--out", "render", ""))
+    tmp = staging(tmp_path / "export", log=lambda _: None)
+    (tmp / "manifest.json").write_text("{}")
+    publish(tmp, tmp_path / "export", log=lambda _: None)
+    for name in ("rendered", "export"):
+        assert (tmp_path / name).is_symlink(), name
+        assert [p.name for p in (tmp_path / f"real-{name}").iterdir()], name

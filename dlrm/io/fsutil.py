@@ -234,15 +234,45 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+# Schemes a path given without `//` (or with one slash lost: `s3:/bucket/x`) still means as a URI.
+_SCHEMES = frozenset("s3 s3a s3n gs gcs file http https hdfs az abfs abfss wasb wasbs adl oss cos r2 minio".split())
+
+
 def is_uri(text) -> bool:
-    """s3://, gs://, file://...: anything with a scheme. Path() would fold 's3://b/x' into the
-    local relative folder 's3:/b/x', so every local-only argument must refuse these first."""
-    return isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+    """Anything that looks like a URI: `scheme://` (any case: `S3://`), `scheme:/` (`s3:/bucket/x`, a
+    slash lost), or a known scheme and a colon (`file:x`, `s3:bucket`). Path() would fold 's3://b/x'
+    into the local relative folder 's3:/b/x', so every path argument refuses these unless it takes
+    exactly `s3://` (`location`)."""
+    if not isinstance(text, str):
+        return False
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", text):
+        return True
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", text)
+    return m is not None and m[1].lower() in _SCHEMES
+
+
+def location(arg: str | os.PathLike, flag: str) -> str:
+    """`arg` where both a local path and s3://bucket/prefix are taken: as given, or a one-line UserError
+    when it looks like a URI but is not exactly `s3://` (S3://, s3:/b, s3a://, gs://, file:...),
+    which would otherwise become a local folder named after the scheme."""
+    text = os.fspath(arg)
+    if is_uri(text) and not is_s3_uri(text):
+        scheme, _, rest = text.partition(":")
+        hint = (f" (did you mean s3://{rest.lstrip('/')}?)" if scheme.lower() in ("s3", "s3a", "s3n") and rest.strip("/")
+                else "")
+        raise UserError(f"{flag} {text}: expected a local path or s3://bucket/prefix (lowercase s3, two slashes){hint}")
+    return text
+
+
+def follow(path: Path) -> Path:
+    """An output folder given as a symlink is the folder it points to: writers that build beside the
+    target and rename it into place must replace the folder, not the link."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def local_path(arg: str | os.PathLike, flag: str, command: str, instead: str, what: str = "writes a local folder") -> Path:
-    """`arg` as a local Path, or a one-line UserError when it is a URI this command cannot use:
-    `--out s3://b/x: dlrm synth writes a local folder; <instead>`."""
+    """`arg` as a local Path (a symlink followed, see `follow`), or a one-line UserError when it is a
+    URI this command cannot use: `--out s3://b/x: dlrm synth writes a local folder; <instead>`."""
     if is_uri(str(arg)):
         raise UserError(f"{flag} {arg}: {command} {what}; {instead}")
-    return Path(arg)
+    return follow(Path(arg))

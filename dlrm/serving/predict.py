@@ -27,7 +27,7 @@ from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_path, is_s3_uri, local_path, parse_s3_uri
-from dlrm.io.storage import open_store
+from dlrm.io.storage import open_store, probe_writable
 from dlrm.metrics import roc_auc
 from dlrm.serving.publish import fetched
 
@@ -112,6 +112,7 @@ def _check_out(out: str | None) -> None:
         bucket, key = parse_s3_uri(out)
         if not key or out.endswith("/"):
             raise UserError(f"--out {out}: names no object; expected s3://bucket/path/scores.npy")
+        probe_writable(out.rpartition("/")[0])  # a missing bucket fails now, not after scoring the split
     elif Path(local_path(out, "--out", "dlrm predict", "pass a file name or s3://bucket/key",
                          what="writes one .npy file")).is_dir():
         raise UserError(f"--out {out}: is a folder; expected a file name such as scores.npy")

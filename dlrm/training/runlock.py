@@ -25,7 +25,7 @@ import socket
 import time
 
 from dlrm.errors import UserError
-from dlrm.io.storage import open_store
+from dlrm.io.storage import open_store, probe_writable  # noqa: F401 (probe_writable: imported from here too)
 
 LOCK = ".dlrm-lock.json"
 
@@ -149,19 +149,6 @@ class Lock:
                 self.store.delete(LOCK)
         except (OSError, ValueError, UserError):
             pass  # gone or unreachable: a later run treats it as stale or names it
-
-
-def probe_writable(uri: str) -> None:
-    """Write and delete a small object under `uri`; a one-line error naming it if either fails."""
-    store = open_store(uri)
-    key = f".dlrm-write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        store.put_bytes(key, b"probe")
-        store.delete(key)
-    except OSError as e:  # an OS error (exit 1), named as the output, not the probe file
-        raise OSError(e.errno, f"cannot write here ({e.strerror or e}); checked before the first step", uri) from None
-    except UserError as e:
-        raise UserError(f"{uri}: cannot write here: {e}") from None
 
 
 class Claim:
