@@ -485,3 +485,25 @@ def setup_sparse_file(ctx: Ctx, args: dict) -> None:
 
 
 SETUPS["sparse_file"] = setup_sparse_file
+
+
+def setup_run_folders(ctx: Ctx, args: dict) -> None:
+    """Run output folders written by hand: for each `name: {file: text}` in args, {tmp}/<name> holding
+    those files (run.json, metrics.jsonl...); {dataset} too. Every file must be unchanged afterwards."""
+    _dataset(ctx)
+    written = {}
+    for name, files in args.items():
+        for rel, text in files.items():
+            path = ctx.tmp / name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written[path] = text
+
+    def unchanged():
+        for path, text in written.items():
+            assert path.read_text() == text, f"{path} was changed"
+
+    ctx.after.append(unchanged)
+
+
+SETUPS["run_folders"] = setup_run_folders

@@ -68,3 +68,21 @@ def test_a_symlinked_output_folder_is_followed_not_replaced(tmp_path):
     for name in ("rendered", "export"):
         assert (tmp_path / name).is_symlink(), name
         assert [p.name for p in (tmp_path / f"real-{name}").iterdir()], name
+
+
+def test_a_resumed_run_keeps_its_metrics_up_to_the_checkpoint_only(tmp_path, capsys):
+    """Steps after the checkpoint run again: their old records go (one atomic rewrite), so no step
+    is in metrics.jsonl twice."""
+    from dlrm.training.runlog import METRICS, RunLog
+
+    out = tmp_path / "run"
+    out.mkdir()
+    old = [{"kind": "train", "step": s, "loss": 0.5} for s in (1, 2, 3, 4)] + [{"kind": "eval", "step": 4, "auc": 0.7}]
+    (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in old))
+    log = RunLog(str(out), enabled=True, total_steps=6, first_step=2, tensorboard=False)
+    log.train(step=3, epoch=0, loss=0.4, lr=0.1, samples_per_s=1.0)
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 1), ("train", 2), ("train", 3)]
+    assert records[-1]["loss"] == 0.4
+    assert "removed 3 record(s) after step 2" in capsys.readouterr().err
+    assert not [p for p in out.iterdir() if p.name != METRICS]  # no temp file left
