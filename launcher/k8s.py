@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from dlrm.errors import UserError
+from dlrm.io.s3_settings import env_number
 from launcher import trainjob
 
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
@@ -37,7 +38,8 @@ RBAC_HINT = "ask a cluster admin to bind the minimal Role from docs/security.md"
 FIELD_MANAGER = "dlrm-launcher"
 # Short connect timeout and no urllib3 retries: an unreachable cluster should fail in seconds,
 # not after urllib3's three silent retries of a long default timeout.
-CONNECT_TIMEOUT_S = float(os.environ.get("DLRM_K8S_CONNECT_TIMEOUT", "5"))
+CONNECT_TIMEOUT_ENV = "DLRM_K8S_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -149,7 +151,7 @@ class Cluster:
     def _call(self, fn, *args, verb: str, what: str, name: str = "", ns: str | None = None, stream: bool = False, **kw) -> Any:
         """Run one API call; raw JSON dict back, failures as UserErrors naming verb and resource."""
         # A followed log may be quiet for hours; the client accepts no "no read timeout", so a day.
-        timeout = (CONNECT_TIMEOUT_S, 86400.0 if stream else READ_TIMEOUT_S)
+        timeout = (env_number(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S), 86400.0 if stream else READ_TIMEOUT_S)
         try:
             resp = fn(*args, _preload_content=False, _request_timeout=timeout, **kw)
         except ApiException as e:
