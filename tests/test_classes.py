@@ -86,3 +86,20 @@ def test_a_resumed_run_keeps_its_metrics_up_to_the_checkpoint_only(tmp_path, cap
     assert records[-1]["loss"] == 0.4
     assert "removed 3 record(s) after step 2" in capsys.readouterr().err
     assert not [p for p in out.iterdir() if p.name != METRICS]  # no temp file left
+
+
+def test_a_one_class_split_reports_auc_as_undefined_never_nan(tmp_path):
+    import math
+
+    import torch
+
+    from dlrm.metrics import AUC_UNDEFINED, MetricsLog, auc_fields, roc_auc
+
+    auc = roc_auc(torch.tensor([0.1, 0.7, 0.3]), torch.tensor([1.0, 1.0, 1.0]))
+    assert math.isnan(auc)
+    assert json.dumps(auc_fields(auc), allow_nan=False) == json.dumps({"auc": None, "auc_undefined": AUC_UNDEFINED})
+    assert auc_fields(0.75) == {"auc": 0.75}
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write(kind="eval", step=4, auc=auc, loss=0.5)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert (record["auc"], record["auc_undefined"]) == (None, AUC_UNDEFINED)

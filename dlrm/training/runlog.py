@@ -184,7 +184,8 @@ class RunLog:
         if not self.enabled:
             return
         self._write(kind="eval", step=step, auc=auc, loss=loss, seconds=round(seconds, 3))
-        print(f"eval at step {step:,}/{self.total_steps:,} | AUC {auc:.4f} | loss {loss:.5f} | {seconds:.1f}s", flush=True)
+        shown = f"{auc:.4f}" if auc == auc else "undefined (one class in the test split)"
+        print(f"eval at step {step:,}/{self.total_steps:,} | AUC {shown} | loss {loss:.5f} | {seconds:.1f}s", flush=True)
         self._scalars(step, {"eval/auc": auc, "eval/loss": loss})
         if self.progress:
             self.progress.eval(auc=auc, loss=loss)
