@@ -155,7 +155,12 @@ class Cluster:
         try:
             resp = fn(*args, _preload_content=False, _request_timeout=timeout, **kw)
         except ApiException as e:
-            raise api_error(e, verb=verb, what=what, name=name, namespace=ns or self.namespace) from None
+            error = api_error(e, verb=verb, what=what, name=name, namespace=ns or self.namespace)
+            if isinstance(error, NotServed) and not self._answers_discovery():
+                raise UserError(f"{self.where} answered HTTP 404 to {what} and to the discovery endpoint /api as well: "
+                                f"it is not a Kubernetes API server, or the kubeconfig's server URL has a wrong "
+                                f"host or path (`kubectl cluster-info`)") from None
+            raise error from None
         except urllib3.exceptions.HTTPError as e:
             reason = re.sub(r"<[^>]*>: ", "", str(getattr(e, "reason", None) or e))  # drop "<...Connection object at 0x..>: "
             raise UserError(f"cannot reach the Kubernetes API server at {self.where}: {reason}; "
@@ -164,6 +169,18 @@ class Cluster:
             return resp
         data = resp.data
         return json.loads(data) if data else {}
+
+    def _answers_discovery(self) -> bool:
+        """Whether the server answers GET /api as every Kubernetes API server does (an APIVersions
+        object): a bare 404 from such a server means a resource is not served (its CRD is missing);
+        from any other server, that the address is wrong."""
+        try:
+            resp = client.CoreApi(self.api).get_api_versions(
+                _preload_content=False, _request_timeout=(env_number(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S),
+                                                          READ_TIMEOUT_S))
+            return json.loads(resp.data).get("kind") == "APIVersions"
+        except (ApiException, urllib3.exceptions.HTTPError, ValueError, AttributeError):
+            return False
 
     # -- any rendered object ------------------------------------------------------------------
 

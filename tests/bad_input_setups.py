@@ -226,6 +226,7 @@ def setup_fake_k8s(ctx: Ctx, args: dict) -> None:
     from fake_k8s import FakeK8s
 
     api = ctx.stack.enter_context(FakeK8s(crd_installed=args.get("crd_installed", True),
+                                          kubernetes=args.get("kubernetes", True),
                                           trainer_installed=args.get("trainer_installed", True)))
     if "fail" in args:
         f = args["fail"]
