@@ -394,22 +394,11 @@ SETUPS["local_job"] = setup_local_job
 
 def setup_live_run(ctx: Ctx, args: dict) -> None:
     """{dataset}, and {live}: another run's output folder whose lock is held by a live process (this
-    one); `s3: true` puts {live} on the moto server (s3://{bucket}/live) instead. The lock must survive."""
+    one). The lock must survive."""
     import json
 
     from dlrm.training.runlock import LOCK, _me
 
-    if args.get("s3"):
-        import boto3
-
-        setup_s3(ctx, {})
-        ctx.after.clear()  # the bucket holds the live run's lock
-        client = boto3.client("s3", endpoint_url=ctx.values["endpoint"], aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.put_object(Bucket=ctx.values["bucket"], Key=f"live/{LOCK}", Body=json.dumps(_me()).encode())
-        live = f"s3://{ctx.values['bucket']}/live"
-        ctx.values["live"] = live
-        return
     _dataset(ctx)
     live = ctx.tmp / "live"
     live.mkdir()
@@ -427,8 +416,8 @@ SETUPS["live_run"] = setup_live_run
 
 def setup_job_record(ctx: Ctx, args: dict) -> None:
     """A run-local job record {tmp}/wd/job.json holding `record` (JSON as given: wrong on purpose).
-    `live_pid: true` starts a `sleep` and writes its pid as the record's `pid` (and, with `replica`,
-    as that replica's); it must still run afterwards: nothing unproven is signalled."""
+    `live_pid: true` starts a `sleep` and writes its pid as the record's `pid`; it must still run
+    afterwards: nothing unproven is signalled."""
     import json
     import subprocess
 
@@ -439,10 +428,7 @@ def setup_job_record(ctx: Ctx, args: dict) -> None:
         proc = subprocess.Popen(["sleep", "120"])
         ctx.stack.callback(proc.wait)
         ctx.stack.callback(proc.kill)
-        if args.get("replica"):
-            record["replica_pids"] = {args["replica"]: [proc.pid, None]}
-        else:
-            record["pid"] = proc.pid
+        record["pid"] = proc.pid
 
         def not_signalled():
             assert proc.poll() is None, f"the unproven process was signalled (exit {proc.returncode})"
