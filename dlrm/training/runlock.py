@@ -25,6 +25,7 @@ import socket
 import time
 
 from dlrm.errors import UserError
+from dlrm.io.fsutil import is_s3_uri
 from dlrm.io.storage import open_store, probe_writable  # noqa: F401 (probe_writable: imported from here too)
 
 LOCK = ".dlrm-lock.json"
@@ -64,8 +65,6 @@ def _holder_is_gone(holder: dict) -> bool:
 def _above(uri: str) -> list[str]:
     """The folders (or s3:// prefixes) holding `uri`, nearest first: where a lock would cover it.
     A local path is resolved first (symlinks followed), so another name for the same folder is seen."""
-    from dlrm.io.fsutil import is_s3_uri
-
     if is_s3_uri(uri):
         head, *parts = uri[len("s3://"):].strip("/").split("/")
         return [f"s3://{'/'.join([head, *parts[:i]])}" for i in range(len(parts) - 1, -1, -1)]
