@@ -5,11 +5,16 @@ the chosen one is imported, so `plan` never pays for torch.distributed and `rend
 imports the kubernetes client. A UserError prints as one `error: ...` line (exit 2), an OSError
 (full disk, permissions) as `error: <file>: <reason>` (exit 1); `--debug` or DLRM_DEBUG=1 shows
 the traceback instead.
+
+Both CLIs parse with `Parser` (subcommands inherit it): a usage mistake is one `error:` line, and every
+`type=int` / `type=float` flag is checked by class: no flag of either CLI means a negative count, size
+or time, nor a NaN or infinite one (`--tail -2`, `--index -1`, `--interval nan`, `--scale 1e400`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 
@@ -29,10 +34,44 @@ def _import(module: str):
         raise SystemExit(2) from None
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _amount(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:  # nan compares false: checked first
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for both CLIs: `type=int` means a count (>= 0), `type=float` a finite amount (>= 0),
+    through argparse's type registry, so argument groups and subcommands get the same rule; an error
+    is one line (argparse prints the usage first, two lines where a log shows one)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("type", int, _count)
+        self.register("type", float, _amount)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (usage: {self.prog} --help)\n")
+
+
 def run(prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None,
         pass_command: bool = False) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = Parser(prog=prog, description=description)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)

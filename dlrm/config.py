@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from dlrm.errors import ConfigError
+from dlrm.io.fsutil import location
 # The machinery, re-exported: callers type and load configs through dlrm.config.
 from dlrm.typed import (AtLeast1, ByteSize, Length, NonEmpty, NonNegative, Positive, Range,  # noqa: F401
                         check_values, deep_merge, dump_yaml, from_dict, load_config, parse_bytes, parse_override,
@@ -133,6 +134,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Every field against its annotation, then the cross-field checks; values in the message."""
         check_values(self)
+        for name in ("out", "checkpoint_dir"):  # S3://b, s3:/b, gs://b would become local folders
+            location(getattr(self, name), name)
         m = self.model
         if m.interaction == "dot" and m.bottom_mlp[-1] != m.embedding_dim:
             raise ConfigError(f"dot interaction needs model.bottom_mlp[-1] == model.embedding_dim, "

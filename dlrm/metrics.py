@@ -30,6 +30,18 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return (pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+AUC_UNDEFINED = "undefined: the split holds one class only (ROC AUC needs positives and negatives)"
+
+
+def auc_fields(auc: float | None) -> dict:
+    """What a JSON report says of an AUC: the number, or null and why (never NaN, which is not JSON).
+    Every report of metrics (metrics.jsonl, `dlrm eval`, `dlrm predict`) says it this way and
+    dumps with allow_nan=False, so a NaN that slips past is an error here, not a broken file later."""
+    if auc is None or math.isfinite(auc):
+        return {"auc": auc}
+    return {"auc": None, "auc_undefined": AUC_UNDEFINED}
+
+
 def _json_value(v):
     """NaN and inf (an AUC on a one-class test split, a diverged loss) become null: every line
     stays valid JSON, which bare NaN is not."""
@@ -56,6 +68,8 @@ class MetricsLog:
         if not self.enabled:
             return
         record.setdefault("time", round(time.time(), 3))
+        if "auc" in record:
+            record.update(auc_fields(record["auc"]))
         line = json.dumps({k: _json_value(v) for k, v in record.items()}, sort_keys=False, allow_nan=False)
         with self.path.open("a") as f:
             f.write(line + "\n")

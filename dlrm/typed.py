@@ -328,9 +328,11 @@ def parse_quantity(text: str, path: str = "size") -> float:
     num, suffix = m.groups()
     # "E" alone is exa (10^18), "Ei" exbi; an exponent is e/E followed by digits ("2e3")
     exponent = suffix is not None and suffix[0] in "eE" and len(suffix) > 1 and suffix != "Ei"
-    value = float(num) * (10 ** int(suffix[1:]) if exponent else _SCALE[suffix])
+    # float() of the whole text: '1e400' is inf at once (10 ** 400 would overflow a float product,
+    # and 10 ** 99999999 would take minutes to compute)
+    value = float(num + suffix) if exponent else float(num) * _SCALE[suffix]
     if not math.isfinite(value):
-        raise ConfigError(f"{path}: {text!r} is out of range")
+        raise ConfigError(f"{path}: {text!r} is out of range (outside a float: at most about 1.8e308)")
     return value
 
 

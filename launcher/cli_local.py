@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dlrm.errors import UserError
-from launcher.local_jobs import JOB_RECORD, LOCAL_ROOT, LOGS, RUNNING, LocalJobRecord, alive, live_replicas
+from launcher.local_jobs import (JOB_RECORD, LOCAL_ROOT, LOGS, RUNNING, LocalJobRecord, alive, live_replicas,
+                                 not_provably)
 from launcher.procs import kill_tree, process_tree
 from launcher.results import read_run, status_lines
 
@@ -140,14 +141,25 @@ def local_cancel(args: argparse.Namespace) -> int:
     record = LocalJobRecord.read(args.name, args.workdir)
     grace = float(record.get("grace_s") or DEFAULT_GRACE_S)
     if record["state"] == RUNNING:
-        os.kill(int(record["pid"]), signal.SIGTERM)
+        why = not_provably(record["pid"], record.get("pid_start"))
+        if why:  # a pid alone may have been reused since the record was written: signal nobody
+            raise UserError(f"run-local job {args.name}: its recorded run-local process cannot be shown to be "
+                            f"the job's ({why}); nothing was signalled: stop run-local yourself if it is still running")
+        os.kill(record["pid"], signal.SIGTERM)
         deadline = time.monotonic() + grace + 15  # the grace period, then SIGKILL and reaping
         while time.monotonic() < deadline and alive(record["pid"], record.get("pid_start")):
             time.sleep(0.1)
         record = LocalJobRecord.read(args.name, args.workdir)
     left = live_replicas(record)
+    unproven = {n: why for n, pid in left.items()
+                if (why := not_provably(pid, record["replica_pids"][n][1]))}
+    left = {n: pid for n, pid in left.items() if n not in unproven}
     if left:  # run-local was killed (or did not stop in time): its replicas are ours to stop
         kill_tree([p for pid in left.values() for p in process_tree(pid)], grace)
+    if unproven:
+        raise UserError(f"run-local job {args.name}: replica(s) {', '.join(unproven)} cannot be shown to be the job's "
+                        f"({'; '.join(unproven.values())}); they were not signalled"
+                        + (f" (stopped {', '.join(left)})" if left else ""))
     if record["state"] == RUNNING:  # run-local did not end within its own grace period
         raise UserError(f"run-local job {args.name} (pid {record['pid']}) did not stop within {grace + 15:.0f}s of SIGTERM; "
                         f"its replicas were killed: kill {record['pid']} to end it")

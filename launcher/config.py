@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 from dlrm import __version__
 from dlrm.config import AtLeast1, NonEmpty, NonNegative, Range, TrainConfig, load_config, parse_bytes, parse_quantity  # noqa: F401 (API)
 from dlrm.errors import ConfigError, UserError
-from dlrm.io.fsutil import is_s3_uri, local_path, parse_s3_uri
+from dlrm.io.fsutil import is_s3_uri, is_uri, local_path, parse_s3_uri
+from dlrm.io.s3_settings import check_endpoint
 from dlrm.modules.tables import TABLE_HOTNESS, TABLE_PRESETS
 from launcher import fabrics, names, podblock
 from launcher.command import OUTPUT_MOUNT, train_out
@@ -385,6 +386,8 @@ def _check_names(c: JobConfig) -> None:
 
 def _check_storage(c: JobConfig) -> None:
     s, where = c.storage, f"storage.mode={c.storage.mode}"
+    if c.s3.endpoint_url:  # rendered into every pod's AWS_ENDPOINT_URL: a bad one fails in every pod
+        check_endpoint(c.s3.endpoint_url, "s3.endpoint_url")
     if c.kind == "preprocess":
         _fail_unless(not c.export, "export=true is for kind=train (it exports the run's final checkpoint)")
         _fail_unless(bool(c.preprocess.input and c.preprocess.output), "kind=preprocess needs preprocess.input and preprocess.output")
@@ -406,7 +409,7 @@ def _check_storage(c: JobConfig) -> None:
         _fail_unless(not is_s3, f"{where} reads a folder, got dataset={c.dataset!r}: use storage.mode=mount or stage for S3")
     if s.mode == "pvc":
         _fail_unless(bool(s.claim), f"{where} needs storage.claim (an existing PersistentVolumeClaim)")
-        _fail_unless(not c.dataset.startswith("/") and ".." not in c.dataset.split("/"),
+        _fail_unless(not c.dataset.startswith("/") and ".." not in c.dataset.split("/") and not is_uri(c.dataset),
                      f"{where}: dataset {c.dataset!r} must be a relative folder inside claim {s.claim!r}")
     if s.mode == "hostPath":
         _fail_unless(c.dataset.startswith("/"), f"{where}: dataset {c.dataset!r} must be an absolute node path")

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from dlrm.errors import UserError
+from dlrm.io.s3_settings import env_number
 from launcher import trainjob
 
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
@@ -37,7 +38,8 @@ RBAC_HINT = "ask a cluster admin to bind the minimal Role from docs/security.md"
 FIELD_MANAGER = "dlrm-launcher"
 # Short connect timeout and no urllib3 retries: an unreachable cluster should fail in seconds,
 # not after urllib3's three silent retries of a long default timeout.
-CONNECT_TIMEOUT_S = float(os.environ.get("DLRM_K8S_CONNECT_TIMEOUT", "5"))
+CONNECT_TIMEOUT_ENV = "DLRM_K8S_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -149,11 +151,16 @@ class Cluster:
     def _call(self, fn, *args, verb: str, what: str, name: str = "", ns: str | None = None, stream: bool = False, **kw) -> Any:
         """Run one API call; raw JSON dict back, failures as UserErrors naming verb and resource."""
         # A followed log may be quiet for hours; the client accepts no "no read timeout", so a day.
-        timeout = (CONNECT_TIMEOUT_S, 86400.0 if stream else READ_TIMEOUT_S)
+        timeout = (env_number(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S), 86400.0 if stream else READ_TIMEOUT_S)
         try:
             resp = fn(*args, _preload_content=False, _request_timeout=timeout, **kw)
         except ApiException as e:
-            raise api_error(e, verb=verb, what=what, name=name, namespace=ns or self.namespace) from None
+            error = api_error(e, verb=verb, what=what, name=name, namespace=ns or self.namespace)
+            if isinstance(error, NotServed) and not self._answers_discovery():
+                raise UserError(f"{self.where} answered HTTP 404 to {what} and to the discovery endpoint /api as well: "
+                                f"it is not a Kubernetes API server, or the kubeconfig's server URL has a wrong "
+                                f"host or path (`kubectl cluster-info`)") from None
+            raise error from None
         except urllib3.exceptions.HTTPError as e:
             reason = re.sub(r"<[^>]*>: ", "", str(getattr(e, "reason", None) or e))  # drop "<...Connection object at 0x..>: "
             raise UserError(f"cannot reach the Kubernetes API server at {self.where}: {reason}; "
@@ -162,6 +169,18 @@ class Cluster:
             return resp
         data = resp.data
         return json.loads(data) if data else {}
+
+    def _answers_discovery(self) -> bool:
+        """Whether the server answers GET /api as every Kubernetes API server does (an APIVersions
+        object): a bare 404 from such a server means a resource is not served (its CRD is missing);
+        from any other server, that the address is wrong."""
+        try:
+            resp = client.CoreApi(self.api).get_api_versions(
+                _preload_content=False, _request_timeout=(env_number(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S),
+                                                          READ_TIMEOUT_S))
+            return json.loads(resp.data).get("kind") == "APIVersions"
+        except (ApiException, urllib3.exceptions.HTTPError, ValueError, AttributeError):
+            return False
 
     # -- any rendered object ------------------------------------------------------------------
 

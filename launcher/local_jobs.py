@@ -10,10 +10,11 @@ import argparse
 import json
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_write, is_s3_uri, local_path
+from dlrm.io.fsutil import atomic_write, is_s3_uri, load_json_file, local_path
 from launcher.procs import running, start_time
 
 LOCAL_ROOT = Path("runs/local")  # run-local's default workdir is LOCAL_ROOT/<job name>
@@ -54,21 +55,74 @@ class LocalJobRecord:
         """The record of job `name` in its workdir; one of another job (a --workdir that is not this
         job's) is refused, unless `any_name`, so no command shows or stops a job it was not asked about."""
         path = local_workdir(name, workdir) / JOB_RECORD
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        if not path.exists():
             raise UserError(f"no run-local job {name!r}: {path} does not exist (run-local writes it; "
-                            f"--workdir DIR if the job ran with one)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: not a run-local job record ({e})") from None
-        if not isinstance(data, dict) or "name" not in data or "workdir" not in data:
-            raise UserError(f"{path}: not a run-local job record (no name and workdir)")
+                            f"--workdir DIR if the job ran with one)")
+        try:
+            data = load_json_file(path, "run-local job record", UserError)
+        except UserError as e:
+            raise UserError(f"{path}: not a run-local job record ({str(e).removeprefix(f'{path}: ')})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a run-local job record (a JSON object)")
+        check_record(data, path)
         if data["name"] != name and not any_name:
             raise UserError(f"{path}: the record of run-local job {data['name']!r}, not {name!r}: pass the --workdir "
                             f"{name} ran with, or the name {data['name']}")
         if data.get("state") == RUNNING and not alive(data.get("pid"), data.get("pid_start")):
             data["state"] = "Lost"  # run-local itself was killed: nobody will write the final state
         return data
+
+
+STATES = (RUNNING, "Succeeded", "Failed", "Cancelled")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _timestamp(v) -> bool:
+    try:
+        return isinstance(v, str) and datetime.fromisoformat(v).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def _process(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and v[0] > 0 and (v[1] is None or _is_int(v[1]))
+
+
+# What each field of job.json must hold: a record that is valid JSON but wrong (edited, written by
+# another version) is named in one line, and `list --local` shows the other jobs.
+_FIELDS = {
+    "name": (lambda v: isinstance(v, str) and v != "", "a job name"),
+    "workdir": (lambda v: isinstance(v, str) and v != "", "a folder"),
+    "state": (lambda v: v in STATES, f"one of {', '.join(STATES)}"),
+    "pid": (lambda v: _is_int(v) and v > 0, "a process id"),
+    "pid_start": (lambda v: v is None or _is_int(v), "a process start time (clock ticks) or null"),
+    "started": (_timestamp, "an ISO 8601 time with a UTC offset"),
+    "grace_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
+                "seconds >= 0"),
+    "replicas": (lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v), "a list of replica names"),
+    "replica_pids": (lambda v: isinstance(v, dict) and all(_process(p) for p in v.values()),
+                     "{replica: [pid, start time]}"),
+    "out": (lambda v: v is None or isinstance(v, str), "the run's output"),
+    "run_id": (lambda v: isinstance(v, str), "a run id"),
+    "restarts": (lambda v: _is_int(v) and v >= 0, "a count"),
+    "exit_code": (lambda v: _is_int(v), "an exit code"),
+    "failure": (lambda v: isinstance(v, dict) and isinstance(v.get("replica"), str), "{replica, container, exit_code, error}"),
+}
+
+
+def check_record(data: dict, path: Path) -> None:
+    """A UserError naming the file, the field, its value and what it must hold."""
+    missing = [k for k in ("name", "workdir", "state") if k not in data]
+    if data.get("state") == RUNNING and "pid" not in data:
+        missing.append("pid")
+    if missing:
+        raise UserError(f"{path}: not a run-local job record: no {missing[0]!r}")
+    for key, (ok, expected) in _FIELDS.items():
+        if key in data and not ok(data[key]):
+            raise UserError(f"{path}: {key}: expected {expected}, got {data[key]!r}")
 
 
 def process_id(pid: int) -> list[int]:
@@ -86,6 +140,19 @@ def alive(pid, start: int | None = None) -> bool:
     except PermissionError:
         pass
     return running(int(pid)) and (start is None or start_time(int(pid)) in (start, None))
+
+
+def not_provably(pid: int, start: int | None) -> str | None:
+    """Why a running `pid` cannot be shown to be the recorded process (None when it can): a signal goes
+    only to a process whose start time was recorded and still matches, never to a reused pid."""
+    now = start_time(pid)
+    if start is None:
+        return f"pid {pid}: its start time was not recorded"
+    if now is None:
+        return f"pid {pid}: its start time cannot be read (/proc/{pid}/stat)"
+    if now != start:
+        return f"pid {pid} is another process now (started at tick {now}, the recorded one at {start})"
+    return None
 
 
 def live_replicas(record: dict) -> dict[str, int]:

@@ -110,7 +110,45 @@ def check_tolerations(path: str, tolerations: list[dict]) -> None:
             raise ConfigError(f"{where}.tolerationSeconds must be an integer, with effect NoExecute; got {seconds!r}")
 
 
+# The distribution reference grammar (what the kubelet's image pull parses): [domain/]path[:tag][@digest].
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
+IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+IMAGE_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+MAX_IMAGE_NAME = 255
+
+
 def check_image(path: str, value: str) -> None:
-    """An image reference has no whitespace or control characters (the rest is the registry's business)."""
-    if not value or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ConfigError(f"{path} {value!r} is not an image reference (e.g. registry.example.com/dlrm-k8s-train:1.0)")
+    """An image reference the registry would take: `[domain[:port]/]path[:tag][@sha256:<64 hex>]`, the
+    path lowercase, the tag at most 128 of [A-Za-z0-9_.-] (not starting with . or -), ASCII only.
+    Each mistake is named: an image pull would fail only on the node, after scheduling."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{path} {value!r} is not an image reference: {why} "
+                           f"(e.g. registry.example.com/dlrm-k8s-train:1.0 or ...@sha256:<64 hex digits>)")
+
+    if not isinstance(value, str) or not value:
+        raise bad("empty")
+    odd = next((c for c in value if c.isspace() or ord(c) < 32 or ord(c) >= 127), None)
+    if odd is not None:
+        raise bad(f"{odd!r} is not allowed (whitespace, control or non-ASCII character)")
+    rest, _, digest = value.partition("@")
+    if _ and not IMAGE_DIGEST.fullmatch(digest):
+        raise bad(f"digest {digest!r}: expected sha256: and 64 lowercase hex digits")
+    name, tag = rest, None
+    if ":" in rest.rpartition("/")[2]:  # a colon after the last slash is the tag's (a port comes before one)
+        name, _, tag = rest.rpartition(":")
+        if not IMAGE_TAG.fullmatch(tag):
+            raise bad(f"tag {tag!r}: expected 1-128 of A-Z a-z 0-9 _ . - not starting with . or -")
+    first, slash, remainder = name.partition("/")
+    is_domain = slash and ("." in first or ":" in first or first == "localhost")
+    repository = remainder if is_domain else name
+    if is_domain and not re.fullmatch(_DOMAIN, first):
+        raise bad(f"registry {first!r} is not a host[:port]")
+    if repository != repository.lower():
+        raise bad(f"repository {repository!r} must be lowercase")
+    if not all(re.fullmatch(_PATH_PART, part) for part in repository.split("/")):
+        raise bad(f"repository {repository!r}: each /-separated part is lowercase letters and digits, "
+                  f"joined by . _ __ or -")
+    if len(name) > MAX_IMAGE_NAME:
+        raise bad(f"the name is {len(name)} characters, at most {MAX_IMAGE_NAME}")

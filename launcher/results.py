@@ -132,6 +132,7 @@ def fetch(out: str, dest: str | Path) -> list[Path]:
         raise UserError(f"{out}: no run output there (no {', '.join(RESULT_FILES)}, {TENSORBOARD}/ or {MODEL_DIR}/): "
                         f"has the job started training?")
     dest = Path(dest)
+    refuse_other_run(out, dest)
     written = []
     for key in keys:
         with atomic_path(dest / key, fsync=False) as tmp:
@@ -158,6 +159,19 @@ def missing_files(dest: Path, have: set[str]) -> str:
     except OSError:
         finished = False
     return f"; not there{'' if finished else ' (yet)'}: {', '.join(missing)}"
+
+
+def refuse_other_run(out: str, dest: Path) -> None:
+    """`dest` may be new, empty, or hold earlier results of this same run (refreshed); results of another
+    run there would mix with this one's (two runs' metrics, one's plot beside the other's config)."""
+    held = [k for k in (*RESULT_FILES, TENSORBOARD, MODEL_DIR) if (dest / k).exists()]
+    if not held:
+        return
+    mine, there = recorded_run_id(out), recorded_run_id(str(dest))
+    if there is None or there != mine:
+        what = f"run {there}" if there else f"another run's {held[0]} (no {RECORD} naming its run)"
+        raise UserError(f"--out {dest} holds {what}, not {out}'s run ({mine or 'no run_id'}): fetch into a folder "
+                        f"of its own (results of two runs would mix)")
 
 
 def resolve_output(args: argparse.Namespace) -> str:

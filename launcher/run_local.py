@@ -16,8 +16,11 @@ are folders every replica shares. A second run-local of a job still running in i
 A failed replica kills the others; restartPolicy OnFailure (or ExitCode with a retryable code)
 restarts the whole job, up to runPolicy.backoffLimit times, as the operator does; a TrainJob's
 failed node restarts the whole job up to its JobSet failurePolicy.maxRestarts times, as JobSet does.
-SIGTERM or SIGINT to run-local (`launcher cancel --local NAME`) stops the replicas as the kubelet stops
-a deleted pod: SIGTERM, the pods' terminationGracePeriodSeconds (30 s unless set), then SIGKILL.
+SIGTERM, SIGINT or SIGHUP to run-local (`launcher cancel --local NAME`, Ctrl-C, `timeout`, a closed
+terminal) stops the replicas as the kubelet stops a deleted pod: SIGTERM, the pods'
+terminationGracePeriodSeconds (30 s unless set), then SIGKILL; each replica runs in a session of its
+own, so only run-local can stop it, and it does on each of these signals. A job needing more processes
+than this machine can run (`max_local_processes`) is refused before anything starts.
 """
 from __future__ import annotations
 
@@ -48,6 +51,23 @@ K8S_GRACE_S = 30  # Kubernetes' terminationGracePeriodSeconds when the pod spec 
 RETRYABLE_EXIT_CODES = {130, 137, 138, 143}  # the operator's ExitCode policy: SIGINT, SIGKILL, SIGUSR1, SIGTERM
 # Inherited variables that would confuse a nested torch.distributed run.
 SCRUB_ENV = re.compile(r"^(RANK|LOCAL_RANK|WORLD_SIZE|LOCAL_WORLD_SIZE|GROUP_RANK|MASTER_ADDR|MASTER_PORT|PET_\w+|TORCHELASTIC_\w+)$")
+
+
+LOCAL_PROCESS_BYTES = 256 << 20  # the least a torchrun agent or a trainer (torch imported) holds
+PROCESSES_PER_CPU = 8
+
+
+def max_local_processes() -> tuple[int, str]:
+    """How many processes (torchrun agents and trainers) this machine can run for one job, and why."""
+    from dlrm.dist.hostmem import host_memory_available
+
+    cpus = os.cpu_count() or 1
+    limit, why = cpus * PROCESSES_PER_CPU, f"{cpus} CPU(s) x {PROCESSES_PER_CPU}"
+    available = host_memory_available()
+    if available is not None and available // LOCAL_PROCESS_BYTES < limit:
+        limit, why = available // LOCAL_PROCESS_BYTES, (f"{available / (1 << 30):.1f} GiB available at "
+                                                         f"{LOCAL_PROCESS_BYTES >> 20} MiB each")
+    return max(limit, 2), why
 
 
 def termination_grace_s(plan: JobPlan) -> float:
@@ -88,6 +108,11 @@ class LocalJob:
             raise UserError(f"job {self.plan.name}: run-local runs training jobs (a PyTorchJob or TrainJob); "
                             f"kind={self.plan.kind} has no replicas to run")
         self.name = self.plan.name
+        need, (limit, why) = self.plan.nnodes * (self.plan.nproc_per_node + 1), max_local_processes()
+        if need > limit:
+            raise UserError(f"job {self.name}: {self.plan.nnodes:,} node(s) x {self.plan.nproc_per_node} process(es) is "
+                            f"{need:,} processes here (a torchrun agent per node and its trainers); this machine runs at "
+                            f"most {limit:,} ({why}): lower --nodes/--gpus (numNodes, nprocPerNode, replicas)")
         self.workdir = Path(workdir).resolve()
         self.replicas = self.plan.replicas
         self.volumes = {k: Path(v).resolve() for k, v in (volumes or {}).items()}
@@ -218,6 +243,8 @@ class LocalJob:
         pending = {name: list(steps) for name, steps in plans.items()}
         try:
             for name in pending:
+                if self._stop.is_set():  # a cancel while the replicas start: start no more of them
+                    break
                 self._start_next(name, pending[name])
             while True:
                 if self._stop.is_set():
@@ -350,7 +377,15 @@ def main(args) -> int:
             raise UserError(f"--volume {item}: {folder} is not a folder")
         volumes[name] = folder
     job = LocalJob(plan, local_workdir(plan.name, args.workdir), volumes=volumes, max_restarts=args.max_restarts, grace_s=args.grace)
-    # `launcher cancel --local`, Ctrl-C, or a kill: stop the replicas as the kubelet stops a deleted pod's containers
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: job.stop())
+    stop_on_signals(job)
     return job.run()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_on_signals(job: LocalJob) -> None:
+    """`launcher cancel --local`, Ctrl-C, `timeout`, a closed terminal: each stops the replicas (in sessions
+    of their own, so none of these reaches them) as the kubelet stops a deleted pod's containers."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: job.stop())

@@ -51,6 +51,7 @@ class Rule:
 class FakeK8s:
     crd_installed: bool = True  # False: /apis/kubeflow.org/... answers a bare 404, as with no CRD
     trainer_installed: bool = True  # False: the same for Kubeflow Trainer v2's /apis/trainer.kubeflow.org/...
+    kubernetes: bool = True  # False: a server that answers a bare 404 to everything (a wrong URL or path)
     requests: list[Request] = field(default_factory=list)
     objects: dict[tuple[str, str], dict] = field(default_factory=dict)  # (collection path, name) -> object
     logs: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (ns, pod, container) -> text
@@ -126,7 +127,9 @@ class FakeK8s:
                 rule.times -= 1
                 name = (m and m["name"]) or (body or {}).get("metadata", {}).get("name", "")
                 return _status(h, rule.status, _reason(rule.status), name, (m and m["plural"]) or "")
-        if m is None or (not self.crd_installed and url.path.startswith("/apis/kubeflow.org/")) \
+        if url.path.rstrip("/") == "/api" and self.kubernetes:  # discovery: what every API server answers
+            return _json(h, 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        if not self.kubernetes or m is None or (not self.crd_installed and url.path.startswith("/apis/kubeflow.org/")) \
                 or (not self.trainer_installed and url.path.startswith("/apis/trainer.kubeflow.org/")):
             return _send(h, 404, b"404 page not found", "text/plain")
         collection = url.path if m["name"] is None else url.path.rsplit("/" + m["name"], 1)[0]

@@ -49,7 +49,7 @@ def test_progress_eval_and_checkpoint_lines_are_plain_and_metrics_strict_json(tm
     step, ev, ck = out.splitlines()
     assert step.startswith("step   100/1,000 ( 10.0%) | epoch 1/2 | loss 0.50000 | lr 0.25 | 12,346 samples/s | elapsed ")
     assert "ETA " in step
-    assert ev == "eval at step 100/1,000 | AUC nan | loss inf | 1.5s"
+    assert ev == "eval at step 100/1,000 | AUC undefined (one class in the test split) | loss inf | 1.5s"
     assert ck == "checkpoint ckpt-000000100 written in 2.2s to s3://b/run/checkpoints"
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl")) for line in lines]

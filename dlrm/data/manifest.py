@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlrm.errors import DataError, UserError
-from dlrm.io.fsutil import atomic_write, load_yaml_file
+from dlrm.io.fsutil import MAX_TEXT_BYTES, atomic_write, load_yaml_file, read_bytes
 
 MANIFEST_NAME = "_manifest.json"
 MARKER_NAME = ".verified"
+MANIFEST_LIMIT = 8 * MAX_TEXT_BYTES  # read whole (bounded): a manifest of millions of files is ~100 bytes each
 # Our own partial downloads (and s3transfer's temp files next to them) carry this in their name.
 PARTIAL_TAG = ".dlrm-partial"
 # Files of ours that are never dataset content.
@@ -224,8 +225,8 @@ def is_verified(directory: str | os.PathLike) -> bool:
     (nothing was written since the hashes were checked). No hashing: cheap."""
     d = Path(directory)
     try:
-        record = json.loads((d / MARKER_NAME).read_text())
-        manifest_bytes = (d / MANIFEST_NAME).read_bytes()
+        record = json.loads(read_bytes(d / MARKER_NAME, MARKER_NAME, DataError, MANIFEST_LIMIT))
+        manifest_bytes = read_bytes(d / MANIFEST_NAME, MANIFEST_NAME, DataError, MANIFEST_LIMIT)
         if record["manifest_sha256"] != digest(manifest_bytes):
             return False
         manifest = Manifest.from_bytes(manifest_bytes, str(d / MANIFEST_NAME))
@@ -248,7 +249,7 @@ def require_verified(directory: str | os.PathLike, mode: str = "auto", workers: 
     if mode == "off" or not mpath.is_file() or (mode == "auto" and is_verified(d)):
         return
     try:
-        manifest = Manifest.from_bytes(mpath.read_bytes(), str(mpath))
+        manifest = Manifest.from_bytes(read_bytes(mpath, MANIFEST_NAME, DataError, MANIFEST_LIMIT), str(mpath))
     except UserError as e:
         raise DataError(str(e)) from None
     what = "sizes of" if mode == "sizes" else "sizes and sha256 of"

@@ -53,10 +53,22 @@ def require_host_memory(plan, ranks: range, available: int | None) -> None:
     if need > available:
         from dlrm.dist.plan import human
 
+        # Name what takes the memory: the MLPs (dense arches, on every rank) are not the tables' fault.
+        dense = plan.dense_bytes * len(ranks)
+        buffers = (plan.rank_fixed_bytes - plan.dense_bytes) * len(ranks)
+        tables = need - dense - buffers
+        parts = {"embedding tables and their optimizer state": (tables, "more nodes (the tables are sharded), a smaller "
+                                                                        "model.embedding_dim, or GPUs"),
+                 "dense arches (the MLPs' weights, gradients and optimizer state, on every rank)":
+                     (dense, "smaller model.bottom_mlp / model.top_mlp (or fewer DCN layers); more nodes do not help, "
+                             "every rank holds the MLPs"),
+                 "all-to-all batch buffers": (buffers, "a smaller data.batch_size")}
+        largest = max(parts, key=lambda k: parts[k][0])
+        split = ", ".join(f"{k.split(' (')[0]} {human(v)}" for k, (v, _) in parts.items())
         raise UserError(f"device=cpu: the plan needs {human(need)} of host memory for rank(s) {ranks.start}..{ranks.stop - 1} "
-                        f"on this node (tables, optimizer state, batch buffers) but only {human(available)} is available "
-                        f"(MemAvailable / the container's memory limit); use more nodes or processes on other hosts, "
-                        f"a smaller model.embedding_dim, or GPUs")
+                        f"on this node ({split}) but only {human(available)} is available "
+                        f"(MemAvailable / the container's memory limit); most of it is the {largest}: "
+                        f"{parts[largest][1]}")
 
 
 def check_host_memory(plan, runtime) -> None:

@@ -143,11 +143,18 @@ class Plan:
     def is_row_wise(self, table: int) -> bool:
         return len(self.table_shards(table)) > 1
 
+    def _by_rank(self) -> list[list[Shard]]:
+        """Each rank's shards in table order, in one pass (rank_shards per rank is O(ranks x shards))."""
+        out: list[list[Shard]] = [[] for _ in range(self.world_size)]
+        for s in sorted(self.shards, key=lambda s: (s.table, s.row_start)):
+            out[s.rank].append(s)
+        return out
+
     def imbalance(self) -> tuple[float, float]:
         """(max / mean) of per-rank bytes and of per-rank lookups; 1.0 is perfect balance."""
-        W = self.world_size
-        b = [self.rank_bytes(r) for r in range(W)]
-        lk = [self.rank_lookups(r) for r in range(W)]
+        W, by_rank = self.world_size, self._by_rank()
+        b = [self.rank_fixed_bytes + sum(s.bytes for s in shards) for shards in by_rank]
+        lk = [sum(s.lookups for s in shards) for shards in by_rank]
         mb, ml = sum(b) / W, sum(lk) / W
         return (max(b) / mb if mb else 1.0, max(lk) / ml if ml else 1.0)
 
@@ -165,20 +172,23 @@ class Plan:
                          f"(hotness {','.join(map(str, self.table_hotness))}), pooled before the all-to-all")
         if self.dense_bytes:
             lines.append(f"dense arches (replicated): {human(self.dense_bytes)} per rank")
-        for r in range(self.world_size):
+        shard_count = [0] * self.num_tables
+        for s in self.shards:
+            shard_count[s.table] += 1
+        for r, shards in enumerate(self._by_rank()):
             parts = []
-            for s in self.rank_shards(r):
+            for s in shards:
                 name = self.table_names[s.table]
-                if self.is_row_wise(s.table):
+                if shard_count[s.table] > 1:
                     parts.append(f"{name}[{s.row_start}:{s.row_end}]")
                 else:
                     parts.append(name)
-            used = self.rank_bytes(r)
+            used = self.rank_fixed_bytes + sum(s.bytes for s in shards)
             lines.append(
                 f"  rank {r}: {human(used)} ({100 * used / self.budget_bytes:.1f}% of budget), "
-                f"{100 * self.rank_lookups(r) / total_lookups:.1f}% of lookups: {', '.join(parts) or '-'}"
+                f"{100 * sum(s.lookups for s in shards) / total_lookups:.1f}% of lookups: {', '.join(parts) or '-'}"
             )
-        row_wise = [self.table_names[t] for t in range(self.num_tables) if self.is_row_wise(t)]
+        row_wise = [self.table_names[t] for t in range(self.num_tables) if shard_count[t] > 1]
         ib, il = self.imbalance()
         lines.append(f"row-wise tables: {', '.join(row_wise) or 'none'}")
         lines.append(f"imbalance (max/mean): bytes {ib:.3f}, lookups {il:.3f}")
@@ -246,6 +256,10 @@ def _greedy(items: list[tuple[int, int, int, int, float]], world_size: int, capa
 # render (10,000 nodes x 64 GPUs) and far above any cluster, and a typo's 100,000,000 fails at
 # once instead of planning for an hour.
 MAX_WORLD_SIZE = 1 << 20
+# The placement search checks every (shard, rank) pair per pass, and `auto` may take several passes:
+# bounded in all, so `dlrm plan` (or a trainer's start) answers in seconds or says why, instead of
+# searching for minutes (sharding=row over 4,000 ranks was 104,000 shards x 4,000 ranks per pass).
+MAX_PLAN_CHECKS = 1 << 25
 
 
 def plan_tables(
@@ -331,6 +345,7 @@ def plan_tables(
             t = max(range(T), key=lambda t: splits[t])
             raise does_not_fit(f"sharding=table but table {names[t]} ({shard_bytes(sizes[t], t)} B) exceeds one rank's "
                                f"room ({capacity} B)")
+    checks = 0
     while True:
         if any(s > W for s in splits):
             t = max(range(T), key=lambda t: splits[t])
@@ -340,6 +355,11 @@ def plan_tables(
         if sum(i[3] for i in items) > capacity * W:
             raise does_not_fit(f"they need {sum(i[3] for i in items)} B with their batch buffers, more than "
                                f"{W} x {capacity} B")
+        checks += len(items) * W
+        if checks > MAX_PLAN_CHECKS:
+            raise UserError(f"planning {T} tables ({len(items):,} shards, sharding={sharding}) over {W:,} ranks needs more "
+                            f"than {MAX_PLAN_CHECKS:,} (shard, rank) placement checks, the planner's limit: use fewer "
+                            f"ranks, sharding=auto (fewer shards), or more device memory per rank")
         ranks = _greedy(items, W, capacity)
         if ranks is not None:
             plan.shards = [Shard(t, r, a, b, nb, lk) for (t, a, b, nb, lk), r in zip(items, ranks)]

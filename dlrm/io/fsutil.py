@@ -14,6 +14,7 @@ the CLI (nor silently keeps the last of two equal keys) only if every loader goe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import stat
@@ -158,21 +159,50 @@ def load_yaml_all(text: str, where: str = "<string>", error: type[UserError] = C
         raise error(f"{where}: YAML nested too deeply") from None
 
 
-def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError) -> str:
-    """A user's text file, or a one-line error naming it (missing, a folder, unreadable, not UTF-8, a URI)."""
+MAX_TEXT_BYTES = 64 << 20  # a config, values, spec, manifest or record file; far above any real one
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError,
+               limit: int = MAX_TEXT_BYTES) -> bytes:
+    """A user's file read whole into memory, at most `limit` bytes: the one bounded reader, so /dev/urandom
+    or a 10 GB file given as a config is one line, not a hang or an OOM kill. Missing, a folder,
+    unreadable or a URI: a one-line `error` naming it."""
     if is_uri(os.fspath(path)):  # Path() would read 's3://b/x.yaml' as the local file 's3:/b/x.yaml'
         raise error(f"{os.fspath(path)}: a {what} must be a local file, not a URI; download it first")
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise error(f"{path}: is a folder, expected a {what}") from None
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
     except PermissionError:
         raise error(f"{path}: permission denied reading the {what}") from None
+    if len(data) > limit:
+        raise error(f"{path}: more than {limit >> 20} MiB, too large for a {what} (read whole into memory): "
+                    f"is it the right file?")
+    return data
+
+
+def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError,
+              limit: int = MAX_TEXT_BYTES) -> str:
+    """A user's text file (bounded, see read_bytes), or a one-line error naming it (also: not UTF-8)."""
+    try:
+        return read_bytes(path, what, error, limit).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_json_file(path: str | os.PathLike, what: str = "JSON file", error: type[UserError] = ConfigError,
+                   limit: int = MAX_TEXT_BYTES):
+    """A JSON file (bounded), every failure a one-line `error` naming it."""
+    try:
+        return json.loads(read_text(path, what, error, limit))
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply") from None
 
 
 def load_yaml_file(path: str | os.PathLike, what: str = "YAML file", error: type[UserError] = ConfigError):
@@ -204,15 +234,45 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+# Schemes a path given without `//` (or with one slash lost: `s3:/bucket/x`) still means as a URI.
+_SCHEMES = frozenset("s3 s3a s3n gs gcs file http https hdfs az abfs abfss wasb wasbs adl oss cos r2 minio".split())
+
+
 def is_uri(text) -> bool:
-    """s3://, gs://, file://...: anything with a scheme. Path() would fold 's3://b/x' into the
-    local relative folder 's3:/b/x', so every local-only argument must refuse these first."""
-    return isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+    """Anything that looks like a URI: `scheme://` (any case: `S3://`), `scheme:/` (`s3:/bucket/x`, a
+    slash lost), or a known scheme and a colon (`file:x`, `s3:bucket`). Path() would fold 's3://b/x'
+    into the local relative folder 's3:/b/x', so every path argument refuses these unless it takes
+    exactly `s3://` (`location`)."""
+    if not isinstance(text, str):
+        return False
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", text):
+        return True
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", text)
+    return m is not None and m[1].lower() in _SCHEMES
+
+
+def location(arg: str | os.PathLike, flag: str) -> str:
+    """`arg` where both a local path and s3://bucket/prefix are taken: as given, or a one-line UserError
+    when it looks like a URI but is not exactly `s3://` (S3://, s3:/b, s3a://, gs://, file:...),
+    which would otherwise become a local folder named after the scheme."""
+    text = os.fspath(arg)
+    if is_uri(text) and not is_s3_uri(text):
+        scheme, _, rest = text.partition(":")
+        hint = (f" (did you mean s3://{rest.lstrip('/')}?)" if scheme.lower() in ("s3", "s3a", "s3n") and rest.strip("/")
+                else "")
+        raise UserError(f"{flag} {text}: expected a local path or s3://bucket/prefix (lowercase s3, two slashes){hint}")
+    return text
+
+
+def follow(path: Path) -> Path:
+    """An output folder given as a symlink is the folder it points to: writers that build beside the
+    target and rename it into place must replace the folder, not the link."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def local_path(arg: str | os.PathLike, flag: str, command: str, instead: str, what: str = "writes a local folder") -> Path:
-    """`arg` as a local Path, or a one-line UserError when it is a URI this command cannot use:
-    `--out s3://b/x: dlrm synth writes a local folder; <instead>`."""
+    """`arg` as a local Path (a symlink followed, see `follow`), or a one-line UserError when it is a
+    URI this command cannot use: `--out s3://b/x: dlrm synth writes a local folder; <instead>`."""
     if is_uri(str(arg)):
         raise UserError(f"{flag} {arg}: {command} {what}; {instead}")
-    return Path(arg)
+    return follow(Path(arg))

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri
+from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri, location
 
 
 class LocalStore:
@@ -88,9 +88,28 @@ class LocalStore:
 
 def open_store(uri: str | os.PathLike):
     """A LocalStore for a path, an S3Store for s3://bucket/prefix."""
-    uri = str(uri)
+    uri = location(uri, "location")  # S3://b/x, s3:/b/x, gs://...: refused, not made a local folder
     if is_s3_uri(uri):
         from dlrm.io.storage_s3 import S3Store  # boto3 only where S3 is used
 
         return S3Store(uri)
     return LocalStore(uri)
+
+
+def probe_writable(uri: str) -> None:
+    """Write and delete a small object under `uri`; a one-line error naming it if either fails. Every
+    command that writes to a destination after long work (a trainer's outputs, export, predict --out)
+    calls this first, so a missing bucket or a denied write fails before the work, not after it."""
+    import socket
+
+    from dlrm.errors import UserError
+
+    store = open_store(uri)
+    key = f".dlrm-write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        store.put_bytes(key, b"probe")
+        store.delete(key)
+    except OSError as e:  # an OS error (exit 1), named as the output, not the probe file
+        raise OSError(e.errno, f"cannot write here ({e.strerror or e}); checked before any work", uri) from None
+    except UserError as e:
+        raise UserError(f"{uri}: cannot write here: {e}") from None

@@ -23,7 +23,7 @@ from boto3.s3.transfer import TransferConfig
 
 from dlrm.errors import UserError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri  # noqa: F401 (the one parser; imported from here too)
-from dlrm.io.s3_settings import ATTEMPTS_ENV, READ_TIMEOUT_ENV, Timeouts
+from dlrm.io.s3_settings import ATTEMPTS_ENV, READ_TIMEOUT_ENV, Timeouts, check_endpoint
 
 MiB = 1024 * 1024
 
@@ -32,6 +32,7 @@ def make_client(endpoint_url: str | None = None, region: str | None = None,
                 profile: str | None = None, workers: int = 8, timeouts: Timeouts | None = None):
     """An S3 client from the standard AWS sources; None settings fall through to env/config."""
     timeouts = timeouts or Timeouts.resolve()
+    check_endpoint(endpoint_url)
     try:
         session = boto3.Session(profile_name=profile, region_name=region)
     except bex.ProfileNotFound:

@@ -24,11 +24,11 @@ into place, so a half-written export cannot be taken for one.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from dlrm.errors import UserError
+from dlrm.io.fsutil import load_json_file
 
 FORMAT = "dlrm-k8s-export/1"
 MANIFEST = "manifest.json"
@@ -75,10 +75,7 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> dict:
         raise UserError(f"{folder}: no such folder (expected the --out folder of `dlrm export`)")
     if not path.is_file():
         raise UserError(f"{folder}: no {MANIFEST}; not a finished `dlrm export` folder")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    manifest = load_json_file(path, MANIFEST, UserError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise UserError(f"{path}: format {got!r}, expected {FORMAT!r}")

@@ -27,8 +27,8 @@ from dlrm.data.reader import SplitBinaryReader
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
 from dlrm.io.fsutil import atomic_path, is_s3_uri, local_path, parse_s3_uri
-from dlrm.io.storage import open_store
-from dlrm.metrics import roc_auc
+from dlrm.io.storage import open_store, probe_writable
+from dlrm.metrics import auc_fields, roc_auc
 from dlrm.serving.publish import fetched
 
 
@@ -112,6 +112,7 @@ def _check_out(out: str | None) -> None:
         bucket, key = parse_s3_uri(out)
         if not key or out.endswith("/"):
             raise UserError(f"--out {out}: names no object; expected s3://bucket/path/scores.npy")
+        probe_writable(out.rpartition("/")[0])  # a missing bucket fails now, not after scoring the split
     elif Path(local_path(out, "--out", "dlrm predict", "pass a file name or s3://bucket/key",
                          what="writes one .npy file")).is_dir():
         raise UserError(f"--out {out}: is a folder; expected a file name such as scores.npy")
@@ -145,12 +146,12 @@ def main(args) -> int:
         raise UserError(f"{args.model}: {bad} of {logits.shape[0]} rows of {args.split} scored NaN/inf; the model "
                         f"diverged or the inputs overflow it; no AUC reported, nothing written")
     result = {"model": str(args.model), "split": args.split, "rows": int(probs.shape[0]),
-              "auc": roc_auc(torch.from_numpy(logits), torch.from_numpy(labels)) if labels is not None else None,
+              **auc_fields(roc_auc(torch.from_numpy(logits), torch.from_numpy(labels)) if labels is not None else None),
               "samples_per_s": round(probs.shape[0] / busy, 1) if busy else None,
               "seconds": round(time.perf_counter() - t0, 3)}
     if args.out:
         write_scores(args.out, logits if args.logits else probs)
         result["out"] = str(args.out)
         result["written"] = "logits" if args.logits else "probabilities"
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
     return 0

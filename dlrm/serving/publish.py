@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Iterator
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import is_s3_uri, is_uri
-from dlrm.io.storage import open_store
+from dlrm.io.fsutil import follow, is_s3_uri, is_uri
+from dlrm.io.storage import open_store, probe_writable
 from dlrm.serving.folder import MANIFEST, is_export
 
 PARTIAL_MARKER = ".export-in-progress"
 
 
 def _local(out: str | os.PathLike) -> Path:
+    """A local --out (a symlink followed: the folder it names is replaced, not the link)."""
     if is_uri(str(out)) and not is_s3_uri(str(out)):
         raise UserError(f"--out {out}: export writes a local folder or s3://bucket/prefix")
-    return Path(out)
+    return follow(Path(out))
 
 
 def check_out(out: str | os.PathLike) -> None:
@@ -43,6 +44,7 @@ def check_out(out: str | os.PathLike) -> None:
         if keys and MANIFEST not in keys and PARTIAL_MARKER not in keys:
             raise UserError(f"{out}: holds {len(keys)} objects and no {MANIFEST} (not an export); refusing to "
                             f"replace them")
+        probe_writable(str(out))  # listing needs no write permission: a denied upload fails now, not after the export
         return
     out = _local(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):

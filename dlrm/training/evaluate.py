@@ -17,6 +17,7 @@ from dlrm.config import TrainConfig, from_dict
 from dlrm.data.manifest import require_verified
 from dlrm.data.spec import FeatureSpec
 from dlrm.errors import UserError
+from dlrm.metrics import auc_fields
 from dlrm.modules.model import DLRM
 from dlrm.training.optim import Optimizers
 
@@ -57,7 +58,8 @@ def main(args) -> int:
     if not math.isfinite(loss):  # finite weights, yet NaN/inf scores: inputs the model overflows on
         raise UserError(f"{args.checkpoints}/{name}: the scores on {spec.root} test are not finite (loss {loss}); "
                         f"no AUC reported")
-    print(json.dumps({"checkpoint": f"{args.checkpoints}/{name}", "step": meta["step"], "auc": auc, "loss": loss}))
+    print(json.dumps({"checkpoint": f"{args.checkpoints}/{name}", "step": meta["step"], **auc_fields(auc), "loss": loss},
+                     allow_nan=False))
     return 0
 
 

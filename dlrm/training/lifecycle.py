@@ -32,7 +32,7 @@ import uuid
 from dlrm.errors import UserError
 from dlrm.io.storage import open_store
 from dlrm.io.checkpoint import complete_checkpoints
-from dlrm.training.runlog import RECORD
+from dlrm.training.runlog import METRICS, RECORD
 
 # 128 + SIGTERM, what a shell reports for a process SIGTERM ended; Kubeflow's restartPolicy
 # ExitCode retries 128-255 (a preemption is worth retrying) and fails 1-127 for good.
@@ -69,6 +69,9 @@ def decide_identity(cfg, ckpt_uri: str) -> RunIdentity:
     """New run, continued run, or a UserError naming the run that is there (see the module doc)."""
     record, ckpts = _recorded(cfg, ckpt_uri)
     if record is None and not ckpts:
+        if not cfg.resume and open_store(cfg.out).exists(METRICS):  # a run from before run.json, or its remains
+            raise UserError(f"{cfg.out} holds another run's {METRICS} (no {RECORD}, no checkpoint): a new run would "
+                            f"append to it; pass another --out, or --resume to continue that run from step 0")
         return RunIdentity(cfg.run_id or uuid.uuid4().hex[:12], False)
     there = (record or {}).get("run_id") or ""
     if cfg.resume or (cfg.run_id and cfg.run_id == there):

@@ -11,6 +11,10 @@ keeps its hostname, so a killed run resumes without anyone deleting locks. Under
 takes the locks and every rank learns the outcome. Before that, every rank writes and deletes a
 probe object in each output, so a store that cannot be written fails before the first step,
 not at the first checkpoint hours later.
+
+A lock covers its folder and everything under it: before taking its own, a run looks for a live
+lock of another run in every folder (or S3 prefix) above each of its outputs, so a `checkpoint_dir`
+(or `out`) that names a folder inside another live run's output is refused too, not trained into.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import socket
 import time
 
 from dlrm.errors import UserError
-from dlrm.io.storage import open_store
+from dlrm.io.fsutil import is_s3_uri
+from dlrm.io.storage import open_store, probe_writable  # noqa: F401 (probe_writable: imported from here too)
 
 LOCK = ".dlrm-lock.json"
 
@@ -57,11 +62,55 @@ def _holder_is_gone(holder: dict) -> bool:
     return _process_start(holder["pid"]) != holder.get("pid_start")
 
 
+def _above(uri: str) -> list[str]:
+    """The folders (or s3:// prefixes) holding `uri`, nearest first: where a lock would cover it.
+    A local path is resolved first (symlinks followed), so another name for the same folder is seen."""
+    if is_s3_uri(uri):
+        head, *parts = uri[len("s3://"):].strip("/").split("/")
+        return [f"s3://{'/'.join([head, *parts[:i]])}" for i in range(len(parts) - 1, -1, -1)]
+    path = os.path.realpath(uri)
+    out = []
+    while (parent := os.path.dirname(path)) != path:
+        out.append(parent)
+        path = parent
+    return out
+
+
+def _is_mine(holder: dict, me: dict) -> bool:
+    return all(holder.get(k) == me[k] for k in ("host", "pid", "pid_start"))
+
+
+def _describe(holder: dict) -> str:
+    return (f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started {holder.get('started', '?')}"
+            if holder else "an unreadable lock")
+
+
+def refuse_inside_live_run(uri: str, me: dict) -> None:
+    """A UserError when a folder above `uri` holds another live run's lock (its outputs cover `uri`)."""
+    for outer in _above(uri):
+        store = open_store(outer)
+        try:
+            holder = json.loads(store.get_bytes(LOCK))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        except UserError:  # a missing bucket, no access: the output's own lock says so, naming it
+            return
+        except ValueError:
+            holder = {}
+        holder = holder if isinstance(holder, dict) else {}
+        if _is_mine(holder, me) or _holder_is_gone(holder):
+            continue
+        raise UserError(f"{uri} is inside {outer}, the output of another run that is still live ({_describe(holder)}): "
+                        f"give this run an output (out, checkpoint_dir) of its own; if that run is gone (another host "
+                        f"cannot be checked), delete {outer}/{LOCK}")
+
+
 class Lock:
     def __init__(self, store, me: dict):
         self.store, self.me, self.held = store, me, False
 
     def acquire(self) -> None:
+        refuse_inside_live_run(self.store.uri, self.me)
         data = json.dumps(self.me).encode()
         for _ in range(3):  # a stale lock is removed, then raced for again
             try:
@@ -81,13 +130,10 @@ class Lock:
                 holder = {}
             if not isinstance(holder, dict):
                 holder = {}
-            mine = holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"] \
-                and holder.get("pid_start") == self.me["pid_start"]
-            if mine or _holder_is_gone(holder):
+            if _is_mine(holder, self.me) or _holder_is_gone(holder):
                 self.store.delete(LOCK)
                 continue
-            who = (f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started {holder.get('started', '?')}"
-                   if holder else "an unreadable lock")
+            who = _describe(holder)
             raise UserError(f"{self.store.uri} is in use by another run ({who}); wait for it to finish, or if it is "
                             f"gone (another host cannot be checked), delete {self.store.uri}/{LOCK}")
         raise UserError(f"{self.store.uri}: could not take {LOCK} (other runs keep taking it)")
@@ -104,19 +150,6 @@ class Lock:
             pass  # gone or unreachable: a later run treats it as stale or names it
 
 
-def probe_writable(uri: str) -> None:
-    """Write and delete a small object under `uri`; a one-line error naming it if either fails."""
-    store = open_store(uri)
-    key = f".dlrm-write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        store.put_bytes(key, b"probe")
-        store.delete(key)
-    except OSError as e:  # an OS error (exit 1), named as the output, not the probe file
-        raise OSError(e.errno, f"cannot write here ({e.strerror or e}); checked before the first step", uri) from None
-    except UserError as e:
-        raise UserError(f"{uri}: cannot write here: {e}") from None
-
-
 class Claim:
     def __init__(self, locks: list[Lock]):
         self.locks = locks
@@ -127,7 +160,8 @@ class Claim:
 
 
 def claim_outputs(out: str, ckpt_uri: str, runtime) -> Claim:
-    """Lock the run folder and, if elsewhere, the checkpoint store (rank 0), then probe the
+    """Lock the run folder and, if elsewhere, the checkpoint store (rank 0; each refused inside another
+    live run's output, see refuse_inside_live_run), then probe the
     checkpoint store for writes (every rank writes its checkpoint file there); every rank fails
     if any rank did, before anything else is written."""
     import torch

@@ -23,7 +23,9 @@ Into a folder, files are written in place. Into S3 they are written to a local s
 uploaded (changed files only) at start, at each eval, at least every `sync_every_s` seconds while
 training (the trainer calls `sync()` after every step; it uploads only when that much time passed),
 and at the end: a job killed mid-run keeps what its last upload held. A restart's metrics.jsonl
-whose last line a kill cut short is first cut back to its last whole line (`repair_metrics`).
+whose last line a kill cut short is first cut back to its last whole line (`repair_metrics`), then
+to the step it resumes from (`drop_replayed`, one atomic rewrite): the steps after its checkpoint
+run again and are logged again, once.
 run.json records the run's `run_id` (dlrm.training.lifecycle: whose folder this is).
 An upload that fails mid-run is a warning (the next one retries); one that fails at start or at
 the end is an error.
@@ -45,7 +47,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dlrm.io.fsutil import atomic_write, is_s3_uri
+from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri
 from dlrm.io.storage import open_store
 from dlrm.training import progress
 
@@ -141,6 +143,7 @@ class RunLog:
             self.local = Path(self.out)
         self.local.mkdir(parents=True, exist_ok=True)
         repair_metrics(self.local / METRICS)
+        drop_replayed(self.local / METRICS, first_step)
         self.progress = progress.from_env(total_steps, first_step)  # a TrainJob's status.trainerStatus, if enabled
         from dlrm.metrics import MetricsLog  # torch: not for the launcher, which reads only the constants here
 
@@ -192,7 +195,8 @@ class RunLog:
         if not self.enabled:
             return
         self._write(kind="eval", step=step, auc=auc, loss=loss, seconds=round(seconds, 3))
-        print(f"eval at step {step:,}/{self.total_steps:,} | AUC {auc:.4f} | loss {loss:.5f} | {seconds:.1f}s", flush=True)
+        shown = f"{auc:.4f}" if auc == auc else "undefined (one class in the test split)"
+        print(f"eval at step {step:,}/{self.total_steps:,} | AUC {shown} | loss {loss:.5f} | {seconds:.1f}s", flush=True)
         self._scalars(step, {"eval/auc": auc, "eval/loss": loss})
         if self.progress:
             self.progress.eval(auc=auc, loss=loss)
@@ -303,6 +307,37 @@ def repair_metrics(path: Path) -> None:
     os.truncate(path, keep)
     print(f"note: {path}: removed a last line cut short ({size - keep} bytes, a run killed mid-write)",
           file=sys.stderr, flush=True)
+
+
+def drop_replayed(path: Path, step: int) -> None:
+    """Remove the records of steps after `step` (where a resumed run continues: it logs them again),
+    rewriting the file atomically (a kill leaves the old file or the new one); says how many went."""
+    path = Path(os.path.realpath(path))  # a link is followed: the file it names is rewritten
+    if not path.is_file():  # absent, or not a file (a device) this code could rewrite
+        return
+    src = open(path, "rb")
+    dropped = 0
+    try:
+        with src, atomic_path(path) as tmp, open(tmp, "wb") as dst:
+            for line in src:
+                try:
+                    later = json.loads(line).get("step", -1) > step
+                except (ValueError, AttributeError, TypeError):  # not ours to judge: kept as it is
+                    later = False
+                if later:
+                    dropped += 1
+                else:
+                    dst.write(line)
+            if not dropped:
+                raise _Unchanged
+    except _Unchanged:
+        return
+    print(f"note: {path}: removed {dropped} record(s) after step {step:,}, the step this run continues from "
+          f"(those steps run again)", file=sys.stderr, flush=True)
+
+
+class _Unchanged(Exception):
+    """Nothing to drop: the temp file is discarded and the file left as it was (not even rewritten)."""
 
 
 def read_metrics(text: str) -> list[dict]:
