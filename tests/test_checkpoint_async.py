@@ -17,6 +17,7 @@ import torch
 from datasets import make_dataset, tiny_config
 
 from dlrm.errors import UserError
+from dlrm.training.checkpointer import CheckpointFailed
 from dlrm.io import storage
 from dlrm.io.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.train import train
@@ -45,7 +46,7 @@ def test_a_full_disk_stops_the_run_with_checkpoint_on_error_stop_and_leaves_no_h
     cfg = tiny_config(tmp_path, dataset, max_steps=6, checkpoint_every=2, checkpoint_on_error="stop",
                       **{"optim.schedule_check": "warn"})
     # the run's small files fit; a checkpoint's table file (~40 KB) does not
-    with file_size_limit(12_000), pytest.raises(UserError) as e, contextlib.redirect_stdout(io.StringIO()):
+    with file_size_limit(12_000), pytest.raises(CheckpointFailed) as e, contextlib.redirect_stdout(io.StringIO()):
         train(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
     assert re.match(rf"checkpoint {ckpts}/ckpt-0000000\d\d failed: rank 0: \[Errno 27\] File too large: "

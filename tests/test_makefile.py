@@ -34,9 +34,15 @@ def venv(tmp_path) -> Path:
     return tmp_path / "venv"
 
 
+def top_level_env(**extra: str) -> dict[str, str]:
+    """The environment of a make typed in a shell: under `make test` the suite inherits MAKEFLAGS and
+    MAKELEVEL, and a make that believes it is a sub-make prints "Entering directory" lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return {**env, **extra}
+
+
 def make(venv: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MAKEFLAGS", None)
+    env = top_level_env(PYTHONPATH=str(ROOT))
     return subprocess.run(["make", "-f", str(ROOT / "Makefile"), f"VENV={venv}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -57,7 +63,7 @@ def test_make_render_prints_only_the_yaml(venv, tmp_path):
 
 
 def test_make_s_c_from_another_folder_adds_no_directory_lines(venv, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = top_level_env(PYTHONPATH=str(ROOT))
     r = subprocess.run(["make", "-s", "-C", str(ROOT), f"VENV={venv}", "render", "PROFILE=synthetic-smoke"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -86,7 +92,8 @@ def test_values_with_spaces_and_quotes_stay_one_word(venv, target):
 
 
 def test_help_lists_every_target_once():
-    r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "help"], cwd=ROOT, env=top_level_env(),
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     text = (ROOT / "Makefile").read_text()
     phony = text.split(".PHONY:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ").split()
@@ -113,6 +120,7 @@ def test_demo_installs_the_runtime_and_test_adds_only_the_extras(tmp_path):
     def run(*targets):
         log.write_text("")
         r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), f"PY={py}", f"VENV={tmp_path / 'v'}", *targets], cwd=ROOT,
+                           env=top_level_env(),
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return [line for line in log.read_text().splitlines() if line.startswith("-m pip install") and "-e" in line]
@@ -127,7 +135,7 @@ def test_demo_installs_the_runtime_and_test_adds_only_the_extras(tmp_path):
 
 def test_setup_output_goes_to_stderr(tmp_path):
     """What a first `make render` prints while it installs: every line on stderr (dry run: nothing installed)."""
-    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "-n", f"VENV={tmp_path / 'fresh'}", "render"], cwd=ROOT,
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "-n", f"VENV={tmp_path / 'fresh'}", "render"], cwd=ROOT, env=top_level_env(),
                        capture_output=True, text=True, timeout=60)
     pip = [line for line in r.stdout.splitlines() if "pip install" in line or "-m venv" in line]
     assert pip and all(line.rstrip().endswith(">&2") for line in pip), r.stdout

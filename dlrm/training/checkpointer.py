@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import torch
 
 from dlrm.dist.hostmem import snapshot_fits
-from dlrm.errors import UserError
 from dlrm.io.checkpoint import Piece, abandon, checkpoint_name, commit, write_dense, write_shard
 from dlrm.io.storage import open_store
 
@@ -42,6 +41,11 @@ class Outcome:
     name: str
     seconds: float  # from the save's start to its metadata (or its failure)
     error: str | None  # None: complete
+
+
+class CheckpointFailed(OSError):
+    """A checkpoint that could not be written (a full disk, an S3 error): the environment's fault, so the
+    CLI reports it as any OSError, one line and exit status 1."""
 
 
 class Checkpointer:
@@ -139,7 +143,7 @@ class Checkpointer:
             return
         if final or self.on_error == "stop":
             log.sync(force=True)
-            raise UserError(f"checkpoint {self.uri}/{outcome.name} failed: {outcome.error}; its files were removed"
+            raise CheckpointFailed(f"checkpoint {self.uri}/{outcome.name} failed: {outcome.error}; its files were removed"
                             f"{'' if final else ' (checkpoint_on_error=stop)'}")
         self.note = f"checkpoint {outcome.name} FAILED ({outcome.error}): retrying"
         self.retry = True
