@@ -264,26 +264,6 @@ def apply_runtime_patches(runtime: dict, job: dict) -> dict:
                 else:
                     pod[k] = v
     return rt
-    for rjob in patches:
-            if not isinstance(rjob, dict) or rjob.get("name") not in rjobs:
-                continue
-            pod, patch = _pod_spec(rjobs[rjob["name"]]), _pod_spec(rjob)
-            for k, v in patch.items():
-                if k == "volumes":
-                    pod["volumes"] = _upsert(pod.get("volumes") or [], v, "name")
-                elif k in ("containers", "initContainers"):
-                    for c in v:
-                        target = next((t for t in pod.get(k) or [] if t.get("name") == c.get("name")), None)
-                        if target is None:
-                            continue
-                        for field, fkey in (("env", "name"), ("volumeMounts", "name")):
-                            if field in c:
-                                target[field] = _upsert(target.get(field) or [], c[field], fkey)
-                        if "securityContext" in c:
-                            target["securityContext"] = c["securityContext"]
-                else:
-                    pod[k] = v
-    return rt
 
 
 def _patched_pod_errors(spec: dict, runtime: dict, label: str, where: str) -> list[str]:
