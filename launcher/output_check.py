@@ -21,7 +21,7 @@ import sys
 from typing import Callable
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import is_s3_uri, load_yaml
+from dlrm.io.fsutil import MAX_TEXT_BYTES, is_s3_uri, load_yaml
 from dlrm.io.s3_settings import Timeouts
 from dlrm.training.runlog import CONFIG, JOB_ENV, RECORD
 from launcher.run_identity import identity, run_id
@@ -45,10 +45,13 @@ def _read(out: str) -> tuple[dict | None, Callable[[], dict]]:
         raise translate(NoCredentialsError(), out)
     store = S3Store(out, client=make_client(workers=1, timeouts=QUICK))
     try:
-        record = json.loads(store.get_bytes(RECORD))
+        record = json.loads(store.get_bytes(RECORD, limit=MAX_TEXT_BYTES))
     except FileNotFoundError:
         return None, dict
-    return (record if isinstance(record, dict) else {}), lambda: load_yaml(store.get_bytes(CONFIG).decode(), f"{out}/{CONFIG}") or {}
+    def config() -> dict:
+        return load_yaml(store.get_bytes(CONFIG, limit=MAX_TEXT_BYTES).decode(), f"{out}/{CONFIG}") or {}
+
+    return (record if isinstance(record, dict) else {}), config
 
 
 def recorded_identity(record: dict, config: dict, fields: list[str]) -> dict:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import atomic_path, is_s3_uri, local_path
+from dlrm.io.fsutil import MAX_TEXT_BYTES, atomic_path, is_s3_uri, local_path
 from dlrm.training.runlog import CONFIG, METRICS, MODEL_DIR, PLOT, RECORD, TENSORBOARD, read_metrics
 from dlrm.io.storage import open_store
 from launcher.cluster_jobs import add_cluster_arguments, find_job, job_apis
@@ -95,7 +95,7 @@ def summarize(records: list[dict], ages: bool = True) -> list[str]:
 def recorded_run_id(out: str) -> str | None:
     """The run id in `out`/run.json (None: no record there, or one written before run ids)."""
     try:
-        record = json.loads(open_store(out).get_bytes(RECORD))
+        record = json.loads(open_store(out).get_bytes(RECORD, limit=MAX_TEXT_BYTES))
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
     return record.get("run_id") or None if isinstance(record, dict) else None

@@ -255,3 +255,25 @@ def test_a_lock_covers_every_folder_and_prefix_under_it(tmp_path):
         refuse_inside_live_run(str(tmp_path / "a" / "checkpoints" / "x"), _me())
     (tmp_path / "a" / LOCK).write_text(json.dumps(dict(live, pid_start="0")))  # pid 1 restarted since: gone
     refuse_inside_live_run(str(tmp_path / "a" / "checkpoints"), _me())
+
+
+def test_a_record_past_its_bound_is_refused_before_it_is_read(tmp_path, s3_bucket):
+    """run.json, a run lock, a published manifest: read whole, so bounded like every config file, on a
+    folder and on S3 alike (S3: by the object's length, its body never read)."""
+    import boto3
+    import pytest
+
+    from dlrm.errors import UserError
+    from dlrm.io.fsutil import MAX_TEXT_BYTES
+    from dlrm.io.storage import open_store
+    from dlrm.training.runlog import RECORD
+
+    with open(tmp_path / RECORD, "wb") as f:
+        f.truncate(MAX_TEXT_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(UserError, match=rf"{RECORD}: more than 64 MiB, too large for a record"):
+        open_store(str(tmp_path)).get_bytes(RECORD, limit=MAX_TEXT_BYTES)
+    small = f"s3://{s3_bucket}/run"
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"run/{RECORD}", Body=b"{}" + b" " * 2048)
+    assert open_store(small).get_bytes(RECORD, limit=4096).startswith(b"{}")
+    with pytest.raises(UserError, match=rf"{small}/{RECORD}: more than 0 MiB, too large for a record"):
+        open_store(small).get_bytes(RECORD, limit=1024)

@@ -180,9 +180,13 @@ def read_bytes(path: str | os.PathLike, what: str = "file", error: type[UserErro
     except PermissionError:
         raise error(f"{path}: permission denied reading the {what}") from None
     if len(data) > limit:
-        raise error(f"{path}: more than {limit >> 20} MiB, too large for a {what} (read whole into memory): "
-                    f"is it the right file?")
+        raise error(too_large(path, limit, what))
     return data
+
+
+def too_large(where, limit: int, what: str) -> str:
+    """The one message for a file or object past its read-whole bound."""
+    return f"{where}: more than {limit >> 20} MiB, too large for a {what} (read whole into memory): is it the right file?"
 
 
 def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = ConfigError,

@@ -12,7 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri, location
+from dlrm.errors import UserError
+from dlrm.io.fsutil import atomic_path, atomic_write, is_s3_uri, location, too_large
 
 
 class LocalStore:
@@ -45,8 +46,16 @@ class LocalStore:
         with atomic_path(self._path(key), fsync=False) as tmp:
             shutil.copyfile(local_path, tmp)
 
-    def get_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+    def get_bytes(self, key: str, limit: int | None = None) -> bytes:
+        """The object whole; with `limit` (a record: run.json, a lock, a manifest) refused past that many
+        bytes instead of read into memory. FileNotFoundError if there is none."""
+        if limit is None:
+            return self._path(key).read_bytes()
+        with open(self._path(key), "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise UserError(too_large(self._path(key), limit, "record"))
+        return data
 
     def get_file(self, key: str, local_path: str | os.PathLike) -> None:
         shutil.copyfile(self._path(key), local_path)

@@ -22,7 +22,7 @@ import botocore.exceptions as bex
 from boto3.s3.transfer import TransferConfig
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import is_s3_uri, parse_s3_uri  # noqa: F401 (the one parser; imported from here too)
+from dlrm.io.fsutil import is_s3_uri, parse_s3_uri, too_large  # noqa: F401 (the one parser; imported from here too)
 from dlrm.io.s3_settings import ATTEMPTS_ENV, READ_TIMEOUT_ENV, Timeouts, check_endpoint
 
 MiB = 1024 * 1024
@@ -171,9 +171,14 @@ class S3Store:
         self.client.upload_file(str(local_path), self.bucket, self._key(key), Config=transfer_config())
 
     @_user_errors
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int | None = None) -> bytes:
+        """As LocalStore.get_bytes: past `limit`, refused by the object's length before its body is read."""
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            if limit is not None and response["ContentLength"] > limit:
+                response["Body"].close()
+                raise UserError(too_large(f"{self.uri}/{key}", limit, "record"))
+            return response["Body"].read()
         except bex.ClientError as e:
             if _is_missing(e):
                 raise FileNotFoundError(f"{self.uri}/{key}") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import follow, is_s3_uri, is_uri
+from dlrm.io.fsutil import MAX_TEXT_BYTES, follow, is_s3_uri, is_uri
 from dlrm.io.storage import open_store, probe_writable
 from dlrm.serving.folder import MANIFEST, is_export
 
@@ -140,7 +140,7 @@ def fetched(uri: str) -> Iterator[Path]:
     is under the prefix is not the export's); predict then verifies the copy against the manifest."""
     store = open_store(uri)
     try:
-        raw = store.get_bytes(MANIFEST)
+        raw = store.get_bytes(MANIFEST, limit=MAX_TEXT_BYTES)
     except FileNotFoundError:
         raise UserError(f"{uri}: no {MANIFEST}; not a finished `dlrm export` folder") from None
     try:

@@ -30,6 +30,7 @@ import time
 import uuid
 
 from dlrm.errors import UserError
+from dlrm.io.fsutil import MAX_TEXT_BYTES
 from dlrm.io.storage import open_store
 from dlrm.io.checkpoint import complete_checkpoints
 from dlrm.training.runlog import METRICS, RECORD
@@ -58,7 +59,7 @@ def _recorded(cfg, ckpt_uri: str) -> tuple[dict | None, list[str]]:
     record = None
     if out.exists(RECORD):
         try:
-            record = json.loads(out.get_bytes(RECORD))
+            record = json.loads(out.get_bytes(RECORD, limit=MAX_TEXT_BYTES))
         except ValueError:
             record = {}
         record = record if isinstance(record, dict) else {}

@@ -25,7 +25,7 @@ import socket
 import time
 
 from dlrm.errors import UserError
-from dlrm.io.fsutil import is_s3_uri
+from dlrm.io.fsutil import MAX_TEXT_BYTES, is_s3_uri
 from dlrm.io.storage import open_store, probe_writable  # noqa: F401 (probe_writable: imported from here too)
 
 LOCK = ".dlrm-lock.json"
@@ -90,7 +90,7 @@ def refuse_inside_live_run(uri: str, me: dict) -> None:
     for outer in _above(uri):
         store = open_store(outer)
         try:
-            holder = json.loads(store.get_bytes(LOCK))
+            holder = json.loads(store.get_bytes(LOCK, limit=MAX_TEXT_BYTES))
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
         except UserError:  # a missing bucket, no access: the output's own lock says so, naming it
@@ -123,7 +123,7 @@ class Lock:
                 atexit.register(self.release)
                 return
             try:
-                holder = json.loads(self.store.get_bytes(LOCK))
+                holder = json.loads(self.store.get_bytes(LOCK, limit=MAX_TEXT_BYTES))
             except FileNotFoundError:
                 continue  # released meanwhile
             except ValueError:
@@ -144,7 +144,7 @@ class Lock:
             return
         self.held = False
         try:
-            if json.loads(self.store.get_bytes(LOCK)).get("pid_start") == self.me["pid_start"]:
+            if json.loads(self.store.get_bytes(LOCK, limit=MAX_TEXT_BYTES)).get("pid_start") == self.me["pid_start"]:
                 self.store.delete(LOCK)
         except (OSError, ValueError, UserError):
             pass  # gone or unreachable: a later run treats it as stale or names it
