@@ -212,7 +212,9 @@ def _against_runtime(spec: dict, runtime: dict, label: str, annotations: dict | 
                                       f"pod has no {key[:-1] if key == 'containers' else 'init container'} {c.get('name')!r} "
                                       f"(it has {have}): the runtime is not the one the job was rendered for")
     errors += _patched_pod_errors(spec, runtime, label, where)
-    return errors
+    from launcher.admin_policy import image_errors  # here: admin_policy reads this module's facts
+
+    return errors + image_errors({"spec": spec}, runtime, label)
 
 
 def _pod_spec(rjob: dict) -> dict:

@@ -27,12 +27,14 @@ SITES = {
                            "s3.role_arn=arn:aws:iam::123456789012:role/dlrm", "nodes=2"],
     "mount-kueue-gke": ["namespace=ml", "storage.mode=mount", "scheduling.gang=kueue", "scheduling.queue=gpu-queue",
                         "admin.gcp_service_account=dlrm@proj.iam.gserviceaccount.com", "admin.user_groups=[ml-team, oncall]",
-                        "cluster.fabric=efa", "cluster.instance_type=p5en.48xlarge", "nodes=4", "admin.runtime=dlrm-h100"],
+                        "cluster.fabric=efa", "cluster.instance_type=p5en.48xlarge", "nodes=4", "admin.runtime=dlrm-h100",
+                        "admin.allowed_images=[registry.example.com/ml/, ghcr.io/team/dlrm:1.2]"],
     "scheduler-plugins": ["storage.mode=stage", "scheduling.gang=scheduler-plugins", "scheduling.scheduler_name=coscheduler"],
 }
 # Cluster-scoped kinds: an admin's alone (a user's Role cannot create them).
 CLUSTER_SCOPED = {"PersistentVolume", "ClusterTrainingRuntime", "ClusterRole", "ClusterRoleBinding", "Namespace",
-                  "StorageClass", "PriorityClass", "ResourceFlavor", "ClusterQueue", "CustomResourceDefinition"}
+                  "StorageClass", "PriorityClass", "ResourceFlavor", "ClusterQueue", "CustomResourceDefinition",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def site(case: str, extra=()):
@@ -57,10 +59,11 @@ def test_bundle_golden_and_valid(case):
 
 def test_bundle_holds_what_each_site_needs_and_users_get_no_cluster_rights():
     kinds = {case: [o["kind"] for o in bundle_objects(site(case))] for case in SITES}
-    assert kinds["stage-volcano-irsa"] == ["ServiceAccount", "ConfigMap", "ClusterTrainingRuntime", "Role", "RoleBinding"]
+    policy = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    assert kinds["stage-volcano-irsa"] == ["ServiceAccount", "ConfigMap", "ClusterTrainingRuntime", *policy, "Role", "RoleBinding"]
     assert kinds["mount-kueue-gke"] == ["ServiceAccount", "PersistentVolume", "PersistentVolumeClaim", "ConfigMap",
-                                        "ClusterTrainingRuntime", "Role", "RoleBinding", "ResourceFlavor", "ClusterQueue",
-                                        "LocalQueue"]
+                                        "ClusterTrainingRuntime", *policy, "Role", "RoleBinding", "ResourceFlavor",
+                                        "ClusterQueue", "LocalQueue"]
     objs = {o["kind"]: o for o in bundle_objects(site("mount-kueue-gke"))}
     rules = objs["Role"]["rules"]
     assert not [r for r in rules if set(r["resources"]) & {"trainingruntimes", "clustertrainingruntimes", "persistentvolumes",
