@@ -368,13 +368,13 @@ def main(args) -> int:
         runtime = [o for o in load_yaml_file_all(args.runtime, "runtime file (--runtime)", UserError)
                    if isinstance(o, dict) and o.get("kind") != "TrainJob"]
         job_objects = [o for o in plan.objects if o.get("kind") not in ("TrainingRuntime", "ClusterTrainingRuntime")]
-        plan = plan_from_objects(job_objects + runtime, f"{args.runtime} + the job")
         for job in (o for o in job_objects if o.get("kind") == "TrainJob"):  # the admin's image rule, as its policy applies it
             ref = (job.get("spec") or {}).get("runtimeRef") or {}
             for rt in (r for r in runtime if (r.get("metadata") or {}).get("name") == ref.get("name")):
                 errors = image_errors(job, rt, f"TrainJob/{(job.get('metadata') or {}).get('name')}")
                 if errors:
                     raise UserError(f"{args.runtime}: {errors[0]}")
+        plan = plan_from_objects(job_objects + runtime, f"{args.runtime} + the job")
     volumes = {}
     for item in args.volume:
         name, sep, folder = item.partition("=")
