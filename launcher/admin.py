@@ -93,12 +93,13 @@ def bundle_objects(site: JobConfig, git_revision: str = "unknown") -> list[dict]
                   "role", "rolebinding"]
     if kueue_queue(cfg):
         templates += ["resourceflavor", "clusterqueue", "localqueue"]
-    runtime = cfg.admin.runtime
+    runtime, kind = cfg.admin.runtime, "ClusterTrainingRuntime"
     # train_out: no run-output annotation on the runtime; each TrainJob carries its own run's
-    return encode_objects(cfg, plan, git_revision, templates, runtime_kind="ClusterTrainingRuntime", train_out=cmd.OUTPUT_MOUNT,
+    return encode_objects(cfg, plan, git_revision, templates, runtime_kind=kind, train_out=cmd.OUTPUT_MOUNT,
                           users_role=f"{runtime}-users", user_rules=USER_RULES, kueue={"API_VERSION": KUEUE_API},
                           kueue_flavor=f"{runtime}-gpu", kueue_cluster_queue=runtime, kueue_quotas=kueue_quotas(cfg),
-                          runtime_pins_image=True, **admin_policy.policy_context(cfg))
+                          runtime_pins_image=True,
+                          **admin_policy.policy_context(cfg, kind))
 
 
 def kustomization(objs: list[dict]) -> str:

@@ -3,7 +3,7 @@ enforced by the cluster and checked offline.
 
     allowed_images(cfg)                      # ['registry.example.com/ml/', ...] from the site config
     image_allowed(image, runtime_image, allowed)          # the rule itself
-    image_errors(job, runtime, label)        # a TrainJob against a runtime file (validate/run-local --runtime)
+    image_errors(image, runtime_image, runtime, label)    # offline (launcher.trainjob.image_errors: validate/run-local)
 
 The rule: a TrainJob on the runtime may leave spec.trainer.image unset (the runtime's own image runs,
 the admin's pin), set the runtime's image, or set an image admin.allowed_images admits. An entry ending
@@ -23,7 +23,6 @@ from dataclasses import fields
 
 from dlrm.errors import ConfigError
 from dlrm.training.runlog import JOB_ENV
-from launcher import trainjob
 
 ALLOWED_IMAGES_ANNOTATION = "dlrm-k8s.io/allowed-images"  # JSON list on the ClusterTrainingRuntime
 PREFIX_ENDS = ("/", ":", "@")
@@ -61,9 +60,10 @@ def _cel(value) -> str:
     return json.dumps(value)  # a JSON string or list of strings is a CEL literal as well
 
 
-def policy_context(cfg) -> dict:
-    """What the bundle's ValidatingAdmissionPolicy templates need: its name, which TrainJobs it matches,
-    the rule as CEL, the refusal's message, and the runtime's annotation of the same list."""
+def policy_context(cfg, runtime_kind: str) -> dict:
+    """What the bundle's ValidatingAdmissionPolicy templates need: its name, which TrainJobs it matches
+    (those referencing the runtime, a `runtime_kind`), the rule as CEL, the refusal's message, and the
+    runtime's annotation of the same list."""
     runtime, allowed = cfg.admin.runtime, allowed_images(cfg)
     image = "object.spec.trainer.image"
     exact = [cfg.image, *[a for a in allowed if not a.endswith(PREFIX_ENDS)]]
@@ -76,7 +76,7 @@ def policy_context(cfg) -> dict:
     return {
         "policy_name": f"{runtime}-images",
         "policy_match": (f"object.spec.runtimeRef.name == {_cel(runtime)} && (!has(object.spec.runtimeRef.kind) || "
-                         f"object.spec.runtimeRef.kind == {_cel(trainjob.DEFAULT_RUNTIME_KIND)})"),
+                         f"object.spec.runtimeRef.kind == {_cel(runtime_kind)})"),
         "policy_rule": rule,
         "policy_message": f"spec.trainer.image {told}",
         "policy_message_expression": f"'spec.trainer.image ' + {image} + ' {told}'",
@@ -84,11 +84,11 @@ def policy_context(cfg) -> dict:
     }
 
 
-def image_errors(job: dict, runtime: dict, label: str) -> list[str]:
-    """The rule offline: a TrainJob's spec.trainer.image against the runtime it references, when that
-    runtime carries ALLOWED_IMAGES_ANNOTATION (the admin bundle's); others say nothing about images."""
+def image_errors(image: str | None, runtime_image: str | None, runtime: dict, label: str) -> list[str]:
+    """The rule offline: a TrainJob's spec.trainer.image (None: unset) against the runtime it references
+    (`runtime_image`: its node container's), when that runtime carries ALLOWED_IMAGES_ANNOTATION (the admin
+    bundle's); other runtimes say nothing about images. launcher.trainjob.image_errors finds both."""
     raw = ((runtime.get("metadata") or {}).get("annotations") or {}).get(ALLOWED_IMAGES_ANNOTATION)
-    image = ((job.get("spec") or {}).get("trainer") or {}).get("image")
     if raw is None or image is None:
         return []
     where = f"{runtime.get('kind')}/{(runtime.get('metadata') or {}).get('name')}"
@@ -97,9 +97,6 @@ def image_errors(job: dict, runtime: dict, label: str) -> list[str]:
         assert isinstance(allowed, list) and all(isinstance(a, str) for a in allowed)
     except (ValueError, AssertionError):
         return [f"{where}: metadata.annotations.{ALLOWED_IMAGES_ANNOTATION}: {raw!r} is not a JSON list of image prefixes"]
-    found = trainjob.trainer_job(runtime)
-    pod = trainjob._pod_spec(found[1]) if found else {}
-    runtime_image = next((c.get("image") for c in pod.get("containers") or [] if c.get("name") == trainjob.NODE), None)
     if image_allowed(image, runtime_image, allowed):
         return []
     return [f"{label}: spec.trainer.image: {image!r} is not allowed on {where}: allowed are its own image {runtime_image!r}"

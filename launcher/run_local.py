@@ -39,8 +39,8 @@ from typing import TextIO
 from dlrm.errors import UserError
 from launcher import podblock
 from dlrm.io.fsutil import load_yaml_file_all
-from launcher.admin_policy import image_errors
 from launcher.decode import load_plan_file, plan_from_objects
+from launcher.trainjob import image_errors
 from launcher.local_jobs import (LOGS, PODS, RUNNING, LocalJobRecord, error_line, live_replicas, local_workdir,
                                  output_of_argv, process_id, run_id_of_argv)
 from launcher.local_steps import (COMMAND_MAP, Step, container_env, expand_vars, mount_rewriter,  # noqa: F401 (API)
