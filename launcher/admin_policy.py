@@ -71,7 +71,7 @@ def policy_context(cfg, runtime_kind: str) -> dict:
     rule = f"!has(object.spec.trainer) || !has({image}) || {image} in {_cel(exact)}"
     if prefixes:
         rule += f" || {_cel(prefixes)}.exists(p, {image}.startsWith(p))"
-    told = (f"is not allowed on ClusterTrainingRuntime {runtime}: allowed are {', '.join([cfg.image, *allowed])} "
+    told = (f"is not allowed on {runtime_kind} {runtime}: allowed are {', '.join([cfg.image, *allowed])} "
             f"(admin.allowed_images; leave spec.trainer.image unset to run the runtime image)")
     return {
         "policy_name": f"{runtime}-images",
