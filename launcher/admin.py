@@ -9,6 +9,8 @@ The bundle (every object offline-valid, launcher.validate):
                                            security contexts, placement, gang policy, restarts), rendered by
                                            the template and pod code of a job's own TrainingRuntime
   ConfigMap <admin.runtime>-config         the site's train.yaml: what a TrainJob that brings none trains with
+  ValidatingAdmissionPolicy + Binding      <admin.runtime>-images: TrainJobs on the runtime run its image or
+                                           one admin.allowed_images admits (launcher/admin_policy.py)
   Role + RoleBinding <admin.runtime>-users create/get/list/watch/delete trainjobs (nothing cluster-scoped)
   ServiceAccount                           s3.role_arn (IRSA) / admin.gcp_service_account (workload identity)
   PersistentVolume + PersistentVolumeClaim storage.mode=mount: the CSI-mounted S3 dataset (launcher.pods.mount_claim)
@@ -29,7 +31,7 @@ from pathlib import Path
 from dlrm.errors import ConfigError, UserError
 from dlrm.io.fsutil import atomic_write, local_path
 from dlrm.typed import parse_quantity
-from launcher import command as cmd, names, trainjob
+from launcher import admin_policy, command as cmd, names, trainjob
 from launcher.build import build_plan
 from launcher.config import JobConfig, kueue_queue
 from launcher.encode import encode_objects
@@ -87,14 +89,17 @@ def bundle_objects(site: JobConfig, git_revision: str = "unknown") -> list[dict]
         templates.append("serviceaccount")
     if cfg.storage.mode == "mount":
         templates += ["persistentvolume", "persistentvolumeclaim"]
-    templates += ["configmap", "trainingruntime", "role", "rolebinding"]
+    templates += ["configmap", "trainingruntime", "validatingadmissionpolicy", "validatingadmissionpolicybinding",
+                  "role", "rolebinding"]
     if kueue_queue(cfg):
         templates += ["resourceflavor", "clusterqueue", "localqueue"]
-    runtime = cfg.admin.runtime
+    runtime, kind = cfg.admin.runtime, "ClusterTrainingRuntime"
     # train_out: no run-output annotation on the runtime; each TrainJob carries its own run's
-    return encode_objects(cfg, plan, git_revision, templates, runtime_kind="ClusterTrainingRuntime", train_out=cmd.OUTPUT_MOUNT,
+    return encode_objects(cfg, plan, git_revision, templates, runtime_kind=kind, train_out=cmd.OUTPUT_MOUNT,
                           users_role=f"{runtime}-users", user_rules=USER_RULES, kueue={"API_VERSION": KUEUE_API},
-                          kueue_flavor=f"{runtime}-gpu", kueue_cluster_queue=runtime, kueue_quotas=kueue_quotas(cfg))
+                          kueue_flavor=f"{runtime}-gpu", kueue_cluster_queue=runtime, kueue_quotas=kueue_quotas(cfg),
+                          runtime_pins_image=True,
+                          **admin_policy.policy_context(cfg, kind))
 
 
 def kustomization(objs: list[dict]) -> str:

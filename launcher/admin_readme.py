@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from launcher import command as cmd
+from launcher.admin_policy import ALLOWED_IMAGES_ANNOTATION
 from launcher.config import JobConfig, gang_scheduler, kueue_queue
 from launcher.render import file_name
 
@@ -11,6 +12,8 @@ TRAINER_VERSION = "2.3.0"  # the release whose schemas launcher/schemas/trainer.
 def _prerequisites(cfg: JobConfig) -> list[str]:
     s, gang = cfg.storage, cfg.scheduling.gang
     items = [
+        "**Kubernetes 1.30 or newer**: the image policy is a `ValidatingAdmissionPolicy` of "
+        "`admissionregistration.k8s.io/v1`, GA (and on by default) since 1.30; an older API server refuses the bundle.",
         f"**Kubeflow Trainer v{TRAINER_VERSION}** (its chart installs JobSet too) with the `TrainJobStatus` feature gate, "
         f"so `launcher status` shows the trainer's progress:\n\n"
         f"  ```sh\n  helm install kubeflow-trainer oci://ghcr.io/kubeflow/charts/kubeflow-trainer \\\n"
@@ -69,16 +72,30 @@ def readme(cfg: JobConfig, objs: list[dict]) -> str:
            "ConfigMap": "the site's train.yaml: what a TrainJob that brings no config of its own trains with",
            "Role": "what users may do: trainjobs, their configmaps, pods and logs; no runtimes, nothing cluster-scoped",
            "RoleBinding": f"gives the Role to {', '.join(cfg.admin.user_groups)}",
+           "ValidatingAdmissionPolicy": "refuses a TrainJob on the runtime whose `spec.trainer.image` the image rule (below) does not allow",
+           "ValidatingAdmissionPolicyBinding": "puts that policy in force in every namespace (action Deny)",
            "ServiceAccount": "the pods' cloud identity (no keys in any manifest)",
            "PersistentVolume": "the S3 dataset through the CSI driver (cluster-scoped, so the admin's)",
            "PersistentVolumeClaim": "the users' jobs mount the dataset through it, by name",
            "ResourceFlavor": "example: the GPU nodes", "ClusterQueue": "example: quota for one job of the site's size",
            "LocalQueue": "the users' queue (scheduling.queue)"}
     lines += [f"| `{file_name(o)}` | {o['kind']} `{o['metadata']['name']}` | {why.get(o['kind'], '')} |" for o in objs]
-    lines += ["", "## Users", "",
-              "Users render TrainJobs that reference the runtime; each TrainJob sets the image, command, args, env, "
-              "nodes, processes and resources, and patches in its own config, dataset and output volumes and the "
-              f"stage container's `{cmd.STAGE_SOURCE_ENV}` (Trainer upserts them by name). Their values file:", "",
+    allowed = cfg.admin.allowed_images
+    lines += ["", "## Images", "",
+              f"The runtime's pods run `{cfg.image}`. A TrainJob that sets no `spec.trainer.image` (a user who leaves "
+              f"`image` unset) runs it; one that sets another image is refused at admission unless it is "
+              + (f"one `admin.allowed_images` admits: {', '.join(f'`{a}`' for a in allowed)} (an entry ending in `/`, `:` or "
+                 f"`@` is a prefix, any other one exact image)." if allowed else
+                 "listed in `admin.allowed_images`, which is empty: only the runtime's image runs, because its pods "
+                 "hold the site's cloud identity, node folders and devices.")
+              + " A user who needs another image asks the admin to add it (or its registry path) to `admin.allowed_images` "
+                "and to write and apply the bundle again; the runtime's `" + ALLOWED_IMAGES_ANNOTATION + "` annotation "
+                "carries the same list for `launcher validate --runtime` offline.", "",
+              "## Users", "",
+              "Users render TrainJobs that reference the runtime; each TrainJob sets the command, args, env, "
+              "nodes, processes and resources (the image only when the user sets one), and patches in its own config, "
+              f"dataset and output volumes and the stage container's `{cmd.STAGE_SOURCE_ENV}` (Trainer upserts them by "
+              "name). Their values file:", "",
               "```yaml", "api: trainjob", f"namespace: {ns}", "trainjob:", f"  cluster_runtime: {runtime}",
               "  runtime_source: admin", "storage:", f"  mode: {cfg.storage.mode}", "dataset: s3://bucket/their-dataset",
               "train:", "  out: s3://bucket/runs/{name}",

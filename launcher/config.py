@@ -188,6 +188,9 @@ class AdminConfig:
     user_groups: list[str] = field(default_factory=lambda: ["dlrm-users"])
     # GKE workload identity: the pods' ServiceAccount gets iam.gke.io/gcp-service-account (s3.role_arn: IRSA's).
     gcp_service_account: str = ""
+    # Images users' TrainJobs may run on the runtime besides its own `image` (launcher/admin_policy.py): an
+    # entry ending in / : or @ is a prefix, any other one exact image. Empty: only the runtime's image.
+    allowed_images: list[str] = field(default_factory=list)
 
 
 @dataclass

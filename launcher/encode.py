@@ -20,7 +20,7 @@ from dlrm import __version__
 from dlrm.config import to_dict
 from dlrm.errors import ConfigError
 from dlrm.io.fsutil import is_s3_uri, parse_s3_uri
-from launcher import command as cmd, pods, trainjob
+from launcher import admin_policy, command as cmd, pods, trainjob
 from launcher.build import build_plan
 from launcher.config import JobConfig, kueue_queue
 from launcher.resources import pod_resources
@@ -91,6 +91,10 @@ def _context(cfg: JobConfig, plan, git_revision: str) -> dict:
         "dataset_claim": pods.mount_claim(cfg),
         "pv_name": f"{cfg.namespace}-{pods.mount_claim(cfg)}",
         "service_account": service_account,
+        # A job on the admin's runtime that names no image runs the runtime's (launcher/admin_policy.py).
+        "image_from_runtime": admin_policy.image_from_runtime(cfg),
+        "image_env": admin_policy.IMAGE_ENV,
+        "runtime_pins_image": False,  # launcher.admin's ClusterTrainingRuntime: its node container keeps its image
         "runtime_kind": "TrainingRuntime",  # launcher.admin renders the same template as a ClusterTrainingRuntime
         "per_job_volumes": pods.PER_JOB_VOLUMES,
         "stage_container": pods.STAGE_CONTAINER,

@@ -73,8 +73,9 @@ NOT_IDENTITY = (
     *_each("scheduling", "gang queue priority_class workload_priority min_available scheduler_name"),
     *_each("scheduling.topology", "level mode"),
     *_each("trainjob", "cluster_runtime schedule_timeout_seconds runtime_source"),
-    # The admin bundle's site settings (launcher admin): who may submit, the runtime's name, the identity binding.
-    *_each("admin", "runtime user_groups gcp_service_account"),
+    # The admin bundle's site settings (launcher admin): who may submit, the runtime's name, the identity binding,
+    # which images users may run on it.
+    *_each("admin", "runtime user_groups gcp_service_account allowed_images"),
     # How data and output reach the pods, and the launcher's own table-size hint for its plan check: the
     # trainer reads the dataset at `dataset` whatever the storage, and `out` is where the run is, not what.
     *_each("storage", "mode claim stage_size stage_host_path mount_size output_claim output_path"),

@@ -40,6 +40,7 @@ from dlrm.errors import UserError
 from launcher import podblock
 from dlrm.io.fsutil import load_yaml_file_all
 from launcher.decode import load_plan_file, plan_from_objects
+from launcher.trainjob import image_errors
 from launcher.local_jobs import (LOGS, PODS, RUNNING, LocalJobRecord, error_line, live_replicas, local_workdir,
                                  output_of_argv, process_id, run_id_of_argv)
 from launcher.local_steps import (COMMAND_MAP, Step, container_env, expand_vars, mount_rewriter,  # noqa: F401 (API)
@@ -366,8 +367,14 @@ def main(args) -> int:
     if args.runtime:  # the pods come from the admin's runtime as Trainer builds them, not from the config
         runtime = [o for o in load_yaml_file_all(args.runtime, "runtime file (--runtime)", UserError)
                    if isinstance(o, dict) and o.get("kind") != "TrainJob"]
-        plan = plan_from_objects([o for o in plan.objects if o.get("kind") not in ("TrainingRuntime", "ClusterTrainingRuntime")]
-                                 + runtime, f"{args.runtime} + the job")
+        job_objects = [o for o in plan.objects if o.get("kind") not in ("TrainingRuntime", "ClusterTrainingRuntime")]
+        for job in (o for o in job_objects if o.get("kind") == "TrainJob"):  # the admin's image rule, as its policy applies it
+            ref = (job.get("spec") or {}).get("runtimeRef") or {}
+            for rt in (r for r in runtime if (r.get("metadata") or {}).get("name") == ref.get("name")):
+                errors = image_errors(job, rt, f"TrainJob/{(job.get('metadata') or {}).get('name')}")
+                if errors:
+                    raise UserError(f"{args.runtime}: {errors[0]}")
+        plan = plan_from_objects(job_objects + runtime, f"{args.runtime} + the job")
     volumes = {}
     for item in args.volume:
         name, sep, folder = item.partition("=")

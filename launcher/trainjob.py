@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dlrm.errors import UserError
 from dlrm.training.runlog import duration  # one format for an ETA: the trainer's log line's
+from launcher import admin_policy
 from launcher.command import STAGE_SOURCE_ENV
 from launcher.names import DNS1035_LABEL
 
@@ -212,7 +213,15 @@ def _against_runtime(spec: dict, runtime: dict, label: str, annotations: dict | 
                                       f"pod has no {key[:-1] if key == 'containers' else 'init container'} {c.get('name')!r} "
                                       f"(it has {have}): the runtime is not the one the job was rendered for")
     errors += _patched_pod_errors(spec, runtime, label, where)
-    return errors
+    return errors + image_errors({"spec": spec}, runtime, label)
+
+
+def image_errors(job: dict, runtime: dict, label: str) -> list[str]:
+    """The admin's image rule (launcher.admin_policy) for a TrainJob against the runtime it references."""
+    found = trainer_job(runtime)
+    image = next((c.get("image") for c in (_pod_spec(found[1]) if found else {}).get("containers") or []
+                  if isinstance(c, dict) and c.get("name") == NODE), None)
+    return admin_policy.image_errors(((job.get("spec") or {}).get("trainer") or {}).get("image"), image, runtime, label)
 
 
 def _pod_spec(rjob: dict) -> dict:

@@ -48,6 +48,10 @@ SCHEMA_OF = {
     ("v1", "ServiceAccount"): K8S + "io.k8s.api.core.v1.ServiceAccount",
     ("rbac.authorization.k8s.io/v1", "Role"): K8S + "io.k8s.api.rbac.v1.Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): K8S + "io.k8s.api.rbac.v1.RoleBinding",
+    # The admin bundle's image rule: GA since Kubernetes 1.30.
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): K8S + "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicy",
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"):
+        K8S + "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicyBinding",
     # Kueue v0.19.2's CRDs, made strict (schemas/vendor_kueue.py): the admin bundle's queue examples.
     **{(KUEUE_API, kind): f"kueue.json#/$defs/{kind}" for kind in ("ResourceFlavor", "ClusterQueue", "LocalQueue")},
     # Kubeflow Trainer v2.3, from its own API models (schemas/vendor_trainer.py).

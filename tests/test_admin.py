@@ -27,12 +27,14 @@ SITES = {
                            "s3.role_arn=arn:aws:iam::123456789012:role/dlrm", "nodes=2"],
     "mount-kueue-gke": ["namespace=ml", "storage.mode=mount", "scheduling.gang=kueue", "scheduling.queue=gpu-queue",
                         "admin.gcp_service_account=dlrm@proj.iam.gserviceaccount.com", "admin.user_groups=[ml-team, oncall]",
-                        "cluster.fabric=efa", "cluster.instance_type=p5en.48xlarge", "nodes=4", "admin.runtime=dlrm-h100"],
+                        "cluster.fabric=efa", "cluster.instance_type=p5en.48xlarge", "nodes=4", "admin.runtime=dlrm-h100",
+                        "admin.allowed_images=[registry.example.com/ml/, ghcr.io/team/dlrm:1.2]"],
     "scheduler-plugins": ["storage.mode=stage", "scheduling.gang=scheduler-plugins", "scheduling.scheduler_name=coscheduler"],
 }
 # Cluster-scoped kinds: an admin's alone (a user's Role cannot create them).
 CLUSTER_SCOPED = {"PersistentVolume", "ClusterTrainingRuntime", "ClusterRole", "ClusterRoleBinding", "Namespace",
-                  "StorageClass", "PriorityClass", "ResourceFlavor", "ClusterQueue", "CustomResourceDefinition"}
+                  "StorageClass", "PriorityClass", "ResourceFlavor", "ClusterQueue", "CustomResourceDefinition",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def site(case: str, extra=()):
@@ -57,10 +59,11 @@ def test_bundle_golden_and_valid(case):
 
 def test_bundle_holds_what_each_site_needs_and_users_get_no_cluster_rights():
     kinds = {case: [o["kind"] for o in bundle_objects(site(case))] for case in SITES}
-    assert kinds["stage-volcano-irsa"] == ["ServiceAccount", "ConfigMap", "ClusterTrainingRuntime", "Role", "RoleBinding"]
+    policy = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    assert kinds["stage-volcano-irsa"] == ["ServiceAccount", "ConfigMap", "ClusterTrainingRuntime", *policy, "Role", "RoleBinding"]
     assert kinds["mount-kueue-gke"] == ["ServiceAccount", "PersistentVolume", "PersistentVolumeClaim", "ConfigMap",
-                                        "ClusterTrainingRuntime", "Role", "RoleBinding", "ResourceFlavor", "ClusterQueue",
-                                        "LocalQueue"]
+                                        "ClusterTrainingRuntime", *policy, "Role", "RoleBinding", "ResourceFlavor",
+                                        "ClusterQueue", "LocalQueue"]
     objs = {o["kind"]: o for o in bundle_objects(site("mount-kueue-gke"))}
     rules = objs["Role"]["rules"]
     assert not [r for r in rules if set(r["resources"]) & {"trainingruntimes", "clustertrainingruntimes", "persistentvolumes",
@@ -189,6 +192,42 @@ def test_a_trainjob_is_validated_against_the_admins_runtime(tmp_path, capsys):
         assert (rc, error is None or error in err) == (1 if error else 0, True), err
     assert main(["validate", str(tmp_path / "ok.yaml"), "--runtime", str(tmp_path / "ok.yaml")]) == 1
     assert "no TrainingRuntime or ClusterTrainingRuntime in it" in capsys.readouterr().err
+
+
+def test_the_image_policy_and_the_offline_check_apply_one_rule(tmp_path, capsys):
+    """The bundle's ValidatingAdmissionPolicy (its CEL, read back into its lists: no CEL evaluator that is a
+    small pure package exists) and `validate --runtime` (the runtime's annotation) admit the same images."""
+    import re
+
+    objs = {o["kind"]: o for o in bundle_objects(site("mount-kueue-gke"))}
+    policy, binding, runtime = objs["ValidatingAdmissionPolicy"], objs["ValidatingAdmissionPolicyBinding"], objs["ClusterTrainingRuntime"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert policy["spec"]["matchConstraints"]["resourceRules"] == [{"apiGroups": ["trainer.kubeflow.org"], "apiVersions": ["*"],
+                                                                    "operations": ["CREATE", "UPDATE"], "resources": ["trainjobs"]}]
+    assert policy["spec"]["matchConditions"][0]["expression"].startswith('object.spec.runtimeRef.name == "dlrm-h100" && ')
+    (validation,) = policy["spec"]["validations"]
+    image = r"object\.spec\.trainer\.image"
+    m = re.fullmatch(rf"!has\(object\.spec\.trainer\) \|\| !has\({image}\) \|\| {image} in (\[[^]]*\]) \|\| "
+                     rf"(\[[^]]*\])\.exists\(p, {image}\.startsWith\(p\)\)", validation["expression"])
+    assert m, validation["expression"]
+    exact, prefixes = json.loads(m.group(1)), json.loads(m.group(2))
+    assert (exact, prefixes) == (["dlrm-k8s-train:0.1.0", "ghcr.io/team/dlrm:1.2"], ["registry.example.com/ml/"])
+    (tmp_path / "rt.yaml").write_text(to_yaml([runtime]))
+    user = [*SITES["mount-kueue-gke"], *USER, "trainjob.cluster_runtime=dlrm-h100"]
+    for img, admitted in [(None, True), ("dlrm-k8s-train:0.1.0", True), ("registry.example.com/ml/dlrm:2", True),
+                          ("ghcr.io/team/dlrm:1.2", True), ("ghcr.io/team/dlrm:1.2-rc", False),  # exact, not a prefix
+                          ("registry.example.com/mlx/dlrm:2", False), ("docker.io/evil/miner:1", False)]:
+        objects = render_objects(load_job_config("criteo-fl15", overrides=[*user, *([f"image={img}"] if img else [])]))
+        trainer = next(o for o in objects if o["kind"] == "TrainJob")["spec"]["trainer"]
+        assert ("image" in trainer) == (img not in (None, "dlrm-k8s-train:0.1.0"))  # the default leaves it to the runtime
+        cel = "image" not in trainer or trainer["image"] in exact or any(trainer["image"].startswith(p) for p in prefixes)
+        (tmp_path / "job.yaml").write_text(to_yaml(objects))
+        rc = main(["validate", str(tmp_path / "job.yaml"), "--runtime", str(tmp_path / "rt.yaml")])
+        err = capsys.readouterr().err
+        assert (rc == 0, cel) == (admitted, admitted), (img, err)
+        if not admitted:
+            assert f"spec.trainer.image: '{img}' is not allowed on ClusterTrainingRuntime/dlrm-h100: allowed are its own image " \
+                   f"'dlrm-k8s-train:0.1.0' and 'registry.example.com/ml/', 'ghcr.io/team/dlrm:1.2'" in err, err
 
 
 def test_staging_keys_the_node_folder_by_the_datasets_manifest(tmp_path, s3_bucket):

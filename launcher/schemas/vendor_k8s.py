@@ -23,6 +23,9 @@ ROOTS = {
     "io.k8s.api.batch.v1.Job",
     "io.k8s.api.rbac.v1.Role",  # the admin bundle (launcher/admin.py)
     "io.k8s.api.rbac.v1.RoleBinding",
+    # the admin bundle's image rule: GA in admissionregistration.k8s.io/v1 since Kubernetes 1.30
+    "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicy",
+    "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicyBinding",
     "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
 }
 PREFIXES = ("/api/_definitions.json#/$defs/", "#/$defs/")
