@@ -187,8 +187,9 @@ def _timed(runtime, op: str, nbytes: int) -> dict:
     elapsed = torch.tensor([(time.perf_counter() - t0) / ITERS[backend]], dtype=torch.float64, device=runtime.device)
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
     seconds = float(elapsed.item())
-    return {"bytes": elems * 4, "seconds": round(seconds, 6),
-            "busbw_GBps": round(bus_bandwidth(op, elems * 4, seconds, world), 3)}
+    # 4 significant figures, not fixed decimals: a tiny job's bandwidth on gloo is well below 0.001 GB/s
+    return {"bytes": elems * 4, "seconds": float(f"{seconds:.4g}"),
+            "busbw_GBps": float(f"{bus_bandwidth(op, elems * 4, seconds, world):.4g}")}
 
 
 def _sync(runtime) -> None:
