@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from bad_input_setups import SETUPS, TIMEOUT_S, Ctx
+import bad_input_setups_issue28  # noqa: F401 (adds its recipes to SETUPS)
 from forkrun import ForkRunner
 
 ROOT = Path(__file__).resolve().parents[1]
