@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dlrm.config import TrainConfig, load_config
 from dlrm.data.spec import FeatureSpec
@@ -45,3 +46,11 @@ def tiny_config(tmp_path, dataset, **overrides) -> TrainConfig:
 
     ov = [f"data.dataset={dataset}", f"out={tmp_path / 'run'}"] + [f"{k}={v}" for k, v in overrides.items()]
     return load_config(TrainConfig, files=[BUILTIN_CONFIGS / "tiny.yaml"], overrides=ov)
+
+
+@pytest.fixture(scope="session", name="dataset")
+def small_dataset(tmp_path_factory):
+    """2,048 train and 512 test rows of make_dataset's defaults, shared read-only by a worker's tests."""
+    root = tmp_path_factory.mktemp("ds")
+    make_dataset(root, rows=2048, test_rows=512)
+    return root

@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from datasets import make_dataset, tiny_config
+from datasets import small_dataset, tiny_config  # noqa: F401 (small_dataset: the `dataset` fixture)
 
 from dlrm.errors import UserError
 from dlrm.training.checkpointer import CheckpointFailed
@@ -22,12 +22,6 @@ from dlrm.io import storage
 from dlrm.io.checkpoint import complete_checkpoints, whole_tables
 from dlrm.training.train import train
 
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ds")
-    make_dataset(root, rows=2048, test_rows=512)
-    return root
 
 
 @contextlib.contextmanager

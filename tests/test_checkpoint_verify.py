@@ -14,19 +14,13 @@ from dlrm.errors import UserError
 from dlrm.training.runlock import LOCK, Lock, _me, probe_writable
 from dlrm.io.storage import open_store
 from dlrm.training.train import train
-from datasets import make_dataset, tiny_config
+from datasets import make_dataset, small_dataset, tiny_config  # noqa: F401 (small_dataset: the `dataset` fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 tiny = tiny_config
 
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ds")
-    make_dataset(root, rows=2048, test_rows=512)
-    return root
 
 
 @pytest.fixture
